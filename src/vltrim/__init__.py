@@ -1,0 +1,37 @@
+"""vltrim: make vision-language and unimodal Transformers smaller and really faster.
+
+A Plan is data: methods produce plans, adapters apply them. See README for the workflow."""
+from __future__ import annotations
+
+from .adapters import UnsupportedModelError, get_adapter, supported_classes
+from .api import apply_plan, inspect, plan, plans_of
+from .io import load, save
+from .masks import masked
+from .measure import compare, count_macs, count_params, measure
+from .structure.groups import Group, UnitKind
+from .structure.plan import Plan, PlanError
+from .structure.select import Budget
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Budget",
+    "Group",
+    "Plan",
+    "PlanError",
+    "UnitKind",
+    "UnsupportedModelError",
+    "apply_plan",
+    "compare",
+    "count_macs",
+    "count_params",
+    "get_adapter",
+    "inspect",
+    "load",
+    "masked",
+    "measure",
+    "plan",
+    "plans_of",
+    "save",
+    "supported_classes",
+]

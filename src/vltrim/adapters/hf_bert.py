@@ -1,0 +1,39 @@
+"""BERT-like encoders (HF transformers v5): BertModel (MiniLM, sentence encoders) and classifiers."""
+from __future__ import annotations
+
+from torch import nn
+from transformers import BertForSequenceClassification, BertModel
+
+from ..structure.slicing import AttentionSpec, BlockSpec, Tower
+from . import register
+from ._inputs import text_inputs
+from .base import TransformerAdapter
+
+REFERENCE_TOKENS = 128  # sequence length that MAC costs refer to (capped by max_position_embeddings)
+
+
+def bert_block(layer: nn.Module) -> BlockSpec:
+    s = layer.attention.self
+    attn = AttentionSpec(s, s.query, s.key, s.value, layer.attention.output.dense, "num_attention_heads", "attention_head_size", "all_head_size")
+    return BlockSpec(attn, layer.intermediate.dense, layer.output.dense)
+
+
+def _root(model: nn.Module) -> nn.Module:
+    return model.bert if hasattr(model, "bert") else model
+
+
+@register(BertModel, BertForSequenceClassification)
+class BertAdapter(TransformerAdapter):
+    """One text tower; cross-attention layers of a decoder config are left whole."""
+
+    def _tokens(self, cfg) -> int:
+        return min(REFERENCE_TOKENS, cfg.max_position_embeddings)
+
+    def towers(self, model: nn.Module) -> list[Tower]:
+        root = _root(model)
+        cfgs = [root.config] + ([model.config] if model.config is not root.config else [])
+        return [Tower("text", "text", root.encoder.layer, bert_block, self._tokens(root.config), cfgs)]
+
+    def reference_inputs(self, model: nn.Module, batch_size: int = 1) -> dict:
+        cfg = _root(model).config
+        return text_inputs(cfg, batch_size, self._tokens(cfg), token_types=True)

@@ -1,0 +1,138 @@
+"""Measure what users pay for: parameters, MACs (counted, not estimated) and wall-clock latency."""
+from __future__ import annotations
+
+import statistics
+import time
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from .adapters import get_adapter
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@contextmanager
+def eager_attention(model: nn.Module) -> Iterator[None]:
+    """Temporarily route attention through plain matmuls: the flop counter does not see CPU SDPA kernels."""
+    cfgs = {id(m.config): m.config for m in model.modules() if hasattr(m, "config") and hasattr(m.config, "_attn_implementation")}
+    old = {k: c._attn_implementation for k, c in cfgs.items()}
+    try:
+        for c in cfgs.values():
+            c._attn_implementation = "eager"
+        yield
+    finally:
+        for k, c in cfgs.items():
+            c._attn_implementation = old[k]
+
+
+def _to(inputs: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in inputs.items()}
+
+
+def _device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def count_macs(model: nn.Module, inputs: dict[str, Any]) -> int:
+    """Multiply-accumulates of one forward on ``inputs`` (matmuls, convolutions, attention)."""
+    with torch.no_grad(), eager_attention(model), FlopCounterMode(display=False) as fc:
+        get_adapter(model).forward(model, _to(inputs, _device(model)))
+    return fc.get_total_flops() // 2
+
+
+def _runner(model: nn.Module, inputs: dict[str, Any]) -> Callable[[], None]:
+    adapter, inputs = get_adapter(model), _to(inputs, _device(model))
+    sync = torch.cuda.synchronize if _device(model).type == "cuda" else (lambda: None)
+
+    def run() -> None:
+        with torch.inference_mode():
+            adapter.forward(model, inputs)
+        sync()
+
+    return run
+
+
+def _time_rounds(fns: list[Callable[[], None]], rounds: int, warmup: int, min_round_s: float) -> list[list[float]]:
+    """Per-call seconds of each function, measured in interleaved rounds so drift hits all alike."""
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    numbers = []
+    for fn in fns:
+        t0 = time.perf_counter()
+        fn()
+        numbers.append(max(1, int(min_round_s / max(time.perf_counter() - t0, 1e-6))))
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(rounds):
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            for _ in range(numbers[i]):
+                fn()
+            times[i].append((time.perf_counter() - t0) / numbers[i])
+    return times
+
+
+def _latency_stats(times: list[float]) -> dict[str, float]:
+    q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
+    return {"latency_ms": statistics.median(times) * 1e3, "latency_iqr_ms": (q[2] - q[0]) * 1e3}
+
+
+def _context(model: nn.Module, inputs: dict[str, Any]) -> dict[str, Any]:
+    dev = _device(model)
+    batch = next((v.shape[0] for v in inputs.values() if torch.is_tensor(v)), 1)
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+    return {"device": name, "threads": torch.get_num_threads(), "batch_size": int(batch), "dtype": str(next(model.parameters()).dtype)}
+
+
+def measure(
+    model: nn.Module,
+    inputs: dict[str, Any] | None = None,
+    batch_size: int = 1,
+    latency: bool = True,
+    rounds: int = 15,
+    warmup: int = 3,
+    min_round_s: float = 0.05,
+) -> dict[str, Any]:
+    """Params, MACs and median latency (with interquartile range, threads and device recorded).
+
+    ``inputs`` defaults to the adapter's reference input with ``batch_size``."""
+    inputs = inputs if inputs is not None else get_adapter(model).reference_inputs(model, batch_size)
+    out: dict[str, Any] = {"params": count_params(model), "macs": count_macs(model, inputs), **_context(model, inputs)}
+    if latency:
+        model.eval()
+        out.update(_latency_stats(_time_rounds([_runner(model, inputs)], rounds, warmup, min_round_s)[0]))
+        out["rounds"] = rounds
+    return out
+
+
+def compare(
+    a: nn.Module,
+    b: nn.Module,
+    inputs: dict[str, Any] | None = None,
+    batch_size: int = 1,
+    rounds: int = 15,
+    warmup: int = 3,
+    min_round_s: float = 0.05,
+) -> dict[str, Any]:
+    """Measure ``a`` (e.g. the original) and ``b`` (compressed) in one interleaved run; ratios are a/b."""
+    inputs = inputs if inputs is not None else get_adapter(a).reference_inputs(a, batch_size)
+    a.eval(), b.eval()
+    ta, tb = _time_rounds([_runner(a, inputs), _runner(b, inputs)], rounds, warmup, min_round_s)
+    ma = {"params": count_params(a), "macs": count_macs(a, inputs), **_latency_stats(ta)}
+    mb = {"params": count_params(b), "macs": count_macs(b, inputs), **_latency_stats(tb)}
+    return {
+        "a": ma,
+        "b": mb,
+        "params_ratio": ma["params"] / mb["params"],
+        "macs_ratio": ma["macs"] / mb["macs"],
+        "speedup": ma["latency_ms"] / mb["latency_ms"],
+        "rounds": rounds,
+        **_context(a, inputs),
+    }

@@ -1,0 +1,23 @@
+"""`random`: uniformly random unit scores; the control every informed method must beat at equal cost."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..structure.select import Budget
+from . import register
+from .common import DEFAULT_UNITS, plan_from_scores, prunable_groups
+
+
+@register
+class RandomMethod:
+    name = "random"
+
+    def search(self, model: nn.Module, target: float, metric: str = "params", align: int = 8, units=DEFAULT_UNITS, seed: int = 0, **_: Any):
+        groups = prunable_groups(model, units)
+        gen = torch.Generator().manual_seed(seed)
+        scores = {g.name: torch.rand(g.size, generator=gen) for g in groups}
+        settings = {"units": sorted({g.kind.value for g in groups}), "seed": seed}
+        return plan_from_scores(model, groups, scores, Budget(target, metric, align), self.name, settings)

@@ -1,0 +1,53 @@
+"""Human-readable output: model cards and markdown tables."""
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any, Sequence
+
+from torch import nn
+
+from .measure import count_params
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def model_card(model: nn.Module, plans: Sequence, extra: str = "") -> str:
+    """README.md written next to a saved model: what it is, how it was pruned, how to load it."""
+    lines = [
+        f"# {type(model).__name__} compressed with vltrim",
+        "",
+        f"Parameters now: **{count_params(model):,}**.",
+        "",
+        "Load it with:",
+        "```python",
+        "import vltrim",
+        "model = vltrim.load('<this directory>')",
+        "```",
+        "",
+    ]
+    for i, p in enumerate(plans, 1):
+        if not p.keep:
+            lines.append("Not pruned.")
+            continue
+        a, t = p.achieved, p.target
+        lines += [f"## Plan {i}: `{p.method}`", ""]
+        if t:
+            lines.append(f"Target: remove {t.get('target', 0):.1%} of prunable {t.get('metric', 'params')}, align={t.get('align')}.")
+        rows = []
+        if "params_removed" in a:
+            rows.append(["prunable params removed", f"{a['params_removed']:.1%}"])
+            rows.append(["prunable MACs removed", f"{a['macs_removed']:.1%}"])
+        if "model_params_before" in a:
+            rows.append(["model params", f"{a['model_params_before']:,} -> {a['model_params_after']:,}"])
+            rows.append(["model MACs (reference input)", f"{a['model_macs_before']:,} -> {a['model_macs_after']:,}"])
+        kinds = Counter(p.kinds.values())
+        rows.append(["groups pruned", ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))])
+        lines += [markdown_table(["", ""], rows), ""]
+    if extra:
+        lines += [extra, ""]
+    return "\n".join(lines)

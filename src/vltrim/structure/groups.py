@@ -1,0 +1,78 @@
+"""Prunable groups: the units a method may remove, their modality and their exact cost."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from enum import Enum
+
+
+class UnitKind(str, Enum):
+    """Granularity of a prunable unit."""
+
+    HEADS = "heads"  # whole attention heads (q,k,v rows + out-proj columns)
+    HEAD_DIMS = "head_dims"  # head_dim channels shared by all heads of a layer and by q,k,v
+    NEURONS = "neurons"  # FFN intermediate neurons (fc1 rows + fc2 columns)
+    LAYERS = "layers"  # whole transformer blocks of one tower
+
+    def __str__(self) -> str:  # so f-strings and tables print "heads", not "UnitKind.HEADS"
+        return self.value
+
+
+WIDTH_KINDS = (UnitKind.HEADS, UnitKind.HEAD_DIMS, UnitKind.NEURONS)
+
+
+@dataclass(frozen=True)
+class Group:
+    """One set of prunable units at one place in the model.
+
+    ``params_per_unit`` and ``macs_per_unit`` are exact, computed from tensor shapes for the adapter's
+    reference input (batch 1). ``unit_width`` is how many channels one unit spans (head_dim for a
+    head, 1 for a head_dim channel or a neuron), used to align kept widths.
+    """
+
+    name: str
+    kind: UnitKind
+    modality: str
+    size: int
+    params_per_unit: int
+    macs_per_unit: int
+    unit_width: int = 1
+
+    def cost_per_unit(self, metric: str) -> int:
+        if metric == "params":
+            return self.params_per_unit
+        if metric == "macs":
+            return self.macs_per_unit
+        raise ValueError(f"unknown cost metric {metric!r}; use 'params' or 'macs'")
+
+    def align_step(self, align: int) -> int:
+        """Number of units that make one alignment step (kept width stays a multiple of ``align``)."""
+        if self.kind == UnitKind.LAYERS or align <= 1:
+            return 1
+        return align // math.gcd(align, self.unit_width)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["kind"] = self.kind.value
+        return d
+
+
+def attention_costs(
+    hidden: int, heads: int, head_dim: int, q_tokens: int, kv_tokens: int, bias: bool, kv_hidden: int | None = None
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Exact (params, MACs) of one head and of one head_dim channel (all heads) of an attention layer.
+
+    q,k,v contribute one row each per channel, the output projection one column; the two attention
+    matmuls (QK^T and AV) contribute q_tokens*kv_tokens MACs each per channel. ``kv_hidden`` is the
+    input width of k,v when it differs (cross-attention).
+    """
+    kv_hidden = hidden if kv_hidden is None else kv_hidden
+    b = 1 if bias else 0
+    p_channel = (hidden + b) + 2 * (kv_hidden + b) + hidden  # q row, k row, v row, out column
+    m_channel = q_tokens * hidden + 2 * kv_tokens * kv_hidden + q_tokens * hidden + 2 * q_tokens * kv_tokens
+    return (p_channel * head_dim, m_channel * head_dim), (p_channel * heads, m_channel * heads)
+
+
+def ffn_costs(hidden: int, tokens: int, bias: bool = True) -> tuple[int, int]:
+    """Exact (params, MACs) of one FFN neuron: one fc1 row (+bias) and one fc2 column."""
+    return 2 * hidden + (1 if bias else 0), 2 * tokens * hidden

@@ -1,0 +1,72 @@
+"""Small random-init models of every supported class (for tests, examples and quick experiments)."""
+from __future__ import annotations
+
+import torch
+import transformers as tf
+from torch import nn
+
+TINY = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4)
+TINY_VISION = dict(TINY, image_size=32, patch_size=8)
+TINY_TEXT = dict(TINY, vocab_size=64, max_position_embeddings=16, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+
+
+def _clip_cfg() -> tf.CLIPConfig:
+    return tf.CLIPConfig(vision_config=dict(TINY_VISION), text_config=dict(TINY_TEXT), projection_dim=32)
+
+
+def _siglip_cfg() -> tf.SiglipConfig:
+    return tf.SiglipConfig(vision_config=dict(TINY_VISION), text_config=dict(TINY_TEXT))
+
+
+def _bert_cfg(**kw) -> tf.BertConfig:
+    return tf.BertConfig(**dict(TINY, vocab_size=64, max_position_embeddings=32), **kw)
+
+
+def _dual() -> nn.Module:
+    vision = tf.ViTModel(tf.ViTConfig(**TINY_VISION))
+    text = tf.BertModel(_bert_cfg())
+    return tf.VisionTextDualEncoderModel(vision_model=vision, text_model=text)
+
+
+_BUILDERS = {
+    "CLIPModel": lambda: tf.CLIPModel(_clip_cfg()),
+    "CLIPVisionModel": lambda: tf.CLIPVisionModel(tf.CLIPVisionConfig(**TINY_VISION)),
+    "CLIPVisionModelWithProjection": lambda: tf.CLIPVisionModelWithProjection(tf.CLIPVisionConfig(**TINY_VISION, projection_dim=32)),
+    "CLIPTextModel": lambda: tf.CLIPTextModel(tf.CLIPTextConfig(**TINY_TEXT)),
+    "CLIPTextModelWithProjection": lambda: tf.CLIPTextModelWithProjection(tf.CLIPTextConfig(**TINY_TEXT, projection_dim=32)),
+    "SiglipModel": lambda: tf.SiglipModel(_siglip_cfg()),
+    "SiglipVisionModel": lambda: tf.SiglipVisionModel(tf.SiglipVisionConfig(**TINY_VISION)),
+    "SiglipTextModel": lambda: tf.SiglipTextModel(tf.SiglipTextConfig(**TINY_TEXT)),
+    "ViTModel": lambda: tf.ViTModel(tf.ViTConfig(**TINY_VISION)),
+    "ViTForImageClassification": lambda: tf.ViTForImageClassification(tf.ViTConfig(**TINY_VISION, num_labels=5)),
+    "DeiTModel": lambda: tf.DeiTModel(tf.DeiTConfig(**TINY_VISION)),
+    "DeiTForImageClassification": lambda: tf.DeiTForImageClassification(tf.DeiTConfig(**TINY_VISION, num_labels=5)),
+    "DeiTForImageClassificationWithTeacher": lambda: tf.DeiTForImageClassificationWithTeacher(tf.DeiTConfig(**TINY_VISION, num_labels=5)),
+    "BertModel": lambda: tf.BertModel(_bert_cfg()),
+    "BertForSequenceClassification": lambda: tf.BertForSequenceClassification(_bert_cfg(num_labels=3)),
+    "VisionTextDualEncoderModel": _dual,
+}
+
+TINY_CLASSES = sorted(_BUILDERS)
+
+
+def tiny_model(name: str, seed: int = 0) -> nn.Module:
+    """A tiny random-init model of class ``name`` in eval mode (deterministic for a seed)."""
+    if name not in _BUILDERS:
+        raise ValueError(f"no tiny config for {name!r}; available: {', '.join(TINY_CLASSES)}")
+    torch.manual_seed(seed)
+    model = _BUILDERS[name]()
+    _perturb_norms(model, seed)
+    return model.eval()
+
+
+def _perturb_norms(model: nn.Module, seed: int) -> None:
+    """Give LayerNorms and zero-init biases random values so tests see every weight path matter."""
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.LayerNorm):
+                m.weight.copy_(1 + 0.1 * torch.randn(m.weight.shape, generator=g))
+                m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
+            elif isinstance(m, nn.Linear) and m.bias is not None:
+                m.bias.copy_(0.02 * torch.randn(m.bias.shape, generator=g))
