@@ -1,0 +1,57 @@
+"""Shared helpers: tiny models of every supported class, output flattening, random plans."""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+import vltrim
+from vltrim.adapters import get_adapter
+from vltrim.zoo import TINY_CLASSES, tiny_model
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def flat_outputs(out) -> list[torch.Tensor]:
+    """Every floating tensor in a (nested) model output, in a fixed order."""
+    if torch.is_tensor(out):
+        return [out] if out.is_floating_point() else []
+    if hasattr(out, "to_tuple"):
+        out = out.to_tuple()
+    if isinstance(out, (tuple, list)):
+        return [t for o in out for t in flat_outputs(o)]
+    return []
+
+
+def run(model, inputs) -> list[torch.Tensor]:
+    with torch.no_grad():
+        return flat_outputs(model(**inputs))
+
+
+def max_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    assert len(a) == len(b) and len(a) > 0
+    return max((x - y).abs().max().item() for x, y in zip(a, b))
+
+
+def random_plan(model, kinds: set[str], seed: int = 0) -> vltrim.Plan:
+    """Keep a random non-empty, unaligned subset of every group of the given kinds."""
+    rng = random.Random(seed)
+    groups = [g for g in get_adapter(model).groups(model) if g.kind.value in kinds]
+    keep = {g.name: rng.sample(range(g.size), rng.randint(1, g.size - 1)) for g in groups if g.size > 1}
+    return vltrim.Plan.from_keep(type(model).__name__, groups, keep, method="test")
+
+
+@pytest.fixture(params=TINY_CLASSES)
+def model_name(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def model(model_name):
+    return tiny_model(model_name)
+
+
+@pytest.fixture
+def inputs(model):
+    return get_adapter(model).reference_inputs(model, batch_size=2)
