@@ -1,0 +1,6 @@
+"""Data: built-in procedural image-caption set, word tokenizer, and loaders for a user's own data."""
+from .manifest import ImageCaptionManifest, ImageFolder, load_image, read_manifest
+from .synthetic import SyntheticCaptions
+from .tokenizer import WordTokenizer
+
+__all__ = ["ImageCaptionManifest", "ImageFolder", "SyntheticCaptions", "WordTokenizer", "load_image", "read_manifest"]

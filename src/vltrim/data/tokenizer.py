@@ -1,0 +1,46 @@
+"""A word-level tokenizer with the call signature of HF tokenizers (enough for the built-in data)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+SPECIALS = ("[pad]", "[unk]", "[bos]", "[eos]")  # ids 0..3; eos != 2 so CLIP pools at the first eos
+
+
+class WordTokenizer:
+    """Lower-cased whitespace split; [bos] words [eos] then [pad] up to ``max_length``."""
+
+    def __init__(self, words: list[str], max_length: int = 16):
+        self.vocab = list(SPECIALS) + [w for w in words if w not in SPECIALS]
+        self.index = {w: i for i, w in enumerate(self.vocab)}
+        self.max_length = max_length
+        self.pad_token_id, self.unk_token_id, self.bos_token_id, self.eos_token_id = range(4)
+
+    def __len__(self) -> int:
+        return len(self.vocab)
+
+    def encode(self, text: str, max_length: int | None = None) -> list[int]:
+        n = max_length or self.max_length
+        ids = [self.index.get(w, self.unk_token_id) for w in text.lower().split()][: n - 2]
+        return [self.bos_token_id, *ids, self.eos_token_id]
+
+    def __call__(self, texts, max_length: int | None = None, return_tensors: str = "pt", **_) -> dict[str, torch.Tensor]:
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        n = max_length or self.max_length
+        ids = torch.full((len(texts), n), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(texts), n), dtype=torch.long)
+        for i, t in enumerate(texts):
+            e = self.encode(t, n)
+            ids[i, : len(e)] = torch.tensor(e)
+            mask[i, : len(e)] = 1
+        return {"input_ids": ids, "attention_mask": mask}
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps({"vocab": self.vocab, "max_length": self.max_length}))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "WordTokenizer":
+        d = json.loads(Path(path).read_text())
+        return cls(d["vocab"][len(SPECIALS) :], d["max_length"])

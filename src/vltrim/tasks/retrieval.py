@@ -1,0 +1,95 @@
+"""Image-text retrieval for CLIP-style models: contrastive loss, R@1/5/10 both ways, zero-shot accuracy."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+IMAGE_KEYS = ("pixel_values",)
+TEXT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def _pooled(out: Any) -> torch.Tensor:
+    return out if torch.is_tensor(out) else out.pooler_output
+
+
+def image_embeds(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    return F.normalize(_pooled(model.get_image_features(**{k: batch[k] for k in IMAGE_KEYS if k in batch})), dim=-1)
+
+
+def text_embeds(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    return F.normalize(_pooled(model.get_text_features(**{k: batch[k] for k in TEXT_KEYS if k in batch})), dim=-1)
+
+
+def logit_scale(model: nn.Module) -> torch.Tensor:
+    return model.logit_scale.exp().clamp(max=100)
+
+
+def contrastive_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Symmetric InfoNCE; pairs with the same ``label`` (same scene / same caption) all count as positives."""
+    img, txt = image_embeds(model, batch), text_embeds(model, batch)
+    logits = logit_scale(model) * img @ txt.t()
+    labels = batch.get("label")
+    if labels is None:
+        target = torch.eye(len(img), device=img.device)
+    else:
+        target = (labels[:, None] == labels[None, :]).float()
+    target = target / target.sum(1, keepdim=True)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+
+
+def similarity_kd_loss(student: nn.Module, teacher: nn.Module, batch: dict[str, torch.Tensor], temperature: float = 1.0) -> torch.Tensor:
+    """KL between teacher and student image-text similarity distributions (both directions)."""
+    with torch.no_grad():
+        t = logit_scale(teacher) * image_embeds(teacher, batch) @ text_embeds(teacher, batch).t()
+    s = logit_scale(student) * image_embeds(student, batch) @ text_embeds(student, batch).t()
+    kl = lambda a, b: F.kl_div(F.log_softmax(a / temperature, -1), F.log_softmax(b / temperature, -1), log_target=True, reduction="batchmean")  # noqa: E731
+    return 0.5 * (kl(s, t) + kl(s.t(), t.t())) * temperature**2
+
+
+def recall_at_k(sim: torch.Tensor, q_labels: torch.Tensor, g_labels: torch.Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict[int, float]:
+    """Share of queries (rows) with a same-label item among their top-k gallery items (columns)."""
+    top = sim.topk(max(ks), dim=1).indices
+    hit = g_labels[top] == q_labels[:, None]
+    return {k: hit[:, :k].any(1).float().mean().item() for k in ks}
+
+
+@torch.no_grad()
+def embed(model: nn.Module, data: Dataset, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Normalised image and text embeddings and labels of a whole dataset."""
+    model.eval()
+    dev = next(model.parameters()).device
+    imgs, txts, labels = [], [], []
+    for batch in DataLoader(data, batch_size=batch_size):
+        batch = {k: v.to(dev) for k, v in batch.items()}
+        imgs.append(image_embeds(model, batch).float().cpu())
+        txts.append(text_embeds(model, batch).float().cpu())
+        labels.append(batch["label"].cpu())
+    return torch.cat(imgs), torch.cat(txts), torch.cat(labels)
+
+
+def evaluate_retrieval(model: nn.Module, data: Dataset, batch_size: int = 256) -> dict[str, float]:
+    """i2t and t2i R@1/5/10 and their mean R@1 (a hit is any caption or image of the same label)."""
+    img, txt, labels = embed(model, data, batch_size)
+    sim = img @ txt.t()
+    i2t, t2i = recall_at_k(sim, labels, labels), recall_at_k(sim.t(), labels, labels)
+    out = {f"i2t_R@{k}": v for k, v in i2t.items()} | {f"t2i_R@{k}": v for k, v in t2i.items()}
+    out["mean_R@1"] = (i2t[1] + t2i[1]) / 2
+    return out
+
+
+@torch.no_grad()
+def zero_shot_accuracy(model: nn.Module, data: Dataset, class_texts: dict[str, torch.Tensor], batch_size: int = 256) -> float:
+    """Top-1 accuracy of classifying images by their nearest class prompt (``class_texts``: tokenized prompts, one per class)."""
+    model.eval()
+    dev = next(model.parameters()).device
+    classes = text_embeds(model, {k: v.to(dev) for k, v in class_texts.items()})
+    correct = total = 0
+    for batch in DataLoader(data, batch_size=batch_size):
+        pred = (image_embeds(model, {"pixel_values": batch["pixel_values"].to(dev)}) @ classes.t()).argmax(1).cpu()
+        correct += (pred == batch["label"]).sum().item()
+        total += len(pred)
+    return correct / total
