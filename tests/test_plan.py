@@ -82,3 +82,8 @@ def test_plan_records_target_and_method():
     assert plan.method == "l1" and plan.target == {"target": 0.5, "metric": "macs", "align": 8}
     assert plan.achieved["macs_removed"] >= 0.5
     assert {g.split(".")[0] for g in plan.keep} == {"vision", "text"}  # one ranking over both modalities
+
+
+def test_unknown_settings_are_rejected():
+    with pytest.raises(TypeError, match="unknown setting"):
+        vltrim.plan(tiny_model("BertModel"), "l1", target=0.3, algin=8)

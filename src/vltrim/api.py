@@ -23,7 +23,13 @@ def plan(model: nn.Module, method: str = "l1", target: float = 0.5, **settings: 
     """Run a search method and return its Plan (the model is not changed)."""
     from .methods import get_method
 
-    return get_method(method).search(model, target=target, **settings)
+    m = get_method(method)
+    try:
+        return m.search(model, target=target, **settings)
+    except TypeError as e:
+        if "unexpected keyword" in str(e):
+            raise TypeError(f"method {method!r} got an unknown setting: {e}") from None
+        raise
 
 
 def plans_of(model: nn.Module) -> list[Plan]:

@@ -50,12 +50,16 @@ def demo(
     out: Path = typer.Option(Path("vltrim-demo"), help="where the compressed model and results.json go"),
     method: str = typer.Option("l1", help="compression method"),
     target: float = typer.Option(0.5, help="fraction of prunable params to remove"),
-    steps: int = typer.Option(300, help="fine-tuning steps after pruning"),
+    steps: int = typer.Option(200, help="fine-tuning steps after pruning"),
+    train_size: int = typer.Option(8000, help="built-in training pairs for fine-tuning"),
 ) -> None:
     """Compress the built-in CLIP teacher, fine-tune briefly, and print teacher vs compressed."""
     from .demo import results_table, run_demo
 
-    r = run_demo(out, method=method, target=target, steps=steps)
+    try:
+        r = run_demo(out, method=method, target=target, steps=steps, train_size=train_size)
+    except ValueError as e:
+        _fail(e)
     out_console.print(results_table(r))
     out_console.print(f"saved to {out}/ (config.json, plan.json, model.safetensors, README.md, results.json)")
 

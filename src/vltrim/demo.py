@@ -7,7 +7,8 @@ from typing import Any
 
 import torch
 
-from . import api, io, measure
+from . import api, io
+from .measure import compare
 from .adapters import get_adapter
 from .progress import console
 from .reference import datasets, load_reference
@@ -23,7 +24,7 @@ def run_demo(
     out: str | Path = "vltrim-demo",
     method: str = "l1",
     target: float = 0.5,
-    steps: int = 300,
+    steps: int = 200,
     kd_weight: float = 1.0,
     train_size: int = 8000,
     latency_batch: int = 32,
@@ -47,7 +48,7 @@ def run_demo(
     train(student, data["train"], loss, steps, lr=2e-4, batch_size=128, desc="fine-tune compressed", progress=progress)
     after = evaluate_retrieval(student, data["test"])
     with console.status(f"timing teacher vs compressed (CPU, batch {latency_batch}, interleaved)"):
-        speed = measure.compare(teacher, student, batch_size=latency_batch)
+        speed = compare(teacher, student, batch_size=latency_batch)
     io.save(student, out, card_extra=f"Built-in test retrieval after fine-tuning: mean R@1 {after['mean_R@1']:.3f}")
     again = io.load(out)
     ref = get_adapter(student).reference_inputs(student, 4)

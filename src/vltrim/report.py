@@ -18,8 +18,9 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
 
 def model_card(model: nn.Module, plans: Sequence, extra: str = "") -> str:
     """README.md written next to a saved model: what it is, how it was pruned, how to load it."""
+    pruned = any(p.keep for p in plans)
     lines = [
-        f"# {type(model).__name__} compressed with vltrim",
+        f"# {type(model).__name__} {'compressed' if pruned else 'saved'} with vltrim",
         "",
         f"Parameters now: **{count_params(model):,}**.",
         "",

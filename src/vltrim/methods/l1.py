@@ -1,8 +1,6 @@
 """`l1`: structured L1-norm importance (mean |w| of a unit's rows and columns), one global ranking by cost."""
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
@@ -34,7 +32,7 @@ class L1Method:
 
     name = "l1"
 
-    def search(self, model: nn.Module, target: float, metric: str = "params", align: int = 8, units=DEFAULT_UNITS, **_: Any):
+    def search(self, model: nn.Module, target: float, metric: str = "params", align: int = 8, units=DEFAULT_UNITS):
         groups = prunable_groups(model, units)
         scores = {g.name: unit_l1(model, g) for g in groups}
         budget = Budget(target, metric, align)

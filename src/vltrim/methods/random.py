@@ -1,8 +1,6 @@
 """`random`: uniformly random unit scores; the control every informed method must beat at equal cost."""
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
@@ -15,7 +13,7 @@ from .common import DEFAULT_UNITS, plan_from_scores, prunable_groups
 class RandomMethod:
     name = "random"
 
-    def search(self, model: nn.Module, target: float, metric: str = "params", align: int = 8, units=DEFAULT_UNITS, seed: int = 0, **_: Any):
+    def search(self, model: nn.Module, target: float, metric: str = "params", align: int = 8, units=DEFAULT_UNITS, seed: int = 0):
         groups = prunable_groups(model, units)
         gen = torch.Generator().manual_seed(seed)
         scores = {g.name: torch.rand(g.size, generator=gen) for g in groups}

@@ -1,0 +1,41 @@
+"""The `vltrim` command: inspect, measure, compress (search or --plan), clear errors."""
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+import vltrim
+from vltrim.cli import app
+
+runner = CliRunner()
+
+
+def test_inspect_and_measure():
+    r = runner.invoke(app, ["inspect", "tiny:VisionTextDualEncoderModel"])
+    assert r.exit_code == 0 and "head_dims" in r.output and "vision" in r.output and "text" in r.output
+    r = runner.invoke(app, ["measure", "tiny:ViTModel", "--rounds", "2"])
+    assert r.exit_code == 0 and json.loads(r.output)["params"] > 0
+
+
+def test_compress_saves_a_loadable_smaller_model(tmp_path):
+    r = runner.invoke(app, ["compress", "tiny:CLIPModel", "--out", str(tmp_path / "a"), "--target", "0.4", "--metric", "macs"])
+    assert r.exit_code == 0, r.output
+    small = vltrim.load(tmp_path / "a")
+    plan = vltrim.plans_of(small)[0]
+    assert plan.achieved["macs_removed"] >= 0.4
+    # the saved plan applies again through --plan and gives the same shapes
+    r = runner.invoke(app, ["compress", "tiny:CLIPModel", "--out", str(tmp_path / "b"), "--plan", str(tmp_path / "a" / "plan.json")])
+    assert r.exit_code == 0, r.output
+    assert vltrim.count_params(vltrim.load(tmp_path / "b")) == vltrim.count_params(small)
+    r = runner.invoke(app, ["inspect", str(tmp_path / "a"), "--all"])
+    assert r.exit_code == 0 and "vision.layers.0.mlp.neurons" in r.output
+
+
+def test_errors_exit_2_with_a_message(tmp_path):
+    r = runner.invoke(app, ["compress", "tiny:BertModel", "--out", str(tmp_path), "--target", "1.5"])
+    assert r.exit_code == 2 and "target" in r.output
+    r = runner.invoke(app, ["compress", "tiny:BertModel", "--out", str(tmp_path), "--plan", str(tmp_path / "none.json")])
+    assert r.exit_code == 2
+    r = runner.invoke(app, ["inspect", "tiny:NoSuchModel"])
+    assert r.exit_code == 2 and "no tiny config" in r.output
