@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import statistics
-import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
+from torch.utils.benchmark import Timer
 from torch.utils.flop_counter import FlopCounterMode
 
 from .adapters import get_adapter
@@ -49,33 +49,27 @@ def count_macs(model: nn.Module, inputs: dict[str, Any]) -> int:
 
 def _runner(model: nn.Module, inputs: dict[str, Any]) -> Callable[[], None]:
     adapter, inputs = get_adapter(model), _to(inputs, _device(model))
-    sync = torch.cuda.synchronize if _device(model).type == "cuda" else (lambda: None)
 
     def run() -> None:
         with torch.inference_mode():
             adapter.forward(model, inputs)
-        sync()
 
     return run
 
 
 def _time_rounds(fns: list[Callable[[], None]], rounds: int, warmup: int, min_round_s: float) -> list[list[float]]:
-    """Per-call seconds of each function, measured in interleaved rounds so drift hits all alike."""
-    for fn in fns:
-        for _ in range(warmup):
-            fn()
+    """Per-call seconds of each function, timed with torch.utils.benchmark in interleaved rounds, so
+    machine drift hits every function alike (ratios from one run are trustworthy, absolute times less)."""
+    timers = [Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads()) for fn in fns]
     numbers = []
-    for fn in fns:
-        t0 = time.perf_counter()
-        fn()
-        numbers.append(max(1, int(min_round_s / max(time.perf_counter() - t0, 1e-6))))
+    for t in timers:
+        t.timeit(warmup)
+        once = t.timeit(1).mean
+        numbers.append(max(1, int(min_round_s / max(once, 1e-6))))
     times: list[list[float]] = [[] for _ in fns]
     for _ in range(rounds):
-        for i, fn in enumerate(fns):
-            t0 = time.perf_counter()
-            for _ in range(numbers[i]):
-                fn()
-            times[i].append((time.perf_counter() - t0) / numbers[i])
+        for i, t in enumerate(timers):
+            times[i].append(t.timeit(numbers[i]).mean)
     return times
 
 
