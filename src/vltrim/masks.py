@@ -11,7 +11,6 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from .structure.groups import UnitKind
 from .structure.slicing import AttentionSpec, BlockSpec, Tower
 
 
@@ -120,4 +119,4 @@ def masked(model: nn.Module, plan_or_values) -> Iterator[nn.Module]:
         handles.remove()
 
 
-__all__ = ["HandleGroup", "attach", "masked", "plan_masks", "mask_heads", "mask_head_dims", "mask_neurons", "mask_layers", "UnitKind"]
+__all__ = ["HandleGroup", "attach", "masked", "plan_masks", "mask_heads", "mask_head_dims", "mask_neurons", "mask_layers"]
