@@ -45,7 +45,13 @@ def plan_from_scores(
     model: nn.Module, groups: list[Group], scores: dict[str, torch.Tensor], budget: Budget, method: str, settings: dict[str, Any]
 ) -> Plan:
     """Rank all units of ``groups`` by normalised score, cut to ``budget``; record target and achievement."""
-    keep = select(groups, normalize_by_kind(groups, scores), budget)
+    return plan_from_keep(model, groups, select(groups, normalize_by_kind(groups, scores), budget), budget, method, settings)
+
+
+def plan_from_keep(
+    model: nn.Module, groups: list[Group], keep: dict[str, list[int]], budget: Budget, method: str, settings: dict[str, Any]
+) -> Plan:
+    """A Plan for ``keep`` that records the target and what it achieves (fractions and whole-model counts)."""
     got = achieved(groups, keep)
     adapter = get_adapter(model)
     params, macs = count_params(model), count_macs(model, adapter.reference_inputs(model, 1))

@@ -41,8 +41,12 @@ def train(
     seed: int = 0,
     desc: str = "train",
     progress: bool = True,
+    after_backward: Callable[[int], str | None] | None = None,
 ) -> list[float]:
-    """Train ``model`` for ``steps`` optimizer steps on ``loss_fn``; returns the loss of every step."""
+    """Train ``model`` for ``steps`` optimizer steps on ``loss_fn``; returns the loss of every step.
+
+    ``after_backward(step)`` runs once gradients exist and before the optimizer step (a search reads
+    mask gradients there); a string it returns is shown on the progress bar."""
     if steps <= 0:
         return []
     torch.manual_seed(seed)
@@ -54,15 +58,16 @@ def train(
     it = batches(data, batch_size, seed)
     with bar(progress) as pb:
         task = pb.add_task(desc, total=steps, info="")
-        for _ in range(steps):
+        for step in range(steps):
             batch = {k: v.to(dev) for k, v in next(it).items()}
             loss = loss_fn(model, batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            extra = after_backward(step) if after_backward else None
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()
             losses.append(loss.item())
-            pb.update(task, advance=1, info=f"loss {sum(losses[-20:]) / len(losses[-20:]):.3f}")
+            pb.update(task, advance=1, info=f"loss {sum(losses[-20:]) / len(losses[-20:]):.3f}" + (f" {extra}" if extra else ""))
     model.eval()
     return losses

@@ -1,0 +1,134 @@
+"""`upop`: unified progressive pruning (Shi et al., ICML 2023), search stage.
+
+Soft masks on head_dims (or heads) and FFN neurons of every tower. While the weights train on the
+task loss, each unit's saliency |dL/dm| is accumulated; every ``interval`` steps one global ranking
+(scores standardised per unit kind, cut by exact cost) picks the units that make up the pruned share
+pi(t) = p * sin(pi * t / 2T), and their masks are set to 1 - pi(t)/p (kept units: 1). At the last
+step the pruned masks are exactly 0, so the extracted subnet computes what the searched model does.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from .. import masks
+from ..adapters import get_adapter
+from ..structure.groups import Group
+from ..structure.plan import Plan
+from ..structure.select import Budget, normalize_by_kind, select
+from ..train import train
+from . import register
+from .common import DEFAULT_UNITS, plan_from_keep, prunable_groups
+
+
+def progressive_share(step: int, total: int, target: float) -> float:
+    """UPop's schedule of the pruned share: p * sin(pi * t / 2T), exactly p at t = T."""
+    return target if step >= total else target * math.sin(math.pi * step / (2 * total))
+
+
+def update_steps(total: int, interval: int) -> list[int]:
+    """1-based steps after which masks are updated; always includes the last step."""
+    return sorted(set(range(interval, total + 1, interval)) | {total})
+
+
+@dataclass
+class SearchResult:
+    """What a training-based search leaves: the plan, the searched weights and the final masks."""
+
+    plan: Plan
+    model: nn.Module  # searched copy, hooks removed; apply_plan(model, plan) is the subnet
+    masks: dict[str, torch.Tensor]  # final mask values: exactly 0 (pruned) or 1 (kept)
+    scores: dict[str, torch.Tensor]  # accumulated saliency |dL/dm| per unit
+    log: list[dict[str, Any]] = field(default_factory=list)  # one entry per mask update
+
+
+def default_loss(model: nn.Module) -> Callable:
+    if hasattr(model, "get_image_features") and hasattr(model, "get_text_features"):
+        from ..tasks.retrieval import contrastive_loss
+
+        return contrastive_loss
+    raise ValueError(f"upop needs loss_fn=... for {type(model).__name__} (a callable (model, batch) -> loss)")
+
+
+class _Search:
+    """Mask values, saliency and the schedule of one search (the after-backward step of the loop)."""
+
+    def __init__(self, groups: list[Group], target: float, metric: str, align: int, steps: int, interval: int):
+        self.groups, self.target, self.metric, self.align, self.steps = groups, target, metric, align, steps
+        self.values = {g.name: torch.ones(g.size, requires_grad=True) for g in groups}
+        self.scores = {g.name: torch.zeros(g.size, dtype=torch.float64) for g in groups}
+        self.updates = set(update_steps(steps, interval))
+        self.keep: dict[str, list[int]] = {}
+        self.share, self.log = 0.0, []
+
+    def __call__(self, step: int) -> str:
+        for name, v in self.values.items():
+            if v.grad is not None:
+                self.scores[name] += v.grad.detach().abs().double().cpu()
+                v.grad = None
+        t = step + 1
+        if t in self.updates:
+            self._update(t)
+        return f"pruned {self.share:.1%}"
+
+    def _update(self, t: int) -> None:
+        self.share = progressive_share(t, self.steps, self.target)
+        self.keep = select(self.groups, normalize_by_kind(self.groups, self.scores), Budget(self.share, self.metric, self.align))
+        fade = 0.0 if t >= self.steps else 1.0 - self.share / self.target
+        with torch.no_grad():
+            for g in self.groups:
+                v = self.values[g.name]
+                v.fill_(1.0)
+                if g.name in self.keep:
+                    pruned = sorted(set(range(g.size)) - set(self.keep[g.name]))
+                    v[pruned] = fade
+        self.log.append({"step": t, "share": self.share, "fade": fade, "groups_pruned": len(self.keep)})
+
+
+@register
+class UPopMethod:
+    name = "upop"
+
+    def search(self, model: nn.Module, target: float, **settings: Any) -> Plan:
+        return self.run(model, target, **settings).plan
+
+    def run(
+        self,
+        model: nn.Module,
+        target: float,
+        train_data: Dataset,
+        loss_fn: Callable | None = None,
+        steps: int = 300,
+        interval: int = 10,
+        lr: float = 1e-4,
+        batch_size: int = 64,
+        metric: str = "params",
+        align: int = 8,
+        units=DEFAULT_UNITS,
+        seed: int = 0,
+        progress: bool = True,
+    ) -> SearchResult:
+        """Search on a copy of ``model`` (the original is not changed) and return plan, weights and masks."""
+        budget = Budget(target, metric, align)
+        if steps < 1 or interval < 1:
+            raise ValueError(f"steps and interval must be >= 1, got steps={steps}, interval={interval}")
+        work = copy.deepcopy(model)
+        groups = prunable_groups(work, units)
+        state = _Search(groups, target, metric, align, steps, interval)
+        handles = masks.attach(get_adapter(work), work, state.values)
+        try:
+            train(work, train_data, loss_fn or default_loss(work), steps, lr=lr, batch_size=batch_size, seed=seed,
+                  desc=f"upop search to {target:.0%}", progress=progress, after_backward=state)
+        finally:
+            handles.remove()
+        settings = {"units": sorted({g.kind.value for g in groups}), "steps": steps, "interval": interval, "lr": lr,
+                    "batch_size": batch_size, "seed": seed}
+        plan = plan_from_keep(work, groups, state.keep, budget, self.name, settings)
+        final = {n: v.detach().clone() for n, v in state.values.items()}
+        return SearchResult(plan, work.eval(), final, state.scores, state.log)
