@@ -56,6 +56,15 @@ def default_loss(model: nn.Module) -> Callable:
     raise ValueError(f"upop needs loss_fn=... for {type(model).__name__} (a callable (model, batch) -> loss)")
 
 
+def _mean_over_ranks(g: torch.Tensor) -> torch.Tensor:
+    """Mask gradients averaged over processes, so every rank ranks the same saliency (same plan)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        g = g.clone()
+        torch.distributed.all_reduce(g)
+        g /= torch.distributed.get_world_size()
+    return g
+
+
 class _Search:
     """Mask values, saliency and the schedule of one search (the after-backward step of the loop)."""
 
@@ -67,15 +76,26 @@ class _Search:
         self.keep: dict[str, list[int]] = {}
         self.share, self.log = 0.0, []
 
-    def __call__(self, step: int) -> str:
+    def __call__(self, step: int) -> dict[str, float]:
         for name, v in self.values.items():
             if v.grad is not None:
-                self.scores[name] += v.grad.detach().abs().double().cpu()
+                self.scores[name] += _mean_over_ranks(v.grad.detach()).abs().double().cpu()
                 v.grad = None
         t = step + 1
         if t in self.updates:
             self._update(t)
-        return f"pruned {self.share:.1%}"
+        return {"pruned_share": self.share}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"values": {n: v.detach().clone() for n, v in self.values.items()}, "scores": self.scores,
+                "keep": self.keep, "share": self.share, "log": self.log}
+
+    def load_state_dict(self, s: dict[str, Any]) -> None:
+        with torch.no_grad():
+            for n, v in self.values.items():
+                v.copy_(s["values"][n])  # in place: the mask hooks hold these tensors
+        self.scores = {n: t.clone() for n, t in s["scores"].items()}
+        self.keep, self.share, self.log = s["keep"], s["share"], list(s["log"])
 
     def _update(self, t: int) -> None:
         self.share = progressive_share(t, self.steps, self.target)
@@ -113,8 +133,12 @@ class UPopMethod:
         units=DEFAULT_UNITS,
         seed: int = 0,
         progress: bool = True,
+        **loop: Any,
     ) -> SearchResult:
-        """Search on a copy of ``model`` (the original is not changed) and return plan, weights and masks."""
+        """Search on a copy of ``model`` (the original is not changed) and return plan, weights and masks.
+
+        ``loop`` goes to the training loop: grad_accum, mixed_precision, output_dir, checkpoint_every,
+        resume (a resumed search restores masks and scores too, and reaches the same plan)."""
         budget = Budget(target, metric, align)
         if steps < 1 or interval < 1:
             raise ValueError(f"steps and interval must be >= 1, got steps={steps}, interval={interval}")
@@ -124,7 +148,7 @@ class UPopMethod:
         handles = masks.attach(get_adapter(work), work, state.values)
         try:
             train(work, train_data, loss_fn or default_loss(work), steps, lr=lr, batch_size=batch_size, seed=seed,
-                  desc=f"upop search to {target:.0%}", progress=progress, after_backward=state)
+                  desc=f"upop search to {target:.0%}", progress=progress, after_backward=state, **loop)
         finally:
             handles.remove()
         settings = {"units": sorted({g.kind.value for g in groups}), "steps": steps, "interval": interval, "lr": lr,

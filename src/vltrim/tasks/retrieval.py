@@ -24,17 +24,18 @@ def text_embeds(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tenso
     return F.normalize(_pooled(model.get_text_features(**{k: batch[k] for k in TEXT_KEYS if k in batch})), dim=-1)
 
 
-def logit_scale(model: nn.Module) -> torch.Tensor:
-    return model.logit_scale.exp().clamp(max=100)
+def similarity_logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Scaled image-text similarity from the model's own forward (so DDP and autocast wrappers apply)."""
+    out = model(**{k: batch[k] for k in (*IMAGE_KEYS, *TEXT_KEYS) if k in batch})
+    return out.logits_per_image
 
 
 def contrastive_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Symmetric InfoNCE; pairs with the same ``label`` (same scene / same caption) all count as positives."""
-    img, txt = image_embeds(model, batch), text_embeds(model, batch)
-    logits = logit_scale(model) * img @ txt.t()
+    logits = similarity_logits(model, batch)
     labels = batch.get("label")
     if labels is None:
-        target = torch.eye(len(img), device=img.device)
+        target = torch.eye(len(logits), device=logits.device)
     else:
         target = (labels[:, None] == labels[None, :]).float()
     target = target / target.sum(1, keepdim=True)
@@ -44,8 +45,8 @@ def contrastive_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.
 def similarity_kd_loss(student: nn.Module, teacher: nn.Module, batch: dict[str, torch.Tensor], temperature: float = 1.0) -> torch.Tensor:
     """KL between teacher and student image-text similarity distributions (both directions)."""
     with torch.no_grad():
-        t = logit_scale(teacher) * image_embeds(teacher, batch) @ text_embeds(teacher, batch).t()
-    s = logit_scale(student) * image_embeds(student, batch) @ text_embeds(student, batch).t()
+        t = similarity_logits(teacher, batch)
+    s = similarity_logits(student, batch)
     kl = lambda a, b: F.kl_div(F.log_softmax(a / temperature, -1), F.log_softmax(b / temperature, -1), log_target=True, reduction="batchmean")  # noqa: E731
     return 0.5 * (kl(s, t) + kl(s.t(), t.t())) * temperature**2
 

@@ -1,4 +1,4 @@
 """Training: the loop used for fine-tuning and retraining."""
-from .loop import batches, train
+from .loop import batch_indices, batches, train
 
-__all__ = ["batches", "train"]
+__all__ = ["batch_indices", "batches", "train"]

@@ -1,23 +1,59 @@
-"""A compact training loop: AdamW, warm-up + cosine schedule, gradient clipping, progress bar, loss log."""
+"""One training loop for search and retrain, on HF accelerate (CPU, one GPU, many through `accelerate launch`).
+
+Deterministic and resumable: batch i's indices depend only on (seed, i), checkpoints hold the model,
+optimizer, scheduler, RNG states and the state of the step hook (a search's masks and scores), so a
+run killed at any point and resumed reaches the same weights and the same plan."""
 from __future__ import annotations
 
+import json
 import math
-from typing import Callable, Iterator
+from contextlib import nullcontext
+import random
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, Protocol
 
+import numpy as np
 import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState, PartialState
+from safetensors.torch import load_file, save_file
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset, default_collate
 
 from ..progress import bar
 
 LossFn = Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]
+CHECKPOINT_PREFIX = "checkpoint-"
 
 
-def batches(data: Dataset, batch_size: int, seed: int) -> Iterator[dict[str, torch.Tensor]]:
-    """Endless shuffled batches (a new order every epoch, deterministic for a seed)."""
-    g = torch.Generator().manual_seed(seed)
+class StepHook(Protocol):
+    """Runs after the backward pass of every optimizer step (gradients exist, weights not yet updated).
+
+    Returns numbers for the progress bar and the log; ``state_dict``/``load_state_dict`` make it resumable."""
+
+    def __call__(self, step: int) -> dict[str, float]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def batch_indices(n: int, batch_size: int, seed: int, i: int) -> list[int]:
+    """Indices of global batch ``i``: epochs are seeded permutations, so any batch is computable from i alone."""
+    per_epoch = max(1, n // batch_size) if n >= batch_size else 1
+    epoch, pos = divmod(i, per_epoch)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    return perm[pos * batch_size : (pos + 1) * batch_size].tolist()
+
+
+def batches(data: Dataset, batch_size: int, seed: int, start: int = 0, rank: int = 0, world: int = 1) -> Iterator[dict[str, torch.Tensor]]:
+    """Endless batches from global batch ``start`` on; each of ``world`` processes gets its own slice."""
+    i = start
     while True:
-        yield from DataLoader(data, batch_size=batch_size, shuffle=True, drop_last=len(data) >= batch_size, generator=g)
+        idx = batch_indices(len(data), batch_size * world, seed, i)[rank::world]
+        yield default_collate([data[j] for j in idx])
+        i += 1
 
 
 def cosine_schedule(opt: torch.optim.Optimizer, steps: int, warmup: int) -> torch.optim.lr_scheduler.LambdaLR:
@@ -27,6 +63,62 @@ def cosine_schedule(opt: torch.optim.Optimizer, steps: int, warmup: int) -> torc
         return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
     return torch.optim.lr_scheduler.LambdaLR(opt, f)
+
+
+def _rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def _set_rng_state(s: dict[str, Any]) -> None:
+    torch.set_rng_state(s["torch"])
+    random.setstate(s["python"])
+    np.random.set_state(s["numpy"])
+    if s["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The checkpoint with the highest step in ``output_dir``, or None."""
+    found = sorted(Path(output_dir).glob(f"{CHECKPOINT_PREFIX}*"), key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
+    return found[-1] if found else None
+
+
+def save_checkpoint(path: Path, model: nn.Module, opt, sched, step: int, losses: list[float], hook: StepHook | None) -> None:
+    """Write model weights (safetensors) and everything else needed to continue (torch.save), atomically."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+    torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": _rng_state(), "step": step,
+                "losses": losses, "hook": hook.state_dict() if hook is not None and hasattr(hook, "state_dict") else None},
+               tmp / "state.pt")
+    tmp.rename(path)
+
+
+def load_checkpoint(path: Path, model: nn.Module, opt, sched, hook: StepHook | None) -> tuple[int, list[float]]:
+    """Restore a checkpoint in place; returns (completed steps, losses so far)."""
+    model.load_state_dict(load_file(str(path / "model.safetensors")), strict=True)
+    s = torch.load(path / "state.pt", weights_only=False)
+    opt.load_state_dict(s["optimizer"])
+    sched.load_state_dict(s["scheduler"])
+    _set_rng_state(s["rng"])
+    if hook is not None and s["hook"] is not None:
+        hook.load_state_dict(s["hook"])
+    return s["step"], s["losses"]
+
+
+def accelerator(mixed_precision: str = "no") -> Accelerator:
+    """An Accelerator with this precision. accelerate keeps one state per process; in a single process a
+    new precision resets it, under `accelerate launch` the launcher's setting must match."""
+    if mixed_precision not in ("no", "fp16", "bf16"):
+        raise ValueError(f"mixed_precision must be 'no', 'fp16' or 'bf16', got {mixed_precision!r}")
+    try:
+        return Accelerator(mixed_precision=mixed_precision)
+    except ValueError:
+        if PartialState().num_processes > 1:
+            raise
+        AcceleratorState._reset_state(reset_partial_state=True)
+        return Accelerator(mixed_precision=mixed_precision)
 
 
 def train(
@@ -41,33 +133,70 @@ def train(
     seed: int = 0,
     desc: str = "train",
     progress: bool = True,
-    after_backward: Callable[[int], str | None] | None = None,
+    after_backward: StepHook | Callable[[int], dict[str, float]] | None = None,
+    grad_accum: int = 1,
+    mixed_precision: str = "no",
+    output_dir: str | Path | None = None,
+    checkpoint_every: int = 0,
+    resume: bool = False,
+    log_every: int = 10,
 ) -> list[float]:
-    """Train ``model`` for ``steps`` optimizer steps on ``loss_fn``; returns the loss of every step.
+    """Train ``model`` in place for ``steps`` optimizer steps; returns the loss of every step.
 
-    ``after_backward(step)`` runs once gradients exist and before the optimizer step (a search reads
-    mask gradients there); a string it returns is shown on the progress bar."""
+    ``batch_size`` is per process and micro-step; one optimizer step sees batch_size x grad_accum x
+    processes examples. With ``output_dir``: JSONL log (log.jsonl) every ``log_every`` steps, a
+    checkpoint every ``checkpoint_every`` steps, and ``resume`` continues from the latest one."""
     if steps <= 0:
         return []
+    if grad_accum < 1:
+        raise ValueError(f"grad_accum must be >= 1, got {grad_accum}")
+    if (checkpoint_every or resume) and output_dir is None:
+        raise ValueError("checkpoints and resume need output_dir")
+    acc = accelerator(mixed_precision)
     torch.manual_seed(seed)
-    dev = next(model.parameters()).device
+    out = Path(output_dir) if output_dir is not None else None
+    model.to(acc.device)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
     sched = cosine_schedule(opt, steps, max(1, int(warmup * steps)))
+    start, losses = 0, []
+    ckpt = latest_checkpoint(out) if resume and out is not None and out.exists() else None
+    if ckpt is not None:
+        start, losses = load_checkpoint(ckpt, model, opt, sched, after_backward)
+    wrapped, opt = acc.prepare(model, opt)
+    it = batches(data, batch_size, seed, start=start * grad_accum, rank=acc.process_index, world=acc.num_processes)
+    if out is not None and acc.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+    log = (out / "log.jsonl").open("a") if out is not None and acc.is_main_process else None
     model.train()
-    losses: list[float] = []
-    it = batches(data, batch_size, seed)
-    with bar(progress) as pb:
+    t0 = time.time()
+    with bar(progress and acc.is_main_process) as pb:
         task = pb.add_task(desc, total=steps, info="")
-        for step in range(steps):
-            batch = {k: v.to(dev) for k, v in next(it).items()}
-            loss = loss_fn(model, batch)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            extra = after_backward(step) if after_backward else None
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        pb.update(task, advance=start, info="resumed" if start else "")
+        for step in range(start, steps):
+            total = 0.0
+            for micro in range(grad_accum):
+                batch = {k: v.to(acc.device) for k, v in next(it).items()}
+                sync = acc.no_sync(wrapped) if micro < grad_accum - 1 else nullcontext()
+                with sync, acc.autocast():
+                    loss = loss_fn(wrapped, batch) / grad_accum
+                acc.backward(loss)
+                total += loss.item()
+            extra = after_backward(step) if after_backward is not None else None
+            acc.clip_grad_norm_(wrapped.parameters(), 1.0)
             opt.step()
             sched.step()
-            losses.append(loss.item())
-            pb.update(task, advance=1, info=f"loss {sum(losses[-20:]) / len(losses[-20:]):.3f}" + (f" {extra}" if extra else ""))
+            opt.zero_grad(set_to_none=True)
+            losses.append(total)
+            info = f"loss {sum(losses[-20:]) / len(losses[-20:]):.3f}" + "".join(f" {k} {v:.3g}" for k, v in (extra or {}).items())
+            pb.update(task, advance=1, info=info)
+            done = step + 1
+            if log is not None and (done % log_every == 0 or done == steps):
+                log.write(json.dumps({"step": done, "loss": total, "lr": sched.get_last_lr()[0], "elapsed_s": round(time.time() - t0, 2), **(extra or {})}) + "\n")
+                log.flush()
+            if checkpoint_every and done % checkpoint_every == 0 and done < steps and acc.is_main_process:
+                save_checkpoint(out / f"{CHECKPOINT_PREFIX}{done}", acc.unwrap_model(wrapped), opt, sched, done, losses, after_backward)
+    if log is not None:
+        log.close()
     model.eval()
     return losses
+
