@@ -8,6 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..train.distill import similarity_kl
+
 IMAGE_KEYS = ("pixel_values",)
 TEXT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -46,9 +48,7 @@ def similarity_kd_loss(student: nn.Module, teacher: nn.Module, batch: dict[str, 
     """KL between teacher and student image-text similarity distributions (both directions)."""
     with torch.no_grad():
         t = similarity_logits(teacher, batch)
-    s = similarity_logits(student, batch)
-    kl = lambda a, b: F.kl_div(F.log_softmax(a / temperature, -1), F.log_softmax(b / temperature, -1), log_target=True, reduction="batchmean")  # noqa: E731
-    return 0.5 * (kl(s, t) + kl(s.t(), t.t())) * temperature**2
+    return similarity_kl(similarity_logits(student, batch), t, temperature)
 
 
 def recall_at_k(sim: torch.Tensor, q_labels: torch.Tensor, g_labels: torch.Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict[int, float]:
