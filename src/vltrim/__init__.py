@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from .adapters import UnsupportedModelError, get_adapter, supported_classes
 from .api import apply_plan, inspect, plan, plans_of
+from .compress import CompressResult, compress
 from .io import load, save
 from .masks import masked
 from .measure import compare, count_macs, count_params, measure
@@ -16,6 +17,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Budget",
+    "CompressResult",
     "Group",
     "Plan",
     "PlanError",
@@ -23,6 +25,7 @@ __all__ = [
     "UnsupportedModelError",
     "apply_plan",
     "compare",
+    "compress",
     "count_macs",
     "count_params",
     "get_adapter",

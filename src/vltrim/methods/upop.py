@@ -114,6 +114,7 @@ class _Search:
 @register
 class UPopMethod:
     name = "upop"
+    needs_training = True  # decides while training: use run() for the searched weights, or vltrim.compress
 
     def search(self, model: nn.Module, target: float, **settings: Any) -> Plan:
         return self.run(model, target, **settings).plan

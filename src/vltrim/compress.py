@@ -1,0 +1,78 @@
+"""`vltrim.compress`: search a plan, extract the subnet, retrain it with distillation, report before/after."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+from torch.utils.data import Dataset
+
+from .api import apply_plan
+from .measure import compare
+from .methods import get_method
+from .structure.plan import Plan
+from .tasks import get_task
+from .train import train
+
+
+@dataclass
+class CompressResult:
+    model: nn.Module  # the compressed, retrained model
+    plan: Plan
+    report: dict[str, Any] = field(default_factory=dict)  # metric before/after, params, MACs, latency
+
+
+def compress(
+    model: nn.Module,
+    method: str = "upop",
+    target: float = 0.5,
+    task: str = "retrieval",
+    train_data: Dataset | None = None,
+    eval_data: Dataset | None = None,
+    search_steps: int = 300,
+    retrain_steps: int = 300,
+    kd_weight: float = 1.0,
+    lr: float = 1e-4,
+    retrain_lr: float = 2e-4,
+    batch_size: int = 64,
+    metric: str = "params",
+    align: int = 8,
+    units: str = "head_dims,neurons",
+    latency_batch: int = 8,
+    progress: bool = True,
+    seed: int = 0,
+) -> CompressResult:
+    """Compress ``model`` with ``method`` to remove ``target`` of its prunable ``metric``; ``model`` is not changed.
+
+    Training-based searches (upop) train a copy on ``train_data`` while they decide; then the subnet is
+    retrained ``retrain_steps`` with the task loss + ``kd_weight`` x distillation from the original."""
+    t = get_task(task)
+    m = get_method(method)
+    needs_data = getattr(m, "needs_training", False) or retrain_steps > 0
+    if needs_data and train_data is None:
+        raise ValueError(f"{method} with retrain_steps={retrain_steps} needs train_data")
+
+    def loss(student: nn.Module, batch) -> Any:
+        value = t.loss(student, batch)
+        return value + kd_weight * t.kd(student, model, batch) if kd_weight else value
+
+    model.eval()
+    report: dict[str, Any] = {"method": method, "target": target, "metric": metric, "task": task}
+    if eval_data is not None:
+        report["before"] = t.evaluate(model, eval_data)
+    common = dict(metric=metric, align=align, units=units)
+    if getattr(m, "needs_training", False):
+        res = m.run(model, target, train_data=train_data, loss_fn=loss, steps=search_steps, lr=lr, batch_size=batch_size,
+                    seed=seed, progress=progress, **common)
+        plan, base = res.plan, res.model
+    else:
+        plan, base = m.search(model, target, **common), model
+    small = apply_plan(base, plan)
+    if eval_data is not None:
+        report["after_search"] = t.evaluate(small, eval_data)
+    train(small, train_data, loss, retrain_steps, lr=retrain_lr, batch_size=batch_size, seed=seed + 1, desc="retrain", progress=progress)
+    if eval_data is not None:
+        report["after"] = t.evaluate(small, eval_data)
+    report["plan"] = plan.achieved
+    report["speed"] = compare(model, small, batch_size=latency_batch)
+    return CompressResult(small, plan, report)
