@@ -39,3 +39,23 @@ def test_errors_exit_2_with_a_message(tmp_path):
     assert r.exit_code == 2
     r = runner.invoke(app, ["inspect", "tiny:NoSuchModel"])
     assert r.exit_code == 2 and "no tiny config" in r.output
+
+
+def test_compress_upop_with_builtin_data_and_recipe(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("method: upop\ntarget: 0.3\nsearch_steps: 4\nretrain_steps: 2\nbatch_size: 16\ndata: builtin\n")
+    r = runner.invoke(app, ["compress", "tiny:CLIPModel", "--out", str(tmp_path / "o"), "--recipe", str(recipe), "--target", "0.4"])
+    assert r.exit_code == 0, r.output
+    plan = vltrim.plans_of(vltrim.load(tmp_path / "o"))[0]
+    assert plan.method == "upop" and plan.target["target"] == 0.4  # the command line wins over the recipe
+    assert plan.settings["steps"] == 4
+    assert json.loads((tmp_path / "o" / "report.json").read_text())["speed"]["params_ratio"] > 1.2
+
+
+def test_recipe_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("methd: upop\n")
+    r = runner.invoke(app, ["compress", "tiny:CLIPModel", "--out", str(tmp_path / "o"), "--recipe", str(bad)])
+    assert r.exit_code == 2 and "unknown keys" in r.output
+    r = runner.invoke(app, ["compress", "tiny:BertModel", "--out", str(tmp_path / "o"), "--method", "upop", "--data", "builtin"])
+    assert r.exit_code == 2 and "image-text model" in r.output

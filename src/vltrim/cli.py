@@ -110,39 +110,122 @@ def measure_cmd(
     out_console.print_json(json.dumps(r))
 
 
+RECIPE_KEYS = ("method", "target", "metric", "align", "units", "data", "eval_data", "tokenizer", "search_steps",
+               "retrain_steps", "kd_weight", "lr", "batch_size", "latency_batch")
+
+
+def apply_recipe(ctx: typer.Context, recipe: Path | None, values: dict) -> dict:
+    """Recipe (YAML) values replace defaults; options given on the command line win over the recipe."""
+    if recipe is None:
+        return values
+    import yaml
+
+    try:
+        loaded = yaml.safe_load(recipe.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise typer.BadParameter(f"cannot read recipe {recipe}: {e}") from None
+    if not isinstance(loaded, dict):
+        raise typer.BadParameter(f"recipe {recipe} must be a mapping of option: value")
+    unknown = sorted(set(loaded) - set(RECIPE_KEYS))
+    if unknown:
+        raise typer.BadParameter(f"recipe {recipe} has unknown keys {unknown}; allowed: {', '.join(RECIPE_KEYS)}")
+    for k, v in loaded.items():
+        source = ctx.get_parameter_source(k)
+        if getattr(source, "name", None) != "COMMANDLINE":  # typer ships its own ParameterSource enum
+            values[k] = v
+    return values
+
+
+def make_data(spec: str, model, split: str, tokenizer: str | None, model_spec: str):
+    """'builtin' (the built-in image-caption data at the model's image size) or a .jsonl/.csv manifest."""
+    vc = getattr(model.config, "vision_config", None)
+    tc = getattr(model.config, "text_config", None)
+    if vc is None or tc is None:
+        raise typer.BadParameter(f"--data needs an image-text model; {type(model).__name__} has no vision and text configs")
+    size = vc.image_size if isinstance(vc.image_size, int) else vc.image_size[0]
+    length = min(getattr(tc, "max_position_embeddings", 77), 77)
+    if spec == "builtin":
+        from .data import SyntheticCaptions
+
+        return SyntheticCaptions(split, 8000 if split == "train" else 1000, image_size=size, max_length=length)
+    from transformers import AutoTokenizer
+
+    from .data import ImageCaptionManifest
+
+    source = tokenizer or model_spec
+    try:
+        tok = AutoTokenizer.from_pretrained(source)
+    except Exception as e:  # noqa: BLE001
+        raise typer.BadParameter(f"no tokenizer at {source!r} for {spec}: pass --tokenizer PATH ({e.__class__.__name__})") from None
+    return ImageCaptionManifest(spec, tok, image_size=size, max_length=length)
+
+
 @app.command()
 def compress(
+    ctx: typer.Context,
     model: str = typer.Argument(..., help=MODEL_HELP),
     out: Path = typer.Option(..., help="output directory for the compressed model"),
-    method: str = typer.Option("l1", help="compression method (l1, random)"),
+    method: str = typer.Option("l1", help="compression method (l1, random, upop)"),
     target: float = typer.Option(0.5, help="fraction of prunable cost to remove, in (0, 1)"),
     metric: str = typer.Option("params", help="params or macs"),
     align: int = typer.Option(8, help="kept widths are multiples of this (1 = any width)"),
     units: str = typer.Option("head_dims,neurons", help="unit kinds: head_dims or heads, and neurons"),
     plan_file: Optional[Path] = typer.Option(None, "--plan", help="apply this plan.json instead of searching"),
+    data: Optional[str] = typer.Option(None, help="training data: 'builtin' or an image-caption manifest (.jsonl/.csv)"),
+    eval_data: Optional[str] = typer.Option(None, help="evaluation data, same forms as --data"),
+    tokenizer: Optional[str] = typer.Option(None, help="tokenizer directory for a manifest (default: the model directory)"),
+    search_steps: int = typer.Option(300, help="training steps of a training-based search (upop)"),
+    retrain_steps: int = typer.Option(0, help="retraining steps of the compressed model (needs --data)"),
+    kd_weight: float = typer.Option(1.0, help="weight of distillation from the original model"),
+    lr: float = typer.Option(1e-4, help="learning rate of the search"),
+    batch_size: int = typer.Option(64, help="training batch size"),
     latency_batch: int = typer.Option(1, help="batch size for the before/after latency comparison"),
+    recipe: Optional[Path] = typer.Option(None, help="YAML file with any of these options (command-line options win)"),
 ) -> None:
-    """Search a plan (or read one), apply it, save the smaller model and compare it with the original."""
+    """Compress a model (search or --plan), optionally retrain it, save it and compare it with the original."""
     from . import api, io
+    from .compress import compress as run_compress
     from .measure import compare
     from .structure.plan import Plan
+    from .tasks import get_task
+    from .train import train
 
     try:
+        o = apply_recipe(ctx, recipe, dict(method=method, target=target, metric=metric, align=align, units=units, data=data,
+                         eval_data=eval_data, tokenizer=tokenizer, search_steps=search_steps, retrain_steps=retrain_steps,
+                         kd_weight=kd_weight, lr=lr, batch_size=batch_size, latency_batch=latency_batch))
         m = load_any(model)
-        plan = Plan.load(plan_file) if plan_file else api.plan(m, method, target=target, metric=metric, align=align, units=units)
-        small = api.apply_plan(m, plan)
+        train_ds = make_data(o["data"], m, "train", o["tokenizer"], model) if o["data"] else None
+        eval_ds = make_data(o["eval_data"], m, "val", o["tokenizer"], model) if o["eval_data"] else None
+        if plan_file:
+            plan = Plan.load(plan_file)
+            small = api.apply_plan(m, plan)
+            if o["retrain_steps"]:
+                if train_ds is None:
+                    raise ValueError("--retrain-steps needs --data")
+                train(small, train_ds, get_task("retrieval").loss, o["retrain_steps"], batch_size=o["batch_size"], desc="retrain")
+            report = {"speed": compare(m, small, batch_size=o["latency_batch"])}
+        else:
+            res = run_compress(m, o["method"], o["target"], train_data=train_ds, eval_data=eval_ds, search_steps=o["search_steps"],
+                               retrain_steps=o["retrain_steps"], kd_weight=o["kd_weight"], lr=o["lr"], batch_size=o["batch_size"],
+                               metric=o["metric"], align=o["align"], units=o["units"], latency_batch=o["latency_batch"])
+            small, plan, report = res.model, res.plan, res.report
         io.save(small, out)
-        c = compare(m, small, batch_size=latency_batch)
-    except Exception as e:  # noqa: BLE001
+        (Path(out) / "report.json").write_text(json.dumps(report, indent=1, default=str))
+    except (ValueError, TypeError, FileNotFoundError, typer.BadParameter) as e:
         _fail(e)
+    c = report["speed"]
     tab = Table(title=plan.summary())
     for col in ("", "original", "compressed", "ratio"):
         tab.add_column(col)
+    for key in ("mean_R@1",):
+        if "before" in report and key in report["before"]:
+            tab.add_row(key, f"{report['before'][key]:.3f}", f"{report['after'][key]:.3f}", f"{report['after'][key] / max(report['before'][key], 1e-9):.1%}")
     tab.add_row("params", f"{c['a']['params']:,}", f"{c['b']['params']:,}", f"{c['params_ratio']:.2f}x")
     tab.add_row("MACs", f"{c['a']['macs']:,}", f"{c['b']['macs']:,}", f"{c['macs_ratio']:.2f}x")
     tab.add_row(f"latency ms ({c['device']}, {c['threads']} thr, batch {c['batch_size']})", f"{c['a']['latency_ms']:.3f}", f"{c['b']['latency_ms']:.3f}", f"{c['speedup']:.2f}x")
     out_console.print(tab)
-    out_console.print(f"saved to {out}/; reload with vltrim.load('{out}')")
+    out_console.print(f"saved to {out}/ (with report.json); reload with vltrim.load('{out}')")
 
 
 if __name__ == "__main__":
