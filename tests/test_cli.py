@@ -59,3 +59,15 @@ def test_recipe_errors(tmp_path):
     assert r.exit_code == 2 and "unknown keys" in r.output
     r = runner.invoke(app, ["compress", "tiny:BertModel", "--out", str(tmp_path / "o"), "--method", "upop", "--data", "builtin"])
     assert r.exit_code == 2 and "image-text model" in r.output
+
+
+def test_compress_work_dir_logs_checkpoints_and_resume(tmp_path):
+    args = ["compress", "tiny:CLIPModel", "--method", "upop", "--data", "builtin", "--target", "0.3", "--search-steps", "4",
+            "--batch-size", "16", "--work-dir", str(tmp_path / "w"), "--checkpoint-every", "2"]
+    r = runner.invoke(app, [*args, "--out", str(tmp_path / "a")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "w" / "search" / "log.jsonl").exists() and (tmp_path / "w" / "search" / "checkpoint-2").is_dir()
+    r = runner.invoke(app, [*args, "--out", str(tmp_path / "b"), "--resume"])
+    assert r.exit_code == 0, r.output
+    keep = lambda d: vltrim.plans_of(vltrim.load(tmp_path / d))[0].keep  # noqa: E731
+    assert keep("a") == keep("b")

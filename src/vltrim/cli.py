@@ -111,7 +111,8 @@ def measure_cmd(
 
 
 RECIPE_KEYS = ("method", "target", "metric", "align", "units", "data", "eval_data", "tokenizer", "search_steps",
-               "retrain_steps", "kd_weight", "lr", "batch_size", "latency_batch")
+               "retrain_steps", "kd_weight", "lr", "batch_size", "latency_batch", "grad_accum", "mixed_precision",
+               "work_dir", "checkpoint_every", "resume")
 
 
 def apply_recipe(ctx: typer.Context, recipe: Path | None, values: dict) -> dict:
@@ -180,6 +181,11 @@ def compress(
     lr: float = typer.Option(1e-4, help="learning rate of the search"),
     batch_size: int = typer.Option(64, help="training batch size"),
     latency_batch: int = typer.Option(1, help="batch size for the before/after latency comparison"),
+    grad_accum: int = typer.Option(1, help="micro-batches per optimizer step"),
+    mixed_precision: str = typer.Option("no", help="no, bf16 or fp16"),
+    work_dir: Optional[Path] = typer.Option(None, help="logs (log.jsonl) and checkpoints of search and retrain"),
+    checkpoint_every: int = typer.Option(0, help="checkpoint every N steps (needs --work-dir)"),
+    resume: bool = typer.Option(False, help="continue from the latest checkpoints in --work-dir"),
     recipe: Optional[Path] = typer.Option(None, help="YAML file with any of these options (command-line options win)"),
 ) -> None:
     """Compress a model (search or --plan), optionally retrain it, save it and compare it with the original."""
@@ -193,7 +199,8 @@ def compress(
     try:
         o = apply_recipe(ctx, recipe, dict(method=method, target=target, metric=metric, align=align, units=units, data=data,
                          eval_data=eval_data, tokenizer=tokenizer, search_steps=search_steps, retrain_steps=retrain_steps,
-                         kd_weight=kd_weight, lr=lr, batch_size=batch_size, latency_batch=latency_batch))
+                         kd_weight=kd_weight, lr=lr, batch_size=batch_size, latency_batch=latency_batch, grad_accum=grad_accum,
+                         mixed_precision=mixed_precision, work_dir=work_dir, checkpoint_every=checkpoint_every, resume=resume))
         m = load_any(model)
         train_ds = make_data(o["data"], m, "train", o["tokenizer"], model) if o["data"] else None
         eval_ds = make_data(o["eval_data"], m, "val", o["tokenizer"], model) if o["eval_data"] else None
@@ -208,7 +215,9 @@ def compress(
         else:
             res = run_compress(m, o["method"], o["target"], train_data=train_ds, eval_data=eval_ds, search_steps=o["search_steps"],
                                retrain_steps=o["retrain_steps"], kd_weight=o["kd_weight"], lr=o["lr"], batch_size=o["batch_size"],
-                               metric=o["metric"], align=o["align"], units=o["units"], latency_batch=o["latency_batch"])
+                               metric=o["metric"], align=o["align"], units=o["units"], latency_batch=o["latency_batch"],
+                               grad_accum=o["grad_accum"], mixed_precision=o["mixed_precision"], work_dir=o["work_dir"],
+                               checkpoint_every=o["checkpoint_every"], resume=o["resume"])
             small, plan, report = res.model, res.plan, res.report
         io.save(small, out)
         (Path(out) / "report.json").write_text(json.dumps(report, indent=1, default=str))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -41,11 +42,18 @@ def compress(
     latency_batch: int = 8,
     progress: bool = True,
     seed: int = 0,
+    grad_accum: int = 1,
+    mixed_precision: str = "no",
+    work_dir: str | Path | None = None,
+    checkpoint_every: int = 0,
+    resume: bool = False,
 ) -> CompressResult:
     """Compress ``model`` with ``method`` to remove ``target`` of its prunable ``metric``; ``model`` is not changed.
 
     Training-based searches (upop) train a copy on ``train_data`` while they decide; then the subnet is
-    retrained ``retrain_steps`` with the task loss + ``kd_weight`` x distillation from the original."""
+    retrained ``retrain_steps`` with the task loss + ``kd_weight`` x distillation from the original.
+    With ``work_dir``, search and retrain log to work_dir/{search,retrain}/log.jsonl, checkpoint every
+    ``checkpoint_every`` steps, and ``resume=True`` continues a killed run to the same result."""
     t = get_task(task)
     m = get_method(method)
     needs_data = getattr(m, "needs_training", False) or retrain_steps > 0
@@ -56,6 +64,11 @@ def compress(
         value = t.loss(student, batch)
         return value + kd_weight * t.kd(student, model, batch) if kd_weight else value
 
+    def loop(stage: str) -> dict[str, Any]:
+        d = Path(work_dir) / stage if work_dir is not None else None
+        return dict(grad_accum=grad_accum, mixed_precision=mixed_precision, output_dir=d,
+                    checkpoint_every=checkpoint_every if d is not None else 0, resume=resume and d is not None)
+
     model.eval()
     report: dict[str, Any] = {"method": method, "target": target, "metric": metric, "task": task}
     if eval_data is not None:
@@ -63,14 +76,15 @@ def compress(
     common = dict(metric=metric, align=align, units=units)
     if getattr(m, "needs_training", False):
         res = m.run(model, target, train_data=train_data, loss_fn=loss, steps=search_steps, lr=lr, batch_size=batch_size,
-                    seed=seed, progress=progress, **common)
+                    seed=seed, progress=progress, **common, **loop("search"))
         plan, base = res.plan, res.model
     else:
         plan, base = m.search(model, target, **common), model
     small = apply_plan(base, plan)
     if eval_data is not None:
         report["after_search"] = t.evaluate(small, eval_data)
-    train(small, train_data, loss, retrain_steps, lr=retrain_lr, batch_size=batch_size, seed=seed + 1, desc="retrain", progress=progress)
+    train(small, train_data, loss, retrain_steps, lr=retrain_lr, batch_size=batch_size, seed=seed + 1, desc="retrain",
+          progress=progress, **loop("retrain"))
     if eval_data is not None:
         report["after"] = t.evaluate(small, eval_data)
     report["plan"] = plan.achieved
