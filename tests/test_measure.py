@@ -18,5 +18,5 @@ def test_compare_gives_ratios_of_one_run():
     small = vltrim.apply_plan(model, vltrim.plan(model, "l1", target=0.5))
     c = vltrim.compare(model, small, batch_size=2, rounds=3, min_round_s=0.005)
     assert c["params_ratio"] > 1.3 and c["macs_ratio"] > 1.3
-    assert c["speedup"] == c["a"]["latency_ms"] / c["b"]["latency_ms"]
+    assert c["speedup"] > 0 and c["speedup_of_medians"] == c["a"]["latency_ms"] / c["b"]["latency_ms"]
     assert c["batch_size"] == 2

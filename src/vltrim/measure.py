@@ -115,7 +115,10 @@ def compare(
     warmup: int = 3,
     min_round_s: float = 0.05,
 ) -> dict[str, Any]:
-    """Measure ``a`` (e.g. the original) and ``b`` (compressed) in one interleaved run; ratios are a/b."""
+    """Measure ``a`` (e.g. the original) and ``b`` (compressed) in one interleaved run; ratios are a/b.
+
+    ``speedup`` is the median over rounds of a's time / b's time in the same round: a transient that
+    slows one round shifts both sides of that pair, so it is more robust than the ratio of medians."""
     inputs = inputs if inputs is not None else get_adapter(a).reference_inputs(a, batch_size)
     a.eval(), b.eval()
     ta, tb = _time_rounds([_runner(a, inputs), _runner(b, inputs)], rounds, warmup, min_round_s)
@@ -126,7 +129,8 @@ def compare(
         "b": mb,
         "params_ratio": ma["params"] / mb["params"],
         "macs_ratio": ma["macs"] / mb["macs"],
-        "speedup": ma["latency_ms"] / mb["latency_ms"],
+        "speedup": statistics.median(x / y for x, y in zip(ta, tb)),  # median of paired per-round ratios
+        "speedup_of_medians": ma["latency_ms"] / mb["latency_ms"],
         "rounds": rounds,
         **_context(a, inputs),
     }
