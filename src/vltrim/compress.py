@@ -62,7 +62,7 @@ def compress(
 
     def loss(student: nn.Module, batch) -> Any:
         value = t.loss(student, batch)
-        return value + kd_weight * t.kd(student, model, batch) if kd_weight else value
+        return value + kd_weight * t.kd(student, model, batch) if kd_weight and t.kd is not None else value
 
     def loop(stage: str) -> dict[str, Any]:
         d = Path(work_dir) / stage if work_dir is not None else None
