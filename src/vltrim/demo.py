@@ -1,4 +1,4 @@
-"""`vltrim demo`: compress the reference CLIP teacher 2x, fine-tune briefly, measure, save, reload, verify."""
+"""`vltrim demo`: compress the reference CLIP teacher 2x with `vltrim.compress`, save, reload, verify."""
 from __future__ import annotations
 
 import json
@@ -8,12 +8,9 @@ from typing import Any
 import torch
 
 from . import api, io
-from .measure import compare
 from .adapters import get_adapter
-from .progress import console
+from .compress import compress
 from .reference import datasets, load_reference
-from .tasks.retrieval import contrastive_loss, evaluate_retrieval, similarity_kd_loss
-from .train import train
 
 
 def prunable_params(model: torch.nn.Module, units: tuple[str, ...] = ("head_dims", "neurons")) -> int:
@@ -30,26 +27,15 @@ def run_demo(
     latency_batch: int = 32,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Run the whole path and return (and save as results.json) every number the table shows."""
+    """Run the whole path through ``vltrim.compress`` and return (and save as results.json) every number shown."""
     out = Path(out)
     teacher = load_reference(progress=progress)
     data = datasets(train_size)
-    with console.status("evaluating the teacher"):
-        before = evaluate_retrieval(teacher, data["test"])
-    plan = api.plan(teacher, method, target=target)
-    student = api.apply_plan(teacher, plan)
-    with console.status("evaluating the pruned model before fine-tuning"):
-        pruned = evaluate_retrieval(student, data["test"])
-
-    def loss(model, batch):
-        value = contrastive_loss(model, batch)
-        return value + kd_weight * similarity_kd_loss(model, teacher, batch) if kd_weight else value
-
-    train(student, data["train"], loss, steps, lr=2e-4, batch_size=128, desc="fine-tune compressed", progress=progress)
-    after = evaluate_retrieval(student, data["test"])
-    with console.status(f"timing teacher vs compressed (CPU, batch {latency_batch}, interleaved)"):
-        speed = compare(teacher, student, batch_size=latency_batch)
-    io.save(student, out, card_extra=f"Built-in test retrieval after fine-tuning: mean R@1 {after['mean_R@1']:.3f}")
+    res = compress(teacher, method, target, task="retrieval", train_data=data["train"], eval_data=data["test"],
+                   search_steps=steps, retrain_steps=steps, kd_weight=kd_weight, batch_size=128,
+                   latency_batch=latency_batch, progress=progress)
+    student, speed, rep = res.model, res.report["speed"], res.report
+    io.save(student, out, card_extra=f"Built-in test retrieval after fine-tuning: mean R@1 {rep['after']['mean_R@1']:.3f}")
     again = io.load(out)
     ref = get_adapter(student).reference_inputs(student, 4)
     with torch.no_grad():
@@ -58,14 +44,14 @@ def run_demo(
         "method": method,
         "target": target,
         "fine_tune_steps": steps,
-        "teacher": {**before, "params": speed["a"]["params"], "prunable_params": prunable_params(teacher), "macs": speed["a"]["macs"], "latency_ms": speed["a"]["latency_ms"]},
-        "pruned_before_fine_tune": pruned,
-        "compressed": {**after, "params": speed["b"]["params"], "prunable_params": prunable_params(student), "macs": speed["b"]["macs"], "latency_ms": speed["b"]["latency_ms"]},
+        "teacher": {**rep["before"], "params": speed["a"]["params"], "prunable_params": prunable_params(teacher), "macs": speed["a"]["macs"], "latency_ms": speed["a"]["latency_ms"]},
+        "pruned_before_fine_tune": rep["after_search"],
+        "compressed": {**rep["after"], "params": speed["b"]["params"], "prunable_params": prunable_params(student), "macs": speed["b"]["macs"], "latency_ms": speed["b"]["latency_ms"]},
         "speedup": speed["speedup"],
         "params_ratio": speed["params_ratio"],
         "macs_ratio": speed["macs_ratio"],
         "latency": {k: speed[k] for k in ("device", "threads", "batch_size", "rounds")},
-        "plan": plan.achieved,
+        "plan": res.plan.achieved,
         "reload_bit_exact": same,
         "saved_to": str(out),
     }
