@@ -1,6 +1,6 @@
 """The README's demo numbers: run `vltrim demo` with its defaults and write benchmarks/results/demo.{json,md}.
 
-    python benchmarks/demo.py [--steps 200]
+    python benchmarks/demo.py [--method upop] [--search-steps 100] [--retrain-steps 50]
 """
 from __future__ import annotations
 
@@ -21,12 +21,13 @@ RESULTS = Path(__file__).parent / "results"
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=200)
-    ap.add_argument("--method", default="l1")
+    ap.add_argument("--method", default="upop")
+    ap.add_argument("--search-steps", type=int, default=100)
+    ap.add_argument("--retrain-steps", type=int, default=50)
     args = ap.parse_args()
     t0 = time.time()
     with tempfile.TemporaryDirectory() as d:
-        r = run_demo(Path(d) / "out", method=args.method, steps=args.steps)
+        r = run_demo(Path(d) / "out", method=args.method, search_steps=args.search_steps, retrain_steps=args.retrain_steps)
     r["wall_s"] = round(time.time() - t0, 1)
     r["machine"] = machine()
     RESULTS.mkdir(exist_ok=True)
@@ -42,8 +43,8 @@ if __name__ == "__main__":
         [f"CPU latency, median ms (batch {lat['batch_size']}, {lat['threads']} threads)", f"{t['latency_ms']:.1f}", f"{c['latency_ms']:.1f}", f"{r['speedup']:.2f}x faster"],
     ]
     md = (
-        f"`vltrim demo` ({args.method}, target 50% of prunable params, {args.steps} fine-tune steps; "
-        f"mean R@1 right after pruning, before fine-tuning: {r['pruned_before_fine_tune']['mean_R@1']:.3f}; "
+        f"`vltrim demo` ({args.method}, target 50% of prunable params, {r['search_steps']} search steps, then {r['fine_tune_steps']} "
+        f"fine-tune steps; mean R@1 of the extracted subnet before fine-tuning: {r['pruned_before_fine_tune']['mean_R@1']:.3f}; "
         f"reload bit-exact: {r['reload_bit_exact']}; whole run {r['wall_s']:.0f} s)\n\n"
         + markdown_table(["", "teacher", "compressed", ""], rows)
         + f"\n\nMeasured on: {machine_line()}. Latencies of both models come from one interleaved run.\n"

@@ -32,3 +32,25 @@ def machine_line() -> str:
     m = machine()
     where = m["gpu"] or f"{m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads"
     return f"{where}; torch {m['torch']}, transformers {m['transformers']}, Python {m['python']}"
+
+
+def line_plot(series: dict[str, list[tuple[float, float]]], reference: tuple[float, str], xlabel: str, ylabel: str,
+              path, title: str = "") -> None:
+    """One line per series (points sorted by x) and a dashed reference level (e.g. the teacher), saved as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, pts in series.items():
+        pts = sorted(pts)
+        ax.plot([x for x, _ in pts], [y for _, y in pts], "o-", label=label)
+    ax.axhline(reference[0], color="grey", ls="--", label=reference[1])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)

@@ -28,6 +28,12 @@ def test_compress_saves_a_loadable_smaller_model(tmp_path):
     r = runner.invoke(app, ["compress", "tiny:CLIPModel", "--out", str(tmp_path / "b"), "--plan", str(tmp_path / "a" / "plan.json")])
     assert r.exit_code == 0, r.output
     assert vltrim.count_params(vltrim.load(tmp_path / "b")) == vltrim.count_params(small)
+    # --plan goes through compress like a search: retrain (with KD) and evaluate before/after
+    r = runner.invoke(app, ["compress", "tiny:CLIPModel", "--out", str(tmp_path / "c"), "--plan", str(tmp_path / "a" / "plan.json"),
+                            "--data", "builtin", "--eval-data", "builtin", "--retrain-steps", "2", "--batch-size", "16"])
+    assert r.exit_code == 0, r.output
+    report = json.loads((tmp_path / "c" / "report.json").read_text())
+    assert report["method"] == "l1" and report["target"] == 0.4 and {"before", "after_search", "after"} <= set(report)
     r = runner.invoke(app, ["inspect", str(tmp_path / "a"), "--all"])
     assert r.exit_code == 0 and "vision.layers.0.mlp.neurons" in r.output
 

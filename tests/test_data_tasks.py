@@ -103,3 +103,42 @@ def test_image_folder(tmp_path):
     assert d.classes == ["cats", "dogs"] and len(d) == 5 and int(d[4]["label"]) == 1
     with pytest.raises(ValueError, match="no images"):
         ImageFolder(tmp_path / "cats", image_size=8)
+
+
+SHAPES = ("circle", "square", "triangle", "cross")
+
+
+def _shape_images(n: int, split: str = "train") -> list[dict[str, torch.Tensor]]:
+    data = SyntheticCaptions(split, n)
+    return [{"pixel_values": x["pixel_values"], "label": torch.tensor(SHAPES.index(ATTRIBUTES[int(x["label"])][1]))} for x in data]
+
+
+def test_class_prompts_caption_each_image_with_its_class():
+    from vltrim.data import ClassPrompts
+
+    tok = tokenizer(16)
+    data = ClassPrompts(_shape_images(16), SHAPES, tok)
+    assert data.class_texts["input_ids"].shape == (4, 16)
+    for i in range(len(data)):
+        item = data[i]
+        assert torch.equal(item["input_ids"], tok([f"a photo of a {SHAPES[int(item['label'])]}"])["input_ids"][0])
+    with pytest.raises(IndexError, match="outside the 2 classes"):
+        ClassPrompts(_shape_images(16), SHAPES[:2], tok)[next(i for i in range(16) if _shape_images(16)[i]["label"] >= 2)]
+    with pytest.raises(ValueError, match="template"):
+        ClassPrompts(_shape_images(4), SHAPES, tok, template="no slot")
+
+
+def test_zero_shot_top1_is_nearest_class_prompt():
+    """evaluate_retrieval on ClassPrompts data adds zero-shot top-1: each image's nearest class prompt, by hand."""
+    from vltrim.data import ClassPrompts
+    from vltrim.tasks.retrieval import image_embeds, text_embeds
+
+    model = tiny_model("VisionTextDualEncoderModel")
+    data = ClassPrompts(_shape_images(64, "test"), SHAPES, tokenizer(16))
+    with torch.no_grad():
+        img = image_embeds(model, {"pixel_values": torch.stack([x["pixel_values"] for x in data])})
+        pred = (img @ text_embeds(model, data.class_texts).t()).argmax(1)
+    expected = (pred == torch.stack([x["label"] for x in data])).float().mean().item()
+    assert evaluate_retrieval(model, data)["zero_shot_top1"] == pytest.approx(expected)
+    assert zero_shot_accuracy(model, data, data.class_texts) == pytest.approx(expected)
+    assert "zero_shot_top1" not in evaluate_retrieval(model, SyntheticCaptions("test", 16))

@@ -17,9 +17,10 @@ def test_reference_teacher_ships_with_the_package():
 
 
 def test_demo_end_to_end(tmp_path):
-    r = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--steps", "3", "--train-size", "256"])
+    r = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--search-steps", "4", "--retrain-steps", "2", "--train-size", "256"])
     assert r.exit_code == 0, r.output
     res = json.loads((tmp_path / "results.json").read_text())
+    assert res["method"] == "upop" and res["search_steps"] == 4 and res["fine_tune_steps"] == 2
     assert res["reload_bit_exact"] is True
     assert res["teacher"]["prunable_params"] / res["compressed"]["prunable_params"] >= 1.8
     assert res["macs_ratio"] > 1.5 and res["teacher"]["mean_R@1"] > 0.5

@@ -76,3 +76,37 @@ def test_upop_needs_data_and_a_loss():
         vltrim.plan(tiny_model("CLIPModel"), "upop", target=0.3)
     with pytest.raises(ValueError, match="loss_fn"):
         vltrim.plan(tiny_model("BertModel"), "upop", target=0.3, train_data=SyntheticCaptions("train", 8), steps=1)
+
+
+def _pruned(groups, keep):
+    return {(g.name, i) for g in groups for i in range(g.size) if g.name in keep and i not in keep[g.name]}
+
+
+@pytest.mark.parametrize("monotone", [True, False])
+def test_pruned_set_only_grows_when_monotone(monotone):
+    """Re-ranking late in the search would move units from mask 1 straight to ~0 (a weight gap); monotone
+    keeps every unit pruned once, so the only late changes are the small share increments."""
+    from vltrim.methods.common import prunable_groups
+    from vltrim.methods.upop import _Search
+
+    groups = prunable_groups(tiny_model("CLIPModel"), "neurons")
+    state = _Search(groups, 0.5, "params", 8, steps=4, interval=2, monotone=monotone)
+    for g in groups:
+        state.scores[g.name] = torch.arange(g.size, dtype=torch.float64)  # low indices look unimportant
+    state(1)
+    first = _pruned(groups, state.keep)
+    for g in groups:
+        state.scores[g.name] = -torch.arange(g.size, dtype=torch.float64)  # now the high indices do
+    state(3)
+    second = _pruned(groups, state.keep)
+    assert len(second) > len(first)
+    assert (first <= second) == monotone
+    assert (state.log[-1]["restored"] == 0) == monotone
+    assert state.log[-1]["newly_pruned"] == len(second - first)
+
+
+def test_search_log_counts_churn(searched):
+    _, res = searched
+    assert all(e["restored"] == 0 for e in res.log)
+    removed = sum(len(res.masks[n]) - len(k) for n, k in res.plan.keep.items())
+    assert sum(e["newly_pruned"] for e in res.log) == removed

@@ -1,4 +1,4 @@
-"""`vltrim demo`: compress the reference CLIP teacher 2x with `vltrim.compress`, save, reload, verify."""
+"""`vltrim demo`: compress the reference CLIP teacher 2x with UPop through `vltrim.compress`, save, reload, verify."""
 from __future__ import annotations
 
 import json
@@ -10,6 +10,7 @@ import torch
 from . import api, io
 from .adapters import get_adapter
 from .compress import compress
+from .methods import get_method
 from .reference import datasets, load_reference
 
 
@@ -19,9 +20,10 @@ def prunable_params(model: torch.nn.Module, units: tuple[str, ...] = ("head_dims
 
 def run_demo(
     out: str | Path = "vltrim-demo",
-    method: str = "l1",
+    method: str = "upop",
     target: float = 0.5,
-    steps: int = 200,
+    search_steps: int = 100,
+    retrain_steps: int = 50,
     kd_weight: float = 1.0,
     train_size: int = 8000,
     latency_batch: int = 32,
@@ -32,7 +34,7 @@ def run_demo(
     teacher = load_reference(progress=progress)
     data = datasets(train_size)
     res = compress(teacher, method, target, task="retrieval", train_data=data["train"], eval_data=data["test"],
-                   search_steps=steps, retrain_steps=steps, kd_weight=kd_weight, batch_size=128,
+                   search_steps=search_steps, retrain_steps=retrain_steps, kd_weight=kd_weight, batch_size=128,
                    latency_batch=latency_batch, progress=progress)
     student, speed, rep = res.model, res.report["speed"], res.report
     io.save(student, out, card_extra=f"Built-in test retrieval after fine-tuning: mean R@1 {rep['after']['mean_R@1']:.3f}")
@@ -43,7 +45,8 @@ def run_demo(
     results = {
         "method": method,
         "target": target,
-        "fine_tune_steps": steps,
+        "search_steps": search_steps if getattr(get_method(method), "needs_training", False) else 0,
+        "fine_tune_steps": retrain_steps,
         "teacher": {**rep["before"], "params": speed["a"]["params"], "prunable_params": prunable_params(teacher), "macs": speed["a"]["macs"], "latency_ms": speed["a"]["latency_ms"]},
         "pruned_before_fine_tune": rep["after_search"],
         "compressed": {**rep["after"], "params": speed["b"]["params"], "prunable_params": prunable_params(student), "macs": speed["b"]["macs"], "latency_ms": speed["b"]["latency_ms"]},
@@ -64,7 +67,8 @@ def results_table(r: dict[str, Any]):
     from rich.table import Table
 
     t, c = r["teacher"], r["compressed"]
-    tab = Table(title=f"vltrim demo: {r['method']} at target {r['target']:.0%} of prunable params, {r['fine_tune_steps']} fine-tune steps")
+    search = f"{r['search_steps']} search + " if r.get("search_steps") else ""
+    tab = Table(title=f"vltrim demo: {r['method']} at target {r['target']:.0%} of prunable params, {search}{r['fine_tune_steps']} fine-tune steps")
     for col in ("", "teacher", "compressed", "ratio"):
         tab.add_column(col, justify="right" if col else "left")
     tab.add_row("mean R@1 (built-in test)", f"{t['mean_R@1']:.3f}", f"{c['mean_R@1']:.3f}", f"{c['mean_R@1'] / t['mean_R@1']:.1%} kept")

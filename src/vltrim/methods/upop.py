@@ -21,7 +21,7 @@ from .. import masks
 from ..adapters import get_adapter
 from ..structure.groups import Group
 from ..structure.plan import Plan
-from ..structure.select import Budget, normalize_by_kind, select
+from ..structure.select import Budget, achieved, normalize_by_kind, select
 from ..train import train
 from . import register
 from .common import DEFAULT_UNITS, plan_from_keep, prunable_groups
@@ -65,11 +65,23 @@ def _mean_over_ranks(g: torch.Tensor) -> torch.Tensor:
     return g
 
 
+def _set_changes(groups: list[Group], old: dict[str, list[int]], new: dict[str, list[int]]) -> tuple[int, int]:
+    """Units pruned now that were kept at the previous update, and units brought back (churn of the pruned set)."""
+    newly = restored = 0
+    for g in groups:
+        was = set(range(g.size)) - set(old.get(g.name, range(g.size)))
+        now = set(range(g.size)) - set(new.get(g.name, range(g.size)))
+        newly, restored = newly + len(now - was), restored + len(was - now)
+    return newly, restored
+
+
 class _Search:
     """Mask values, saliency and the schedule of one search (the after-backward step of the loop)."""
 
-    def __init__(self, groups: list[Group], target: float, metric: str, align: int, steps: int, interval: int):
+    def __init__(self, groups: list[Group], target: float, metric: str, align: int, steps: int, interval: int,
+                 monotone: bool = True):
         self.groups, self.target, self.metric, self.align, self.steps = groups, target, metric, align, steps
+        self.monotone = monotone
         self.values = {g.name: torch.ones(g.size, requires_grad=True) for g in groups}
         self.scores = {g.name: torch.zeros(g.size, dtype=torch.float64) for g in groups}
         self.updates = set(update_steps(steps, interval))
@@ -97,9 +109,24 @@ class _Search:
         self.scores = {n: t.clone() for n, t in s["scores"].items()}
         self.keep, self.share, self.log = s["keep"], s["share"], list(s["log"])
 
+    def _select(self) -> dict[str, list[int]]:
+        """Units to keep at the current share. Monotone: units pruned before stay pruned (they rank first),
+        so no unit jumps from mask 1 straight to a near-0 fade late in the search."""
+        scores = normalize_by_kind(self.groups, self.scores)
+        if self.monotone and self.keep:
+            if achieved(self.groups, self.keep)[f"{self.metric}_removed"] >= self.share:
+                return self.keep
+            for g in self.groups:
+                if g.name in self.keep:
+                    pruned = sorted(set(range(g.size)) - set(self.keep[g.name]))
+                    scores[g.name][pruned] = -math.inf
+        return select(self.groups, scores, Budget(self.share, self.metric, self.align))
+
     def _update(self, t: int) -> None:
         self.share = progressive_share(t, self.steps, self.target)
-        self.keep = select(self.groups, normalize_by_kind(self.groups, self.scores), Budget(self.share, self.metric, self.align))
+        before = self.keep
+        self.keep = self._select()
+        newly, restored = _set_changes(self.groups, before, self.keep)
         fade = 0.0 if t >= self.steps else 1.0 - self.share / self.target
         with torch.no_grad():
             for g in self.groups:
@@ -108,7 +135,8 @@ class _Search:
                 if g.name in self.keep:
                     pruned = sorted(set(range(g.size)) - set(self.keep[g.name]))
                     v[pruned] = fade
-        self.log.append({"step": t, "share": self.share, "fade": fade, "groups_pruned": len(self.keep)})
+        self.log.append({"step": t, "share": self.share, "fade": fade, "groups_pruned": len(self.keep),
+                         "newly_pruned": newly, "restored": restored})
 
 
 @register
@@ -132,6 +160,7 @@ class UPopMethod:
         metric: str = "params",
         align: int = 8,
         units=DEFAULT_UNITS,
+        monotone: bool = True,
         seed: int = 0,
         progress: bool = True,
         **loop: Any,
@@ -145,7 +174,7 @@ class UPopMethod:
             raise ValueError(f"steps and interval must be >= 1, got steps={steps}, interval={interval}")
         work = copy.deepcopy(model)
         groups = prunable_groups(work, units)
-        state = _Search(groups, target, metric, align, steps, interval)
+        state = _Search(groups, target, metric, align, steps, interval, monotone)
         handles = masks.attach(get_adapter(work), work, state.values)
         try:
             train(work, train_data, loss_fn or default_loss(work), steps, lr=lr, batch_size=batch_size, seed=seed,
@@ -153,7 +182,7 @@ class UPopMethod:
         finally:
             handles.remove()
         settings = {"units": sorted({g.kind.value for g in groups}), "steps": steps, "interval": interval, "lr": lr,
-                    "batch_size": batch_size, "seed": seed}
+                    "batch_size": batch_size, "seed": seed, "monotone": monotone}
         plan = plan_from_keep(work, groups, state.keep, budget, self.name, settings)
         final = {n: v.detach().clone() for n, v in state.values.items()}
         return SearchResult(plan, work.eval(), final, state.scores, state.log)

@@ -79,7 +79,16 @@ def evaluate_retrieval(model: nn.Module, data: Dataset, batch_size: int = 256) -
     i2t, t2i = recall_at_k(sim, labels, labels), recall_at_k(sim.t(), labels, labels)
     out = {f"i2t_R@{k}": v for k, v in i2t.items()} | {f"t2i_R@{k}": v for k, v in t2i.items()}
     out["mean_R@1"] = (i2t[1] + t2i[1]) / 2
+    if getattr(data, "class_texts", None) is not None:  # e.g. data.ClassPrompts: also classify by nearest prompt
+        out["zero_shot_top1"] = _zero_shot(model, img, labels, data.class_texts)
     return out
+
+
+@torch.no_grad()
+def _zero_shot(model: nn.Module, img: torch.Tensor, labels: torch.Tensor, class_texts: dict[str, torch.Tensor]) -> float:
+    dev = next(model.parameters()).device
+    classes = text_embeds(model, {k: v.to(dev) for k, v in class_texts.items()}).float().cpu()
+    return ((img @ classes.t()).argmax(1) == labels).float().mean().item()
 
 
 @torch.no_grad()
@@ -87,10 +96,8 @@ def zero_shot_accuracy(model: nn.Module, data: Dataset, class_texts: dict[str, t
     """Top-1 accuracy of classifying images by their nearest class prompt (``class_texts``: tokenized prompts, one per class)."""
     model.eval()
     dev = next(model.parameters()).device
-    classes = text_embeds(model, {k: v.to(dev) for k, v in class_texts.items()})
-    correct = total = 0
+    img, labels = [], []
     for batch in DataLoader(data, batch_size=batch_size):
-        pred = (image_embeds(model, {"pixel_values": batch["pixel_values"].to(dev)}) @ classes.t()).argmax(1).cpu()
-        correct += (pred == batch["label"]).sum().item()
-        total += len(pred)
-    return correct / total
+        img.append(image_embeds(model, {"pixel_values": batch["pixel_values"].to(dev)}).float().cpu())
+        labels.append(batch["label"])
+    return _zero_shot(model, torch.cat(img), torch.cat(labels), class_texts)
