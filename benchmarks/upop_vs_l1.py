@@ -71,7 +71,7 @@ if __name__ == "__main__":
     md = (f"Reference teacher: mean R@1 {teacher['mean_R@1']:.3f}, {teacher['params']:,} params. upop searches {args.search_steps} steps; "
           f"every subnet is then retrained {args.retrain_steps} steps (contrastive + similarity KD, batch 128), "
           f"except the 'equal total steps' row, which gives l1 {args.search_steps + args.retrain_steps}.\n\n{table}\n\n"
-          + ("* rerun on its own with `--only` (same seeds, so the same model; latency re-measured).\n\n" if any(r.get("rerun") for r in rows) else "")
+          + ("Rows marked * were rerun on their own with `--only` (same seeds, so the same model; latency re-measured).\n\n" if any(r.get("rerun") for r in rows) else "")
           + f"Plot: benchmarks/results/upop_vs_l1.png. Measured on: {machine_line()}.\n")
     (RESULTS / "upop_vs_l1.md").write_text(md)
     print(md)
