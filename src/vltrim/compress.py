@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -86,7 +85,8 @@ def compress(
 
     model.eval()
     report: dict[str, Any] = {"method": method if plan is None else plan.method, "target": target if plan is None else plan.target.get("target"),
-                              "metric": metric, "task": task}
+                              "metric": metric, "task": task, "search_steps": search_steps if searches else 0,
+                              "retrain_steps": retrain_steps}
     if eval_data is not None:
         report["before"] = t.evaluate(model, eval_data)
     common = dict(metric=metric, align=align, units=units)

@@ -10,7 +10,6 @@ import torch
 from . import api, io
 from .adapters import get_adapter
 from .compress import compress
-from .methods import get_method
 from .reference import datasets, load_reference
 
 
@@ -45,8 +44,8 @@ def run_demo(
     results = {
         "method": method,
         "target": target,
-        "search_steps": search_steps if getattr(get_method(method), "needs_training", False) else 0,
-        "fine_tune_steps": retrain_steps,
+        "search_steps": rep["search_steps"],
+        "fine_tune_steps": rep["retrain_steps"],
         "teacher": {**rep["before"], "params": speed["a"]["params"], "prunable_params": prunable_params(teacher), "macs": speed["a"]["macs"], "latency_ms": speed["a"]["latency_ms"]},
         "pruned_before_fine_tune": rep["after_search"],
         "compressed": {**rep["after"], "params": speed["b"]["params"], "prunable_params": prunable_params(student), "macs": speed["b"]["macs"], "latency_ms": speed["b"]["latency_ms"]},

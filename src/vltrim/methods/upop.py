@@ -65,12 +65,16 @@ def _mean_over_ranks(g: torch.Tensor) -> torch.Tensor:
     return g
 
 
+def _pruned(g: Group, keep: dict[str, list[int]]) -> list[int]:
+    """Indices of ``g`` that ``keep`` removes (none when the group is not listed)."""
+    return sorted(set(range(g.size)) - set(keep.get(g.name, range(g.size))))
+
+
 def _set_changes(groups: list[Group], old: dict[str, list[int]], new: dict[str, list[int]]) -> tuple[int, int]:
     """Units pruned now that were kept at the previous update, and units brought back (churn of the pruned set)."""
     newly = restored = 0
     for g in groups:
-        was = set(range(g.size)) - set(old.get(g.name, range(g.size)))
-        now = set(range(g.size)) - set(new.get(g.name, range(g.size)))
+        was, now = set(_pruned(g, old)), set(_pruned(g, new))
         newly, restored = newly + len(now - was), restored + len(was - now)
     return newly, restored
 
@@ -117,9 +121,7 @@ class _Search:
             if achieved(self.groups, self.keep)[f"{self.metric}_removed"] >= self.share:
                 return self.keep
             for g in self.groups:
-                if g.name in self.keep:
-                    pruned = sorted(set(range(g.size)) - set(self.keep[g.name]))
-                    scores[g.name][pruned] = -math.inf
+                scores[g.name][_pruned(g, self.keep)] = -math.inf
         return select(self.groups, scores, Budget(self.share, self.metric, self.align))
 
     def _update(self, t: int) -> None:
@@ -130,11 +132,7 @@ class _Search:
         fade = 0.0 if t >= self.steps else 1.0 - self.share / self.target
         with torch.no_grad():
             for g in self.groups:
-                v = self.values[g.name]
-                v.fill_(1.0)
-                if g.name in self.keep:
-                    pruned = sorted(set(range(g.size)) - set(self.keep[g.name]))
-                    v[pruned] = fade
+                self.values[g.name].fill_(1.0)[_pruned(g, self.keep)] = fade
         self.log.append({"step": t, "share": self.share, "fade": fade, "groups_pruned": len(self.keep),
                          "newly_pruned": newly, "restored": restored})
 
