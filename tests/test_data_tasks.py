@@ -142,3 +142,15 @@ def test_zero_shot_top1_is_nearest_class_prompt():
     assert evaluate_retrieval(model, data)["zero_shot_top1"] == pytest.approx(expected)
     assert zero_shot_accuracy(model, data, data.class_texts) == pytest.approx(expected)
     assert "zero_shot_top1" not in evaluate_retrieval(model, SyntheticCaptions("test", 16))
+
+
+def test_class_prompt_captions_are_embedded_once_with_the_same_metrics():
+    """ClassPrompts embeds each class prompt once for evaluation; the metrics equal embedding every caption."""
+    from vltrim.data import ClassPrompts
+
+    model = tiny_model("VisionTextDualEncoderModel")
+    data = ClassPrompts(_shape_images(64, "test"), SHAPES, tokenizer(16))
+    fast = evaluate_retrieval(model, data)
+    data.captions_by_label = False
+    slow = evaluate_retrieval(model, data)
+    assert fast.keys() == slow.keys() and all(fast[k] == pytest.approx(slow[k]) for k in fast)

@@ -6,7 +6,7 @@ import torch
 
 import vltrim
 from vltrim.adapters import get_adapter
-from vltrim.structure.select import Budget, removal_chunks, select
+from vltrim.structure.select import MAX_RATIO, Budget, removal_chunks, select
 from vltrim.zoo import tiny_model
 
 CLASSES = ["CLIPModel", "VisionTextDualEncoderModel", "BertModel", "DeiTForImageClassification"]
@@ -79,7 +79,8 @@ def test_unreachable_and_invalid_targets():
 
 def test_plan_records_target_and_method():
     plan = vltrim.plan(tiny_model("CLIPModel"), "l1", target=0.5, metric="macs", align=8)
-    assert plan.method == "l1" and plan.target == {"target": 0.5, "metric": "macs", "align": 8}
+    assert plan.method == "l1" and plan.target == {"target": 0.5, "metric": "macs", "align": 8,
+                                                  "allocation": "uniform", "max_ratio": MAX_RATIO}  # l1's default
     assert plan.achieved["macs_removed"] >= 0.5
     assert {g.split(".")[0] for g in plan.keep} == {"vision", "text"}  # one ranking over both modalities
 

@@ -114,7 +114,7 @@ def measure_cmd(
 
 RECIPE_KEYS = ("method", "target", "metric", "align", "units", "data", "eval_data", "tokenizer", "search_steps",
                "retrain_steps", "kd_weight", "lr", "batch_size", "latency_batch", "grad_accum", "mixed_precision",
-               "work_dir", "checkpoint_every", "resume")
+               "work_dir", "checkpoint_every", "resume", "allocation", "max_ratio", "seed")
 
 
 def apply_recipe(ctx: typer.Context, recipe: Path | None, values: dict) -> dict:
@@ -174,11 +174,14 @@ def compress(
     ctx: typer.Context,
     model: str = typer.Argument(..., help=MODEL_HELP),
     out: Path = typer.Option(..., help="output directory for the compressed model"),
-    method: str = typer.Option("l1", help="compression method (l1, random, upop)"),
+    method: str = typer.Option("l1", help="compression method (l1, taylor, random, upop)"),
     target: float = typer.Option(0.5, help="fraction of prunable cost to remove, in (0, 1)"),
     metric: str = typer.Option("params", help="params or macs"),
     align: int = typer.Option(8, help="kept widths are multiples of this (1 = any width)"),
     units: str = typer.Option("head_dims,neurons", help="unit kinds: head_dims or heads, and neurons"),
+    allocation: Optional[str] = typer.Option(None, help="where the cut falls: global (one ranking), uniform (every group alike) or modality; default: the method's"),
+    max_ratio: Optional[float] = typer.Option(None, help="at most this share of any one group's units is removed; default: the method's"),
+    seed: int = typer.Option(0, help="seed of the search (random scores, calibration, batch order) and retraining"),
     plan_file: Optional[Path] = typer.Option(None, "--plan", help="apply this plan.json instead of searching"),
     data: Optional[str] = typer.Option(None, help="training data: 'builtin' or an image-caption manifest (.jsonl/.csv)"),
     eval_data: Optional[str] = typer.Option(None, help="evaluation data, same forms as --data"),
@@ -188,7 +191,7 @@ def compress(
     kd_weight: float = typer.Option(1.0, help="weight of distillation from the original model"),
     lr: float = typer.Option(1e-4, help="learning rate of the search"),
     batch_size: int = typer.Option(64, help="training batch size"),
-    latency_batch: int = typer.Option(1, help="batch size for the before/after latency comparison"),
+    latency_batch: int = typer.Option(1, help="batch size for the before/after latency comparison (0: no timing)"),
     grad_accum: int = typer.Option(1, help="micro-batches per optimizer step"),
     mixed_precision: str = typer.Option("no", help="no, bf16 or fp16"),
     work_dir: Optional[Path] = typer.Option(None, help="logs (log.jsonl) and checkpoints of search and retrain"),
@@ -205,7 +208,8 @@ def compress(
         o = apply_recipe(ctx, recipe, dict(method=method, target=target, metric=metric, align=align, units=units, data=data,
                          eval_data=eval_data, tokenizer=tokenizer, search_steps=search_steps, retrain_steps=retrain_steps,
                          kd_weight=kd_weight, lr=lr, batch_size=batch_size, latency_batch=latency_batch, grad_accum=grad_accum,
-                         mixed_precision=mixed_precision, work_dir=work_dir, checkpoint_every=checkpoint_every, resume=resume))
+                         mixed_precision=mixed_precision, work_dir=work_dir, checkpoint_every=checkpoint_every, resume=resume,
+                         allocation=allocation, max_ratio=max_ratio, seed=seed))
         m = load_any(model)
         train_ds = make_data(o["data"], m, "train", o["tokenizer"], model) if o["data"] else None
         eval_ds = make_data(o["eval_data"], m, "val", o["tokenizer"], model) if o["eval_data"] else None
@@ -213,7 +217,8 @@ def compress(
                            retrain_steps=o["retrain_steps"], kd_weight=o["kd_weight"], lr=o["lr"], batch_size=o["batch_size"],
                            metric=o["metric"], align=o["align"], units=o["units"], latency_batch=o["latency_batch"],
                            grad_accum=o["grad_accum"], mixed_precision=o["mixed_precision"], work_dir=o["work_dir"],
-                           checkpoint_every=o["checkpoint_every"], resume=o["resume"], plan=Plan.load(plan_file) if plan_file else None)
+                           checkpoint_every=o["checkpoint_every"], resume=o["resume"], allocation=o["allocation"],
+                           max_ratio=o["max_ratio"], seed=o["seed"], plan=Plan.load(plan_file) if plan_file else None)
         small, plan, report = res.model, res.plan, res.report
         io.save(small, out)
         (Path(out) / "report.json").write_text(json.dumps(report, indent=1, default=str))
@@ -226,9 +231,10 @@ def compress(
     for key in ("mean_R@1",):
         if "before" in report and key in report["before"]:
             tab.add_row(key, f"{report['before'][key]:.3f}", f"{report['after'][key]:.3f}", f"{report['after'][key] / max(report['before'][key], 1e-9):.1%}")
-    tab.add_row("params", f"{c['a']['params']:,}", f"{c['b']['params']:,}", f"{c['params_ratio']:.2f}x")
-    tab.add_row("MACs", f"{c['a']['macs']:,}", f"{c['b']['macs']:,}", f"{c['macs_ratio']:.2f}x")
-    tab.add_row(f"latency ms ({c['device']}, {c['threads']} thr, batch {c['batch_size']})", f"{c['a']['latency_ms']:.3f}", f"{c['b']['latency_ms']:.3f}", f"{c['speedup']:.2f}x")
+    if c is not None:
+        tab.add_row("params", f"{c['a']['params']:,}", f"{c['b']['params']:,}", f"{c['params_ratio']:.2f}x")
+        tab.add_row("MACs", f"{c['a']['macs']:,}", f"{c['b']['macs']:,}", f"{c['macs_ratio']:.2f}x")
+        tab.add_row(f"latency ms ({c['device']}, {c['threads']} thr, batch {c['batch_size']})", f"{c['a']['latency_ms']:.3f}", f"{c['b']['latency_ms']:.3f}", f"{c['speedup']:.2f}x")
     out_console.print(tab)
     out_console.print(f"saved to {out}/ (with report.json); reload with vltrim.load('{out}')")
 

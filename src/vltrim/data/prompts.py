@@ -15,6 +15,8 @@ class ClassPrompts(Dataset):
     ``class_texts`` holds every class's tokenized prompt; `evaluate_retrieval` reports zero-shot top-1
     with it, and the same-label positives of the contrastive loss make every image of a class match."""
 
+    captions_by_label = True  # every item's caption is class_texts[label]: evaluation embeds each prompt once
+
     def __init__(self, images: Dataset, classes: Sequence[str], tokenizer: Callable, template: str = "a photo of a {}",
                  max_length: int = 16):
         if "{}" not in template:

@@ -1,7 +1,7 @@
 """Shared by score-based methods: pick the groups to prune, rank units globally, build the Plan."""
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
@@ -10,7 +10,7 @@ from ..adapters import get_adapter
 from ..measure import count_macs, count_params
 from ..structure.groups import Group, UnitKind
 from ..structure.plan import Plan
-from ..structure.select import Budget, achieved, normalize_by_kind, select
+from ..structure.select import Budget, achieved, normalize_scores, select
 
 DEFAULT_UNITS = ("head_dims", "neurons")
 
@@ -41,11 +41,40 @@ def prunable_groups(model: nn.Module, units: str | Iterable[str], modalities: It
     return groups
 
 
+def coupled_parameters(model: nn.Module, group: Group) -> list[tuple[torch.Tensor, int]]:
+    """Every parameter a unit of ``group`` owns, with the dimension its units lie along: q, k, v rows and
+    biases and out-projection columns (heads, head_dims), or fc1 rows and bias and fc2 columns (neurons)."""
+    _, _, b = get_adapter(model).locate(model, group.name)
+    if group.kind == UnitKind.NEURONS:
+        parts = [(b.fc1.weight, 0), (b.fc1.bias, 0), (b.fc2.weight, 1)]
+    elif group.kind in (UnitKind.HEADS, UnitKind.HEAD_DIMS):
+        a = b.attn
+        parts = [(lin.weight, 0) for lin in (a.q, a.k, a.v)] + [(lin.bias, 0) for lin in (a.q, a.k, a.v)] + [(a.o.weight, 1)]
+    else:
+        raise ValueError(f"{group.name}: per-weight importance covers heads, head_dims and neurons, not {group.kind}")
+    return [(t, d) for t, d in parts if t is not None]
+
+
+def unit_sums(model: nn.Module, group: Group, value: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """Sum of ``value(param)`` over every weight each unit of ``group`` owns (a group-level importance,
+    as Torch-Pruning's group reduction computes it)."""
+    total = None
+    for t, dim in coupled_parameters(model, group):
+        v = value(t).detach().double()
+        per = v.movedim(dim, 0).reshape(v.shape[dim], -1).sum(1)
+        total = per if total is None else total + per
+    if group.kind == UnitKind.NEURONS:
+        return total
+    a = get_adapter(model).locate(model, group.name)[2].attn
+    per_channel = total.view(a.num_heads, a.head_dim)
+    return per_channel.sum(1) if group.kind == UnitKind.HEADS else per_channel.sum(0)
+
+
 def plan_from_scores(
     model: nn.Module, groups: list[Group], scores: dict[str, torch.Tensor], budget: Budget, method: str, settings: dict[str, Any]
 ) -> Plan:
     """Rank all units of ``groups`` by normalised score, cut to ``budget``; record target and achievement."""
-    return plan_from_keep(model, groups, select(groups, normalize_by_kind(groups, scores), budget), budget, method, settings)
+    return plan_from_keep(model, groups, select(groups, normalize_scores(groups, scores), budget), budget, method, settings)
 
 
 def plan_from_keep(

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..structure.select import Budget
+from ..structure.select import ALLOCATION, MAX_RATIO, Budget
 from . import register
 from .common import DEFAULT_UNITS, plan_from_scores, prunable_groups
 
@@ -13,9 +13,11 @@ from .common import DEFAULT_UNITS, plan_from_scores, prunable_groups
 class RandomMethod:
     name = "random"
 
-    def search(self, model: nn.Module, target: float, metric: str = "params", align: int = 8, units=DEFAULT_UNITS, seed: int = 0):
+    def search(self, model: nn.Module, target: float, metric: str = "params", align: int = 8, units=DEFAULT_UNITS,
+               allocation: str = ALLOCATION, max_ratio: float = MAX_RATIO, seed: int = 0):
         groups = prunable_groups(model, units)
         gen = torch.Generator().manual_seed(seed)
         scores = {g.name: torch.rand(g.size, generator=gen) for g in groups}
         settings = {"units": sorted({g.kind.value for g in groups}), "seed": seed}
-        return plan_from_scores(model, groups, scores, Budget(target, metric, align), self.name, settings)
+        budget = Budget(target, metric, align, allocation, max_ratio)
+        return plan_from_scores(model, groups, scores, budget, self.name, settings)

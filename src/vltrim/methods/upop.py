@@ -1,14 +1,17 @@
 """`upop`: unified progressive pruning (Shi et al., ICML 2023), search stage.
 
 Soft masks on head_dims (or heads) and FFN neurons of every tower. While the weights train on the
-task loss, each unit's saliency |dL/dm| is accumulated; every ``interval`` steps one global ranking
-(scores standardised per unit kind, cut by exact cost) picks the units that make up the pruned share
-pi(t) = p * sin(pi * t / 2T), and their masks are set to 1 - pi(t)/p (kept units: 1). At the last
-step the pruned masks are exactly 0, so the extracted subnet computes what the searched model does.
+task loss at a constant LR, each unit's saliency (|w * dL/dw| over its weights by default; the paper's
+mask gradient |dL/dm| with saliency='abs') is accumulated; every ``interval`` steps one
+global ranking of all units (scores standardised per unit kind and modality, cut by exact cost) picks
+the units that make up the pruned share pi(t) = p * sin(pi * t / 2T), and their masks are set to
+1 - pi(t)/p (kept units: 1). At the last step the pruned masks are exactly 0, so the extracted subnet
+computes what the searched model does. Defaults follow benchmarks/real_text.py (see README).
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -21,10 +24,13 @@ from .. import masks
 from ..adapters import get_adapter
 from ..structure.groups import Group
 from ..structure.plan import Plan
-from ..structure.select import Budget, achieved, normalize_by_kind, select
+from ..structure.select import ALLOCATION, MAX_RATIO, Budget, achieved, normalize_scores, select
 from ..train import train
 from . import register
-from .common import DEFAULT_UNITS, plan_from_keep, prunable_groups
+from .common import DEFAULT_UNITS, plan_from_keep, prunable_groups, unit_sums
+
+
+SALIENCIES = ("abs", "signed", "taylor")
 
 
 def progressive_share(step: int, total: int, target: float) -> float:
@@ -44,7 +50,7 @@ class SearchResult:
     plan: Plan
     model: nn.Module  # searched copy, hooks removed; apply_plan(model, plan) is the subnet
     masks: dict[str, torch.Tensor]  # final mask values: exactly 0 (pruned) or 1 (kept)
-    scores: dict[str, torch.Tensor]  # accumulated saliency |dL/dm| per unit
+    scores: dict[str, torch.Tensor]  # accumulated saliency per unit (see `saliency`)
     log: list[dict[str, Any]] = field(default_factory=list)  # one entry per mask update
 
 
@@ -65,6 +71,10 @@ def _mean_over_ranks(g: torch.Tensor) -> torch.Tensor:
     return g
 
 
+def _weight_taylor(p: torch.Tensor) -> torch.Tensor:
+    return (p * p.grad).abs() if p.grad is not None else torch.zeros_like(p)
+
+
 def _pruned(g: Group, keep: dict[str, list[int]]) -> list[int]:
     """Indices of ``g`` that ``keep`` removes (none when the group is not listed)."""
     return sorted(set(range(g.size)) - set(keep.get(g.name, range(g.size))))
@@ -82,10 +92,15 @@ def _set_changes(groups: list[Group], old: dict[str, list[int]], new: dict[str, 
 class _Search:
     """Mask values, saliency and the schedule of one search (the after-backward step of the loop)."""
 
-    def __init__(self, groups: list[Group], target: float, metric: str, align: int, steps: int, interval: int,
-                 monotone: bool = True):
-        self.groups, self.target, self.metric, self.align, self.steps = groups, target, metric, align, steps
-        self.monotone = monotone
+    def __init__(self, groups: list[Group], budget: Budget, steps: int, interval: int, monotone: bool = False,
+                 saliency_decay: float = 1.0, saliency: str = "abs", model: nn.Module | None = None):
+        if saliency not in SALIENCIES:
+            raise ValueError(f"saliency must be one of {', '.join(SALIENCIES)}, got {saliency!r}")
+        if saliency == "taylor" and model is None:
+            raise ValueError("saliency='taylor' reads the weights' gradients: pass the searched model")
+        self.groups, self.budget, self.target, self.steps = groups, budget, budget.target, steps
+        self.monotone, self.decay, self.signed = monotone, saliency_decay, saliency == "signed"
+        self.model = model if saliency == "taylor" else None
         self.values = {g.name: torch.ones(g.size, requires_grad=True) for g in groups}
         self.scores = {g.name: torch.zeros(g.size, dtype=torch.float64) for g in groups}
         self.updates = set(update_steps(steps, interval))
@@ -93,10 +108,14 @@ class _Search:
         self.share, self.log = 0.0, []
 
     def __call__(self, step: int) -> dict[str, float]:
-        for name, v in self.values.items():
-            if v.grad is not None:
-                self.scores[name] += _mean_over_ranks(v.grad.detach()).abs().double().cpu()
-                v.grad = None
+        for g in self.groups:
+            v = self.values[g.name]
+            if self.model is not None:  # taylor: |w * dL/dw| over the unit's weights (DDP has averaged the grads)
+                self.scores[g.name].mul_(self.decay).add_(unit_sums(self.model, g, _weight_taylor))
+            elif v.grad is not None:
+                grad = _mean_over_ranks(v.grad.detach()).double().cpu()
+                self.scores[g.name].mul_(self.decay).add_(grad if self.signed else grad.abs())
+            v.grad = None
         t = step + 1
         if t in self.updates:
             self._update(t)
@@ -116,13 +135,14 @@ class _Search:
     def _select(self) -> dict[str, list[int]]:
         """Units to keep at the current share. Monotone: units pruned before stay pruned (they rank first),
         so no unit jumps from mask 1 straight to a near-0 fade late in the search."""
-        scores = normalize_by_kind(self.groups, self.scores)
+        # signed: dL/dm > 0 means a smaller mask lowers the loss, so the largest accumulated gradient goes first
+        scores = normalize_scores(self.groups, {n: -s if self.signed else s for n, s in self.scores.items()})
         if self.monotone and self.keep:
-            if achieved(self.groups, self.keep)[f"{self.metric}_removed"] >= self.share:
+            if achieved(self.groups, self.keep)[f"{self.budget.metric}_removed"] >= self.share:
                 return self.keep
             for g in self.groups:
                 scores[g.name][_pruned(g, self.keep)] = -math.inf
-        return select(self.groups, scores, Budget(self.share, self.metric, self.align))
+        return select(self.groups, scores, dataclasses.replace(self.budget, target=self.share))
 
     def _update(self, t: int) -> None:
         self.share = progressive_share(t, self.steps, self.target)
@@ -158,29 +178,43 @@ class UPopMethod:
         metric: str = "params",
         align: int = 8,
         units=DEFAULT_UNITS,
-        monotone: bool = True,
+        allocation: str = ALLOCATION,
+        max_ratio: float = MAX_RATIO,
+        monotone: bool = False,
+        schedule: str = "constant",
+        saliency_decay: float = 1.0,
+        saliency: str = "taylor",
         seed: int = 0,
         progress: bool = True,
         **loop: Any,
     ) -> SearchResult:
         """Search on a copy of ``model`` (the original is not changed) and return plan, weights and masks.
 
-        ``loop`` goes to the training loop: grad_accum, mixed_precision, output_dir, checkpoint_every,
-        resume (a resumed search restores masks and scores too, and reaches the same plan)."""
-        budget = Budget(target, metric, align)
+        ``schedule`` is the search's LR schedule after warm-up ('constant', as UPop's reference code: the masks
+        change most at the end, and a decayed LR leaves the weights no way to follow). ``saliency``: 'taylor'
+        (default) accumulates |w * dL/dw| over each unit's weights (the `taylor` method's score, every step);
+        'abs' accumulates the mask gradient |dL/dm| as the paper; 'signed' accumulates dL/dm and prunes the
+        largest (as UPop's reference code ranks). On real weights 'taylor' kept the most (README). ``saliency_decay`` < 1
+        weights recent steps more (1: accumulated from the start, as the paper). ``loop`` goes to the
+        training loop: grad_accum, mixed_precision, output_dir, checkpoint_every, resume (a resumed search
+        restores masks and scores too, and reaches the same plan)."""
+        budget = Budget(target, metric, align, allocation, max_ratio)
+        if not 0.0 < saliency_decay <= 1.0:
+            raise ValueError(f"saliency_decay must be in (0, 1], got {saliency_decay}")
         if steps < 1 or interval < 1:
             raise ValueError(f"steps and interval must be >= 1, got steps={steps}, interval={interval}")
         work = copy.deepcopy(model)
         groups = prunable_groups(work, units)
-        state = _Search(groups, target, metric, align, steps, interval, monotone)
+        state = _Search(groups, budget, steps, interval, monotone, saliency_decay, saliency, model=work)
         handles = masks.attach(get_adapter(work), work, state.values)
         try:
             train(work, train_data, loss_fn or default_loss(work), steps, lr=lr, batch_size=batch_size, seed=seed,
-                  desc=f"upop search to {target:.0%}", progress=progress, after_backward=state, **loop)
+                  desc=f"upop search to {target:.0%}", progress=progress, after_backward=state, schedule=schedule, **loop)
         finally:
             handles.remove()
         settings = {"units": sorted({g.kind.value for g in groups}), "steps": steps, "interval": interval, "lr": lr,
-                    "batch_size": batch_size, "seed": seed, "monotone": monotone}
+                    "batch_size": batch_size, "seed": seed, "monotone": monotone, "schedule": schedule,
+                    "saliency_decay": saliency_decay, "saliency": saliency}
         plan = plan_from_keep(work, groups, state.keep, budget, self.name, settings)
         final = {n: v.detach().clone() for n, v in state.values.items()}
         return SearchResult(plan, work.eval(), final, state.scores, state.log)

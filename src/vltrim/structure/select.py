@@ -9,13 +9,24 @@ import torch
 from .groups import Group
 
 
+ALLOCATIONS = ("global", "uniform", "modality")
+ALLOCATION = "global"  # default of every method that ranks (chosen on benchmarks/real_text.py)
+MAX_RATIO = 1.0  # default cap on the share of units one group may lose
+
+
 @dataclass(frozen=True)
 class Budget:
-    """Remove ``target`` (0..1) of the prunable ``metric`` ('params' or 'macs'); widths stay multiples of ``align``."""
+    """Remove ``target`` (0..1) of the prunable ``metric`` ('params' or 'macs'); widths stay multiples of ``align``.
+
+    ``allocation`` says where the cut may fall: 'global' (one ranking over every group), 'uniform' (every
+    group loses the same share; scores only pick units inside a group) or 'modality' (each modality loses
+    ``target``, ranked globally inside it). ``max_ratio`` caps the share of units any one group may lose."""
 
     target: float
     metric: str = "params"
     align: int = 8
+    allocation: str = ALLOCATION
+    max_ratio: float = MAX_RATIO
 
     def __post_init__(self) -> None:
         if not 0.0 < float(self.target) < 1.0:
@@ -24,17 +35,21 @@ class Budget:
             raise ValueError(f"metric must be 'params' or 'macs', got {self.metric!r}")
         if int(self.align) < 1:
             raise ValueError(f"align must be >= 1, got {self.align}")
+        if self.allocation not in ALLOCATIONS:
+            raise ValueError(f"allocation must be one of {', '.join(ALLOCATIONS)}, got {self.allocation!r}")
+        if not 0.0 < float(self.max_ratio) <= 1.0:
+            raise ValueError(f"max_ratio must be a fraction in (0, 1] of a group's units, got {self.max_ratio}")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def normalize_by_kind(groups: list[Group], scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Standardise scores per unit kind over the whole model (all modalities), so heads, head_dims
-    and neurons can share one ranking while each modality competes on equal terms."""
+def normalize_scores(groups: list[Group], scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Standardise scores per (unit kind, modality), so heads, head_dims and neurons share one ranking and
+    a tower whose weights (or gradients) are on a larger scale does not take the whole cut."""
     out: dict[str, torch.Tensor] = {}
-    for kind in {g.kind for g in groups}:
-        names = [g.name for g in groups if g.kind == kind]
+    for key in {(g.kind, g.modality) for g in groups}:
+        names = [g.name for g in groups if (g.kind, g.modality) == key]
         allv = torch.cat([scores[n].detach().double().flatten() for n in names])
         mean, std = allv.mean(), allv.std() if allv.numel() > 1 else torch.tensor(1.0)
         std = std if std > 0 else torch.tensor(1.0, dtype=torch.float64)
@@ -53,11 +68,36 @@ def removal_chunks(size: int, step: int) -> list[int]:
     return [first] + [step] * ((size - first) // step - 1)
 
 
-def select(groups: list[Group], scores: dict[str, torch.Tensor], budget: Budget) -> dict[str, list[int]]:
-    """Remove the lowest-scored aligned chunks across all groups until the budget is met.
+def rank_quantiles(groups: list[Group], scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Each unit's rank inside its group as a fraction (0 = lowest): one ranking of these cuts every group
+    at the same share, so scores decide only which units of a group go ('uniform' allocation)."""
+    out = {}
+    for g in groups:
+        s = scores[g.name].detach().flatten()
+        q = torch.empty(g.size, dtype=torch.float64)
+        q[torch.argsort(s, stable=True)] = torch.arange(g.size, dtype=torch.float64) / g.size
+        out[g.name] = torch.where(torch.isneginf(s.double()), s.double(), q)  # -inf (already pruned) stays first
+    return out
 
-    Units are ranked by (normalised) score; each chunk's cost is its exact params or MACs. Stops at the
-    first chunk that reaches the target, so the plan overshoots by less than one alignment step.
+
+def select(groups: list[Group], scores: dict[str, torch.Tensor], budget: Budget) -> dict[str, list[int]]:
+    """Kept indices per group that meet ``budget``, cut where its ``allocation`` says (see Budget)."""
+    if budget.allocation == "modality":
+        keep: dict[str, list[int]] = {}
+        for m in sorted({g.modality for g in groups}):
+            keep.update(_cut([g for g in groups if g.modality == m], scores, budget))
+        return keep
+    if budget.allocation == "uniform":
+        scores = rank_quantiles(groups, scores)
+    return _cut(groups, scores, budget)
+
+
+def _cut(groups: list[Group], scores: dict[str, torch.Tensor], budget: Budget) -> dict[str, list[int]]:
+    """Remove the lowest-scored aligned chunks across ``groups`` until the budget is met.
+
+    Units are ranked by score; each chunk's cost is its exact params or MACs; no group loses more than
+    ``max_ratio`` of its units. Stops at the first chunk that reaches the target, so the plan overshoots
+    by less than one alignment step.
     """
     total = sum(g.size * g.cost_per_unit(budget.metric) for g in groups)
     need = budget.target * total
@@ -67,7 +107,7 @@ def select(groups: list[Group], scores: dict[str, torch.Tensor], budget: Budget)
     by_name = {g.name: g for g in groups}
 
     def push(heap: list, name: str, k: int) -> None:
-        if k < len(chunks[name]):
+        if k < len(chunks[name]) and removed[name] + chunks[name][k] <= budget.max_ratio * by_name[name].size + 1e-9:
             start = removed[name]
             idx = order[name][start : start + chunks[name][k]]
             s = float(scores[name].flatten()[idx].mean())
@@ -81,8 +121,8 @@ def select(groups: list[Group], scores: dict[str, torch.Tensor], budget: Budget)
         if not heap:
             reachable = done / total if total else 0.0
             raise ValueError(
-                f"target {budget.target:.3f} of prunable {budget.metric} is not reachable with align={budget.align}: "
-                f"at most {reachable:.3f} can be removed while keeping every group non-empty"
+                f"target {budget.target:.3f} of prunable {budget.metric} is not reachable with align={budget.align}, "
+                f"max_ratio={budget.max_ratio}: at most {reachable:.3f} can be removed while keeping every group non-empty"
             )
         _, name, k, n = heapq.heappop(heap)
         removed[name] += n

@@ -60,16 +60,23 @@ def recall_at_k(sim: torch.Tensor, q_labels: torch.Tensor, g_labels: torch.Tenso
 
 @torch.no_grad()
 def embed(model: nn.Module, data: Dataset, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Normalised image and text embeddings and labels of a whole dataset."""
+    """Normalised image and text embeddings and labels of a whole dataset. When every item's caption is its
+    class prompt (``data.captions_by_label``, e.g. ClassPrompts), each prompt is embedded once, not per item."""
     model.eval()
     dev = next(model.parameters()).device
+    by_label = getattr(data, "captions_by_label", False)
     imgs, txts, labels = [], [], []
     for batch in DataLoader(data, batch_size=batch_size):
         batch = {k: v.to(dev) for k, v in batch.items()}
         imgs.append(image_embeds(model, batch).float().cpu())
-        txts.append(text_embeds(model, batch).float().cpu())
+        if not by_label:
+            txts.append(text_embeds(model, batch).float().cpu())
         labels.append(batch["label"].cpu())
-    return torch.cat(imgs), torch.cat(txts), torch.cat(labels)
+    labels_ = torch.cat(labels)
+    if by_label:
+        classes = text_embeds(model, {k: v.to(dev) for k, v in data.class_texts.items()}).float().cpu()
+        return torch.cat(imgs), classes[labels_], labels_
+    return torch.cat(imgs), torch.cat(txts), labels_
 
 
 def evaluate_retrieval(model: nn.Module, data: Dataset, batch_size: int = 256) -> dict[str, float]:

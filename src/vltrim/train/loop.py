@@ -48,21 +48,35 @@ def batch_indices(n: int, batch_size: int, seed: int, i: int) -> list[int]:
 
 
 def batches(data: Dataset, batch_size: int, seed: int, start: int = 0, rank: int = 0, world: int = 1) -> Iterator[dict[str, torch.Tensor]]:
-    """Endless batches from global batch ``start`` on; each of ``world`` processes gets its own slice."""
+    """Endless batches from global batch ``start`` on; each of ``world`` processes gets its own slice.
+    A dataset with a ``collate`` method batches its own items (e.g. padding texts to the longest)."""
+    collate = getattr(data, "collate", default_collate)
     i = start
     while True:
         idx = batch_indices(len(data), batch_size * world, seed, i)[rank::world]
-        yield default_collate([data[j] for j in idx])
+        yield collate([data[j] for j in idx])
         i += 1
 
 
-def cosine_schedule(opt: torch.optim.Optimizer, steps: int, warmup: int) -> torch.optim.lr_scheduler.LambdaLR:
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+SCHEDULES = ("cosine", "constant")
 
-    return torch.optim.lr_scheduler.LambdaLR(opt, f)
+
+def lr_factor(step: int, steps: int, warmup: int, schedule: str = "cosine") -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``steps`` or a constant LR.
+
+    A search that prunes while it trains wants 'constant': its largest changes come last, when a cosine
+    schedule has already decayed the LR to ~0 and the weights can no longer adapt."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+
+def lr_schedule(opt: torch.optim.Optimizer, steps: int, warmup: int, schedule: str = "cosine") -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, steps, warmup, schedule))
 
 
 def _rng_state() -> dict[str, Any]:
@@ -140,16 +154,21 @@ def train(
     checkpoint_every: int = 0,
     resume: bool = False,
     log_every: int = 10,
+    schedule: str = "cosine",
+    after_step: Callable[[int, nn.Module], None] | None = None,
 ) -> list[float]:
     """Train ``model`` in place for ``steps`` optimizer steps; returns the loss of every step.
 
     ``batch_size`` is per process and micro-step; one optimizer step sees batch_size x grad_accum x
     processes examples. With ``output_dir``: JSONL log (log.jsonl) every ``log_every`` steps, a
-    checkpoint every ``checkpoint_every`` steps, and ``resume`` continues from the latest one."""
+    checkpoint every ``checkpoint_every`` steps, and ``resume`` continues from the latest one. ``schedule``:
+    'cosine' or 'constant' after the warm-up. ``after_step(done, model)`` runs after each optimizer step
+    (e.g. to evaluate a learning curve); the model is back in train mode afterwards."""
     if steps <= 0:
         return []
     if grad_accum < 1:
         raise ValueError(f"grad_accum must be >= 1, got {grad_accum}")
+    lr_factor(0, steps, 1, schedule)  # validates the schedule name before any work
     if (checkpoint_every or resume) and output_dir is None:
         raise ValueError("checkpoints and resume need output_dir")
     acc = accelerator(mixed_precision)
@@ -157,7 +176,7 @@ def train(
     out = Path(output_dir) if output_dir is not None else None
     model.to(acc.device)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
-    sched = cosine_schedule(opt, steps, max(1, int(warmup * steps)))
+    sched = lr_schedule(opt, steps, max(1, int(warmup * steps)), schedule)
     start, losses = 0, []
     ckpt = latest_checkpoint(out) if resume and out is not None and out.exists() else None
     if ckpt is not None:
@@ -195,6 +214,9 @@ def train(
                 log.flush()
             if checkpoint_every and done % checkpoint_every == 0 and done < steps and acc.is_main_process:
                 save_checkpoint(out / f"{CHECKPOINT_PREFIX}{done}", acc.unwrap_model(wrapped), opt, sched, done, losses, after_backward)
+            if after_step is not None:
+                after_step(done, model)
+                model.train()
     if log is not None:
         log.close()
     model.eval()

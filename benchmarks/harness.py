@@ -1,0 +1,182 @@
+"""The real-weights harness shared by benchmarks/real_text.py and benchmarks/fashion_dual_encoder.py.
+
+Every method prunes the same pretrained model to the same share of prunable params through
+`vltrim.compress` and retrains with a constant LR (after warm-up) for the rest of one total budget of
+training steps; upop's search steps count as training. The learning curve is read along that one
+retraining run (``eval_every``), so each point is the metric after that many *total* steps, and the
+tables compare methods at equal total steps and at equal retraining steps. Several seeds give a
+mean and a spread. Runs go in ``--jobs`` processes of one torch thread each (faster than two threads
+on 2 shared cores); each run's result is cached as JSON, so a killed benchmark continues where it stopped.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from machine import machine, machine_line
+
+RESULTS = Path(__file__).parent / "results"
+CACHE = Path.home() / ".cache" / "vltrim"
+STATE: dict[str, Any] = {}  # set in the parent before the workers fork: model, datasets, task, args
+
+
+def arguments(description: str, **defaults: Any) -> argparse.ArgumentParser:
+    """The options every harness benchmark shares; ``defaults`` override per benchmark."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--methods", nargs="+", default=["upop", "l1", "taylor", "random"])
+    ap.add_argument("--targets", nargs="+", type=float, default=[0.5, 0.75])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
+                    help="method settings to compare, e.g. cosine-lr='{\"schedule\": \"cosine\"}' (default: the method's defaults)")
+    ap.add_argument("--search-steps", type=int, default=100)
+    ap.add_argument("--total-steps", type=int, default=150)
+    ap.add_argument("--eval-every", type=int, default=50)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--tag", default="", help="names the results files and the cache folder")
+    ap.set_defaults(**defaults)
+    return ap
+
+
+def job_key(j: dict) -> str:
+    return f"{j['method']}-{j['variant']}-t{j['target']}-s{j['seed']}"
+
+
+def run_job(j: dict) -> dict:
+    """One method, variant, target and seed through vltrim.compress (cached as JSON)."""
+    import torch
+
+    import vltrim
+    from vltrim.methods import get_method
+
+    torch.set_num_threads(1)
+    out = STATE["cache"] / f"{job_key(j)}.json"
+    if out.exists():
+        return json.loads(out.read_text())
+    a = STATE["args"]
+    search = a.search_steps if getattr(get_method(j["method"]), "needs_training", False) else 0
+    t0 = time.time()
+    res = vltrim.compress(STATE["model"], j["method"], j["target"], task=STATE["task"], train_data=STATE["train"],
+                          eval_data=STATE["eval"], search_steps=search, retrain_steps=a.total_steps - search,
+                          lr=a.lr, retrain_lr=a.lr, batch_size=a.batch_size, retrain_schedule="constant",
+                          eval_every=a.eval_every, latency_batch=0, progress=False, seed=j["seed"],
+                          method_settings=j["settings"] or None, evaluate_before=False)
+    r = {**j, "curve": res.report["curve"], "teacher": STATE["teacher"], "achieved": res.plan.achieved,
+         "widths": {n: len(k) for n, k in res.plan.keep.items()}, "sizes": res.plan.sizes, "seconds": round(time.time() - t0)}
+    out.write_text(json.dumps(r))
+    print(f"{job_key(j)}: {r['curve'][-1]} ({r['seconds']} s)", flush=True)
+    return r
+
+
+def at(r: dict, total: int, key: str) -> float | None:
+    pts = [p[key] for p in r["curve"] if p["total_steps"] == total]
+    return pts[0] if pts else None
+
+
+def mean_sd(vals: list[float]) -> str:
+    if not vals:
+        return "-"
+    if len(vals) == 1:
+        return f"{vals[0]:.3f}"
+    return f"{statistics.mean(vals):.3f} ± {statistics.stdev(vals):.3f}"
+
+
+def label(r: dict) -> str:
+    return r["method"] if r["variant"] == "default" else f"{r['method']} [{r['variant']}]"
+
+
+def summarise(rows: list[dict], a, metrics: list[tuple[str, str]]) -> tuple[str, dict]:
+    """Markdown tables, one per target and metric: mean ± sd over seeds at each total step count, and at
+    equal retraining steps (the retraining upop gets after its search)."""
+    from vltrim.report import markdown_table
+
+    order = {m: i for i, m in enumerate(a.methods)}
+    labels = sorted({label(r) for r in rows}, key=lambda s: (order.get(s.split(" ")[0], 99), s))
+    totals = sorted({p["total_steps"] for r in rows for p in r["curve"]})
+    retrain = a.total_steps - a.search_steps
+    summary, parts = {}, []
+    for target in a.targets:
+        for key, title in metrics:
+            header = ["method"] + [f"{t} total steps" for t in totals] + [f"after {retrain} retrain steps"]
+            table = []
+            for name in labels:
+                rs = [r for r in rows if label(r) == name and r["target"] == target]
+                per_total = {t: [v for r in rs if (v := at(r, t, key)) is not None] for t in totals}
+                equal_retrain = [p[key] for r in rs for p in r["curve"] if p["retrain_step"] == retrain]
+                table.append([name] + [mean_sd(per_total[t]) for t in totals] + [mean_sd(equal_retrain)])
+                summary[f"{target}|{name}|{key}"] = {"per_total": per_total, "equal_retrain": equal_retrain}
+            teacher = rows[0]["teacher"][key]
+            parts.append(f"**{1 / (1 - target):.0f}x fewer prunable params ({target:.0%} removed), {title}** "
+                         f"(teacher {teacher:.3f}):\n\n{markdown_table(header, table)}")
+    return "\n\n".join(parts), summary
+
+
+def plot(rows: list[dict], a, key: str, ylabel: str, title: str, path: Path) -> None:
+    """Metric vs total training steps, one panel per target, mean and sd over seeds per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(a.targets), figsize=(5.5 * len(a.targets), 4), squeeze=False)
+    for ax, target in zip(axes[0], a.targets):
+        for name in sorted({label(r) for r in rows}):
+            rs = [r for r in rows if label(r) == name and r["target"] == target]
+            totals = sorted({p["total_steps"] for r in rs for p in r["curve"]})
+            ys = [[v for r in rs if (v := at(r, t, key)) is not None] for t in totals]
+            mean = [statistics.mean(y) for y in ys]
+            sd = [statistics.stdev(y) if len(y) > 1 else 0.0 for y in ys]
+            ax.errorbar(totals, mean, yerr=sd, marker="o", capsize=3, label=name)
+        ax.axhline(rows[0]["teacher"][key], color="grey", ls="--", label="teacher")
+        ax.set_title(f"{title}: {target:.0%} of prunable params removed", fontsize=9)
+        ax.set_xlabel("total training steps (search + retrain)")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def run(a, stem: str, build: Callable[[Any], tuple[Any, Any, Any]], task: str, metrics: list[tuple[str, str]],
+        describe: Callable[[Any], str]) -> dict:
+    """Build (model, train, eval), run every job, write results/<stem>.{md,json,png}; returns the JSON."""
+    import torch
+
+    if a.total_steps < a.search_steps:
+        raise SystemExit(f"--total-steps ({a.total_steps}) must be >= --search-steps ({a.search_steps})")
+    variants = {k: json.loads(v) for k, v in (v.split("=", 1) for v in a.variant)} or {"default": {}}
+    torch.set_num_threads(1)
+    stem = stem + (f"_{a.tag}" if a.tag else "")
+    STATE.update(cache=CACHE / "harness" / stem, args=a, task=task)
+    STATE["cache"].mkdir(parents=True, exist_ok=True)
+    jobs = [{"method": m, "variant": v, "settings": s, "target": t, "seed": seed}
+            for t in a.targets for seed in a.seeds for m in a.methods for v, s in variants.items()]
+    if not all((STATE["cache"] / f"{job_key(j)}.json").exists() for j in jobs):  # all cached: only the report
+        from vltrim.tasks import get_task
+
+        STATE["model"], STATE["train"], STATE["eval"] = build(a)
+        STATE["teacher"] = get_task(task).evaluate(STATE["model"], STATE["eval"])  # once, not in every run
+    jobs.sort(key=lambda j: j["method"] != "upop")  # the longest first
+    t0 = time.time()
+    if a.jobs > 1:
+        import multiprocessing as mp
+
+        with mp.get_context("fork").Pool(a.jobs) as pool:
+            rows = pool.map(run_job, jobs, chunksize=1)
+    else:
+        rows = [run_job(j) for j in jobs]
+    tables, summary = summarise(rows, a, metrics)
+    RESULTS.mkdir(exist_ok=True)
+    plot(rows, a, metrics[0][0], metrics[0][1], describe(a).split(":")[0], RESULTS / f"{stem}.png")
+    out = {"args": vars(a), "rows": rows, "summary": summary, "machine": machine(), "wall_s": round(time.time() - t0)}
+    (RESULTS / f"{stem}.json").write_text(json.dumps(out, indent=1))
+    md = (f"{describe(a)} Mean ± sd over seeds {', '.join(map(str, a.seeds))} (seed: search, calibration and batch order). "
+          f"Plot: benchmarks/results/{stem}.png.\n\n{tables}\n\nMeasured on: {machine_line()}, {a.jobs} processes of 1 thread.\n")
+    (RESULTS / f"{stem}.md").write_text(md)
+    print(md)
+    return out

@@ -1,0 +1,62 @@
+"""`taylor`: first-order Taylor importance, one-shot: |w * dL/dw| summed over every weight a unit owns,
+accumulated over calibration batches of the task loss, then one ranking by exact cost.
+
+The absolute value is taken per batch: when the loss is a distillation from the unpruned model itself,
+the mean gradient at the start is ~0 and only per-batch terms (dropout on, as in training) carry signal."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from ..structure.groups import Group
+from ..structure.select import ALLOCATION, MAX_RATIO, Budget
+from ..train.loop import batches
+from . import register
+from .common import DEFAULT_UNITS, plan_from_scores, prunable_groups, unit_sums
+
+
+def taylor_scores(model: nn.Module, groups: list[Group], data: Dataset, loss_fn: Callable, num_batches: int = 8,
+                  batch_size: int = 16, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Sum over ``num_batches`` batches of |w * dL_batch/dw| per unit. The model's weights, gradients and
+    train/eval mode are left as they were."""
+    if num_batches < 1:
+        raise ValueError(f"taylor needs num_batches >= 1, got {num_batches}")
+    was_training, saved = model.training, {n: p.grad for n, p in model.named_parameters()}
+    dev = next(model.parameters()).device
+    scores = {g.name: torch.zeros(g.size, dtype=torch.float64) for g in groups}
+    model.train()
+    it = batches(data, batch_size, seed)
+    try:
+        for _ in range(num_batches):
+            model.zero_grad(set_to_none=True)
+            loss_fn(model, {k: v.to(dev) for k, v in next(it).items()}).backward()
+            for g in groups:
+                scores[g.name] += unit_sums(model, g, lambda p: (p * p.grad).abs() if p.grad is not None else torch.zeros_like(p))
+    finally:
+        for n, p in model.named_parameters():
+            p.grad = saved[n]
+        model.train(was_training)
+    return scores
+
+
+@register
+class TaylorMethod:
+    """Data-driven one-shot baseline: prune the units whose removal the first-order Taylor term says costs least."""
+
+    name = "taylor"
+    needs_data = True  # compress passes its training data and loss
+
+    def search(self, model: nn.Module, target: float, data: Dataset | None = None, loss_fn: Callable | None = None,
+               metric: str = "params", align: int = 8, units=DEFAULT_UNITS, allocation: str = ALLOCATION,
+               max_ratio: float = MAX_RATIO, num_batches: int = 8, batch_size: int = 16, seed: int = 0):
+        if data is None or loss_fn is None:
+            raise ValueError("taylor needs calibration data and a loss: data=..., loss_fn=(model, batch) -> loss "
+                             "(vltrim.compress passes its train_data and task loss)")
+        groups = prunable_groups(model, units)
+        scores = taylor_scores(model, groups, data, loss_fn, num_batches, batch_size, seed)
+        settings = {"units": sorted({g.kind.value for g in groups}), "num_batches": num_batches,
+                    "batch_size": batch_size, "seed": seed}
+        return plan_from_scores(model, groups, scores, Budget(target, metric, align, allocation, max_ratio), self.name, settings)
