@@ -112,7 +112,7 @@ def describe(a) -> str:
 
 
 if __name__ == "__main__":
-    ap = harness.arguments(__doc__.split("\n\n")[0], targets=[0.5], batch_size=64)
+    ap = harness.arguments(__doc__.split("\n\n")[0], targets=[0.5], batch_size=32, eval_every=150)
     ap.add_argument("--teacher-steps", type=int, default=300)
     ap.add_argument("--limit", type=int, default=0, help="use only this many images per split (a quick check of the script)")
     args = ap.parse_args()

@@ -43,6 +43,14 @@ def arguments(description: str, **defaults: Any) -> argparse.ArgumentParser:
     return ap
 
 
+def settings_key(a) -> str:
+    """A short hash of every option that changes a run's result, so cached runs of other settings are not reused."""
+    import hashlib
+
+    shared = {k: v for k, v in vars(a).items() if k not in ("methods", "targets", "seeds", "variant", "jobs", "tag")}
+    return hashlib.sha1(json.dumps(shared, sort_keys=True).encode()).hexdigest()[:10]
+
+
 def job_key(j: dict) -> str:
     return f"{j['method']}-{j['variant']}-t{j['target']}-s{j['seed']}"
 
@@ -152,7 +160,7 @@ def run(a, stem: str, build: Callable[[Any], tuple[Any, Any, Any]], task: str, m
     variants = {k: json.loads(v) for k, v in (v.split("=", 1) for v in a.variant)} or {"default": {}}
     torch.set_num_threads(1)
     stem = stem + (f"_{a.tag}" if a.tag else "")
-    STATE.update(cache=CACHE / "harness" / stem, args=a, task=task)
+    STATE.update(cache=CACHE / "harness" / f"{stem}-{settings_key(a)}", args=a, task=task)
     STATE["cache"].mkdir(parents=True, exist_ok=True)
     jobs = [{"method": m, "variant": v, "settings": s, "target": t, "seed": seed}
             for t in a.targets for seed in a.seeds for m in a.methods for v, s in variants.items()]
