@@ -10,7 +10,7 @@ from .groups import Group
 
 
 ALLOCATIONS = ("global", "uniform", "modality")
-ALLOCATION = "global"  # default of every method that ranks (chosen on benchmarks/real_text.py)
+ALLOCATION = "global"  # default of taylor, upop and random; l1 defaults to "uniform" (both chosen on benchmarks/real_text.py)
 MAX_RATIO = 1.0  # default cap on the share of units one group may lose
 
 
