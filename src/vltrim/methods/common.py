@@ -70,6 +70,11 @@ def unit_sums(model: nn.Module, group: Group, value: Callable[[torch.Tensor], to
     return per_channel.sum(1) if group.kind == UnitKind.HEADS else per_channel.sum(0)
 
 
+def weight_taylor(p: torch.Tensor) -> torch.Tensor:
+    """|w * dL/dw| of one parameter (zeros where it has no gradient): the per-weight first-order Taylor term."""
+    return (p * p.grad).abs() if p.grad is not None else torch.zeros_like(p)
+
+
 def plan_from_scores(
     model: nn.Module, groups: list[Group], scores: dict[str, torch.Tensor], budget: Budget, method: str, settings: dict[str, Any]
 ) -> Plan:

@@ -15,7 +15,7 @@ from ..structure.groups import Group
 from ..structure.select import ALLOCATION, MAX_RATIO, Budget
 from ..train.loop import batches
 from . import register
-from .common import DEFAULT_UNITS, plan_from_scores, prunable_groups, unit_sums
+from .common import DEFAULT_UNITS, plan_from_scores, prunable_groups, unit_sums, weight_taylor
 
 
 def taylor_scores(model: nn.Module, groups: list[Group], data: Dataset, loss_fn: Callable, num_batches: int = 8,
@@ -34,7 +34,7 @@ def taylor_scores(model: nn.Module, groups: list[Group], data: Dataset, loss_fn:
             model.zero_grad(set_to_none=True)
             loss_fn(model, {k: v.to(dev) for k, v in next(it).items()}).backward()
             for g in groups:
-                scores[g.name] += unit_sums(model, g, lambda p: (p * p.grad).abs() if p.grad is not None else torch.zeros_like(p))
+                scores[g.name] += unit_sums(model, g, weight_taylor)
     finally:
         for n, p in model.named_parameters():
             p.grad = saved[n]

@@ -27,7 +27,7 @@ from ..structure.plan import Plan
 from ..structure.select import ALLOCATION, MAX_RATIO, Budget, achieved, normalize_scores, select
 from ..train import train
 from . import register
-from .common import DEFAULT_UNITS, plan_from_keep, prunable_groups, unit_sums
+from .common import DEFAULT_UNITS, plan_from_keep, prunable_groups, unit_sums, weight_taylor
 
 
 SALIENCIES = ("abs", "signed", "taylor")
@@ -71,10 +71,6 @@ def _mean_over_ranks(g: torch.Tensor) -> torch.Tensor:
     return g
 
 
-def _weight_taylor(p: torch.Tensor) -> torch.Tensor:
-    return (p * p.grad).abs() if p.grad is not None else torch.zeros_like(p)
-
-
 def _pruned(g: Group, keep: dict[str, list[int]]) -> list[int]:
     """Indices of ``g`` that ``keep`` removes (none when the group is not listed)."""
     return sorted(set(range(g.size)) - set(keep.get(g.name, range(g.size))))
@@ -111,7 +107,7 @@ class _Search:
         for g in self.groups:
             v = self.values[g.name]
             if self.model is not None:  # taylor: |w * dL/dw| over the unit's weights (DDP has averaged the grads)
-                self.scores[g.name].mul_(self.decay).add_(unit_sums(self.model, g, _weight_taylor))
+                self.scores[g.name].mul_(self.decay).add_(unit_sums(self.model, g, weight_taylor))
             elif v.grad is not None:
                 grad = _mean_over_ranks(v.grad.detach()).double().cpu()
                 self.scores[g.name].mul_(self.decay).add_(grad if self.signed else grad.abs())
