@@ -6,12 +6,14 @@ from __future__ import annotations
 from .adapters import UnsupportedModelError, get_adapter, supported_classes
 from .api import apply_plan, inspect, plan, plans_of
 from .compress import CompressResult, compress
-from .io import load, save
+from .io import ModelDirError, load, save
 from .masks import masked
 from .measure import compare, count_macs, count_params, measure
 from .structure.groups import Group, UnitKind
 from .structure.plan import Plan, PlanError
 from .structure.select import Budget
+from .train.loop import TrainingDivergedError
+from .train.run_record import ResumeMismatchError
 
 __version__ = "0.1.0"
 
@@ -19,8 +21,11 @@ __all__ = [
     "Budget",
     "CompressResult",
     "Group",
+    "ModelDirError",
     "Plan",
     "PlanError",
+    "ResumeMismatchError",
+    "TrainingDivergedError",
     "UnitKind",
     "UnsupportedModelError",
     "apply_plan",

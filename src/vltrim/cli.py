@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import json
+import typing
 from collections import defaultdict
 from pathlib import Path
 from typing import Optional
@@ -10,6 +11,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Make vision-language and unimodal Transformers smaller and really faster.")
 out_console = Console()
@@ -34,16 +36,31 @@ def load_any(spec: str):
     if (path / "plan.json").exists():
         return io.load(path)
     if (path / "config.json").exists():
-        arch = (json.loads((path / "config.json").read_text()).get("architectures") or [None])[0]
-        if arch is None:
-            raise typer.BadParameter(f"{path}/config.json names no 'architectures'; load the model in Python and use the API")
-        return model_class(arch).from_pretrained(path).eval()
+        return model_class(_architecture(path)).from_pretrained(path).eval()
     raise typer.BadParameter(f"{spec!r} is not {MODEL_HELP}")
 
 
+def _architecture(path: Path) -> str:
+    """The model class a Hugging Face directory's config.json names (clear errors for unreadable configs)."""
+    from .structure.plan import read_json
+
+    file = path / "config.json"
+    cfg = read_json(file, error=typer.BadParameter, allow_nonfinite=True)
+    archs = cfg.get("architectures") if isinstance(cfg, dict) else None
+    if not (isinstance(archs, list) and archs and isinstance(archs[0], str)):
+        raise typer.BadParameter(f"{path} has no plan.json, so it is not a vltrim model directory, and {file} names no "
+                                 "'architectures', so it is no transformers save_pretrained directory either: "
+                                 "load the model in Python and use the API")
+    return archs[0]
+
+
 def _fail(e: Exception) -> None:
-    Console(stderr=True).print(f"[red]error:[/red] {e}")
+    """One clear line (the message is printed as text: brackets in it are not rich markup)."""
+    Console(stderr=True).print(Text("error: ", style="red") + Text(str(e)), highlight=False)
     raise typer.Exit(2)
+
+
+USER_ERRORS = (ValueError, TypeError, OSError, RuntimeError, typer.BadParameter)  # shown as one line, not a traceback
 
 
 @app.command()
@@ -60,7 +77,7 @@ def demo(
 
     try:
         r = run_demo(out, method=method, target=target, search_steps=search_steps, retrain_steps=retrain_steps, train_size=train_size)
-    except ValueError as e:
+    except USER_ERRORS as e:
         _fail(e)
     out_console.print(results_table(r))
     out_console.print(f"saved to {out}/ (config.json, plan.json, model.safetensors, README.md, results.json)")
@@ -112,9 +129,31 @@ def measure_cmd(
     out_console.print_json(json.dumps(r))
 
 
+def _check_cli_options(o: dict, out: Path) -> None:
+    """What can be checked before the model and data are loaded: counts, rates, flags and paths."""
+    from .checks import choice, integer, number
+
+    for k in ("search_steps", "retrain_steps", "latency_batch", "checkpoint_every", "seed"):
+        integer(f"--{k.replace('_', '-')}", o[k])
+    integer("--batch-size", o["batch_size"], 1)
+    integer("--grad-accum", o["grad_accum"], 1)
+    integer("--align", o["align"], 1)
+    number("--lr", o["lr"])
+    number("--kd-weight", o["kd_weight"], low_open=False)
+    number("--target", o["target"], high=1.0)
+    choice("--mixed-precision", o["mixed_precision"], ("no", "fp16", "bf16"))
+    if (o["checkpoint_every"] or o["resume"]) and o["work_dir"] is None:
+        raise typer.BadParameter("--checkpoint-every and --resume need --work-dir (checkpoints are written there)")
+    if o["override"] and not o["resume"]:
+        raise typer.BadParameter("--override only applies to --resume")
+    from .io import check_save_destination
+
+    check_save_destination(out)  # a file, or a directory of files vltrim did not write, is refused now, not after the run
+
+
 RECIPE_KEYS = ("method", "target", "metric", "align", "units", "data", "eval_data", "tokenizer", "search_steps",
                "retrain_steps", "kd_weight", "lr", "batch_size", "latency_batch", "grad_accum", "mixed_precision",
-               "work_dir", "checkpoint_every", "resume", "allocation", "max_ratio", "seed")
+               "work_dir", "checkpoint_every", "resume", "allocation", "max_ratio", "seed", "override")
 
 
 def apply_recipe(ctx: typer.Context, recipe: Path | None, values: dict) -> dict:
@@ -133,10 +172,35 @@ def apply_recipe(ctx: typer.Context, recipe: Path | None, values: dict) -> dict:
     if unknown:
         raise typer.BadParameter(f"recipe {recipe} has unknown keys {unknown}; allowed: {', '.join(RECIPE_KEYS)}")
     for k, v in loaded.items():
-        source = ctx.get_parameter_source(k)
-        if getattr(source, "name", None) != "COMMANDLINE":  # typer ships its own ParameterSource enum
+        v = _recipe_value(recipe, k, v)  # checked even where the command line wins: a bad recipe is refused
+        if getattr(ctx.get_parameter_source(k), "name", None) != "COMMANDLINE":  # typer ships its own ParameterSource enum
             values[k] = v
     return values
+
+
+def _recipe_types() -> dict[str, tuple[type, bool]]:
+    """(type, may be empty) of every recipe key, read from the `compress` command's annotations."""
+    out = {}
+    for k, h in typing.get_type_hints(compress).items():
+        args = [t for t in typing.get_args(h) if t is not type(None)]
+        out[k] = (args[0] if args else h, bool(typing.get_args(h)))
+    return out
+
+
+def _recipe_value(recipe: Path, key: str, value):
+    """A recipe value of the option's type: YAML may give 'no' (a string) for a flag or '1e-4' (a string) for a
+    number, which would silently mean something else; refuse them with the key named."""
+    kind, optional = _recipe_types()[key]
+    if value is None:
+        if not optional:
+            raise typer.BadParameter(f"recipe {recipe}: {key} is empty; give a value or remove the key")
+        return None
+    ok = {bool: lambda v: isinstance(v, bool), int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+          float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)}.get(kind, lambda v: isinstance(v, str))
+    if not ok(value):
+        want = {bool: "true or false", int: "an integer", float: "a number"}.get(kind, "a string")
+        raise typer.BadParameter(f"recipe {recipe}: {key} must be {want}, got {value!r} ({type(value).__name__})")
+    return Path(value) if kind is Path else value
 
 
 @functools.lru_cache(maxsize=4)
@@ -197,6 +261,7 @@ def compress(
     work_dir: Optional[Path] = typer.Option(None, help="logs (log.jsonl) and checkpoints of search and retrain"),
     checkpoint_every: int = typer.Option(0, help="checkpoint every N steps (needs --work-dir)"),
     resume: bool = typer.Option(False, help="continue from the latest checkpoints in --work-dir"),
+    override: bool = typer.Option(False, help="with --resume: continue even though options, data or model differ from the checkpoints' run.json"),
     recipe: Optional[Path] = typer.Option(None, help="YAML file with any of these options (command-line options win)"),
 ) -> None:
     """Compress a model (search or --plan), optionally retrain it, save it and compare it with the original."""
@@ -209,7 +274,8 @@ def compress(
                          eval_data=eval_data, tokenizer=tokenizer, search_steps=search_steps, retrain_steps=retrain_steps,
                          kd_weight=kd_weight, lr=lr, batch_size=batch_size, latency_batch=latency_batch, grad_accum=grad_accum,
                          mixed_precision=mixed_precision, work_dir=work_dir, checkpoint_every=checkpoint_every, resume=resume,
-                         allocation=allocation, max_ratio=max_ratio, seed=seed))
+                         allocation=allocation, max_ratio=max_ratio, seed=seed, override=override))
+        _check_cli_options(o, out)
         m = load_any(model)
         train_ds = make_data(o["data"], m, "train", o["tokenizer"], model) if o["data"] else None
         eval_ds = make_data(o["eval_data"], m, "val", o["tokenizer"], model) if o["eval_data"] else None
@@ -218,11 +284,12 @@ def compress(
                            metric=o["metric"], align=o["align"], units=o["units"], latency_batch=o["latency_batch"],
                            grad_accum=o["grad_accum"], mixed_precision=o["mixed_precision"], work_dir=o["work_dir"],
                            checkpoint_every=o["checkpoint_every"], resume=o["resume"], allocation=o["allocation"],
-                           max_ratio=o["max_ratio"], seed=o["seed"], plan=Plan.load(plan_file) if plan_file else None)
+                           max_ratio=o["max_ratio"], seed=o["seed"], override=o["override"],
+                           plan=Plan.load(plan_file) if plan_file else None)
         small, plan, report = res.model, res.plan, res.report
         io.save(small, out)
         (Path(out) / "report.json").write_text(json.dumps(report, indent=1, default=str))
-    except (ValueError, TypeError, FileNotFoundError, typer.BadParameter) as e:
+    except USER_ERRORS as e:
         _fail(e)
     c = report["speed"]
     tab = Table(title=plan.summary())

@@ -1,21 +1,30 @@
 """`vltrim.compress`: search a plan, extract the subnet, retrain it with distillation, report before/after."""
 from __future__ import annotations
 
+import copy
 import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable
 
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from .adapters import get_adapter
 from .api import apply_plan
+from .checks import choice, flag, integer, kept_modes, number, usable_model
+from .data.inputs import as_dataset
 from .measure import compare
 from .methods import get_method
+from .methods.common import prunable_groups
 from .structure.plan import Plan
+from .structure.select import ALLOCATION, MAX_RATIO, Budget
 from .tasks import Task, get_task
 from .train import train
+from .train.loop import SCHEDULES
+from .train.run_record import check_resume, model_fingerprint
 
 
 def task_loss(task: Task, teacher: nn.Module | None, kd_weight: float = 1.0) -> Callable[[nn.Module, Any], torch.Tensor]:
@@ -53,14 +62,14 @@ def compress(
     method: str = "upop",
     target: float = 0.5,
     task: str = "retrieval",
-    train_data: Dataset | None = None,
-    eval_data: Dataset | None = None,
+    train_data: Any = None,
+    eval_data: Any = None,
     search_steps: int = 300,
     retrain_steps: int = 300,
     kd_weight: float = 1.0,
     lr: float = 1e-4,
     retrain_lr: float = 2e-4,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     metric: str = "params",
     align: int = 8,
     units: str = "head_dims,neurons",
@@ -76,68 +85,151 @@ def compress(
     work_dir: str | Path | None = None,
     checkpoint_every: int = 0,
     resume: bool = False,
+    override: bool = False,
     plan: Plan | None = None,
     method_settings: dict[str, Any] | None = None,
     evaluate_before: bool = True,
 ) -> CompressResult:
-    """Compress ``model`` with ``method`` to remove ``target`` of its prunable ``metric``; ``model`` is not changed.
+    """Compress ``model`` with ``method`` to remove ``target`` of its prunable ``metric``; ``model`` is not changed
+    (not even its train/eval mode), and every option is checked before any work starts.
 
     Training-based searches (upop) train a copy on ``train_data`` while they decide; then the subnet is
     retrained ``retrain_steps`` with the task loss + ``kd_weight`` x distillation from the original.
+    ``train_data`` / ``eval_data``: a map-style dataset of dict items, a torch DataLoader (its dataset, batch size
+    and collate_fn are used) or a Hugging Face ``datasets.Dataset``; ``batch_size`` None: the DataLoader's, else 64.
     With ``work_dir``, search and retrain log to work_dir/{search,retrain}/log.jsonl, checkpoint every
-    ``checkpoint_every`` steps, and ``resume=True`` continues a killed run to the same result.
+    ``checkpoint_every`` steps, and ``resume=True`` continues a killed run to the same result; a resume with other
+    options, data or model than work_dir/run.json records is refused (``override=True`` resumes anyway).
     With ``plan`` (e.g. `Plan.load(path)`), no search runs: that plan is applied to ``model`` and retrained.
     ``allocation`` / ``max_ratio``: where the cut may fall (see `Budget`; None: the method's default). ``eval_every`` > 0 evaluates the
     subnet every that many retrain steps into ``report["curve"]`` (metric vs total training steps).
     ``seed`` seeds the search (random scores, calibration and batch order) and the retraining.
     ``latency_batch`` 0 skips the latency measurement (``report["speed"]`` is None); ``evaluate_before=False``
     skips evaluating the original (when its metric is known already).
-    ``method_settings`` go to the method as they are (e.g. upop's ``interval``, ``schedule``, ``saliency_decay``)."""
-    t = get_task(task)
-    if latency_batch < 0:
-        raise ValueError(f"latency_batch must be >= 0 (0 skips timing), got {latency_batch}")
-    m = get_method(method) if plan is None else None
-    searches = m is not None and getattr(m, "needs_training", False)
-    needs_data = searches or retrain_steps > 0 or getattr(m, "needs_data", False)
-    if needs_data and train_data is None:
-        raise ValueError(f"{method} with retrain_steps={retrain_steps} needs train_data")
+    ``method_settings`` go to the method as they are (e.g. upop's ``interval``, ``schedule``, ``saliency_decay``).
+    A float16 / bfloat16 model is searched and retrained as a float32 copy and returned in its own dtype."""
+    o = _checked(locals())
+    with kept_modes(model):
+        model.eval()
+        return _run(model, o)
 
-    loss = task_loss(t, model, kd_weight)
+
+def _checked(o: dict[str, Any]) -> SimpleNamespace:
+    """All of compress's options, validated (each error names its option) and normalised, before any work."""
+    model = o["model"]
+    usable_model(model)
+    o["task"] = get_task(o["task"])
+    if o["train_data"] is not None or o["eval_data"] is not None:  # the task trains or evaluates the model
+        o["task"].check(model)
+    o["train_data"], hint = as_dataset(o["train_data"], "train_data") if o["train_data"] is not None else (None, None)
+    o["eval_data"], _ = as_dataset(o["eval_data"], "eval_data") if o["eval_data"] is not None else (None, None)
+    o["batch_size"] = integer("batch_size", o["batch_size"] if o["batch_size"] is not None else hint or 64, 1)
+    for k in ("search_steps", "retrain_steps", "eval_every", "latency_batch", "checkpoint_every", "seed"):
+        o[k] = integer(k, o[k])
+    for k in ("lr", "retrain_lr"):
+        o[k] = number(k, o[k])
+    o["kd_weight"] = number("kd_weight", o["kd_weight"], low_open=False)
+    o["grad_accum"] = integer("grad_accum", o["grad_accum"], 1)
+    for k in ("resume", "override", "progress", "evaluate_before"):
+        flag(k, o[k])
+    choice("mixed_precision", o["mixed_precision"], ("no", "fp16", "bf16"))
+    choice("retrain_schedule", o["retrain_schedule"], SCHEDULES)
+    if (o["checkpoint_every"] or o["resume"]) and o["work_dir"] is None:
+        raise ValueError("checkpoint_every and resume need work_dir (CLI: --work-dir): checkpoints are written there")
+    o["work_dir"] = Path(o["work_dir"]) if o["work_dir"] is not None else None
+    if o["work_dir"] is not None and o["work_dir"].exists() and not o["work_dir"].is_dir():
+        raise ValueError(f"work_dir {o['work_dir']} exists and is not a directory")
+    if o["method_settings"] is not None and not isinstance(o["method_settings"], dict):
+        raise TypeError(f"method_settings must be a dict of method options, got {type(o['method_settings']).__name__}")
+    o["method_settings"] = dict(o["method_settings"] or {})
+    if o["plan"] is not None and not isinstance(o["plan"], Plan):
+        raise TypeError(f"plan must be a vltrim.Plan (e.g. Plan.load(path)), got {type(o['plan']).__name__}")
+    o["m"] = get_method(o["method"]) if o["plan"] is None else None
+    o["searches"] = o["m"] is not None and getattr(o["m"], "needs_training", False)
+    needs_data = o["searches"] or o["retrain_steps"] > 0 or getattr(o["m"], "needs_data", False)
+    if needs_data and o["train_data"] is None:
+        raise ValueError(f"{o['method']} with retrain_steps={o['retrain_steps']} needs train_data")
+    _check_budget_and_method(model, o)
+    return SimpleNamespace(**o)
+
+
+PASSED_BY_COMPRESS = {"model", "target", "train_data", "data", "loss_fn", "steps", "lr", "batch_size", "seed", "progress", "metric",
+                      "align", "units", "allocation", "max_ratio", "grad_accum", "mixed_precision", "output_dir", "checkpoint_every", "resume"}
+
+
+def _check_budget_and_method(model: nn.Module, o: dict[str, Any]) -> None:
+    """The budget and unit options, and the method's own settings (a typo would only fail after a long search)."""
+    if o["plan"] is not None:
+        o["plan"].validate(type(model).__name__, get_adapter(model).groups(model))
+        return
+    Budget(o["target"], o["metric"], integer("align", o["align"], 1), o["allocation"] or ALLOCATION,
+           MAX_RATIO if o["max_ratio"] is None else o["max_ratio"])
+    prunable_groups(model, o["units"])
+    params = inspect.signature(o["m"].run if o["searches"] else o["m"].search).parameters
+    known = {n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)} - PASSED_BY_COMPRESS
+    unknown = sorted(set(o["method_settings"]) - known)
+    if unknown:
+        raise ValueError(f"method_settings {unknown} are not settings of {o['method']} (or are compress options); "
+                         f"it takes {', '.join(sorted(known)) or 'none'}")
+    if hasattr(o["m"], "check_settings"):
+        o["m"].check_settings(**({"steps": o["search_steps"]} if o["searches"] else {}), **o["method_settings"])
+
+
+def _run_settings(model: nn.Module, o: SimpleNamespace) -> dict[str, Any]:
+    """What a checkpoint in work_dir depends on: resuming with any of it changed mixes two runs."""
+    keys = ("method", "target", "metric", "align", "units", "allocation", "max_ratio", "search_steps", "retrain_steps",
+            "kd_weight", "lr", "retrain_lr", "batch_size", "grad_accum", "mixed_precision", "seed", "retrain_schedule",
+            "method_settings")
+    out = {k: getattr(o, k) for k in keys}
+    out.update(task=o.task.name, model=model_fingerprint(model), train_data_size=len(o.train_data) if o.train_data is not None else 0,
+               plan=o.plan.to_dict() if o.plan is not None else None)
+    return out
+
+
+def _run(model: nn.Module, o: SimpleNamespace) -> CompressResult:
+    t, m, train_data, eval_data = o.task, o.m, o.train_data, o.eval_data
+    if o.work_dir is not None:
+        check_resume(o.work_dir, _run_settings(model, o), o.resume, o.override)
+    dtype = next(model.parameters()).dtype
+    half = dtype in (torch.float16, torch.bfloat16)
+    teacher = copy.deepcopy(model).float() if half else model  # training needs fp32 weights
+    loss = task_loss(t, teacher, o.kd_weight)
 
     def loop(stage: str) -> dict[str, Any]:
-        d = Path(work_dir) / stage if work_dir is not None else None
-        return dict(grad_accum=grad_accum, mixed_precision=mixed_precision, output_dir=d,
-                    checkpoint_every=checkpoint_every if d is not None else 0, resume=resume and d is not None)
+        d = o.work_dir / stage if o.work_dir is not None else None
+        return dict(grad_accum=o.grad_accum, mixed_precision=o.mixed_precision, output_dir=d,
+                    checkpoint_every=o.checkpoint_every if d is not None else 0, resume=o.resume and d is not None)
 
-    model.eval()
-    report: dict[str, Any] = {"method": method if plan is None else plan.method, "target": target if plan is None else plan.target.get("target"),
-                              "metric": metric, "task": task, "search_steps": search_steps if searches else 0,
-                              "retrain_steps": retrain_steps}
-    if eval_data is not None and evaluate_before:
+    plan = o.plan
+    report: dict[str, Any] = {"method": o.method if plan is None else plan.method, "target": o.target if plan is None else plan.target.get("target"),
+                              "metric": o.metric, "task": t.name, "search_steps": o.search_steps if o.searches else 0,
+                              "retrain_steps": o.retrain_steps}
+    if eval_data is not None and o.evaluate_before:
         report["before"] = t.evaluate(model, eval_data)
-    where = {k: v for k, v in dict(allocation=allocation, max_ratio=max_ratio).items() if v is not None}
-    common = {**dict(metric=metric, align=align, units=units), **where, **(method_settings or {})}
+    where = {k: v for k, v in dict(allocation=o.allocation, max_ratio=o.max_ratio).items() if v is not None}
+    common = {**dict(metric=o.metric, align=o.align, units=o.units), **where, **o.method_settings}
     if plan is not None:
-        base = model
-    elif searches:
-        res = m.run(model, target, train_data=train_data, loss_fn=loss, steps=search_steps, lr=lr, batch_size=batch_size,
-                    seed=seed, progress=progress, **common, **loop("search"))
+        base = teacher
+    elif o.searches:
+        res = m.run(teacher, o.target, train_data=train_data, loss_fn=loss, steps=o.search_steps, lr=o.lr, batch_size=o.batch_size,
+                    seed=o.seed, progress=o.progress, **common, **loop("search"))
         plan, base = res.plan, res.model
     else:
-        plan, base = m.search(model, target, **common, **_search_inputs(m, train_data, loss, batch_size, seed)), model
+        plan, base = m.search(teacher, o.target, **common, **_search_inputs(m, train_data, loss, o.batch_size, o.seed)), teacher
     small = apply_plan(base, plan)
     if eval_data is not None:
         report["after_search"] = t.evaluate(small, eval_data)
         report["curve"] = [{"retrain_step": 0, "total_steps": report["search_steps"], **report["after_search"]}]
 
     def point(done: int, net: nn.Module) -> None:
-        if eval_every and eval_data is not None and (done % eval_every == 0 or done == retrain_steps):
+        if o.eval_every and eval_data is not None and (done % o.eval_every == 0 or done == o.retrain_steps):
             report["curve"].append({"retrain_step": done, "total_steps": report["search_steps"] + done, **t.evaluate(net, eval_data)})
 
-    train(small, train_data, loss, retrain_steps, lr=retrain_lr, batch_size=batch_size, seed=seed + 1, desc="retrain",
-          progress=progress, schedule=retrain_schedule, after_step=point, **loop("retrain"))
+    train(small, train_data, loss, o.retrain_steps, lr=o.retrain_lr, batch_size=o.batch_size, seed=o.seed + 1, desc="retrain",
+          progress=o.progress, schedule=o.retrain_schedule, after_step=point, **loop("retrain"))
+    small = small.to(dtype).eval()
     if eval_data is not None:
         report["after"] = t.evaluate(small, eval_data)
     report["plan"] = plan.achieved
-    report["speed"] = compare(model, small, batch_size=latency_batch) if latency_batch > 0 else None
+    report["speed"] = compare(model, small, batch_size=o.latency_batch) if o.latency_batch > 0 else None
     return CompressResult(small, plan, report)

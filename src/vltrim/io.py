@@ -1,78 +1,325 @@
-"""A pruned model on disk: config.json (unpruned architecture) + plan.json + model.safetensors + README.md.
+"""A pruned model on disk: config.json (unpruned architecture) + plan.json + model.safetensors + README.md,
+and vltrim.json: the SHA-256 of config.json, plan.json and model.safetensors recorded at save time.
 
-``load`` rebuilds the unpruned architecture from config.json, applies the plans to get the pruned
-shapes, then loads the weights strictly: every tensor must be there with its exact shape."""
+``load`` checks those checksums, rebuilds the unpruned architecture from config.json, applies the plans
+to get the pruned shapes, then loads the weights strictly: every tensor must be there with its exact
+shape. Every problem with a directory is a ``ModelDirError`` (or ``PlanError`` for plan.json's content)
+whose message names the file."""
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import secrets
+import shutil
+import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from .adapters import get_adapter, model_class
+from .adapters import UnsupportedModelError, get_adapter, model_class
 from .api import BASE_CONFIG_ATTR, PLANS_ATTR, apply_plan, base_config, plans_of
-from .structure.plan import Plan, PlanError
+from .structure.plan import Plan, PlanError, dumps_plans, read_json, read_plans
 
-CONFIG, PLAN, WEIGHTS, CARD = "config.json", "plan.json", "model.safetensors", "README.md"
+CONFIG, PLAN, WEIGHTS, CARD, CHECKSUMS = "config.json", "plan.json", "model.safetensors", "README.md", "vltrim.json"
+CHECKED = (CONFIG, PLAN, WEIGHTS)  # files whose SHA-256 is recorded in vltrim.json (README.md is for people)
+CHECKSUMS_FORMAT, CHECKSUMS_VERSION = "vltrim.model_dir", 1
+_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
 
 
+class ModelDirError(ValueError, RuntimeError):
+    """A model directory that cannot be saved or loaded as it is: a file missing, malformed, edited, or not
+    matching the others. (Also a RuntimeError: ``load`` raised RuntimeError for mismatched weights before.)"""
+
+
+class MissingModelFileError(ModelDirError, FileNotFoundError):
+    """The directory, or a file a vltrim model directory needs, does not exist."""
+
+
+# ---- save ---------------------------------------------------------------------------------------------
 def save(model: nn.Module, path: str | Path, card_extra: str = "") -> Path:
-    """Write the model directory; returns its path."""
+    """Write the model directory (with vltrim.json checksums); returns its path.
+
+    Every file is written to a temporary directory next to ``path`` first, so a bad plan or a crash never
+    leaves a directory that ``load`` accepts while being wrong. An existing vltrim directory is overwritten."""
     get_adapter(model)  # unsupported models fail before anything is written
     out = Path(path)
-    out.mkdir(parents=True, exist_ok=True)
-    cfg = base_config(model)
-    (out / CONFIG).write_text(cfg.to_json_string(use_diff=False))
+    check_save_destination(out)
     plans = plans_of(model) or [Plan(type(model).__name__, {}, {}, {}, method="none")]
-    payload = plans[0].to_dict() if len(plans) == 1 else {"format": "vltrim.plans", "plans": [p.to_dict() for p in plans]}
-    (out / PLAN).write_text(json.dumps(payload, indent=1))
-    save_model(model, str(out / WEIGHTS))
-    from .report import model_card
-
-    (out / CARD).write_text(model_card(model, plans, extra=card_extra))
+    texts = {CONFIG: base_config(model).to_json_string(use_diff=False), PLAN: dumps_plans(plans), CARD: _card(model, plans, card_extra)}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.resolve().parent / f".{out.resolve().name}.tmp-{secrets.token_hex(4)}"
+    tmp.mkdir()
+    try:
+        for name, text in texts.items():
+            (tmp / name).write_text(text, encoding="utf-8")
+        save_model(model, str(tmp / WEIGHTS))
+        (tmp / CHECKSUMS).write_text(_checksums_text(tmp), encoding="utf-8")
+        _install(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
-def _read_plans(path: Path) -> list[Plan]:
-    try:
-        d = json.loads((path / PLAN).read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path} has no {PLAN}: not a vltrim model directory") from None
-    except json.JSONDecodeError as e:
-        raise PlanError(f"{path / PLAN} is not valid JSON: {e}") from None
-    if isinstance(d, dict) and d.get("format") == "vltrim.plans":
-        return [Plan.from_dict(p) for p in d["plans"]]
-    return [Plan.from_dict(d)]
+def _card(model: nn.Module, plans: list[Plan], extra: str) -> str:
+    from .report import model_card
+
+    return model_card(model, plans, extra=extra)
 
 
-def _stored_dtype(file: Path) -> torch.dtype:
-    """dtype of the first floating tensor in a safetensors file (the model is rebuilt in it)."""
-    with safe_open(str(file), framework="pt") as f:
-        for k in f.keys():
-            t = f.get_slice(k)
-            dt = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}.get(t.get_dtype())
-            if dt is not None:
-                return dt
-    return torch.float32
+def check_save_destination(out: str | Path) -> None:
+    """ModelDirError if ``save`` would write over a file, or over files of a directory vltrim did not write (an HF
+    model dir, a project); callers may check it before long work."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ModelDirError(f"cannot save a model to {out}: it is a file, not a directory")
+    if not out.is_dir() or (out / PLAN).exists() or (out / CHECKSUMS).exists():
+        return
+    clash = sorted(n for n in (CONFIG, WEIGHTS, CARD) if (out / n).exists())
+    if clash:
+        raise ModelDirError(f"cannot save a model to {out}: it already holds {', '.join(clash)} that vltrim did not write "
+                            f"(no {PLAN}); saving would overwrite them. Choose a new or empty directory")
 
 
-def load(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild a model saved by ``save`` (same class, same pruned shapes, bit-exact weights), in eval mode."""
+def _install(tmp: Path, out: Path) -> None:
+    """Move the finished files into ``out``: a rename for a new directory; for an existing one, vltrim.json first,
+    so that until every file is in place the directory fails verification instead of loading a mix."""
+    if not out.exists():
+        try:
+            os.replace(tmp, out)
+            return
+        except OSError:  # created meanwhile by someone else: fall through to file by file
+            if not out.is_dir():
+                raise
+    for name in (CHECKSUMS, *CHECKED, CARD):
+        os.replace(tmp / name, out / name)
+
+
+def _checksums_text(folder: Path) -> str:
+    from . import __version__
+
+    files = {name: sha256_file(folder / name) for name in CHECKED}
+    return json.dumps({"format": CHECKSUMS_FORMAT, "version": CHECKSUMS_VERSION, "written_by": f"vltrim {__version__}",
+                       "algorithm": "sha256", "files": files}, indent=1)
+
+
+def sha256_file(file: Path) -> str:
+    """Hex SHA-256 of a file, read in chunks (fast, constant memory)."""
+    with open(file, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+# ---- load ---------------------------------------------------------------------------------------------
+def load(path: str | Path, device: str | torch.device = "cpu", verify: bool = True) -> nn.Module:
+    """Rebuild a model saved by ``save`` (same class, same pruned shapes, bit-exact weights), in eval mode.
+
+    With ``verify`` (default) config.json, plan.json and model.safetensors must match the SHA-256 recorded in
+    vltrim.json, or ModelDirError names the file that changed; a directory saved before vltrim recorded
+    checksums (no vltrim.json) loads with a UserWarning. ``verify=False`` skips the check (files edited on purpose)."""
+    if not isinstance(verify, bool):
+        raise TypeError(f"verify must be True or False, got {verify!r}")
     path = Path(path)
-    plans = _read_plans(path)
-    cls = model_class(plans[0].model_class)
-    cfg = cls.config_class.from_dict(json.loads((path / CONFIG).read_text()))
-    model = cls(cfg).to(_stored_dtype(path / WEIGHTS))
-    for p in plans:
-        if p.keep:
-            model = apply_plan(model, p, inplace=True)
-    missing_unexpected = load_model(model, str(path / WEIGHTS), strict=True, device=str(device))
-    if any(missing_unexpected):  # load_model(strict=True) raises already; kept as a guard
-        raise RuntimeError(f"weights do not match the architecture: {missing_unexpected}")
+    _check_files(path)
+    if verify:
+        _verify(path)
+    plans = read_plans(path / PLAN)
+    header = _read_header(path / WEIGHTS)
+    model, cfg, base_shapes = _build(path, plans, _stored_dtype(header))
+    _check_shapes(model, header, base_shapes, path)
+    _load_weights(model, path, header, device)
     model.to(device)
     setattr(model, BASE_CONFIG_ATTR, cfg)
     setattr(model, PLANS_ATTR, [p for p in plans if p.keep])
     return model.eval()
+
+
+def _check_files(path: Path) -> None:
+    """MissingModelFileError saying what is missing and what the directory looks like."""
+    if not path.exists():
+        raise MissingModelFileError(f"{path} does not exist")
+    if not path.is_dir():
+        raise ModelDirError(f"{path} is a file; vltrim.load takes the directory written by vltrim.save")
+    have = {n for n in (CONFIG, PLAN, WEIGHTS) if (path / n).is_file()}
+    if PLAN not in have:
+        raise MissingModelFileError(f"{path} has no {PLAN}: not a vltrim model directory ({_looks_like(path)})")
+    missing = [n for n in (CONFIG, WEIGHTS) if n not in have]
+    if missing:
+        raise MissingModelFileError(f"{path} has {PLAN} but no {' and no '.join(missing)}: the save is incomplete "
+                                    "(interrupted, or files moved); save the model again")
+
+
+def _looks_like(path: Path) -> str:
+    """What a directory without plan.json seems to be, for the error message."""
+    names = sorted(p.name for p in path.iterdir())
+    if CONFIG in names:
+        return (f"it has {CONFIG} but no {PLAN}, like a Hugging Face model directory: load it with transformers' "
+                "from_pretrained, or pass it to vltrim's CLI as a model directory")
+    if not names:
+        return "it is empty"
+    shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+    return f"it holds {shown}"
+
+
+def _verify(path: Path) -> None:
+    """Compare each checked file's SHA-256 with vltrim.json; ModelDirError naming every file that differs."""
+    if not (path / CHECKSUMS).is_file():
+        warnings.warn(f"{path} has no {CHECKSUMS} (saved by a vltrim that recorded no checksums): its files cannot be "
+                      "verified. Save it again to add one; pass verify=False to skip this check", UserWarning, stacklevel=3)
+        return
+    recorded = _read_checksums(path)
+    changed = [n for n, digest in recorded.items() if sha256_file(path / n) != digest]
+    if changed:
+        verb = "does" if len(changed) == 1 else "do"
+        raise ModelDirError(f"{' and '.join(changed)} in {path} {verb} not match the checksum recorded at save time in "
+                            f"{CHECKSUMS} (edited or corrupted?); pass verify=False to load it anyway")
+
+
+def _read_checksums(path: Path) -> dict[str, str]:
+    """{file: sha256} from vltrim.json, every field checked; every checked file must be listed and present."""
+    file = path / CHECKSUMS
+    hint = "; pass verify=False to load without checking"
+    d = read_json(file, error=ModelDirError)
+    if not isinstance(d, dict) or d.get("format") != CHECKSUMS_FORMAT:
+        raise ModelDirError(f"{file} is not a vltrim checksum file (no \"format\": \"{CHECKSUMS_FORMAT}\"){hint}")
+    if d.get("version") != CHECKSUMS_VERSION or d.get("algorithm") != "sha256":
+        raise ModelDirError(f"{file} has version {d.get('version')!r}, algorithm {d.get('algorithm')!r}; this vltrim "
+                            f"reads version {CHECKSUMS_VERSION}, sha256{hint}")
+    files = d.get("files")
+    if not isinstance(files, dict) or not all(isinstance(v, str) and len(v) == 64 for v in files.values()):
+        raise ModelDirError(f"{file}: \"files\" must map file names to SHA-256 hex digests{hint}")
+    unlisted = [n for n in CHECKED if n not in files]
+    if unlisted:
+        raise ModelDirError(f"{file} records no checksum for {', '.join(unlisted)}{hint}")
+    absent = [n for n in files if not _inside(path, n)]
+    if absent:
+        raise MissingModelFileError(f"{file} records {', '.join(absent)}, which {path} does not hold")
+    return files
+
+
+def _inside(path: Path, name: Any) -> bool:
+    """``name`` is a plain file name (no path parts) of an existing file in ``path``."""
+    return isinstance(name, str) and name == Path(name).name and name not in ("", ".", "..") and (path / name).is_file()
+
+
+def _read_config(path: Path) -> dict:
+    """config.json as a dict (HF writes NaN/Infinity as JSON constants, so they are accepted here)."""
+    d = read_json(path / CONFIG, error=ModelDirError, allow_nonfinite=True)
+    if not isinstance(d, dict):
+        raise ModelDirError(f"{path / CONFIG} must hold a JSON object (a model config), got {type(d).__name__}")
+    return d
+
+
+def _build(path: Path, plans: list[Plan], dtype: torch.dtype) -> tuple[nn.Module, Any, dict[str, list[int]]]:
+    """The unpruned model from config.json (random init), then every plan applied: the saved shapes.
+    Also returns the unpruned tensor shapes (to tell a config edit from a swapped plan)."""
+    try:
+        cls = model_class(plans[0].model_class)
+    except UnsupportedModelError as e:
+        raise UnsupportedModelError(f"{path / PLAN}: {e}") from None
+    d = _read_config(path)
+    want = getattr(cls.config_class, "model_type", None)
+    if want and d.get("model_type") not in (None, want):
+        raise ModelDirError(f"{path / PLAN} is for {cls.__name__} (model_type {want!r}) but {path / CONFIG} describes "
+                            f"model_type {d.get('model_type')!r}: one of them was replaced")
+    _check_types(d, _default_config(cls), f"{path / CONFIG}: ")
+    try:
+        cfg = cls.config_class.from_dict(d)
+        model = cls(cfg).to(dtype)
+    except Exception as e:  # transformers/torch raise many kinds for a bad config; the user needs one clear one
+        raise ModelDirError(f"{path / CONFIG} does not describe a valid {cls.__name__}: {type(e).__name__}: {e}") from None
+    base_shapes = {k: list(t.shape) for k, t in model.state_dict().items()}
+    for p in plans:
+        if p.keep:
+            try:
+                model = apply_plan(model, p, inplace=True)
+            except PlanError as e:
+                raise PlanError(f"{path / PLAN} does not fit the model described by {path / CONFIG}: {e}") from None
+    return model, cfg, base_shapes
+
+
+def _default_config(cls: type) -> dict:
+    """The config class's defaults as a dict ({} if it has no default, e.g. a dual encoder's)."""
+    try:
+        return cls.config_class().to_dict()
+    except Exception:
+        return {}
+
+
+def _check_types(d: dict, default: dict, where: str) -> None:
+    """ModelDirError for a scalar config value whose JSON type differs from the class default's (a string size, a
+    float layer count); lists where a number is the default are left to the model to accept or refuse."""
+    for key, dv in default.items():
+        v = d.get(key)
+        if v is None or dv is None:
+            continue
+        if isinstance(dv, dict) and isinstance(v, dict):
+            _check_types(v, dv, f"{where}{key}.")
+        elif not _same_json_type(v, dv):
+            raise ModelDirError(f"{where}{key} must be {type(dv).__name__} like {json.dumps(dv)[:40]}, "
+                                f"got {type(v).__name__} {json.dumps(v)[:40]}")
+
+
+def _same_json_type(v: Any, dv: Any) -> bool:
+    scalars = (bool, int, float, str)
+    if not (isinstance(v, scalars) and isinstance(dv, scalars)):
+        return True
+    if isinstance(dv, bool) or isinstance(v, bool):
+        return isinstance(v, bool) and isinstance(dv, bool)
+    if isinstance(dv, float):
+        return isinstance(v, (int, float))
+    return isinstance(v, str) if isinstance(dv, str) else isinstance(v, int)
+
+
+def _read_header(file: Path) -> dict[str, tuple[str, list[int]]]:
+    """{tensor: (dtype, shape)} of a safetensors file; ModelDirError if it is not a readable one."""
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            return {k: (f.get_slice(k).get_dtype(), list(f.get_slice(k).get_shape())) for k in f.keys()}
+    except Exception as e:  # SafetensorError and friends: truncated, garbage, not safetensors
+        raise ModelDirError(f"{file} is not a readable safetensors file (truncated or corrupted?): {e}") from None
+
+
+def _stored_dtype(header: dict[str, tuple[str, list[int]]]) -> torch.dtype:
+    """dtype of the first floating tensor in the file (the model is rebuilt in it)."""
+    return next((_DTYPES[dt] for dt, _ in header.values() if dt in _DTYPES), torch.float32)
+
+
+def _check_shapes(model: nn.Module, header: dict[str, tuple[str, list[int]]], base_shapes: dict[str, list[int]], path: Path) -> None:
+    """ModelDirError naming a tensor whose saved shape differs from the one config.json + plan.json give; it blames
+    config.json when the tensor is one no plan changed, else plan.json."""
+    state = model.state_dict()
+    wrong = [(k, header[k][1], list(t.shape)) for k, t in state.items() if k in header and header[k][1] != list(t.shape)]
+    if not wrong:
+        return
+    by_config = [w for w in wrong if base_shapes.get(w[0]) == w[2]]
+    k, saved, built = (by_config or wrong)[0]
+    more = f" (and {len(wrong) - 1} more tensors)" if len(wrong) > 1 else ""
+    if by_config:
+        raise ModelDirError(f"{CONFIG} does not match {WEIGHTS} in {path}: tensor {k!r} has shape {saved} in {WEIGHTS} but "
+                            f"{built} in the model {CONFIG} describes{more}. Was {CONFIG} edited?")
+    raise ModelDirError(f"{PLAN} does not match {WEIGHTS} in {path}: tensor {k!r} has shape {saved} in {WEIGHTS} but "
+                        f"{built} in the model rebuilt from {CONFIG} and {PLAN}{more}. Was {PLAN} replaced by a plan "
+                        "for another model or target?")
+
+
+def _load_weights(model: nn.Module, path: Path, header: dict, device: str | torch.device) -> None:
+    """Strict load (every tensor present, none extra); ModelDirError listing the differences."""
+    try:
+        load_model(model, str(path / WEIGHTS), strict=True, device=str(device))
+    except RuntimeError as e:
+        state = set(model.state_dict())
+        missing, extra = sorted(state - set(header)), sorted(set(header) - state)
+        if not missing and not extra:
+            raise ModelDirError(f"cannot load {path / WEIGHTS}: {e}") from None
+        raise ModelDirError(f"{WEIGHTS} in {path} does not match {CONFIG} and {PLAN}: "
+                            f"{_names('missing', missing)}{'; ' if missing and extra else ''}{_names('unexpected', extra)}") from None
+
+
+def _names(what: str, names: list[str]) -> str:
+    if not names:
+        return ""
+    return f"{len(names)} {what} tensor(s): {', '.join(names[:3])}{', ...' if len(names) > 3 else ''}"

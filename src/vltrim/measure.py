@@ -11,6 +11,7 @@ from torch.utils.benchmark import Timer
 from torch.utils.flop_counter import FlopCounterMode
 
 from .adapters import get_adapter
+from .checks import integer, kept_modes, usable_model
 
 
 def count_params(model: nn.Module) -> int:
@@ -96,14 +97,24 @@ def measure(
 ) -> dict[str, Any]:
     """Params, MACs and median latency (with interquartile range, threads and device recorded).
 
-    ``inputs`` defaults to the adapter's reference input with ``batch_size``."""
+    ``inputs`` defaults to the adapter's reference input with ``batch_size``. The model is timed in eval mode
+    and left in the mode it was in."""
+    _check_measure(model, batch_size, rounds, warmup)
     inputs = inputs if inputs is not None else get_adapter(model).reference_inputs(model, batch_size)
     out: dict[str, Any] = {"params": count_params(model), "macs": count_macs(model, inputs), **_context(model, inputs)}
     if latency:
-        model.eval()
-        out.update(_latency_stats(_time_rounds([_runner(model, inputs)], rounds, warmup, min_round_s)[0]))
+        with kept_modes(model):
+            model.eval()
+            out.update(_latency_stats(_time_rounds([_runner(model, inputs)], rounds, warmup, min_round_s)[0]))
         out["rounds"] = rounds
     return out
+
+
+def _check_measure(model: nn.Module, batch_size: int, rounds: int, warmup: int) -> None:
+    usable_model(model)
+    integer("batch_size", batch_size, 1)
+    integer("rounds", rounds, 1)
+    integer("warmup", warmup)
 
 
 def compare(
@@ -118,10 +129,14 @@ def compare(
     """Measure ``a`` (e.g. the original) and ``b`` (compressed) in one interleaved run; ratios are a/b.
 
     ``speedup`` is the median over rounds of a's time / b's time in the same round: a transient that
-    slows one round shifts both sides of that pair, so it is more robust than the ratio of medians."""
+    slows one round shifts both sides of that pair, so it is more robust than the ratio of medians.
+    Both are timed in eval mode and left in the modes they were in."""
+    _check_measure(a, batch_size, rounds, warmup)
+    usable_model(b, "b")
     inputs = inputs if inputs is not None else get_adapter(a).reference_inputs(a, batch_size)
-    a.eval(), b.eval()
-    ta, tb = _time_rounds([_runner(a, inputs), _runner(b, inputs)], rounds, warmup, min_round_s)
+    with kept_modes(a, b):
+        a.eval(), b.eval()
+        ta, tb = _time_rounds([_runner(a, inputs), _runner(b, inputs)], rounds, warmup, min_round_s)
     ma = {"params": count_params(a), "macs": count_macs(a, inputs), **_latency_stats(ta)}
     mb = {"params": count_params(b), "macs": count_macs(b, inputs), **_latency_stats(tb)}
     return {

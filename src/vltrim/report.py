@@ -16,6 +16,11 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
     return "\n".join(lines)
 
 
+def _num(v: Any, spec: str) -> str:
+    """``v`` formatted with ``spec`` if it is a number; as text otherwise (a plan's metadata may hold anything)."""
+    return format(v, spec) if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
+
+
 def model_card(model: nn.Module, plans: Sequence, extra: str = "") -> str:
     """README.md written next to a saved model: what it is, how it was pruned, how to load it."""
     pruned = any(p.keep for p in plans)
@@ -30,6 +35,9 @@ def model_card(model: nn.Module, plans: Sequence, extra: str = "") -> str:
         "model = vltrim.load('<this directory>')",
         "```",
         "",
+        "`vltrim.json` records the SHA-256 of config.json, plan.json and model.safetensors; `vltrim.load` checks "
+        "them and refuses edited files (pass `verify=False` to load files changed on purpose).",
+        "",
     ]
     for i, p in enumerate(plans, 1):
         if not p.keep:
@@ -38,14 +46,14 @@ def model_card(model: nn.Module, plans: Sequence, extra: str = "") -> str:
         a, t = p.achieved, p.target
         lines += [f"## Plan {i}: `{p.method}`", ""]
         if t:
-            lines.append(f"Target: remove {t.get('target', 0):.1%} of prunable {t.get('metric', 'params')}, align={t.get('align')}.")
+            lines.append(f"Target: remove {_num(t.get('target', 0), '.1%')} of prunable {t.get('metric', 'params')}, align={t.get('align')}.")
         rows = []
         if "params_removed" in a:
-            rows.append(["prunable params removed", f"{a['params_removed']:.1%}"])
-            rows.append(["prunable MACs removed", f"{a['macs_removed']:.1%}"])
+            rows.append(["prunable params removed", _num(a["params_removed"], ".1%")])
+            rows.append(["prunable MACs removed", _num(a.get("macs_removed"), ".1%")])
         if "model_params_before" in a:
-            rows.append(["model params", f"{a['model_params_before']:,} -> {a['model_params_after']:,}"])
-            rows.append(["model MACs (reference input)", f"{a['model_macs_before']:,} -> {a['model_macs_after']:,}"])
+            rows.append(["model params", f"{_num(a['model_params_before'], ',')} -> {_num(a.get('model_params_after'), ',')}"])
+            rows.append(["model MACs (reference input)", f"{_num(a.get('model_macs_before'), ',')} -> {_num(a.get('model_macs_after'), ',')}"])
         kinds = Counter(p.kinds.values())
         rows.append(["groups pruned", ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))])
         lines += [markdown_table(["", ""], rows), ""]

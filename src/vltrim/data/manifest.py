@@ -1,10 +1,25 @@
-"""Loaders for a user's own data: image-caption manifests (JSONL / CSV) and class-per-folder images."""
+"""Loaders for a user's own data: image-caption manifests (JSONL / CSV) and class-per-folder images.
+
+Images are read as RGB intensities in [0, 1] before normalisation, whatever their storage:
+  * 8-bit modes (1, L, P, RGB, CMYK, YCbCr, ...) go through PIL's RGB conversion;
+  * transparency (RGBA, LA, PA, palette or colour-key transparency) is composited onto white, as the
+    Hugging Face image processors do;
+  * 16-bit greyscale (I;16*) is divided by 65535; 32-bit integer (I) is read as 16-bit too and refused
+    when a value lies outside 0..65535;
+  * float (F) is taken as [0, 1] intensities when its maximum is <= 1, else as 0..255 intensities;
+    NaN, inf, negative values or values above 255 are refused;
+  * any other mode (LAB, HSV, ...) is refused. Multi-frame files (GIF, TIFF) use their first frame.
+Every image of a dataset is checked when the dataset is built (see `verify_images`), so a bad file fails
+at once with its name, not in the middle of a training run."""
 from __future__ import annotations
 
 import csv
+import io
 import json
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -14,54 +29,207 @@ from torch.utils.data import Dataset
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
+EIGHT_BIT_MODES = {"1", "L", "P", "RGB", "RGBX", "CMYK", "YCbCr", "LA", "La", "PA", "RGBA", "RGBa"}
+SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
+SUPPORTED_MODES = EIGHT_BIT_MODES | SIXTEEN_BIT_MODES | {"F"}
+SHOWN_BAD_FILES = 5
+
+
+def _rgb8(im: Image.Image) -> np.ndarray:
+    """An 8-bit image as HxWx3 uint8; transparency is composited onto white (as HF image processors do)."""
+    if "A" in im.getbands() or "a" in im.getbands() or im.info.get("transparency") is not None:
+        rgba = im.convert("RGBA")
+        im = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    return np.asarray(im.convert("RGB"))
+
+
+def _intensities(im: Image.Image, path: Path) -> np.ndarray:
+    """A 16-bit, 32-bit integer or float greyscale image as float32 intensities in [0, 1] (rules: module docstring)."""
+    a = np.asarray(im).astype(np.float32)
+    if not np.isfinite(a).all():
+        raise ValueError(f"image {path} (mode {im.mode}) contains NaN or inf values")
+    lo, hi = float(a.min()), float(a.max())
+    if im.mode == "F":
+        if lo < 0 or hi > 255:
+            raise ValueError(f"float image {path} has values in [{lo:g}, {hi:g}]; vltrim reads float images as "
+                             "intensities in [0, 1] (or 0..255 when the maximum is above 1): rescale it")
+        return a if hi <= 1 else a / 255.0
+    if lo < 0 or hi > 65535:
+        raise ValueError(f"integer image {path} (mode {im.mode}) has values in [{lo:g}, {hi:g}], outside the "
+                         "16-bit range 0..65535 that vltrim reads it in: convert it to 8 or 16 bit")
+    return a / 65535.0
+
+
+def _pixels(im: Image.Image, path: Path, size: int) -> np.ndarray:
+    """Any supported image as a size x size x 3 float32 array of intensities in [0, 1] (bicubic resize)."""
+    if im.mode in EIGHT_BIT_MODES:
+        rgb = Image.fromarray(_rgb8(im)).resize((size, size), Image.BICUBIC)
+        return np.asarray(rgb, dtype=np.float32) / 255.0
+    if im.mode in SIXTEEN_BIT_MODES or im.mode == "F":
+        grey = Image.fromarray(_intensities(im, path)).resize((size, size), Image.BICUBIC)
+        return np.repeat(np.clip(np.asarray(grey, dtype=np.float32), 0, 1)[..., None], 3, axis=2)
+    raise ValueError(f"image {path} has mode {im.mode!r}, which vltrim does not read; supported modes: "
+                     f"{', '.join(sorted(SUPPORTED_MODES))}")
 
 
 def load_image(path: str | Path, size: int, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD) -> torch.Tensor:
-    """RGB image resized to size x size (bicubic), as a normalised CHW float tensor."""
-    with Image.open(path) as im:
-        arr = np.asarray(im.convert("RGB").resize((size, size), Image.BICUBIC), dtype=np.float32) / 255.0
-    t = torch.from_numpy(arr).permute(2, 0, 1)
+    """RGB image resized to size x size (bicubic), as a normalised CHW float tensor.
+    16-bit, float and transparent images are converted by the rules in this module's docstring."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image {path} does not exist")
+    try:
+        with Image.open(path) as im:
+            arr = _pixels(im, path, size)
+    except ValueError as e:
+        if str(path) in str(e):
+            raise
+        raise ValueError(f"cannot read image {path}: {e}") from None
+    except Exception as e:  # PIL raises OSError, SyntaxError, EOFError, struct.error, DecompressionBombError...
+        raise ValueError(f"cannot read image {path}: {type(e).__name__}: {e}") from None
+    t = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
     return (t - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
 
 
-def read_manifest(path: str | Path, image_key: str = "image", caption_key: str = "caption") -> list[tuple[Path, str]]:
-    """(image path, caption) rows of a .jsonl or .csv manifest; relative image paths are relative to the manifest."""
+def _ends_cleanly(path: Path, fmt: str | None) -> bool:
+    """Cheap end-of-file test for formats whose end marks a complete file (JPEG's EOI, GIF's trailer, WebP's RIFF size)."""
+    with path.open("rb") as f:
+        f.seek(0, os.SEEK_END)
+        n = f.tell()
+        if fmt == "WEBP":
+            f.seek(4)
+            return n >= int.from_bytes(f.read(4), "little") + 8
+        f.seek(max(0, n - 64))
+        tail = f.read().rstrip(b"\x00\r\n\t ")
+    return (fmt in ("JPEG", "MPO") and tail.endswith(b"\xff\xd9")) or (fmt == "GIF" and tail.endswith(b"\x3b"))
+
+
+def image_problem(path: str | Path) -> str | None:
+    """Why ``path`` is not a readable image of a supported mode (None when it is), without a full decode
+    where the format allows: PNG's chunk checksums, JPEG / GIF / WebP end markers; else a full decode
+    (of the first frame: the only one vltrim reads)."""
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"manifest {path} does not exist")
-    if path.suffix == ".jsonl":
-        rows = []
-        for n, line in enumerate(path.read_text().splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{n}: not valid JSON ({e})") from None
-    elif path.suffix == ".csv":
-        with path.open(newline="") as f:
-            rows = list(csv.DictReader(f))
-    else:
+    try:
+        with Image.open(path) as im:
+            fmt, mode = im.format, im.mode
+            if mode not in SUPPORTED_MODES:
+                return f"mode {mode!r} is not supported"
+            if mode in SIXTEEN_BIT_MODES or mode == "F":  # rare: decode, and check the value range too
+                _intensities(im, path)
+                return None
+            if fmt == "PNG":
+                im.verify()
+                return None
+        if _ends_cleanly(path, fmt):
+            return None
+        with Image.open(path) as im:
+            im.draft("RGB", (64, 64))  # JPEG decodes at a reduced scale: still reads every byte
+            im.load()
+    except FileNotFoundError:
+        return "file does not exist"
+    except Exception as e:  # PIL raises many types for a broken file: every one is a reason to refuse it
+        return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+    return None
+
+
+def verify_images(paths: Sequence[Path], source: str | Path) -> None:
+    """Check every image (in parallel threads); raise one ValueError naming the bad files and ``source``."""
+    paths = list(dict.fromkeys(paths))  # an image listed on several rows is checked once
+    workers = min(16, 2 * (os.cpu_count() or 1)) if len(paths) > 32 else 1
+    with ThreadPoolExecutor(workers) as pool:
+        problems = [(p, why) for p, why in zip(paths, pool.map(image_problem, paths)) if why is not None]
+    if problems:
+        shown = "; ".join(f"{p} ({why})" for p, why in problems[:SHOWN_BAD_FILES])
+        more = f"; and {len(problems) - SHOWN_BAD_FILES} more" if len(problems) > SHOWN_BAD_FILES else ""
+        raise ValueError(f"{len(problems)} of {len(paths)} images of {source} cannot be read: {shown}{more}")
+
+
+def _decoded(path: Path) -> str:
+    """The manifest's text (UTF-8, with or without a byte-order mark); a clear error naming the file otherwise."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise ValueError(f"manifest {path} is not UTF-8 text (line {line}, byte {e.start}: {data[e.start:e.start + 1]!r}); "
+                         "save it as UTF-8") from None
+
+
+def _jsonl_rows(path: Path, text: str) -> list[tuple[int, Any]]:
+    """(line number, parsed value) of every non-blank line of a JSONL manifest."""
+    rows = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append((n, json.loads(line)))
+            except (json.JSONDecodeError, RecursionError, ValueError) as e:
+                raise ValueError(f"{path}:{n}: not valid JSON ({str(e)[:200]})") from None
+    return rows
+
+
+def _csv_rows(path: Path, text: str) -> list[tuple[int, Any]]:
+    """(line number, row dict) of a CSV manifest with a header row."""
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        return [(reader.line_num, r) for r in reader]
+    except csv.Error as e:
+        raise ValueError(f"{path}:{reader.line_num}: not valid CSV ({e})") from None
+
+
+def _field(path: Path, n: int, line: int, row: dict, key: str, what: str) -> str:
+    """Row ``n``'s ``key`` as a non-empty string; a null, empty, missing or non-string value is refused."""
+    where = f"{path} row {n} (line {line})"
+    if key not in row:
+        raise ValueError(f"{where} lacks '{key}' (has {sorted(str(k) for k in row if k is not None)})")
+    v = row[key]
+    if v is None:
+        why = "is null" if path.suffix.lower() == ".jsonl" else "is missing (the row has too few cells)"
+        raise ValueError(f"{where}: the {what} field '{key}' {why}")
+    if not isinstance(v, str):
+        raise ValueError(f"{where}: the {what} field '{key}' must be a string, got {type(v).__name__} {str(v)[:60]!r}"
+                         + ("; one caption per row: repeat the image on several rows" if isinstance(v, list) else ""))
+    if not v.strip():
+        raise ValueError(f"{where}: the {what} field '{key}' is empty")
+    return v
+
+
+def read_manifest(path: str | Path, image_key: str = "image", caption_key: str = "caption") -> list[tuple[Path, str]]:
+    """(image path, caption) rows of a UTF-8 .jsonl or .csv manifest; relative image paths are relative to the
+    manifest. Every row needs a non-empty string caption and image path: anything else is an error naming the row."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"manifest {path} does not exist" + (" (it is a directory)" if path.is_dir() else ""))
+    suffix = path.suffix.lower()
+    if suffix not in (".jsonl", ".csv"):
         raise ValueError(f"manifest must be .jsonl or .csv, got {path.name}")
+    text = _decoded(path)
+    rows = _jsonl_rows(path, text) if suffix == ".jsonl" else _csv_rows(path, text)
     out = []
-    for n, r in enumerate(rows, 1):
-        if image_key not in r or caption_key not in r:
-            raise ValueError(f"{path} row {n} lacks '{image_key}' or '{caption_key}' (has {sorted(r)})")
-        img = Path(r[image_key])
-        out.append((img if img.is_absolute() else path.parent / img, str(r[caption_key])))
+    for n, (line, r) in enumerate(rows, 1):
+        if not isinstance(r, dict):
+            raise ValueError(f"{path} row {n} (line {line}) must be a JSON object like "
+                             f'{{"{image_key}": ..., "{caption_key}": ...}}, got {type(r).__name__}')
+        img = Path(_field(path, n, line, r, image_key, "image path"))
+        caption = _field(path, n, line, r, caption_key, "caption")
+        out.append((img if img.is_absolute() else path.parent / img, caption))
     if not out:
         raise ValueError(f"manifest {path} has no rows")
     return out
 
 
 class ImageCaptionManifest(Dataset):
-    """Image-caption pairs from a manifest; ``label`` groups identical captions for retrieval metrics."""
+    """Image-caption pairs from a manifest; ``label`` groups identical captions for retrieval metrics.
+    Every image is checked when built (``check_images=False`` skips it for data known to be sound)."""
 
     def __init__(self, path: str | Path, tokenizer: Callable, image_size: int, max_length: int = 77,
-                 image_key: str = "image", caption_key: str = "caption", mean=CLIP_MEAN, std=CLIP_STD):
+                 image_key: str = "image", caption_key: str = "caption", mean=CLIP_MEAN, std=CLIP_STD,
+                 check_images: bool = True):
         self.rows = read_manifest(path, image_key, caption_key)
-        missing = [str(p) for p, _ in self.rows if not p.exists()]
+        missing = [str(p) for p, _ in self.rows if not p.is_file()]
         if missing:
             raise FileNotFoundError(f"{len(missing)} images listed in {path} are missing, e.g. {missing[0]}")
+        if check_images:
+            verify_images([p for p, _ in self.rows], path)
         self.captions = [c for _, c in self.rows]
         ids = {c: i for i, c in enumerate(dict.fromkeys(self.captions))}
         self.labels = torch.tensor([ids[c] for c in self.captions])
@@ -81,17 +249,26 @@ class ImageCaptionManifest(Dataset):
         }
 
 
-class ImageFolder(Dataset):
-    """root/<class name>/<image files>: items are pixel_values and the class index; ``classes`` names them."""
+def _visible(p: Path) -> bool:
+    """Not hidden: names starting with '.' (.ipynb_checkpoints, .DS_Store, macOS '._' files) are skipped."""
+    return not p.name.startswith(".")
 
-    def __init__(self, root: str | Path, image_size: int, mean=CLIP_MEAN, std=CLIP_STD):
+
+class ImageFolder(Dataset):
+    """root/<class name>/<image files>: items are pixel_values and the class index; ``classes`` names them.
+    Hidden folders and files (names starting with '.') are ignored; every image is checked when built."""
+
+    def __init__(self, root: str | Path, image_size: int, mean=CLIP_MEAN, std=CLIP_STD, check_images: bool = True):
         root = Path(root)
         if not root.is_dir():
             raise FileNotFoundError(f"image folder {root} does not exist")
-        self.classes = sorted(d.name for d in root.iterdir() if d.is_dir())
-        self.items = [(f, c) for c, name in enumerate(self.classes) for f in sorted((root / name).iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
+        self.classes = sorted(d.name for d in root.iterdir() if d.is_dir() and _visible(d))
+        self.items = [(f, c) for c, name in enumerate(self.classes) for f in sorted((root / name).iterdir())
+                      if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file() and _visible(f)]
         if not self.items:
             raise ValueError(f"no images found under {root}/<class>/ (suffixes {sorted(IMAGE_SUFFIXES)})")
+        if check_images:
+            verify_images([f for f, _ in self.items], root)
         self.image_size, self.mean, self.std = image_size, mean, std
 
     def __len__(self) -> int:

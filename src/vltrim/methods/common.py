@@ -21,7 +21,7 @@ def parse_units(units: str | Iterable[str]) -> tuple[UnitKind, ...]:
     try:
         kinds = tuple(UnitKind(u) for u in names)
     except ValueError:
-        raise ValueError(f"unknown unit in {names}; choose from heads, head_dims, neurons") from None
+        raise ValueError(f"units: unknown unit in {names}; choose from heads, head_dims, neurons") from None
     if UnitKind.LAYERS in kinds:
         raise ValueError("width methods prune heads, head_dims or neurons; whole layers are a depth method's unit")
     if UnitKind.HEADS in kinds and UnitKind.HEAD_DIMS in kinds:

@@ -25,7 +25,9 @@ from ..adapters import get_adapter
 from ..structure.groups import Group
 from ..structure.plan import Plan
 from ..structure.select import ALLOCATION, MAX_RATIO, Budget, achieved, normalize_scores, select
+from ..checks import choice, flag, integer, number
 from ..train import train
+from ..train.loop import SCHEDULES
 from . import register
 from .common import DEFAULT_UNITS, plan_from_keep, prunable_groups, unit_sums, weight_taylor
 
@@ -161,6 +163,16 @@ class UPopMethod:
     def search(self, model: nn.Module, target: float, **settings: Any) -> Plan:
         return self.run(model, target, **settings).plan
 
+    def check_settings(self, steps: int = 1, interval: int = 1, saliency_decay: float = 1.0, saliency: str = "taylor",
+                       schedule: str = "constant", monotone: bool = False) -> None:
+        """The search's own settings, checked before any work (compress calls this before it starts)."""
+        integer("steps", steps, 1)
+        integer("interval", interval, 1)
+        number("saliency_decay", saliency_decay, high=1.0)
+        choice("saliency", saliency, SALIENCIES)
+        choice("schedule", schedule, SCHEDULES)
+        flag("monotone", monotone)
+
     def run(
         self,
         model: nn.Module,
@@ -195,10 +207,7 @@ class UPopMethod:
         training loop: grad_accum, mixed_precision, output_dir, checkpoint_every, resume (a resumed search
         restores masks and scores too, and reaches the same plan)."""
         budget = Budget(target, metric, align, allocation, max_ratio)
-        if not 0.0 < saliency_decay <= 1.0:
-            raise ValueError(f"saliency_decay must be in (0, 1], got {saliency_decay}")
-        if steps < 1 or interval < 1:
-            raise ValueError(f"steps and interval must be >= 1, got steps={steps}, interval={interval}")
+        self.check_settings(steps, interval, saliency_decay, saliency, schedule, monotone)
         work = copy.deepcopy(model)
         groups = prunable_groups(work, units)
         state = _Search(groups, budget, steps, interval, monotone, saliency_decay, saliency, model=work)

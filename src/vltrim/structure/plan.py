@@ -2,14 +2,18 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from .groups import Group, UnitKind
 
 PLAN_FORMAT = "vltrim.plan"
 PLAN_VERSION = 1
+PLANS_FORMAT = "vltrim.plans"  # a chain of plans, applied in order (what ``vltrim.save`` writes for >1 plan)
+MAX_DEPTH = 100  # deeper values in a plan are refused when saving (a plan is a few levels deep)
+MAX_NUMBER_DIGITS = 100  # longer numbers in a plan or config file are refused (no real value needs more)
 
 
 class PlanError(ValueError):
@@ -96,40 +100,221 @@ class Plan:
             },
         }
 
+    def to_json(self) -> str:
+        """The plan file's text; PlanError (naming the field) if a value cannot be stored exactly or would not
+        read back as this plan (so a saved file always loads)."""
+        text = dumps_json(self.to_dict(), "plan")
+        Plan.from_dict(json.loads(text), source="plan to save")
+        return text
+
     @classmethod
-    def from_dict(cls, d: Any) -> "Plan":
+    def from_dict(cls, d: Any, source: str | Path | None = None) -> "Plan":
+        """A plan from its JSON form, every field checked; errors name ``source`` (the file) and the field."""
+        where = f"{source}: " if source else ""
+        if isinstance(d, dict) and d.get("format") == PLANS_FORMAT:
+            raise PlanError(f"{where}holds a chain of plans (\"format\": \"{PLANS_FORMAT}\"), not one plan; "
+                            "read it with vltrim.structure.plan.read_plans")
         if not isinstance(d, dict) or d.get("format") != PLAN_FORMAT:
-            raise PlanError("not a vltrim plan (missing \"format\": \"vltrim.plan\")")
-        if d.get("version") != PLAN_VERSION:
-            raise PlanError(f"plan format version {d.get('version')} is not supported (expected {PLAN_VERSION})")
-        try:
-            groups = d["groups"]
-            return cls(
-                model_class=str(d["model_class"]),
-                keep={n: list(g["keep"]) for n, g in groups.items()},
-                sizes={n: int(g["size"]) for n, g in groups.items()},
-                kinds={n: str(g["kind"]) for n, g in groups.items()},
-                method=d.get("method", "manual"),
-                settings=dict(d.get("settings", {})),
-                target=dict(d.get("target", {})),
-                achieved=dict(d.get("achieved", {})),
-            )
-        except (KeyError, TypeError, AttributeError, ValueError) as e:
-            raise PlanError(f"malformed plan: {e!r}") from None
+            raise PlanError(f"{where}not a vltrim plan (missing \"format\": \"{PLAN_FORMAT}\")")
+        if not _is_int(d.get("version")) or d["version"] != PLAN_VERSION:
+            raise PlanError(f"{where}plan format version {d.get('version')!r} is not supported (expected {PLAN_VERSION})")
+        groups = _field(d, "groups", dict, where)
+        parsed = {n: _parse_group(n, g, where) for n, g in groups.items()}
+        return cls(
+            model_class=_field(d, "model_class", str, where),
+            keep={n: k for n, (k, _, _) in parsed.items()},
+            sizes={n: s for n, (_, s, _) in parsed.items()},
+            kinds={n: kd for n, (_, _, kd) in parsed.items()},
+            method=_field(d, "method", str, where, "manual"),
+            settings=dict(_field(d, "settings", dict, where, {})),
+            target=dict(_field(d, "target", dict, where, {})),
+            achieved=dict(_field(d, "achieved", dict, where, {})),
+        )
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=1))
+        """Write the plan as JSON; nothing is written if a value cannot be stored (PlanError)."""
+        text = self.to_json()
+        Path(path).write_text(text, encoding="utf-8")
 
     @classmethod
     def load(cls, path: str | Path) -> "Plan":
-        try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
-        except json.JSONDecodeError as e:
-            raise PlanError(f"{path} is not valid JSON: {e}") from None
+        """Read one plan file; any problem with its content is a PlanError naming the file and field."""
+        return cls.from_dict(read_json(path), source=path)
 
     def summary(self) -> str:
         a = self.achieved
         parts = [f"{self.method} plan for {self.model_class}: {len(self.keep)} groups pruned"]
-        if "params_removed" in a:
+        if _is_number(a.get("params_removed")) and _is_number(a.get("macs_removed")):
             parts.append(f"removed {a['params_removed']:.1%} of prunable params, {a['macs_removed']:.1%} of their MACs")
         return "; ".join(parts)
+
+
+# ---- files ----------------------------------------------------------------------------------------
+def read_plans(path: str | Path) -> list[Plan]:
+    """The plans in a plan file: one plan, or a chain (``{"format": "vltrim.plans", "plans": [...]}``)."""
+    d = read_json(path)
+    if not (isinstance(d, dict) and d.get("format") == PLANS_FORMAT):
+        return [Plan.from_dict(d, source=path)]
+    plans = d.get("plans")
+    if not isinstance(plans, list):
+        got = "missing" if "plans" not in d else f"{type(plans).__name__}"
+        raise PlanError(f"{path}: a chain of plans needs \"plans\": a list of plans (got {got})")
+    if not plans:
+        raise PlanError(f"{path}: \"plans\" is an empty list; a chain holds at least one plan")
+    return [Plan.from_dict(p, source=f"{path} (plan {i + 1} of {len(plans)})") for i, p in enumerate(plans)]
+
+
+def dumps_plans(plans: list[Plan]) -> str:
+    """Text of a plan file for ``plans`` (one plan, or a chain); PlanError before anything is written."""
+    if len(plans) == 1:
+        return plans[0].to_json()
+    payload = {"format": PLANS_FORMAT, "plans": [p.to_dict() for p in plans]}
+    for i, d in enumerate(payload["plans"]):
+        _checked_jsonable(d, f"plan {i + 1} of {len(plans)}")
+        Plan.from_dict(json.loads(json.dumps(d)), source=f"plan {i + 1} of {len(plans)} to save")
+    return json.dumps(payload, indent=1, allow_nan=False)
+
+
+def read_json(path: str | Path, error: type[Exception] = PlanError, allow_nonfinite: bool = False) -> Any:
+    """Parse a JSON file strictly (UTF-8; no NaN/Infinity unless allowed; bounded digits and nesting).
+
+    Every problem is raised as ``error`` with a message naming the file; a missing file stays FileNotFoundError."""
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise error(f"cannot read {path}: {e.strerror or e}") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise error(f"{path} is not UTF-8 text (invalid byte at offset {e.start}): not a JSON file?") from None
+    return parse_json(text, path, error, allow_nonfinite)
+
+
+def parse_json(text: str, source: str | Path, error: type[Exception] = PlanError, allow_nonfinite: bool = False) -> Any:
+    """``json.loads`` whose every failure (syntax, NaN/Infinity, huge numbers, deep nesting) is ``error`` naming ``source``."""
+    def bad(what: str) -> Exception:
+        return error(f"{source} is not valid JSON for vltrim: {what}")
+
+    def number(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+        def parse(s: str) -> Any:
+            if len(s) > MAX_NUMBER_DIGITS:
+                raise bad(f"a number with {len(s)} digits (at most {MAX_NUMBER_DIGITS})")
+            v = kind(s)
+            if not allow_nonfinite and isinstance(v, float) and not math.isfinite(v):
+                raise bad(f"the number {s[:20]} is out of range (not a finite float)")
+            return v
+        return parse
+
+    def constant(c: str) -> float:
+        if not allow_nonfinite:
+            raise bad(f"{c} is not a number JSON allows (values must be finite)")
+        return float(c)
+
+    try:
+        return json.loads(text, parse_int=number(int), parse_float=number(float), parse_constant=constant)
+    except json.JSONDecodeError as e:
+        raise bad(f"{e.msg} at line {e.lineno}, column {e.colno} (truncated or edited?)") from None
+    except RecursionError:
+        raise bad("nested too deeply") from None
+    except ValueError as e:
+        if isinstance(e, error):
+            raise
+        raise bad(str(e)) from None
+
+
+def dumps_json(value: Any, name: str) -> str:
+    """``json.dumps`` of ``value`` once it is known to hold only finite numbers, strings, bools, None, lists
+    and string-keyed dicts; otherwise PlanError naming the field (e.g. ``plan['achieved']['params_removed']``)."""
+    _checked_jsonable(value, name)
+    return json.dumps(value, indent=1, allow_nan=False)
+
+
+def _checked_jsonable(value: Any, name: str) -> None:
+    try:
+        _check_jsonable(value, name, ())
+    except RecursionError:
+        raise PlanError(f"{name} is nested too deeply to be written as JSON") from None
+
+
+# ---- field checks -----------------------------------------------------------------------------------
+_MISSING = object()
+
+
+def _field(d: dict, key: str, kind: type, where: str, default: Any = _MISSING) -> Any:
+    """``d[key]`` checked to be a ``kind``; ``default`` when absent (required when no default)."""
+    v = d.get(key, _MISSING)
+    if v is _MISSING:
+        if default is _MISSING:
+            raise PlanError(f"{where}plan has no \"{key}\" field")
+        return default
+    if not isinstance(v, kind):
+        raise PlanError(f"{where}plan field \"{key}\" must be a JSON {_JSON_NAMES[kind]}, got {_describe(v)}")
+    return v
+
+
+def _parse_group(name: str, g: Any, where: str) -> tuple[list[int], int, str]:
+    """(keep, size, kind) of one entry of ``groups``, each checked."""
+    at = f"{where}groups[{name!r}]"
+    if not isinstance(g, dict):
+        raise PlanError(f"{at} must be an object with kind, size and keep, got {_describe(g)}")
+    kind, size, keep = g.get("kind"), g.get("size"), g.get("keep")
+    kinds = [k.value for k in UnitKind]
+    if kind not in kinds:
+        raise PlanError(f"{at}.kind must be one of {kinds}, got {_describe(kind)}")
+    if not _is_int(size) or size < 1:
+        raise PlanError(f"{at}.size must be a positive integer, got {_describe(size)}")
+    if not isinstance(keep, list):
+        raise PlanError(f"{at}.keep must be a list of integer indices, got {_describe(keep)}")
+    bad = next((i for i in keep if not _is_int(i)), _MISSING)
+    if bad is not _MISSING:
+        raise PlanError(f"{at}.keep must hold integer indices only, got {_describe(bad)}")
+    if not keep:
+        raise PlanError(f"{at}.keep is empty; a group keeps at least one unit")
+    if len(set(keep)) != len(keep) or min(keep) < 0 or max(keep) >= size:
+        raise PlanError(f"{at}.keep must hold distinct indices in [0, {size})")
+    return list(keep), size, kind
+
+
+def _check_jsonable(v: Any, name: str, parents: tuple[int, ...]) -> None:
+    """PlanError naming the first value (by its path from ``name``) that JSON cannot hold exactly."""
+    if v is None or isinstance(v, (bool, int, str)):
+        return
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            raise PlanError(f"{name} is {v}; a plan stores finite numbers only")
+        return
+    if not isinstance(v, (list, tuple, dict)):
+        raise PlanError(f"{name} is a {type(v).__name__} ({v!r:.60}), which JSON cannot hold; use a plain number, string, list or dict")
+    if id(v) in parents or len(parents) >= MAX_DEPTH:
+        raise PlanError(f"{name} contains itself or is nested deeper than {MAX_DEPTH} levels; JSON cannot hold it")
+    items = v.items() if isinstance(v, dict) else enumerate(v)
+    for k, x in items:
+        if isinstance(v, dict) and not isinstance(k, str):
+            raise PlanError(f"{name} has the key {k!r} ({type(k).__name__}); JSON keys are strings")
+        _check_jsonable(x, f"{name}[{k!r}]", (*parents, id(v)))
+
+
+_JSON_NAMES = {dict: "object", str: "string", list: "list"}
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _describe(v: Any) -> str:
+    """A short description of a value for messages: its JSON type and (cut) value."""
+    if v is None:
+        return "null"
+    kind = {bool: "boolean", int: "integer", float: "number", str: "string", list: "list", dict: "object"}.get(type(v), type(v).__name__)
+    if not isinstance(v, (bool, int, float, str)):
+        return kind
+    try:
+        return f"{kind} {json.dumps(v)[:40]}"
+    except ValueError:  # an integer too long to print
+        return kind

@@ -1,6 +1,7 @@
 """Tasks: a loss to train with, a distillation loss against the teacher, and a metric to judge by."""
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Callable
 
@@ -19,12 +20,36 @@ class Task:
     kd: Callable[[nn.Module, nn.Module, dict[str, torch.Tensor]], torch.Tensor] | None  # None: the loss already distils
     evaluate: Callable[..., dict[str, float]]
     metric: str  # the headline key of evaluate()'s result
+    needs: str  # what kind of model the task trains and evaluates (shown when a model does not fit)
+    fits: Callable[[nn.Module], bool]
+
+    def check(self, model: nn.Module) -> None:
+        """Refuse a model this task cannot train or evaluate, before any work (names task and model)."""
+        if not self.fits(model):
+            raise ValueError(f"task {self.name!r} needs {self.needs}; {type(model).__name__} is not one. "
+                             f"Pick the task that fits the model ({', '.join(sorted(TASKS))})")
+
+
+def _dual(model: nn.Module) -> bool:
+    return hasattr(model, "get_image_features") and hasattr(model, "get_text_features")
+
+
+def _image_classifier(model: nn.Module) -> bool:
+    return "ForImageClassification" in type(model).__name__
+
+
+def _text_encoder(model: nn.Module) -> bool:
+    params = inspect.signature(model.forward).parameters
+    return "input_ids" in params and "pixel_values" not in params and not _dual(model) and not hasattr(model, "classifier")
 
 
 TASKS: dict[str, Task] = {
-    "retrieval": Task("retrieval", contrastive_loss, similarity_kd_loss, evaluate_retrieval, "mean_R@1"),
-    "classification": Task("classification", classification_loss, classification_kd, evaluate_classification, "top1"),
-    "sentence-embedding": Task("sentence-embedding", embedding_loss, None, evaluate_embeddings, "cosine_to_teacher"),
+    "retrieval": Task("retrieval", contrastive_loss, similarity_kd_loss, evaluate_retrieval, "mean_R@1",
+                      "an image-text model with get_image_features and get_text_features (CLIP, SigLIP, a dual encoder)", _dual),
+    "classification": Task("classification", classification_loss, classification_kd, evaluate_classification, "top1",
+                           "an image classifier (a *ForImageClassification model with a head)", _image_classifier),
+    "sentence-embedding": Task("sentence-embedding", embedding_loss, None, evaluate_embeddings, "cosine_to_teacher",
+                               "a text encoder returning last_hidden_state (BERT, MiniLM, a CLIP text tower)", _text_encoder),
 }
 
 

@@ -6,8 +6,10 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
+from ..checks import kept_modes
+from ..data.inputs import in_order
 from ..train.distill import similarity_kl
 
 IMAGE_KEYS = ("pixel_values",)
@@ -60,18 +62,26 @@ def recall_at_k(sim: torch.Tensor, q_labels: torch.Tensor, g_labels: torch.Tenso
 
 @torch.no_grad()
 def embed(model: nn.Module, data: Dataset, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Normalised image and text embeddings and labels of a whole dataset. When every item's caption is its
-    class prompt (``data.captions_by_label``, e.g. ClassPrompts), each prompt is embedded once, not per item."""
-    model.eval()
+    """Normalised image and text embeddings and labels of a whole dataset (without a ``label`` field, item i's
+    label is i: image i matches caption i only). When every item's caption is its class prompt
+    (``data.captions_by_label``, e.g. ClassPrompts), each prompt is embedded once, not per item.
+    The model's train/eval mode is restored afterwards."""
+    with kept_modes(model):
+        model.eval()
+        return _embed(model, data, batch_size)
+
+
+def _embed(model: nn.Module, data: Dataset, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     dev = next(model.parameters()).device
     by_label = getattr(data, "captions_by_label", False)
     imgs, txts, labels = [], [], []
-    for batch in DataLoader(data, batch_size=batch_size):
+    for batch in in_order(data, batch_size):
         batch = {k: v.to(dev) for k, v in batch.items()}
         imgs.append(image_embeds(model, batch).float().cpu())
         if not by_label:
             txts.append(text_embeds(model, batch).float().cpu())
-        labels.append(batch["label"].cpu())
+        done = sum(len(x) for x in labels)
+        labels.append(batch["label"].cpu() if "label" in batch else torch.arange(done, done + len(imgs[-1])))
     labels_ = torch.cat(labels)
     if by_label:
         classes = text_embeds(model, {k: v.to(dev) for k, v in data.class_texts.items()}).float().cpu()
@@ -80,7 +90,14 @@ def embed(model: nn.Module, data: Dataset, batch_size: int = 256) -> tuple[torch
 
 
 def evaluate_retrieval(model: nn.Module, data: Dataset, batch_size: int = 256) -> dict[str, float]:
-    """i2t and t2i R@1/5/10 and their mean R@1 (a hit is any caption or image of the same label)."""
+    """i2t and t2i R@1/5/10 and their mean R@1 (a hit is any caption or image of the same label; without a
+    ``label`` field, image i's only hit is caption i). The model's train/eval mode is restored afterwards."""
+    with kept_modes(model):
+        model.eval()
+        return _evaluate_retrieval(model, data, batch_size)
+
+
+def _evaluate_retrieval(model: nn.Module, data: Dataset, batch_size: int) -> dict[str, float]:
     img, txt, labels = embed(model, data, batch_size)
     sim = img @ txt.t()
     i2t, t2i = recall_at_k(sim, labels, labels), recall_at_k(sim.t(), labels, labels)
@@ -101,10 +118,13 @@ def _zero_shot(model: nn.Module, img: torch.Tensor, labels: torch.Tensor, class_
 @torch.no_grad()
 def zero_shot_accuracy(model: nn.Module, data: Dataset, class_texts: dict[str, torch.Tensor], batch_size: int = 256) -> float:
     """Top-1 accuracy of classifying images by their nearest class prompt (``class_texts``: tokenized prompts, one per class)."""
-    model.eval()
     dev = next(model.parameters()).device
     img, labels = [], []
-    for batch in DataLoader(data, batch_size=batch_size):
-        img.append(image_embeds(model, {"pixel_values": batch["pixel_values"].to(dev)}).float().cpu())
-        labels.append(batch["label"])
-    return _zero_shot(model, torch.cat(img), torch.cat(labels), class_texts)
+    with kept_modes(model):
+        model.eval()
+        for batch in in_order(data, batch_size):
+            if "label" not in batch:
+                raise ValueError(f"zero-shot accuracy needs a class 'label' in every item; the items have {sorted(batch)}")
+            img.append(image_embeds(model, {"pixel_values": batch["pixel_values"].to(dev)}).float().cpu())
+            labels.append(batch["label"])
+        return _zero_shot(model, torch.cat(img), torch.cat(labels), class_texts)

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import json
 import math
-from contextlib import nullcontext
 import random
+import re
+import shutil
 import time
+import warnings
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
 
@@ -21,10 +24,18 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import Dataset, default_collate
 
+from ..checks import integer, number
 from ..progress import bar
 
 LossFn = Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]
 CHECKPOINT_PREFIX = "checkpoint-"
+CHECKPOINT_NAME = re.compile(CHECKPOINT_PREFIX + r"(\d+)")
+CHECKPOINT_FILES = ("model.safetensors", "state.pt")
+LOG_FILE = "log.jsonl"
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss or the gradient norm became NaN or inf: training stopped before that step updated the weights."""
 
 
 class StepHook(Protocol):
@@ -92,20 +103,69 @@ def _set_rng_state(s: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(s["cuda"])
 
 
+def checkpoints(output_dir: str | Path) -> list[Path]:
+    """Complete checkpoints in ``output_dir``, oldest first: ``checkpoint-<step>`` directories with every file
+    (a kill while one is written leaves ``checkpoint-<step>.tmp``, which is ignored and later removed)."""
+    found = []
+    for p in Path(output_dir).glob(f"{CHECKPOINT_PREFIX}*"):
+        m = CHECKPOINT_NAME.fullmatch(p.name)
+        if m and p.is_dir() and all((p / f).is_file() for f in CHECKPOINT_FILES):
+            found.append((int(m.group(1)), p))
+    return [p for _, p in sorted(found)]
+
+
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    """The checkpoint with the highest step in ``output_dir``, or None."""
-    found = sorted(Path(output_dir).glob(f"{CHECKPOINT_PREFIX}*"), key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
+    """The complete checkpoint with the highest step in ``output_dir``, or None."""
+    found = checkpoints(output_dir)
     return found[-1] if found else None
 
 
+def _remove(p: Path) -> None:
+    shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def clean_output_dir(out: Path, resume: bool) -> None:
+    """Before a run writes to ``out``: remove unfinished ``*.tmp`` checkpoints; a fresh (not resumed) run also
+    removes the checkpoints and log of an earlier run there, so a later resume cannot mix the two runs."""
+    if not out.exists():
+        return
+    keep = set(checkpoints(out)) if resume else set()
+    old = [p for p in out.glob(f"{CHECKPOINT_PREFIX}*") if p not in keep]
+    if not resume and any(CHECKPOINT_NAME.fullmatch(p.name) for p in old):
+        warnings.warn(f"{out} held checkpoints of an earlier run; starting afresh (resume=True continues a run instead)", stacklevel=3)
+    for p in old:
+        _remove(p)
+    if not resume:
+        _remove(out / LOG_FILE)
+
+
+def _trim_log(out: Path, step: int) -> None:
+    """Drop log rows after ``step`` (written after the checkpoint a resume starts from): they are run again."""
+    log = out / LOG_FILE
+    if log.exists():
+        rows = [r for r in log.read_text().splitlines() if r.strip()]
+        kept = [r for r in rows if _logged_step(r) <= step]
+        log.write_text("".join(r + "\n" for r in kept))
+
+
+def _logged_step(row: str) -> int:
+    try:
+        return int(json.loads(row).get("step", 0))
+    except (ValueError, AttributeError, TypeError):
+        return 1 << 62  # an unreadable (half-written) row is dropped
+
+
 def save_checkpoint(path: Path, model: nn.Module, opt, sched, step: int, losses: list[float], hook: StepHook | None) -> None:
-    """Write model weights (safetensors) and everything else needed to continue (torch.save), atomically."""
+    """Write model weights (safetensors) and everything else needed to continue (torch.save) into
+    ``<path>.tmp``, then rename it: a kill at any moment leaves the whole checkpoint or none."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
+    _remove(tmp)
+    tmp.mkdir(parents=True)
     save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
     torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": _rng_state(), "step": step,
                 "losses": losses, "hook": hook.state_dict() if hook is not None and hasattr(hook, "state_dict") else None},
                tmp / "state.pt")
+    _remove(path)
     tmp.rename(path)
 
 
@@ -164,16 +224,14 @@ def train(
     checkpoint every ``checkpoint_every`` steps, and ``resume`` continues from the latest one. ``schedule``:
     'cosine' or 'constant' after the warm-up. ``after_step(done, model)`` runs after each optimizer step
     (e.g. to evaluate a learning curve); the model is back in train mode afterwards."""
-    if steps <= 0:
+    _check_settings(model, steps, lr, batch_size, weight_decay, warmup, grad_accum, checkpoint_every, log_every, schedule, resume, output_dir)
+    if steps == 0:
         return []
-    if grad_accum < 1:
-        raise ValueError(f"grad_accum must be >= 1, got {grad_accum}")
-    lr_factor(0, steps, 1, schedule)  # validates the schedule name before any work
-    if (checkpoint_every or resume) and output_dir is None:
-        raise ValueError("checkpoints and resume need output_dir")
     acc = accelerator(mixed_precision)
     torch.manual_seed(seed)
     out = Path(output_dir) if output_dir is not None else None
+    if out is not None and acc.is_main_process:
+        clean_output_dir(out, resume)
     model.to(acc.device)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
     sched = lr_schedule(opt, steps, max(1, int(warmup * steps)), schedule)
@@ -181,11 +239,13 @@ def train(
     ckpt = latest_checkpoint(out) if resume and out is not None and out.exists() else None
     if ckpt is not None:
         start, losses = load_checkpoint(ckpt, model, opt, sched, after_backward)
+        if acc.is_main_process:
+            _trim_log(out, start)
     wrapped, opt = acc.prepare(model, opt)
     it = batches(data, batch_size, seed, start=start * grad_accum, rank=acc.process_index, world=acc.num_processes)
     if out is not None and acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-    log = (out / "log.jsonl").open("a") if out is not None and acc.is_main_process else None
+    log = (out / LOG_FILE).open("a") if out is not None and acc.is_main_process else None
     model.train()
     t0 = time.time()
     with bar(progress and acc.is_main_process) as pb:
@@ -198,10 +258,11 @@ def train(
                 sync = acc.no_sync(wrapped) if micro < grad_accum - 1 else nullcontext()
                 with sync, acc.autocast():
                     loss = loss_fn(wrapped, batch) / grad_accum
+                _stop_if_not_finite(loss.item(), "loss", step, desc, sched)
                 acc.backward(loss)
                 total += loss.item()
             extra = after_backward(step) if after_backward is not None else None
-            acc.clip_grad_norm_(wrapped.parameters(), 1.0)
+            _stop_if_not_finite(float(acc.clip_grad_norm_(wrapped.parameters(), 1.0)), "gradient norm", step, desc, sched)
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
@@ -219,6 +280,45 @@ def train(
                 model.train()
     if log is not None:
         log.close()
+    strip_autocast(model)
     model.eval()
     return losses
+
+
+def _check_settings(model: nn.Module, steps, lr, batch_size, weight_decay, warmup, grad_accum, checkpoint_every,
+                    log_every, schedule, resume, output_dir) -> None:
+    """Every loop setting checked before any work (names the setting and the bad value)."""
+    integer("steps", steps)
+    number("lr", lr)
+    integer("batch_size", batch_size, 1)
+    number("weight_decay", weight_decay, low_open=False)
+    number("warmup", warmup, high=1.0, low_open=False)
+    integer("grad_accum", grad_accum, 1)
+    integer("checkpoint_every", checkpoint_every)
+    integer("log_every", log_every, 1)
+    lr_factor(0, 1, 1, schedule)  # the schedule's name
+    if (checkpoint_every or resume) and output_dir is None:
+        raise ValueError("checkpoint_every and resume need output_dir (CLI: --work-dir): checkpoints are written there")
+    low = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters() if p.requires_grad and p.dtype in (torch.float16, torch.bfloat16)})
+    if low:
+        raise ValueError(f"training {type(model).__name__} with {'/'.join(low)} weights diverges (AdamW updates underflow): "
+                         "train a float32 copy (model.float()) with mixed_precision='bf16' or 'fp16' instead")
+
+
+def _stop_if_not_finite(value: float, what: str, step: int, desc: str, sched) -> None:
+    if not math.isfinite(value):
+        raise TrainingDivergedError(f"{desc}: the {what} is {value} at step {step + 1} (lr {sched.get_last_lr()[0]:.3g}); "
+                                    "stopped before updating the weights. Lower the learning rate or check the data and loss weights")
+
+
+def strip_autocast(model: nn.Module) -> None:
+    """Remove the autocast wrapper accelerate puts on ``model.forward`` for mixed precision, so the trained
+    model is the plain model again (its outputs, evaluation and timing are fp32 as saved and reloaded)."""
+    original = model.__dict__.pop("_original_forward", None)
+    if original is None:
+        return
+    if getattr(original, "__func__", None) is type(model).forward:
+        model.__dict__.pop("forward", None)
+    else:
+        model.forward = original
 

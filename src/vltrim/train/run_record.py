@@ -1,0 +1,78 @@
+"""What a run in a work directory was started with (work_dir/run.json), so a resume can refuse changed options.
+
+A checkpoint only means something for the options that made it: resuming a search with another target,
+step count, batch size, seed, data or model silently mixes two runs (a plan that removes 35% while
+plan.json says 50%). `check_resume` lists every difference and refuses unless the user overrides."""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+RUN_FILE = "run.json"
+
+
+class ResumeMismatchError(ValueError):
+    """Resuming a work directory with options, data or a model other than the ones its checkpoints were made with."""
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """SHA-256 over the class, the names, dtypes, shapes and bytes of every tensor of the state dict."""
+    h = hashlib.sha256(type(model).__name__.encode())
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-comparable form of an option value (floats as repr, so 0.1 compares exactly)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, (str, int, bool)) or value is None:
+        return value
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in sorted(value.items())}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return str(value)
+
+
+def differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """'name: checkpoint A, now B' for every option that differs (options missing on one side included)."""
+    out = []
+    for k in sorted(set(saved) | set(now)):
+        a, b = saved.get(k, "<not recorded>"), now.get(k, "<not recorded>")
+        if a != b:
+            out.append(f"{k}: checkpoints made with {a!r}, now {b!r}")
+    return out
+
+
+def check_resume(work_dir: Path, settings: dict[str, Any], resume: bool, override: bool) -> list[str]:
+    """Before a run in ``work_dir``: refuse a resume whose settings differ from run.json (unless ``override``),
+    then record the settings. Returns the differences that were overridden (empty if none)."""
+    now = _plain(settings)
+    record = work_dir / RUN_FILE
+    diffs: list[str] = []
+    if resume and record.exists():
+        try:
+            saved = json.loads(record.read_text())
+        except (OSError, ValueError) as e:
+            raise ResumeMismatchError(f"{record} is unreadable ({e}); pass override=True (CLI: --override) to resume anyway") from None
+        diffs = differences(saved.get("settings", {}), now)
+    elif resume and any(work_dir.glob("*/checkpoint-*")):
+        diffs = [f"{record} is missing, so the options of the checkpoints in {work_dir} cannot be checked"]
+    if diffs and not override:
+        raise ResumeMismatchError(f"cannot resume {work_dir} with other options:\n  " + "\n  ".join(diffs) +
+                                  "\nrerun with the original options, use another work_dir, or pass override=True (CLI: --override) to resume anyway")
+    work_dir.mkdir(parents=True, exist_ok=True)
+    tmp = record.with_name(RUN_FILE + ".tmp")
+    tmp.write_text(json.dumps({"format": "vltrim.run", "settings": now, "overridden": diffs}, indent=1))
+    tmp.replace(record)
+    return diffs
