@@ -75,7 +75,8 @@ def run_job(j: dict) -> dict:
                           eval_every=a.eval_every, latency_batch=0, progress=False, seed=j["seed"],
                           method_settings=j["settings"] or None, evaluate_before=False)
     r = {**j, "curve": res.report["curve"], "teacher": STATE["teacher"], "achieved": res.plan.achieved,
-         "widths": {n: len(k) for n, k in res.plan.keep.items()}, "sizes": res.plan.sizes, "seconds": round(time.time() - t0)}
+         "widths": {n: len(k) for n, k in res.plan.keep.items()}, "sizes": res.plan.sizes, "seconds": round(time.time() - t0),
+         "search_seconds": res.report.get("search_seconds")}
     out.write_text(json.dumps(r))
     print(f"{job_key(j)}: {r['curve'][-1]} ({r['seconds']} s)", flush=True)
     return r
@@ -121,7 +122,21 @@ def summarise(rows: list[dict], a, metrics: list[tuple[str, str]]) -> tuple[str,
             teacher = rows[0]["teacher"][key]
             parts.append(f"**{1 / (1 - target):.0f}x fewer prunable params ({target:.0%} removed), {title}** "
                          f"(teacher {teacher:.3f}):\n\n{markdown_table(header, table)}")
+    parts.append(time_table(rows, labels, a))
     return "\n\n".join(parts), summary
+
+
+def time_table(rows: list[dict], labels: list[str], a) -> str:
+    """Wall-clock per run (1 thread) and the part spent deciding the plan (search, scoring or calibration)."""
+    from vltrim.report import markdown_table
+
+    table = []
+    for name in labels:
+        rs = [r for r in rows if label(r) == name]
+        search = [r["search_seconds"] for r in rs if r.get("search_seconds") is not None]
+        table.append([name, f"{statistics.mean(r['seconds'] for r in rs):.0f}", f"{statistics.mean(search):.0f}" if search else "-"])
+    return ("**Wall-clock per run** (1 thread, mean over targets and seeds; '-': run before this was recorded):\n\n"
+            + markdown_table(["method", "s per run", "of which search / scoring s"], table))
 
 
 def plot(rows: list[dict], a, key: str, ylabel: str, title: str, path: Path) -> None:

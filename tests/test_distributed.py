@@ -28,3 +28,9 @@ def test_upop_search_on_two_processes_agrees(tmp_path):
     assert ranks[0]["keep"] == ranks[1]["keep"] and ranks[0]["keep"]
     assert ranks[0]["scores"] == ranks[1]["scores"]
     assert abs(ranks[0]["weights"] - ranks[1]["weights"]) < 1e-6
+    # MoPE scoring sharded over the 2 ranks gives every rank the single-process values
+    sys.path.insert(0, str(script.parent))
+    from _ddp_search import mope_errors
+
+    single = mope_errors()
+    assert ranks[0]["mope"] == ranks[1]["mope"] and max(abs(a - b) for a, b in zip(ranks[0]["mope"], single)) < 1e-6

@@ -76,11 +76,24 @@ def demo(
     from .demo import results_table, run_demo
 
     try:
+        _check_demo_options(out, target, search_steps, retrain_steps, train_size)
         r = run_demo(out, method=method, target=target, search_steps=search_steps, retrain_steps=retrain_steps, train_size=train_size)
     except USER_ERRORS as e:
         _fail(e)
     out_console.print(results_table(r))
     out_console.print(f"saved to {out}/ (config.json, plan.json, model.safetensors, README.md, results.json)")
+
+
+def _check_demo_options(out: Path, target: float, search_steps: int, retrain_steps: int, train_size: int) -> None:
+    """The demo's options and output directory, before the teacher loads and the run starts."""
+    from .checks import integer, number
+    from .io import check_save_destination
+
+    number("--target", target, high=1.0)
+    integer("--search-steps", search_steps)
+    integer("--retrain-steps", retrain_steps)
+    integer("--train-size", train_size, 1)
+    check_save_destination(out)
 
 
 @app.command()
@@ -121,8 +134,11 @@ def measure_cmd(
     """Params, MACs and median latency on the model's reference input."""
     from .measure import measure
 
+    from .checks import device as checked_device
+
     try:
-        m = load_any(model).to(device)
+        dev = checked_device("--device", device)
+        m = load_any(model).to(dev)
         r = measure(m, batch_size=batch_size, rounds=rounds)
     except Exception as e:  # noqa: BLE001
         _fail(e)
@@ -133,8 +149,11 @@ def _check_cli_options(o: dict, out: Path) -> None:
     """What can be checked before the model and data are loaded: counts, rates, flags and paths."""
     from .checks import choice, integer, number
 
-    for k in ("search_steps", "retrain_steps", "latency_batch", "checkpoint_every", "seed"):
+    from .compress import MAX_SEED
+
+    for k in ("search_steps", "retrain_steps", "latency_batch", "checkpoint_every"):
         integer(f"--{k.replace('_', '-')}", o[k])
+    integer("--seed", o["seed"], maximum=MAX_SEED)
     integer("--batch-size", o["batch_size"], 1)
     integer("--grad-accum", o["grad_accum"], 1)
     integer("--align", o["align"], 1)
@@ -153,7 +172,7 @@ def _check_cli_options(o: dict, out: Path) -> None:
 
 RECIPE_KEYS = ("method", "target", "metric", "align", "units", "data", "eval_data", "tokenizer", "search_steps",
                "retrain_steps", "kd_weight", "lr", "batch_size", "latency_batch", "grad_accum", "mixed_precision",
-               "work_dir", "checkpoint_every", "resume", "allocation", "max_ratio", "seed", "override")
+               "work_dir", "checkpoint_every", "resume", "allocation", "max_ratio", "seed", "override", "depth_share")
 
 
 def apply_recipe(ctx: typer.Context, recipe: Path | None, values: dict) -> dict:
@@ -162,10 +181,7 @@ def apply_recipe(ctx: typer.Context, recipe: Path | None, values: dict) -> dict:
         return values
     import yaml
 
-    try:
-        loaded = yaml.safe_load(recipe.read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise typer.BadParameter(f"cannot read recipe {recipe}: {e}") from None
+    loaded = _read_recipe(recipe, yaml) or {}
     if not isinstance(loaded, dict):
         raise typer.BadParameter(f"recipe {recipe} must be a mapping of option: value")
     unknown = sorted(set(loaded) - set(RECIPE_KEYS))
@@ -176,6 +192,27 @@ def apply_recipe(ctx: typer.Context, recipe: Path | None, values: dict) -> dict:
         if getattr(ctx.get_parameter_source(k), "name", None) != "COMMANDLINE":  # typer ships its own ParameterSource enum
             values[k] = v
     return values
+
+
+def _read_recipe(recipe: Path, yaml):
+    """The recipe's YAML, parsed; a missing, non-UTF-8 or malformed file, or a key given twice, is one clear error."""
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            keys = [self.construct_object(k, deep=deep) for k, _ in node.value]
+            twice = next((k for i, k in enumerate(keys) if k in keys[:i]), None)
+            if twice is not None:
+                raise typer.BadParameter(f"recipe {recipe}: {twice!r} is given twice (line {node.start_mark.line + 1}); keep one")
+            return super().construct_mapping(node, deep=deep)
+
+    try:
+        return yaml.load(recipe.read_text(encoding="utf-8"), Loader=Loader)
+    except UnicodeDecodeError as e:
+        raise typer.BadParameter(f"recipe {recipe} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    except OSError as e:
+        raise typer.BadParameter(f"cannot read recipe {recipe}: {e.strerror or e}") from None
+    except yaml.YAMLError as e:
+        where = f" at line {e.problem_mark.line + 1}" if getattr(e, "problem_mark", None) else ""
+        raise typer.BadParameter(f"recipe {recipe} is not valid YAML{where}: {getattr(e, 'problem', None) or e}") from None
 
 
 def _recipe_types() -> dict[str, tuple[type, bool]]:
@@ -221,6 +258,9 @@ def make_data(spec: str, model, split: str, tokenizer: str | None, model_spec: s
     length = min(getattr(tc, "max_position_embeddings", 77), 77)
     if spec == "builtin":
         return _builtin(split, size, length)
+    if not Path(spec).is_file():
+        option = "--data" if split == "train" else "--eval-data"
+        raise typer.BadParameter(f"{option} {spec!r} is neither 'builtin' nor an existing .jsonl / .csv manifest")
     from transformers import AutoTokenizer
 
     from .data import ImageCaptionManifest
@@ -233,6 +273,20 @@ def make_data(spec: str, model, split: str, tokenizer: str | None, model_spec: s
     return ImageCaptionManifest(spec, tok, image_size=size, max_length=length)
 
 
+def _plan_option(file: Path | None):
+    """The plan of ``--plan`` (None without it); errors name the option."""
+    from .structure.plan import Plan, PlanError
+
+    if file is None:
+        return None
+    if not file.is_file():
+        raise typer.BadParameter(f"--plan {file} " + ("is a directory; give its plan.json" if file.is_dir() else "does not exist"))
+    try:
+        return Plan.load(file)
+    except PlanError as e:
+        raise typer.BadParameter(f"--plan: {e}") from None
+
+
 @app.command()
 def compress(
     ctx: typer.Context,
@@ -242,10 +296,11 @@ def compress(
     target: float = typer.Option(0.5, help="fraction of prunable cost to remove, in (0, 1)"),
     metric: str = typer.Option("params", help="params or macs"),
     align: int = typer.Option(8, help="kept widths are multiples of this (1 = any width)"),
-    units: str = typer.Option("head_dims,neurons", help="unit kinds: head_dims or heads, and neurons"),
+    units: Optional[str] = typer.Option(None, help="unit kinds: head_dims or heads, and neurons (default: the method's; mope: heads,neurons)"),
     allocation: Optional[str] = typer.Option(None, help="where the cut falls: global (one ranking), uniform (every group alike) or modality; default: the method's"),
     max_ratio: Optional[float] = typer.Option(None, help="at most this share of any one group's units is removed; default: the method's"),
     seed: int = typer.Option(0, help="seed of the search (random scores, calibration, batch order) and retraining"),
+    depth_share: Optional[float] = typer.Option(None, help="mope: the part of the cut that comes from whole layers (0: width only, 1: depth only)"),
     plan_file: Optional[Path] = typer.Option(None, "--plan", help="apply this plan.json instead of searching"),
     data: Optional[str] = typer.Option(None, help="training data: 'builtin' or an image-caption manifest (.jsonl/.csv)"),
     eval_data: Optional[str] = typer.Option(None, help="evaluation data, same forms as --data"),
@@ -267,14 +322,13 @@ def compress(
     """Compress a model (search or --plan), optionally retrain it, save it and compare it with the original."""
     from . import io
     from .compress import compress as run_compress
-    from .structure.plan import Plan
 
     try:
         o = apply_recipe(ctx, recipe, dict(method=method, target=target, metric=metric, align=align, units=units, data=data,
                          eval_data=eval_data, tokenizer=tokenizer, search_steps=search_steps, retrain_steps=retrain_steps,
                          kd_weight=kd_weight, lr=lr, batch_size=batch_size, latency_batch=latency_batch, grad_accum=grad_accum,
                          mixed_precision=mixed_precision, work_dir=work_dir, checkpoint_every=checkpoint_every, resume=resume,
-                         allocation=allocation, max_ratio=max_ratio, seed=seed, override=override))
+                         allocation=allocation, max_ratio=max_ratio, seed=seed, override=override, depth_share=depth_share))
         _check_cli_options(o, out)
         m = load_any(model)
         train_ds = make_data(o["data"], m, "train", o["tokenizer"], model) if o["data"] else None
@@ -284,10 +338,15 @@ def compress(
                            metric=o["metric"], align=o["align"], units=o["units"], latency_batch=o["latency_batch"],
                            grad_accum=o["grad_accum"], mixed_precision=o["mixed_precision"], work_dir=o["work_dir"],
                            checkpoint_every=o["checkpoint_every"], resume=o["resume"], allocation=o["allocation"],
-                           max_ratio=o["max_ratio"], seed=o["seed"], override=o["override"],
-                           plan=Plan.load(plan_file) if plan_file else None)
+                           max_ratio=o["max_ratio"], seed=o["seed"], override=o["override"], depth_share=o["depth_share"],
+                           plan=_plan_option(plan_file))
         small, plan, report = res.model, res.plan, res.report
         io.save(small, out)
+        table = report.pop("scores_table", None)
+        if table:  # mope: the module errors as CSV and heat map next to the plan
+            from .methods.mope import save_table
+
+            save_table(table, out)
         (Path(out) / "report.json").write_text(json.dumps(report, indent=1, default=str))
     except USER_ERRORS as e:
         _fail(e)

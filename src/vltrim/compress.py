@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -14,7 +15,7 @@ from torch.utils.data import Dataset
 
 from .adapters import get_adapter
 from .api import apply_plan
-from .checks import choice, flag, integer, kept_modes, number, usable_model
+from .checks import choice, flag, integer, kept_modes, number, path, text, usable_model
 from .data.inputs import as_dataset
 from .measure import compare
 from .methods import get_method
@@ -23,29 +24,46 @@ from .structure.plan import Plan
 from .structure.select import ALLOCATION, MAX_RATIO, Budget
 from .tasks import Task, get_task
 from .train import train
+from .train.distill import hidden_kd, layer_outputs
 from .train.loop import SCHEDULES
 from .train.run_record import check_resume, model_fingerprint
 
 
-def task_loss(task: Task, teacher: nn.Module | None, kd_weight: float = 1.0) -> Callable[[nn.Module, Any], torch.Tensor]:
-    """The training loss of a compressed model: the task loss + ``kd_weight`` x distillation from ``teacher``."""
+MODEL_KEYS = ("pixel_values", "input_ids", "attention_mask", "token_type_ids")
 
-    def loss(student: nn.Module, batch: Any) -> torch.Tensor:
+
+def task_loss(task: Task, teacher: nn.Module | None, kd_weight: float = 1.0, kd_hidden: float = 0.0) -> Callable[[nn.Module, Any], torch.Tensor]:
+    """The training loss of a compressed model: the task loss + ``kd_weight`` x the task's distillation from
+    ``teacher`` (logits / similarity KL) + ``kd_hidden`` x uni-modal hidden-state MSE of every block to its
+    teacher block (mapped across dropped layers)."""
+
+    def kd(student: nn.Module, batch: Any) -> torch.Tensor:
         value = task.loss(student, batch)
         if kd_weight and teacher is not None and task.kd is not None:
             value = value + kd_weight * task.kd(student, teacher, batch)
         return value
 
-    return loss
+    def with_hidden(student: nn.Module, batch: Any) -> torch.Tensor:
+        net = getattr(student, "module", student)  # under DDP the hooks sit on the wrapped model
+        with layer_outputs(net) as s, layer_outputs(teacher) as t:
+            value = kd(student, batch)
+            if not t:  # the task's own distillation did not run the teacher
+                with torch.no_grad():
+                    get_adapter(teacher).forward(teacher, {k: v for k, v in batch.items() if k in MODEL_KEYS})
+        return value + kd_hidden * hidden_kd(net, teacher, s, t)
+
+    return with_hidden if kd_hidden and teacher is not None else kd
 
 
-def _search_inputs(method: Any, data: Dataset | None, loss: Callable, batch_size: int, seed: int) -> dict[str, Any]:
-    """What a one-shot method takes besides the budget: calibration data and loss (``needs_data``), and the seed."""
+def _search_inputs(method: Any, data: Dataset | None, loss: Callable, batch_size: int, seed: int, task: str,
+                   progress: bool) -> dict[str, Any]:
+    """What a one-shot method takes besides the budget: calibration data and loss (``needs_data``), and the seed,
+    task and progress flag when it has such settings."""
     params = inspect.signature(method.search).parameters
-    out: dict[str, Any] = {"seed": seed} if "seed" in params else {}
+    out: dict[str, Any] = {k: v for k, v in dict(seed=seed, task=task, progress=progress).items() if k in params}
     if getattr(method, "needs_data", False):
         if data is None:
-            raise ValueError(f"{method.name} scores units on calibration data: pass train_data")
+            raise ValueError(f"{method.name} scores units on calibration data: pass train_data (or calib_data)")
         out.update(data=data, loss_fn=loss, batch_size=batch_size)
     return out
 
@@ -64,17 +82,20 @@ def compress(
     task: str = "retrieval",
     train_data: Any = None,
     eval_data: Any = None,
+    calib_data: Any = None,
     search_steps: int = 300,
     retrain_steps: int = 300,
     kd_weight: float = 1.0,
+    kd_hidden: float | None = None,
     lr: float = 1e-4,
     retrain_lr: float = 2e-4,
     batch_size: int | None = None,
     metric: str = "params",
     align: int = 8,
-    units: str = "head_dims,neurons",
+    units: str | None = None,
     allocation: str | None = None,
     max_ratio: float | None = None,
+    depth_share: float | None = None,
     retrain_schedule: str = "cosine",
     eval_every: int = 0,
     latency_batch: int = 8,
@@ -94,7 +115,10 @@ def compress(
     (not even its train/eval mode), and every option is checked before any work starts.
 
     Training-based searches (upop) train a copy on ``train_data`` while they decide; then the subnet is
-    retrained ``retrain_steps`` with the task loss + ``kd_weight`` x distillation from the original.
+    retrained ``retrain_steps`` with the task loss + ``kd_weight`` x distillation from the original (+ ``kd_hidden``
+    x hidden-state MSE per block, mapped across dropped layers; None: the method's default, 1 for mope, else 0).
+    Methods that score on data (taylor, mope) use ``calib_data`` when given, else ``train_data``.
+    ``depth_share`` (mope): the part of the cut that comes from whole layers (0: width only, 1: depth only).
     ``train_data`` / ``eval_data``: a map-style dataset of dict items, a torch DataLoader (its dataset, batch size
     and collate_fn are used) or a Hugging Face ``datasets.Dataset``; ``batch_size`` None: the DataLoader's, else 64.
     With ``work_dir``, search and retrain log to work_dir/{search,retrain}/log.jsonl, checkpoint every
@@ -118,14 +142,22 @@ def _checked(o: dict[str, Any]) -> SimpleNamespace:
     """All of compress's options, validated (each error names its option) and normalised, before any work."""
     model = o["model"]
     usable_model(model)
-    o["task"] = get_task(o["task"])
+    o["task"] = get_task(text("task", o["task"]))
     if o["train_data"] is not None or o["eval_data"] is not None:  # the task trains or evaluates the model
         o["task"].check(model)
     o["train_data"], hint = as_dataset(o["train_data"], "train_data") if o["train_data"] is not None else (None, None)
     o["eval_data"], _ = as_dataset(o["eval_data"], "eval_data") if o["eval_data"] is not None else (None, None)
+    o["calib_data"], _ = as_dataset(o["calib_data"], "calib_data") if o["calib_data"] is not None else (None, None)
     o["batch_size"] = integer("batch_size", o["batch_size"] if o["batch_size"] is not None else hint or 64, 1)
-    for k in ("search_steps", "retrain_steps", "eval_every", "latency_batch", "checkpoint_every", "seed"):
+    for k in ("search_steps", "retrain_steps", "eval_every", "latency_batch", "checkpoint_every"):
         o[k] = integer(k, o[k])
+    o["seed"] = integer("seed", o["seed"], maximum=MAX_SEED)
+    o["align"] = integer("align", o["align"], 1)
+    text("metric", o["metric"])
+    if o["allocation"] is not None:
+        text("allocation", o["allocation"])
+    if o["units"] is not None and not isinstance(o["units"], (str, list, tuple)):
+        raise ValueError(f"units must be a string like 'head_dims,neurons', got {o['units']!r} ({type(o['units']).__name__})")
     for k in ("lr", "retrain_lr"):
         o[k] = number(k, o[k])
     o["kd_weight"] = number("kd_weight", o["kd_weight"], low_open=False)
@@ -136,7 +168,7 @@ def _checked(o: dict[str, Any]) -> SimpleNamespace:
     choice("retrain_schedule", o["retrain_schedule"], SCHEDULES)
     if (o["checkpoint_every"] or o["resume"]) and o["work_dir"] is None:
         raise ValueError("checkpoint_every and resume need work_dir (CLI: --work-dir): checkpoints are written there")
-    o["work_dir"] = Path(o["work_dir"]) if o["work_dir"] is not None else None
+    o["work_dir"] = path("work_dir", o["work_dir"]) if o["work_dir"] is not None else None
     if o["work_dir"] is not None and o["work_dir"].exists() and not o["work_dir"].is_dir():
         raise ValueError(f"work_dir {o['work_dir']} exists and is not a directory")
     if o["method_settings"] is not None and not isinstance(o["method_settings"], dict):
@@ -144,16 +176,32 @@ def _checked(o: dict[str, Any]) -> SimpleNamespace:
     o["method_settings"] = dict(o["method_settings"] or {})
     if o["plan"] is not None and not isinstance(o["plan"], Plan):
         raise TypeError(f"plan must be a vltrim.Plan (e.g. Plan.load(path)), got {type(o['plan']).__name__}")
-    o["m"] = get_method(o["method"]) if o["plan"] is None else None
+    o["m"] = get_method(text("method", o["method"])) if o["plan"] is None else None
+    o["kd_hidden"] = number("kd_hidden", getattr(o["m"], "kd_hidden", 0.0) if o["kd_hidden"] is None else o["kd_hidden"], low_open=False)
+    if o["depth_share"] is not None:
+        o["method_settings"]["depth_share"] = o["depth_share"]
     o["searches"] = o["m"] is not None and getattr(o["m"], "needs_training", False)
-    needs_data = o["searches"] or o["retrain_steps"] > 0 or getattr(o["m"], "needs_data", False)
-    if needs_data and o["train_data"] is None:
+    if (o["searches"] or o["retrain_steps"] > 0) and o["train_data"] is None:
         raise ValueError(f"{o['method']} with retrain_steps={o['retrain_steps']} needs train_data")
+    if getattr(o["m"], "needs_data", False) and o["train_data"] is None and o["calib_data"] is None:
+        raise ValueError(f"{o['method']} scores units on data: pass calib_data or train_data")
     _check_budget_and_method(model, o)
+    _try_data(model, o)
     return SimpleNamespace(**o)
 
 
-PASSED_BY_COMPRESS = {"model", "target", "train_data", "data", "loss_fn", "steps", "lr", "batch_size", "seed", "progress", "metric",
+def _try_data(model: nn.Module, o: dict[str, Any]) -> None:
+    """Run the task on the first and last items of train_data (its loss) and eval_data (its evaluation) now:
+    a field the model cannot take fails before the search, not after it."""
+    if o["train_data"] is not None and (o["searches"] or o["retrain_steps"] > 0 or getattr(o["m"], "needs_data", False)):
+        o["task"].try_data(model, o["train_data"], "train_data")
+    if o["eval_data"] is not None:
+        o["task"].try_data(model, o["eval_data"], "eval_data", evaluate=True)
+
+
+MAX_SEED = 2**32 - 1  # numpy's seed range; larger seeds overflow torch's generators mid-run
+
+PASSED_BY_COMPRESS = {"model", "target", "task", "train_data", "data", "loss_fn", "steps", "lr", "batch_size", "seed", "progress", "metric",
                       "align", "units", "allocation", "max_ratio", "grad_accum", "mixed_precision", "output_dir", "checkpoint_every", "resume"}
 
 
@@ -162,10 +210,14 @@ def _check_budget_and_method(model: nn.Module, o: dict[str, Any]) -> None:
     if o["plan"] is not None:
         o["plan"].validate(type(model).__name__, get_adapter(model).groups(model))
         return
-    Budget(o["target"], o["metric"], integer("align", o["align"], 1), o["allocation"] or ALLOCATION,
+    o["target"] = number("target", o["target"], high=1.0)  # the type here; Budget says why 1 or 0 is no target
+    o["max_ratio"] = number("max_ratio", o["max_ratio"], high=1.0) if o["max_ratio"] is not None else None
+    Budget(o["target"], o["metric"], o["align"], o["allocation"] or ALLOCATION,
            MAX_RATIO if o["max_ratio"] is None else o["max_ratio"])
-    prunable_groups(model, o["units"])
     params = inspect.signature(o["m"].run if o["searches"] else o["m"].search).parameters
+    if o["units"] is None:  # the method's own unit kinds (upop & co: head_dims,neurons; mope: heads,neurons)
+        o["units"] = params["units"].default if "units" in params else "head_dims,neurons"
+    prunable_groups(model, o["units"])
     known = {n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)} - PASSED_BY_COMPRESS
     unknown = sorted(set(o["method_settings"]) - known)
     if unknown:
@@ -178,10 +230,11 @@ def _check_budget_and_method(model: nn.Module, o: dict[str, Any]) -> None:
 def _run_settings(model: nn.Module, o: SimpleNamespace) -> dict[str, Any]:
     """What a checkpoint in work_dir depends on: resuming with any of it changed mixes two runs."""
     keys = ("method", "target", "metric", "align", "units", "allocation", "max_ratio", "search_steps", "retrain_steps",
-            "kd_weight", "lr", "retrain_lr", "batch_size", "grad_accum", "mixed_precision", "seed", "retrain_schedule",
+            "kd_weight", "kd_hidden", "lr", "retrain_lr", "batch_size", "grad_accum", "mixed_precision", "seed", "retrain_schedule",
             "method_settings")
     out = {k: getattr(o, k) for k in keys}
     out.update(task=o.task.name, model=model_fingerprint(model), train_data_size=len(o.train_data) if o.train_data is not None else 0,
+               calib_data_size=len(o.calib_data) if o.calib_data is not None else 0,
                plan=o.plan.to_dict() if o.plan is not None else None)
     return out
 
@@ -193,7 +246,7 @@ def _run(model: nn.Module, o: SimpleNamespace) -> CompressResult:
     dtype = next(model.parameters()).dtype
     half = dtype in (torch.float16, torch.bfloat16)
     teacher = copy.deepcopy(model).float() if half else model  # training needs fp32 weights
-    loss = task_loss(t, teacher, o.kd_weight)
+    loss = task_loss(t, teacher, o.kd_weight, o.kd_hidden)
 
     def loop(stage: str) -> dict[str, Any]:
         d = o.work_dir / stage if o.work_dir is not None else None
@@ -208,6 +261,7 @@ def _run(model: nn.Module, o: SimpleNamespace) -> CompressResult:
         report["before"] = t.evaluate(model, eval_data)
     where = {k: v for k, v in dict(allocation=o.allocation, max_ratio=o.max_ratio).items() if v is not None}
     common = {**dict(metric=o.metric, align=o.align, units=o.units), **where, **o.method_settings}
+    started = time.perf_counter()
     if plan is not None:
         base = teacher
     elif o.searches:
@@ -215,7 +269,11 @@ def _run(model: nn.Module, o: SimpleNamespace) -> CompressResult:
                     seed=o.seed, progress=o.progress, **common, **loop("search"))
         plan, base = res.plan, res.model
     else:
-        plan, base = m.search(teacher, o.target, **common, **_search_inputs(m, train_data, loss, o.batch_size, o.seed)), teacher
+        plan, base = m.search(teacher, o.target, **common, **_search_inputs(m, o.calib_data if o.calib_data is not None else train_data, loss,
+                                                                     o.batch_size, o.seed, t.name, o.progress)), teacher
+        if getattr(m, "last_table", None) is not None:
+            report["scores_table"] = m.last_table
+    report["search_seconds"] = round(time.perf_counter() - started, 2)  # search, scoring or calibration: wall-clock
     small = apply_plan(base, plan)
     if eval_data is not None:
         report["after_search"] = t.evaluate(small, eval_data)

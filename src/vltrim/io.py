@@ -22,6 +22,8 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from .adapters import UnsupportedModelError, get_adapter, model_class
+from .checks import device as checked_device
+from .checks import path as checked_path
 from .api import BASE_CONFIG_ATTR, PLANS_ATTR, apply_plan, base_config, plans_of
 from .structure.plan import Plan, PlanError, dumps_plans, read_json, read_plans
 
@@ -47,7 +49,7 @@ def save(model: nn.Module, path: str | Path, card_extra: str = "") -> Path:
     Every file is written to a temporary directory next to ``path`` first, so a bad plan or a crash never
     leaves a directory that ``load`` accepts while being wrong. An existing vltrim directory is overwritten."""
     get_adapter(model)  # unsupported models fail before anything is written
-    out = Path(path)
+    out = checked_path("path", path)
     check_save_destination(out)
     plans = plans_of(model) or [Plan(type(model).__name__, {}, {}, {}, method="none")]
     texts = {CONFIG: base_config(model).to_json_string(use_diff=False), PLAN: dumps_plans(plans), CARD: _card(model, plans, card_extra)}
@@ -122,7 +124,7 @@ def load(path: str | Path, device: str | torch.device = "cpu", verify: bool = Tr
     checksums (no vltrim.json) loads with a UserWarning. ``verify=False`` skips the check (files edited on purpose)."""
     if not isinstance(verify, bool):
         raise TypeError(f"verify must be True or False, got {verify!r}")
-    path = Path(path)
+    path, device = checked_path("path", path), checked_device("device", device)
     _check_files(path)
     if verify:
         _verify(path)
@@ -143,6 +145,9 @@ def _check_files(path: Path) -> None:
         raise MissingModelFileError(f"{path} does not exist")
     if not path.is_dir():
         raise ModelDirError(f"{path} is a file; vltrim.load takes the directory written by vltrim.save")
+    folders = [n for n in (CONFIG, PLAN, WEIGHTS) if (path / n).is_dir()]
+    if folders:
+        raise ModelDirError(f"{path / folders[0]} is a directory, not a file: {path} is not a vltrim model directory as saved")
     have = {n for n in (CONFIG, PLAN, WEIGHTS) if (path / n).is_file()}
     if PLAN not in have:
         raise MissingModelFileError(f"{path} has no {PLAN}: not a vltrim model directory ({_looks_like(path)})")

@@ -26,8 +26,15 @@ class HandleGroup:
         self.handles = []
 
 
-def _scale(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    return x * m.to(dtype=x.dtype, device=x.device)
+def _scale(x: torch.Tensor, m: torch.Tensor, unit_dims: int = 1) -> torch.Tensor:
+    """``x`` times unit values ``m`` over its last ``unit_dims`` dims. With one more leading dim, ``m`` holds
+    k ablations (batched masks): the batch is k blocks of items, and block j is scaled by ``m[j]``."""
+    m = m.to(dtype=x.dtype, device=x.device)
+    if m.dim() == unit_dims:
+        return x * m
+    k = m.shape[0]
+    xs = x.unflatten(0, (k, -1))
+    return (xs * m.view(k, *[1] * (xs.dim() - 1 - unit_dims), *m.shape[1:])).flatten(0, 1)
 
 
 def mask_heads(a: AttentionSpec, m: torch.Tensor) -> HandleGroup:
@@ -36,7 +43,7 @@ def mask_heads(a: AttentionSpec, m: torch.Tensor) -> HandleGroup:
 
     def pre(_mod, args):
         x = args[0]
-        y = _scale(x.unflatten(-1, (heads, hd)), m[:, None]).flatten(-2)
+        y = _scale(x.unflatten(-1, (heads, hd)), m.unsqueeze(-1), unit_dims=2).flatten(-2)
         return (y, *args[1:])
 
     return HandleGroup([a.o.register_forward_pre_hook(pre)])
@@ -47,7 +54,7 @@ def mask_head_dims(a: AttentionSpec, m: torch.Tensor) -> HandleGroup:
     heads = a.num_heads
 
     def post(_mod, _args, out):
-        return _scale(out, m.repeat(heads))
+        return _scale(out, m.repeat(*[1] * (m.dim() - 1), heads))
 
     return HandleGroup([a.q.register_forward_hook(post), a.v.register_forward_hook(post)])
 
@@ -68,8 +75,8 @@ def mask_layers(t: Tower, m: torch.Tensor) -> HandleGroup:
         def post(_mod, args, kwargs, out):
             x = args[0] if args else kwargs["hidden_states"]
             y = out[0] if isinstance(out, tuple) else out
-            mi = m[i].to(dtype=y.dtype, device=y.device)
-            blended = mi * y + (1 - mi) * x
+            mi = m[..., i]
+            blended = _scale(y, mi, unit_dims=0) + _scale(x, 1 - mi, unit_dims=0)
             return (blended, *out[1:]) if isinstance(out, tuple) else blended
 
         return post
@@ -84,7 +91,7 @@ def attach(adapter, model: nn.Module, values: dict[str, torch.Tensor]) -> Handle
     for name, v in values.items():
         if name not in groups:
             raise KeyError(f"no group {name!r} in this {type(model).__name__}")
-        if v.numel() != groups[name].size:
+        if v.shape[-1] != groups[name].size:
             raise ValueError(f"mask for {name} has {v.numel()} values, the group has {groups[name].size} units")
         handles.append(adapter.mask(model, groups[name], v))
     return HandleGroup(handles)

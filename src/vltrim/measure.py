@@ -11,7 +11,7 @@ from torch.utils.benchmark import Timer
 from torch.utils.flop_counter import FlopCounterMode
 
 from .adapters import get_adapter
-from .checks import integer, kept_modes, usable_model
+from .checks import flag, integer, kept_modes, number, usable_model
 
 
 def count_params(model: nn.Module) -> int:
@@ -99,8 +99,9 @@ def measure(
 
     ``inputs`` defaults to the adapter's reference input with ``batch_size``. The model is timed in eval mode
     and left in the mode it was in."""
-    _check_measure(model, batch_size, rounds, warmup)
-    inputs = inputs if inputs is not None else get_adapter(model).reference_inputs(model, batch_size)
+    batch_size, rounds = _check_measure(model, batch_size, rounds, warmup, min_round_s)
+    flag("latency", latency)
+    inputs = _inputs(model, inputs, batch_size)
     out: dict[str, Any] = {"params": count_params(model), "macs": count_macs(model, inputs), **_context(model, inputs)}
     if latency:
         with kept_modes(model):
@@ -110,11 +111,29 @@ def measure(
     return out
 
 
-def _check_measure(model: nn.Module, batch_size: int, rounds: int, warmup: int) -> None:
+def _check_measure(model: nn.Module, batch_size: int, rounds: int, warmup: int, min_round_s: float) -> tuple[int, int]:
+    """The options of measure / compare (each error names its option); returns batch_size and rounds as ints."""
     usable_model(model)
-    integer("batch_size", batch_size, 1)
-    integer("rounds", rounds, 1)
     integer("warmup", warmup)
+    number("min_round_s", min_round_s, low_open=False)
+    return integer("batch_size", batch_size, 1), integer("rounds", rounds, 1)
+
+
+def _inputs(model: nn.Module, inputs: Any, batch_size: int) -> dict[str, Any]:
+    """The adapter's reference input, or the user's ``inputs`` once one forward pass on them works (else a
+    ValueError naming ``inputs`` instead of an error from deep inside the model)."""
+    if inputs is None:
+        return get_adapter(model).reference_inputs(model, batch_size)
+    if not isinstance(inputs, dict):
+        raise TypeError(f"inputs must be a dict of model inputs like {{'pixel_values': ...}}, got {type(inputs).__name__}")
+    try:
+        with torch.no_grad(), kept_modes(model):
+            model.eval()
+            get_adapter(model).forward(model, _to(inputs, _device(model)))
+    except Exception as e:  # the model's own errors (shapes, keys) in one clear line
+        why = (str(e).strip().splitlines() or [""])[0][:200]
+        raise ValueError(f"inputs do not fit {type(model).__name__} (keys {sorted(inputs)}): {type(e).__name__}: {why}") from None
+    return inputs
 
 
 def compare(
@@ -131,9 +150,9 @@ def compare(
     ``speedup`` is the median over rounds of a's time / b's time in the same round: a transient that
     slows one round shifts both sides of that pair, so it is more robust than the ratio of medians.
     Both are timed in eval mode and left in the modes they were in."""
-    _check_measure(a, batch_size, rounds, warmup)
+    batch_size, rounds = _check_measure(a, batch_size, rounds, warmup, min_round_s)
     usable_model(b, "b")
-    inputs = inputs if inputs is not None else get_adapter(a).reference_inputs(a, batch_size)
+    inputs = _inputs(a, inputs, batch_size)
     with kept_modes(a, b):
         a.eval(), b.eval()
         ta, tb = _time_rounds([_runner(a, inputs), _runner(b, inputs)], rounds, warmup, min_round_s)

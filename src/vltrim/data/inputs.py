@@ -17,6 +17,8 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, default_colla
 
 ITEM_HINT = "items must be dicts of tensors like {'input_ids': ..., 'attention_mask': ..., 'pixel_values': ..., 'label': ...}"
 Collate = Callable[[list[Any]], Any]
+INTEGER_FIELDS = ("input_ids", "token_type_ids")
+FLOAT_FIELDS = ("pixel_values",)
 
 
 class LoaderData(Dataset):
@@ -50,6 +52,25 @@ class HFData(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         return self.hf[int(i)]
+
+
+class Sample(Dataset):
+    """Some items of ``data`` (by index), with the attributes vltrim batches and evaluates with
+    (``collate``, ``class_texts``, ``captions_by_label``): to try a dataset on a model before a long run."""
+
+    SHARED = ("collate", "class_texts", "captions_by_label")
+
+    def __init__(self, data: Any, indices: Sequence[int]):
+        self.data, self.indices = data, list(indices)
+        for name in self.SHARED:
+            if hasattr(data, name):
+                setattr(self, name, getattr(data, name))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.data[self.indices[i]]
 
 
 def _a(obj: Any) -> str:
@@ -134,6 +155,18 @@ def _check_batch(batch: Any, option: str) -> None:
         if not torch.is_tensor(v):
             raise TypeError(f"{option}: field {k!r} of a batch is {_a(v)}, not a tensor "
                             "(tokenize raw text; return tensors or numbers, not lists)")
+        _check_dtype(k, v, option)
+
+
+def _check_dtype(key: str, v: torch.Tensor, option: str) -> None:
+    """Token ids must be integers (a float id would be rounded or refused deep in an embedding), pixel values
+    floats (uint8 0..255 images reach the model unnormalised: a silently wrong input)."""
+    if key in INTEGER_FIELDS and (v.dtype.is_floating_point or v.dtype.is_complex or v.dtype == torch.bool):
+        raise TypeError(f"{option}: field {key!r} holds {str(v.dtype).replace('torch.', '')} values; token ids must be "
+                        "integers (torch.long): keep the tokenizer's output as it is")
+    if key in FLOAT_FIELDS and not v.dtype.is_floating_point:
+        raise TypeError(f"{option}: field {key!r} holds {str(v.dtype).replace('torch.', '')} values; pixel values must be "
+                        "normalised floats (run the model's image processor, e.g. vltrim.data.load_image), not raw 0..255 pixels")
 
 
 def check_items(data: Any, option: str) -> None:

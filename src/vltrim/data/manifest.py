@@ -26,6 +26,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..checks import integer
+from ..checks import path as checked_path
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
@@ -171,9 +174,19 @@ def _csv_rows(path: Path, text: str) -> list[tuple[int, Any]]:
     """(line number, row dict) of a CSV manifest with a header row."""
     reader = csv.DictReader(io.StringIO(text, newline=""))
     try:
-        return [(reader.line_num, r) for r in reader]
+        header = reader.fieldnames or []
+        twice = sorted({h for h in header if header.count(h) > 1})
+        if twice:
+            raise ValueError(f"{path}: the header names the column(s) {twice} twice; which one is meant is ambiguous")
+        rows = [(reader.line_num, r) for r in reader]
     except csv.Error as e:
         raise ValueError(f"{path}:{reader.line_num}: not valid CSV ({e})") from None
+    extra = next(((n, line, r[None]) for n, (line, r) in enumerate(rows, 1) if r.get(None)), None)
+    if extra:
+        n, line, cells = extra
+        raise ValueError(f"{path} row {n} (line {line}) has {len(cells)} more cell(s) than the header ({cells[0][:40]!r}...): "
+                         "a caption with a comma must be quoted (\"a red, round ball\")")
+    return rows
 
 
 def _field(path: Path, n: int, line: int, row: dict, key: str, what: str) -> str:
@@ -224,6 +237,10 @@ class ImageCaptionManifest(Dataset):
     def __init__(self, path: str | Path, tokenizer: Callable, image_size: int, max_length: int = 77,
                  image_key: str = "image", caption_key: str = "caption", mean=CLIP_MEAN, std=CLIP_STD,
                  check_images: bool = True):
+        path, image_size = checked_path("path", path), integer("image_size", image_size, 1)
+        if not callable(tokenizer):
+            raise TypeError(f"tokenizer must be callable like a Hugging Face tokenizer (texts -> input_ids, attention_mask), "
+                            f"got {type(tokenizer).__name__}")
         self.rows = read_manifest(path, image_key, caption_key)
         missing = [str(p) for p, _ in self.rows if not p.is_file()]
         if missing:
@@ -259,9 +276,9 @@ class ImageFolder(Dataset):
     Hidden folders and files (names starting with '.') are ignored; every image is checked when built."""
 
     def __init__(self, root: str | Path, image_size: int, mean=CLIP_MEAN, std=CLIP_STD, check_images: bool = True):
-        root = Path(root)
+        root, image_size = checked_path("root", root), integer("image_size", image_size, 1)
         if not root.is_dir():
-            raise FileNotFoundError(f"image folder {root} does not exist")
+            raise FileNotFoundError(f"image folder {root} " + ("is a file, not a folder of class folders" if root.exists() else "does not exist"))
         self.classes = sorted(d.name for d in root.iterdir() if d.is_dir() and _visible(d))
         self.items = [(f, c) for c, name in enumerate(self.classes) for f in sorted((root / name).iterdir())
                       if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file() and _visible(f)]

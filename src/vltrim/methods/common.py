@@ -88,13 +88,14 @@ def plan_from_keep(
     """A Plan for ``keep`` that records the target and what it achieves (fractions and whole-model counts)."""
     got = achieved(groups, keep)
     adapter = get_adapter(model)
-    params, macs = count_params(model), count_macs(model, adapter.reference_inputs(model, 1))
-    got.update(
-        model_params_before=params,
-        model_params_after=params - round(got["params_removed"] * got["prunable_params"]),
-        model_macs_before=macs,
-        model_macs_after=macs - round(got["macs_removed"] * got["prunable_macs"]),
-    )
-    return Plan.from_keep(
-        type(model).__name__, groups, keep, method=method, settings=settings, target=budget.to_dict(), achieved=got
-    )
+    ref = adapter.reference_inputs(model, 1)
+    params, macs = count_params(model), count_macs(model, ref)
+    got.update(model_params_before=params, model_params_after=params - round(got["params_removed"] * got["prunable_params"]),
+               model_macs_before=macs, model_macs_after=macs - round(got["macs_removed"] * got["prunable_macs"]))
+    plan = Plan.from_keep(type(model).__name__, groups, keep, method=method, settings=settings, target=budget.to_dict(), achieved=got)
+    if any(g.kind == UnitKind.LAYERS and g.name in keep for g in groups):  # a dropped block also takes its norms and biases
+        from ..api import apply_plan
+
+        small = apply_plan(model, plan)
+        plan.achieved.update(model_params_after=count_params(small), model_macs_after=count_macs(small, adapter.reference_inputs(small, 1)))
+    return plan

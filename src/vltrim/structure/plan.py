@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -65,9 +66,12 @@ class Plan:
             if g is None:
                 raise PlanError(f"plan group {name!r} does not exist in this {model_class}")
             if g.kind.value != self.kinds.get(name) or g.size != self.sizes.get(name):
+                pruned = g.kind.value == self.kinds.get(name) and g.size == len(idx)
                 raise PlanError(
                     f"plan group {name!r} is {self.kinds.get(name)} x{self.sizes.get(name)}, "
-                    f"the model has {g.kind.value} x{g.size} (plan made for another configuration?)"
+                    f"the model has {g.kind.value} x{g.size} ("
+                    + ("this model already has the plan applied: apply a plan to the model it was made for)" if pruned
+                       else "plan made for another configuration?)")
                 )
             if not idx:
                 raise PlanError(f"plan group {name!r} keeps no unit; an empty group cannot be applied")
@@ -179,10 +183,12 @@ def read_json(path: str | Path, error: type[Exception] = PlanError, allow_nonfin
     """Parse a JSON file strictly (UTF-8; no NaN/Infinity unless allowed; bounded digits and nesting).
 
     Every problem is raised as ``error`` with a message naming the file; a missing file stays FileNotFoundError."""
+    if not isinstance(path, (str, os.PathLike)) or str(path) == "":
+        raise TypeError(f"a JSON file path must be a non-empty str or pathlib.Path, got {path!r} ({type(path).__name__})")
     try:
         raw = Path(path).read_bytes()
     except FileNotFoundError:
-        raise
+        raise FileNotFoundError(f"{path} does not exist") from None
     except OSError as e:
         raise error(f"cannot read {path}: {e.strerror or e}") from None
     try:
@@ -212,8 +218,16 @@ def parse_json(text: str, source: str | Path, error: type[Exception] = PlanError
             raise bad(f"{c} is not a number JSON allows (values must be finite)")
         return float(c)
 
+    def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in pairs:
+            if k in out:
+                raise bad(f"the key {k[:60]!r} appears twice in one object (which one is meant?)")
+            out[k] = v
+        return out
+
     try:
-        return json.loads(text, parse_int=number(int), parse_float=number(float), parse_constant=constant)
+        return json.loads(text, parse_int=number(int), parse_float=number(float), parse_constant=constant, object_pairs_hook=unique)
     except json.JSONDecodeError as e:
         raise bad(f"{e.msg} at line {e.lineno}, column {e.colno} (truncated or edited?)") from None
     except RecursionError:

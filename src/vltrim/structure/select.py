@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .groups import Group
+from .groups import Group, UnitKind
 
 
 ALLOCATIONS = ("global", "uniform", "modality")
@@ -132,11 +132,19 @@ def _cut(groups: list[Group], scores: dict[str, torch.Tensor], budget: Budget) -
 
 
 def achieved(groups: list[Group], keep: dict[str, list[int]]) -> dict[str, float | int]:
-    """Fractions of the prunable params and MACs (of ``groups``) that a keep-map removes."""
+    """Fractions of the prunable params and MACs (of ``groups``) that a keep-map removes. A removed layer
+    removes every unit of its width groups; layers count as prunable cost only in a depth-only plan."""
+    width = [g for g in groups if g.kind != UnitKind.LAYERS]
+    gone_blocks = tuple(f"{g.name}.{i}." for g in groups if g.kind == UnitKind.LAYERS and g.name in keep
+                        for i in sorted(set(range(g.size)) - set(keep[g.name])))
+    counted = width or groups
     out: dict[str, float | int] = {}
     for metric in ("params", "macs"):
-        total = sum(g.size * g.cost_per_unit(metric) for g in groups)
-        gone = sum((g.size - len(keep[g.name])) * g.cost_per_unit(metric) for g in groups if g.name in keep)
+        total = sum(g.size * g.cost_per_unit(metric) for g in counted)
+        gone = 0
+        for g in counted:
+            left = 0 if width and g.name.startswith(gone_blocks) and gone_blocks else len(keep.get(g.name, range(g.size)))
+            gone += (g.size - left) * g.cost_per_unit(metric)
         out[f"prunable_{metric}"] = total
         out[f"{metric}_removed"] = gone / total if total else 0.0
     return out

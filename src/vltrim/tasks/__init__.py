@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
+from torch.utils.data import default_collate
 
+from ..checks import kept_modes
+from ..data.inputs import Sample
 from .classification import classification_kd, classification_loss, evaluate_classification
 from .retrieval import contrastive_loss, evaluate_retrieval, recall_at_k, similarity_kd_loss, zero_shot_accuracy
 from .sentence import SentenceDistillData, embedding_loss, evaluate_embeddings
@@ -28,6 +31,27 @@ class Task:
         if not self.fits(model):
             raise ValueError(f"task {self.name!r} needs {self.needs}; {type(model).__name__} is not one. "
                              f"Pick the task that fits the model ({', '.join(sorted(TASKS))})")
+
+    def try_data(self, model: nn.Module, data: Any, option: str, evaluate: bool = False) -> None:
+        """Run the task's loss (``evaluate``: its evaluation) on the first and last items of ``data``, so data
+        the model cannot take (image size, vocabulary, labels) fails now with ``option`` named, not after a search."""
+        sample = Sample(data, sorted({0, len(data) - 1}))
+        try:
+            with torch.no_grad(), kept_modes(model):
+                model.eval()
+                if evaluate:
+                    self.evaluate(model, sample)
+                else:
+                    dev = next(model.parameters()).device
+                    batch = getattr(sample, "collate", default_collate)([sample[i] for i in range(len(sample))])
+                    self.loss(model, {k: v.to(dev) for k, v in batch.items()})
+        except Exception as e:  # torch and transformers raise many kinds: the user needs the option and the cause
+            raise ValueError(f"{option}: {type(model).__name__} cannot run the {self.name} task on items {sample.indices} "
+                             f"({type(e).__name__}: {_first_line(e)})") from None
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [""])[0][:300]
 
 
 def _dual(model: nn.Module) -> bool:

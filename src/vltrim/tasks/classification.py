@@ -15,15 +15,25 @@ def class_logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tens
     return model(pixel_values=batch["pixel_values"]).logits
 
 
-def _labels(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The batch's class labels; classification data without a 'label' field is a clear error."""
+def _labels(batch: dict[str, torch.Tensor], classes: int) -> torch.Tensor:
+    """The batch's class labels: one integer in [0, classes) per item; anything else is a clear error (an
+    out-of-range label would fail deep in cross_entropy, or silently count as wrong in evaluation)."""
     if "label" not in batch:
         raise ValueError(f"classification needs a class 'label' in every item; the items have {sorted(batch)}")
-    return batch["label"]
+    y = batch["label"]
+    if y.dim() != 1 or y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
+        raise ValueError(f"classification 'label' must be one integer class index per item, got {str(y.dtype).replace('torch.', '')} "
+                         f"labels of shape {tuple(y.shape[1:])} per item (not one-hot, not floats)")
+    bad = y[(y < 0) | (y >= classes)]
+    if len(bad):
+        raise ValueError(f"classification 'label' {int(bad[0])} is outside the model's {classes} classes (0..{classes - 1}); "
+                         "the model's num_labels must cover every class of the data")
+    return y
 
 
 def classification_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    return F.cross_entropy(class_logits(model, batch), _labels(batch))
+    logits = class_logits(model, batch)
+    return F.cross_entropy(logits, _labels(batch, logits.shape[-1]).to(logits.device, torch.long))
 
 
 def classification_kd(student: nn.Module, teacher: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -40,8 +50,8 @@ def evaluate_classification(model: nn.Module, data: Dataset, batch_size: int = 2
     with kept_modes(model):
         model.eval()
         for batch in in_order(data, batch_size):
-            labels = _labels(batch)
-            pred = class_logits(model, {"pixel_values": batch["pixel_values"].to(dev)}).argmax(-1).cpu()
+            logits = class_logits(model, {"pixel_values": batch["pixel_values"].to(dev)})
+            labels, pred = _labels(batch, logits.shape[-1]), logits.argmax(-1).cpu()
             correct += (pred == labels.cpu()).sum().item()
             total += len(pred)
     return {"top1": correct / total}

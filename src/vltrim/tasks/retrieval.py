@@ -38,6 +38,9 @@ def contrastive_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.
     """Symmetric InfoNCE; pairs with the same ``label`` (same scene / same caption) all count as positives."""
     logits = similarity_logits(model, batch)
     labels = batch.get("label")
+    if labels is not None and labels.dim() != 1:
+        raise ValueError(f"retrieval 'label' must be one value per item (pairs with equal labels match), got shape "
+                         f"{tuple(labels.shape[1:])} per item")
     if labels is None:
         target = torch.eye(len(logits), device=logits.device)
     else:
@@ -54,8 +57,9 @@ def similarity_kd_loss(student: nn.Module, teacher: nn.Module, batch: dict[str, 
 
 
 def recall_at_k(sim: torch.Tensor, q_labels: torch.Tensor, g_labels: torch.Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict[int, float]:
-    """Share of queries (rows) with a same-label item among their top-k gallery items (columns)."""
-    top = sim.topk(max(ks), dim=1).indices
+    """Share of queries (rows) with a same-label item among their top-k gallery items (columns); a k beyond the
+    gallery's size counts the whole gallery."""
+    top = sim.topk(min(max(ks), sim.shape[1]), dim=1).indices
     hit = g_labels[top] == q_labels[:, None]
     return {k: hit[:, :k].any(1).float().mean().item() for k in ks}
 

@@ -169,16 +169,26 @@ def save_checkpoint(path: Path, model: nn.Module, opt, sched, step: int, losses:
     tmp.rename(path)
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be resumed from: its files are corrupted or were made for another model."""
+
+
 def load_checkpoint(path: Path, model: nn.Module, opt, sched, hook: StepHook | None) -> tuple[int, list[float]]:
-    """Restore a checkpoint in place; returns (completed steps, losses so far)."""
-    model.load_state_dict(load_file(str(path / "model.safetensors")), strict=True)
-    s = torch.load(path / "state.pt", weights_only=False)
-    opt.load_state_dict(s["optimizer"])
-    sched.load_state_dict(s["scheduler"])
-    _set_rng_state(s["rng"])
-    if hook is not None and s["hook"] is not None:
-        hook.load_state_dict(s["hook"])
-    return s["step"], s["losses"]
+    """Restore a checkpoint in place; returns (completed steps, losses so far). CheckpointError naming it if it
+    cannot be read or does not fit the model."""
+    try:
+        model.load_state_dict(load_file(str(path / "model.safetensors")), strict=True)
+        s = torch.load(path / "state.pt", weights_only=False)
+        opt.load_state_dict(s["optimizer"])
+        sched.load_state_dict(s["scheduler"])
+        _set_rng_state(s["rng"])
+        if hook is not None and s["hook"] is not None:
+            hook.load_state_dict(s["hook"])
+        return s["step"], s["losses"]
+    except Exception as e:  # safetensors, pickle and torch raise many kinds for a damaged or foreign checkpoint
+        why = (str(e).strip().splitlines() or [""])[0][:200]
+        raise CheckpointError(f"cannot resume from {path} ({type(e).__name__}: {why}): it is damaged or was made for "
+                              f"another model; delete {path.name} to resume from the one before, or rerun without resume") from None
 
 
 def accelerator(mixed_precision: str = "no") -> Accelerator:

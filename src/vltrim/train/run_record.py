@@ -54,6 +54,26 @@ def differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
     return out
 
 
+def _recorded_settings(record: Path) -> dict[str, Any]:
+    """The "settings" object of run.json; ResumeMismatchError naming the file if it is unreadable or malformed."""
+    try:
+        saved = json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as e:
+        raise ResumeMismatchError(f"{record} is unreadable ({type(e).__name__}: {e})") from None
+    settings = saved.get("settings") if isinstance(saved, dict) else None
+    if not isinstance(settings, dict):
+        raise ResumeMismatchError(f"{record} is not a vltrim run record (no \"settings\" object)")
+    return settings
+
+
+def _differences_from(record: Path, now: dict[str, Any]) -> list[str]:
+    """The differences between run.json and ``now``; an unreadable or malformed run.json is itself one."""
+    try:
+        return differences(_recorded_settings(record), now)
+    except ResumeMismatchError as e:
+        return [str(e)]
+
+
 def check_resume(work_dir: Path, settings: dict[str, Any], resume: bool, override: bool) -> list[str]:
     """Before a run in ``work_dir``: refuse a resume whose settings differ from run.json (unless ``override``),
     then record the settings. Returns the differences that were overridden (empty if none)."""
@@ -61,11 +81,7 @@ def check_resume(work_dir: Path, settings: dict[str, Any], resume: bool, overrid
     record = work_dir / RUN_FILE
     diffs: list[str] = []
     if resume and record.exists():
-        try:
-            saved = json.loads(record.read_text())
-        except (OSError, ValueError) as e:
-            raise ResumeMismatchError(f"{record} is unreadable ({e}); pass override=True (CLI: --override) to resume anyway") from None
-        diffs = differences(saved.get("settings", {}), now)
+        diffs = _differences_from(record, now)
     elif resume and any(work_dir.glob("*/checkpoint-*")):
         diffs = [f"{record} is missing, so the options of the checkpoints in {work_dir} cannot be checked"]
     if diffs and not override:

@@ -1,0 +1,569 @@
+"""`mope`: MoPE-CLIP (Lin et al., CVPR 2024): rank modules by their Module-wise Pruning Error.
+
+MoPE(module) = Z(model) - Z(model without the module), Z the task metric itself on calibration data
+(retrieval: mean R@1, or zero-shot top-1 with class prompts; classification: top-1; sentence embedding:
+cosine to the teacher). Modules: every attention head, every FFN neuron group (neurons ordered inside
+their layer by weight magnitude, then cut into blocks of ``group_size``), and every layer.
+Width first: heads and FFN groups of every tower are ranked by error per removed cost in one global,
+cost-exact, aligned cut. Then depth: the error of every layer is recomputed on the width-pruned model
+and the layers with the least error per cost are dropped until ``depth_share`` of the cut comes from
+depth; a last width cut on the surviving layers lands the plan on ``target``.
+
+Scoring is exact and fast: the ablations of one layer run as one batched forward (masks with a leading
+ablation dimension), start from the cached input of that layer (the layers below run once), and the
+other towers' outputs are computed once. ``fast=False`` runs one full evaluation per module (the naive
+reference the fast path is tested against). Under torch.distributed each rank scores a slice of the
+modules and the errors are summed over ranks."""
+from __future__ import annotations
+
+import copy
+import csv
+from contextlib import contextmanager
+from pathlib import Path
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import nn
+
+from .. import masks
+from ..adapters import get_adapter
+from ..api import apply_plan
+from ..checks import integer, number
+from ..data.inputs import as_dataset, in_order
+from ..progress import bar
+from ..structure.groups import Group, UnitKind
+from ..structure.select import ALLOCATION, MAX_RATIO, Budget, select
+from . import register
+from .common import plan_from_keep, prunable_groups, unit_sums
+
+Outputs = dict[str, torch.Tensor]
+
+
+# ---- what the metric needs: per-modality inputs and outputs ---------------------------------------------
+@dataclass
+class Probe:
+    """A task metric split by tower: ``batches[m]`` are the inputs of modality m's tower, ``output[m](model,
+    batch)`` its per-item outputs, and ``metric(outputs, extras)`` the metric from all outputs at once; so an
+    ablation in one tower re-runs that tower only."""
+
+    batches: dict[str, list[dict[str, torch.Tensor]]]
+    output: dict[str, Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]]
+    metric: Callable[[Outputs, dict[str, torch.Tensor]], float]
+    extras: dict[str, torch.Tensor]
+
+
+def _chunks(data: Any, batch_size: int) -> list[dict[str, torch.Tensor]]:
+    return list(in_order(data, batch_size))
+
+
+def _extra(chunks: list[dict[str, torch.Tensor]], key: str) -> torch.Tensor | None:
+    return torch.cat([c[key] for c in chunks]) if all(key in c for c in chunks) else None
+
+
+def _top1(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return (logits.argmax(-1) == labels).double().mean().item()
+
+
+def _retrieval_probe(data: Any, chunks: list[dict[str, torch.Tensor]]) -> Probe:
+    from ..tasks.retrieval import image_embeds, recall_at_k, text_embeds
+
+    labels = _extra(chunks, "label")
+    labels = labels if labels is not None else torch.arange(sum(len(c["pixel_values"]) for c in chunks))
+    class_texts = getattr(data, "class_texts", None)
+    if class_texts is not None:  # zero-shot: images against one prompt per class
+        return Probe({"vision": chunks, "text": [dict(class_texts)]}, {"vision": image_embeds, "text": text_embeds},
+                     lambda o, e: _top1(o["vision"] @ o["text"].t(), e["label"]), {"label": labels})
+
+    def mean_r1(o: Outputs, e: dict[str, torch.Tensor]) -> float:
+        sim = o["vision"] @ o["text"].t()
+        return (recall_at_k(sim, e["label"], e["label"], (1,))[1] + recall_at_k(sim.t(), e["label"], e["label"], (1,))[1]) / 2
+
+    return Probe({"vision": chunks, "text": chunks}, {"vision": image_embeds, "text": text_embeds}, mean_r1, {"label": labels})
+
+
+def _classification_probe(data: Any, chunks: list[dict[str, torch.Tensor]]) -> Probe:
+    from ..tasks.classification import class_logits
+
+    labels = _extra(chunks, "label")
+    if labels is None:
+        raise ValueError("calib_data for classification needs a 'label' field (the class of each image)")
+    return Probe({"vision": chunks}, {"vision": class_logits}, lambda o, e: _top1(o["vision"], e["label"]), {"label": labels})
+
+
+def _sentence_probe(data: Any, chunks: list[dict[str, torch.Tensor]]) -> Probe:
+    from ..tasks.sentence import sentence_embedding
+
+    teacher = _extra(chunks, "teacher_embedding")
+    if teacher is None:
+        raise ValueError("calib_data for sentence-embedding needs 'teacher_embedding' (use vltrim.tasks.SentenceDistillData)")
+    return Probe({"text": chunks}, {"text": sentence_embedding},
+                 lambda o, e: (o["text"].float() * e["teacher"]).sum(-1).mean().item(), {"teacher": teacher.float()})
+
+
+PROBES = {"retrieval": _retrieval_probe, "classification": _classification_probe, "sentence-embedding": _sentence_probe}
+
+
+def make_probe(task: str, data: Any, batch_size: int = 64) -> Probe:
+    """The probe of ``task`` on calibration ``data`` (any form `as_dataset` accepts)."""
+    if task not in PROBES:
+        raise ValueError(f"mope scores with the task metric; task must be one of {', '.join(PROBES)}, got {task!r}")
+    data, _ = as_dataset(data, "calib_data")
+    return PROBES[task](data, _chunks(data, batch_size))
+
+
+# ---- ablations and their errors ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class Ablation:
+    """One module: ``units`` of group ``group`` set to 0 (a head, a block of FFN neurons, or one layer)."""
+
+    group: str
+    units: tuple[int, ...]
+    kind: str
+    modality: str
+    layer: int  # the block the module lives in (ablations start from this block's cached input)
+    tower: str
+
+
+@torch.no_grad()
+def _outputs(model: nn.Module, probe: Probe, modality: str) -> torch.Tensor:
+    return torch.cat([probe.output[modality](model, b).float() for b in probe.batches[modality]])
+
+
+@torch.no_grad()
+def naive_errors(model: nn.Module, probe: Probe, ablations: list[Ablation], progress: bool = False) -> list[float]:
+    """MoPE of every ablation by one full evaluation each (every tower, every layer): the reference."""
+    adapter, base = get_adapter(model), _metric(model, probe)
+    sizes = {g.name: g.size for g in adapter.groups(model)}
+    out = []
+    with bar(progress) as pb:
+        task = pb.add_task("mope (naive)", total=len(ablations), info="")
+        for a in ablations:
+            v = torch.ones(sizes[a.group])
+            v[list(a.units)] = 0
+            with masks.masked(model, {a.group: v}):
+                out.append(base - _metric(model, probe))
+            pb.update(task, advance=1)
+    return out
+
+
+def _metric(model: nn.Module, probe: Probe) -> float:
+    return probe.metric({m: _outputs(model, probe, m) for m in probe.batches}, probe.extras)
+
+
+class _Cached(nn.Module):
+    """Stands in for a module whose output under the ablations is known (a block below the ablated one, or
+    the attention of a block whose FFN is ablated): returns the cached output, ignoring its inputs."""
+
+    def __init__(self, output: Any):
+        super().__init__()
+        self.output = output
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.output
+
+
+def _tiled(output: Any, k: int) -> Any:
+    """A module output (a tensor, or a tuple holding tensors and None) with every tensor's batch repeated k times."""
+    if torch.is_tensor(output):
+        return torch.cat([output] * k) if output.dim() > 0 else output
+    return tuple(_tiled(o, k) if o is not None else None for o in output)
+
+
+@contextmanager
+def _swapped(root: nn.Module, target: nn.Module, replacement: nn.Module) -> Iterator[None]:
+    """Temporarily put ``replacement`` where ``target`` sits inside ``root``."""
+    name = next(n for n, m in root.named_modules() if m is target)
+    parent = root.get_submodule(name.rsplit(".", 1)[0]) if "." in name else root
+    leaf = name.rsplit(".", 1)[-1]
+    setattr(parent, leaf, replacement)
+    try:
+        yield
+    finally:
+        setattr(parent, leaf, target)
+
+
+@contextmanager
+def _start_at(t: Any, start: int, cached: dict, k: int, skip_attention: bool) -> Iterator[None]:
+    """Temporarily replace blocks 0..start-1 by the cached input of block ``start`` (k copies), and with
+    ``skip_attention`` (only its FFN is ablated) that block's attention by its cached clean output."""
+    from contextlib import ExitStack
+
+    saved = [t.layers[i] for i in range(start)]
+    hidden = _tiled(cached[("in", start)], k)
+    try:
+        for i in range(start):
+            t.layers[i] = _Cached((hidden,) if cached["tuple"] else hidden)
+        with ExitStack() as stack:
+            if skip_attention:
+                attn = t.block(t.layers[start]).attn.module
+                stack.enter_context(_swapped(t.layers[start], attn, _Cached(_tiled(cached[("attn", start)], k))))
+            yield
+    finally:
+        for i, layer in enumerate(saved):
+            t.layers[i] = layer
+
+
+def _detached(output: Any) -> Any:
+    if torch.is_tensor(output):
+        return output.detach()
+    return tuple(_detached(o) if o is not None else None for o in output)
+
+
+@contextmanager
+def _capture(t: Any, store: dict) -> Iterator[None]:
+    """Record every block's input hidden states and its attention's output (and whether blocks return tuples)."""
+
+    def block_hook(i: int):
+        def hook(_mod, args, kwargs, out):
+            store[("in", i)] = (args[0] if args else kwargs["hidden_states"]).detach()
+            store["tuple"] = isinstance(out, tuple)
+
+        return hook
+
+    def attn_hook(i: int):
+        def hook(_mod, _args, out):
+            store[("attn", i)] = _detached(out)
+
+        return hook
+
+    handles = [layer.register_forward_hook(block_hook(i), with_kwargs=True) for i, layer in enumerate(t.layers)]
+    handles += [t.block(layer).attn.module.register_forward_hook(attn_hook(i)) for i, layer in enumerate(t.layers)]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _repeat(batch: dict[str, torch.Tensor], k: int) -> dict[str, torch.Tensor]:
+    return {n: torch.cat([v] * k) if torch.is_tensor(v) and v.dim() > 0 else v for n, v in batch.items()}
+
+
+@torch.no_grad()
+def fast_errors(model: nn.Module, probe: Probe, ablations: list[Ablation], ablation_batch: int = 16,
+                progress: bool = False) -> list[float]:
+    """The same values as `naive_errors`, computed with batched ablations that start from cached block inputs
+    and reuse the other towers' outputs; under torch.distributed each rank scores a slice (summed after)."""
+    adapter = get_adapter(model)
+    towers = {t.name: t for t in adapter.towers(model)}
+    sizes = {g.name: g.size for g in adapter.groups(model)}
+    rank, world = _rank_world()
+    mine = list(range(rank, len(ablations), world))
+    clean, cache = {}, {}
+    for m in probe.batches:  # clean outputs of every tower, and every block's input and attention output, once
+        parts = []
+        for c, batch in enumerate(probe.batches[m]):
+            mine_t = [t for t in towers.values() if t.modality == m]
+            for t in mine_t:
+                cache[(t.name, c)] = {}
+            with _multi_capture([(t, cache[(t.name, c)]) for t in mine_t]):
+                parts.append(probe.output[m](model, batch).float())
+        clean[m] = torch.cat(parts)
+    base = probe.metric(clean, probe.extras)
+    errors = torch.zeros(len(ablations), dtype=torch.float64)
+    buckets: dict[tuple[str, int, bool], list[int]] = {}
+    for i in mine:  # ablations of one block's FFN also share that block's clean attention
+        a = ablations[i]
+        buckets.setdefault((a.tower, a.layer, a.kind == UnitKind.NEURONS.value), []).append(i)
+    with bar(progress) as pb:
+        task = pb.add_task("mope scoring", total=len(mine), info="")
+        for (tower, start, ffn), idx in buckets.items():
+            t = towers[tower]
+            for s in range(0, len(idx), ablation_batch):
+                part = idx[s : s + ablation_batch]
+                outs = _ablated_outputs(model, probe, t, start, [ablations[i] for i in part], sizes, cache, ffn)
+                for i, o in zip(part, outs):
+                    errors[i] = base - probe.metric({**clean, t.modality: o}, probe.extras)
+                pb.update(task, advance=len(part))
+    if world > 1:
+        torch.distributed.all_reduce(errors)
+    return errors.tolist()
+
+
+@contextmanager
+def _multi_capture(targets: list[tuple[Any, dict]]) -> Iterator[None]:
+    from contextlib import ExitStack
+
+    with ExitStack() as stack:
+        for t, store in targets:
+            stack.enter_context(_capture(t, store))
+        yield
+
+
+def _ablated_outputs(model: nn.Module, probe: Probe, t: Any, start: int, abl: list[Ablation], sizes: dict[str, int],
+                     cache: dict, ffn_only: bool) -> list[torch.Tensor]:
+    """Outputs of tower ``t`` under each of ``abl`` (all in block ``start``), as one batched forward per chunk."""
+    k = len(abl)
+    values: dict[str, torch.Tensor] = {}
+    for j, a in enumerate(abl):
+        v = values.setdefault(a.group, torch.ones(k, sizes[a.group]))
+        v[j, list(a.units)] = 0
+    handles = masks.attach(get_adapter(model), model, values)
+    try:
+        parts = []
+        for c, batch in enumerate(probe.batches[t.modality]):
+            with _start_at(t, start, cache[(t.name, c)], k, ffn_only):
+                parts.append(probe.output[t.modality](model, _repeat(batch, k)).float())
+        stacked = torch.cat([p.unflatten(0, (k, -1)) for p in parts], dim=1)
+    finally:
+        handles.remove()
+    return list(stacked)
+
+
+def _rank_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+# ---- modules of a model ---------------------------------------------------------------------------------
+def neuron_blocks(model: nn.Module, g: Group, group_size: int) -> list[tuple[int, ...]]:
+    """FFN neurons of ``g`` ordered by weight magnitude (fc1 row + fc2 column L1, lowest first) and cut into
+    blocks of ``group_size``: the paper's neuron groups, each scored as one module."""
+    order = torch.argsort(unit_sums(model, g, torch.abs), stable=True).tolist()
+    return [tuple(sorted(order[i : i + group_size])) for i in range(0, g.size, group_size)]
+
+
+def default_group_size(size: int, align: int) -> int:
+    """1/8 of the layer's width, rounded to a multiple of ``align`` (at least one aligned step)."""
+    step = max(1, align)
+    return max(step, round(size / 8 / step) * step)
+
+
+def width_ablations(model: nn.Module, groups: list[Group], group_size: int | None, align: int) -> list[Ablation]:
+    """One ablation per head and per FFN neuron block of ``groups``."""
+    adapter, out = get_adapter(model), []
+    for g in groups:
+        t, layer, _ = adapter.locate(model, g.name)
+        if g.kind == UnitKind.HEADS:
+            units = [(h,) for h in range(g.size)]
+        else:
+            units = neuron_blocks(model, g, group_size or default_group_size(g.size, align))
+        out += [Ablation(g.name, u, g.kind.value, g.modality, layer, t.name) for u in units]
+    return out
+
+
+def layer_ablations(model: nn.Module) -> list[Ablation]:
+    """One ablation per block of every tower."""
+    return [Ablation(f"{t.name}.layers", (i,), UnitKind.LAYERS.value, t.modality, i, t.name)
+            for t in get_adapter(model).towers(model) for i in range(len(t.layers))]
+
+
+def mope_table(ablations: list[Ablation], errors: list[float], costs: dict[str, float]) -> list[dict[str, Any]]:
+    """Rows (module, modality, kind, layer, units, error, cost) for the saved CSV and the heat map."""
+    return [{"group": a.group, "modality": a.modality, "kind": a.kind, "layer": a.layer, "units": " ".join(map(str, a.units)),
+             "error": e, "cost": costs[a.group] * len(a.units)} for a, e in zip(ablations, errors)]
+
+
+# ---- the method -------------------------------------------------------------------------------------------
+@register
+class MoPEMethod:
+    name = "mope"
+    needs_data = True  # scores with the task metric on calibration data
+    kd_hidden = 1.0  # retraining distils every block's hidden states too (the paper's uni-modal distillation)
+    last_table: list[dict[str, Any]] | None = None  # MoPE table of the latest search (compress reports it)
+
+    def check_settings(self, depth_share: float = 0.0, group_size: int | None = None, ablation_batch: int = 16,
+                       fast: bool = True, calib_size: int = 256, **_: Any) -> None:
+        number("depth_share", depth_share, high=1.0, low_open=False)
+        if group_size is not None:
+            integer("group_size", group_size, 1)
+        integer("ablation_batch", ablation_batch, 1)
+        integer("calib_size", calib_size, 1)
+
+    def search(self, model: nn.Module, target: float, data: Any = None, task: str = "retrieval", metric: str = "params",
+               align: int = 8, units: str = "heads,neurons", allocation: str = ALLOCATION, max_ratio: float = MAX_RATIO,
+               depth_share: float = 0.0, group_size: int | None = None, calib_size: int = 256, eval_batch: int = 64,
+               ablation_batch: int = 16, fast: bool = True, modalities: list[str] | None = None, progress: bool = False,
+               seed: int = 0, loss_fn: Callable | None = None, batch_size: int | None = None):
+        """Width then depth by MoPE on the first ``calib_size`` items of ``data``; returns the Plan and keeps the
+        MoPE table of both stages in ``self.last_table`` (compress saves it). ``loss_fn``, ``batch_size`` and
+        ``seed`` are accepted for compress's sake and unused: the scores are deterministic and need no loss.
+        ``modalities`` (e.g. ['vision']) prunes those towers only (the paper's fine-tuning stage may prune one tower;
+        its pre-training stage prunes both, the default)."""
+        self.check_settings(depth_share, group_size, ablation_batch, fast, calib_size)
+        if data is None:
+            raise ValueError("mope scores modules with the task metric: pass calibration data (compress passes train_data or calib_data)")
+        data, _ = as_dataset(data, "calib_data")
+        calib = torch.utils.data.Subset(data, range(min(calib_size, len(data))))
+        for attr in ("collate", "class_texts", "captions_by_label"):
+            if hasattr(data, attr):
+                setattr(calib, attr, getattr(data, attr))
+        probe = PROBES[task](data, _chunks(calib, eval_batch)) if task in PROBES else make_probe(task, data)
+        work = copy.deepcopy(model).eval()
+        score = (lambda m, ab: fast_errors(m, probe, ab, ablation_batch, progress)) if fast else (lambda m, ab: naive_errors(m, probe, ab, progress))
+        groups = prunable_groups(work, units, modalities)
+        if any(g.kind == UnitKind.HEAD_DIMS for g in groups):
+            raise ValueError("mope scores whole attention heads and FFN neuron groups: units must be 'heads,neurons' (or one of them)")
+        budget = Budget(target, metric, align, allocation, max_ratio)
+        keep, table = _width_then_depth(work, groups, budget, depth_share, group_size, score)
+        settings = {"units": sorted({g.kind.value for g in groups}), "depth_share": depth_share, "calib_size": len(calib),
+                    "task": task, "group_size": group_size, "fast": fast,
+                    **({"modalities": sorted(modalities)} if modalities else {})}
+        plan = plan_from_keep(work, groups + [g for g in get_adapter(work).groups(work) if g.kind == UnitKind.LAYERS],
+                              keep, budget, self.name, settings)
+        self.last_table = table
+        return plan
+
+
+def _unit_scores(groups: list[Group], ablations: list[Ablation], errors: list[float], metric: str,
+                 proxy: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Each unit's score: its module's error per removed cost (cost-exact ranking), ties broken by weight magnitude."""
+    by_name = {g.name: g for g in groups}
+    scores = {g.name: torch.zeros(g.size, dtype=torch.float64) for g in groups}
+    for a, e in zip(ablations, errors):
+        g = by_name[a.group]
+        scores[a.group][list(a.units)] = e / (len(a.units) * g.cost_per_unit(metric))
+    spread = max((s.abs().max().item() for s in scores.values()), default=0.0) or 1.0
+    for n, s in scores.items():  # tie-break (discrete metrics often tie): a tiny, order-preserving magnitude term
+        q = torch.argsort(torch.argsort(proxy[n], stable=True), stable=True).double() / max(1, len(s))
+        s += 1e-9 * spread * q
+    return scores
+
+
+def _width_then_depth(model: nn.Module, groups: list[Group], budget: Budget, depth_share: float, group_size: int | None,
+                      score: Callable[[nn.Module, list[Ablation]], list[float]]) -> tuple[dict[str, list[int]], list[dict[str, Any]]]:
+    """Keep-map of width then depth pruning (see the module docstring) and the MoPE table of both stages."""
+    import dataclasses
+
+    metric = budget.metric
+    proxy = {g.name: unit_sums(model, g, torch.abs) for g in groups}
+    table: list[dict[str, Any]] = []
+    keep: dict[str, list[int]] = {}
+    scores = None
+    if depth_share < 1.0:
+        ab = width_ablations(model, groups, group_size, budget.align)
+        errors = score(model, ab)
+        table += mope_table(ab, errors, {g.name: g.cost_per_unit(metric) for g in groups})
+        scores = _unit_scores(groups, ab, errors, metric, proxy)
+        keep = select(groups, scores, dataclasses.replace(budget, target=budget.target * (1 - depth_share)))
+    if depth_share == 0.0:
+        return keep, table
+    narrow = apply_plan(model, _plain_plan(model, groups, keep)) if keep else model
+    towers = {g.name.split(".layers.")[0] for g in groups}  # only the towers being pruned lose layers
+    ab = [a for a in layer_ablations(narrow) if a.tower in towers]
+    errors = score(narrow, ab)
+    remaining = _layer_costs(groups, keep, metric)
+    table += mope_table(ab, errors, {a.group: 0 for a in ab})
+    for row, a in zip(table[-len(ab):], ab):
+        row["cost"] = remaining[(a.tower, a.layer)]
+    total = sum(g.size * g.cost_per_unit(metric) for g in groups)
+    dropped = _drop_layers(ab, errors, remaining, budget.target * depth_share * total)
+    final = _final_width(groups, scores, proxy, dropped, budget, total)
+    final.update({f"{tower}.layers": [i for i in range(n) if (tower, i) not in dropped]
+                  for tower, n in _tower_sizes(ab).items() if any(d[0] == tower for d in dropped)})
+    return final, table
+
+
+def _plain_plan(model: nn.Module, groups: list[Group], keep: dict[str, list[int]]):
+    from ..structure.plan import Plan
+
+    return Plan.from_keep(type(model).__name__, groups, keep, method="mope-width")
+
+
+def _tower_sizes(ab: list[Ablation]) -> dict[str, int]:
+    sizes: dict[str, int] = {}
+    for a in ab:
+        sizes[a.tower] = max(sizes.get(a.tower, 0), a.layer + 1)
+    return sizes
+
+
+def _layer_costs(groups: list[Group], keep: dict[str, list[int]], metric: str) -> dict[tuple[str, int], float]:
+    """Prunable cost still in each block after the width cut (what dropping the block removes)."""
+    out: dict[tuple[str, int], float] = {}
+    for g in groups:
+        tower, rest = g.name.split(".layers.", 1)
+        key = (tower, int(rest.split(".")[0]))
+        out[key] = out.get(key, 0) + len(keep.get(g.name, range(g.size))) * g.cost_per_unit(metric)
+    return out
+
+
+def _drop_layers(ab: list[Ablation], errors: list[float], remaining: dict[tuple[str, int], float], need: float) -> set[tuple[str, int]]:
+    """Blocks with the least error per remaining cost, dropped until ``need`` cost is removed (one block per tower stays)."""
+    left = _tower_sizes(ab)
+    order = sorted(range(len(ab)), key=lambda i: (errors[i] / max(remaining[(ab[i].tower, ab[i].layer)], 1e-12), i))
+    dropped: set[tuple[str, int]] = set()
+    done = 0.0
+    for i in order:
+        if done >= need:
+            break
+        key = (ab[i].tower, ab[i].layer)
+        if left[key[0]] > 1:
+            dropped.add(key)
+            left[key[0]] -= 1
+            done += remaining[key]
+    return dropped
+
+
+def _final_width(groups: list[Group], scores: dict[str, torch.Tensor] | None, proxy: dict[str, torch.Tensor],
+                 dropped: set[tuple[str, int]], budget: Budget, total: float) -> dict[str, list[int]]:
+    """Width cut on the surviving blocks that brings the whole plan to ``budget.target`` (MoPE scores of the
+    width stage; weight magnitude when there was none)."""
+    import dataclasses
+
+    def block(g: Group) -> tuple[str, int]:
+        tower, rest = g.name.split(".layers.", 1)
+        return tower, int(rest.split(".")[0])
+
+    alive = [g for g in groups if block(g) not in dropped]
+    gone = sum(g.size * g.cost_per_unit(budget.metric) for g in groups if block(g) in dropped)
+    rest = sum(g.size * g.cost_per_unit(budget.metric) for g in alive)
+    share = (budget.target * total - gone) / rest if rest else 0.0
+    if share <= 0 or not alive:
+        return {}
+    s = scores if scores is not None else proxy
+    try:
+        return select(alive, {g.name: s[g.name] for g in alive}, dataclasses.replace(budget, target=min(share, 0.999)))
+    except ValueError:
+        return select(alive, {g.name: s[g.name] for g in alive}, dataclasses.replace(budget, target=min(share, 0.999), max_ratio=1.0))
+
+
+# ---- the MoPE table on disk ---------------------------------------------------------------------------------
+TABLE_COLUMNS = ("group", "modality", "kind", "layer", "units", "error", "cost")
+
+
+def save_table(table: list[dict[str, Any]], out: str | Path) -> tuple[Path, Path]:
+    """Write the MoPE table as ``mope.csv`` and its heat map as ``mope.png`` (one panel per tower: layers x
+    heads then FFN groups, and the layer errors of the depth stage as the last column) into ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "mope.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=TABLE_COLUMNS)
+        w.writeheader()
+        w.writerows({k: r[k] for k in TABLE_COLUMNS} for r in table)
+    _heatmap(table, out / "mope.png")
+    return out / "mope.csv", out / "mope.png"
+
+
+def _heatmap(table: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    towers = sorted({r["group"].split(".layers")[0] for r in table})
+    fig, axes = plt.subplots(1, len(towers), figsize=(6 * len(towers), 4), squeeze=False)
+    for ax, tower in zip(axes[0], towers):
+        rows = [r for r in table if r["group"].split(".layers")[0] == tower]
+        layers = 1 + max(r["layer"] for r in rows)
+        cols: dict[int, list[float]] = {}
+        for r in rows:
+            if r["kind"] != UnitKind.LAYERS.value:
+                cols.setdefault(r["layer"], []).append(r["error"])
+        width = max((len(v) for v in cols.values()), default=0)
+        grid = torch.full((layers, width + 1), float("nan"))
+        for i, v in cols.items():
+            grid[i, : len(v)] = torch.tensor(v)
+        for r in rows:
+            if r["kind"] == UnitKind.LAYERS.value:
+                grid[r["layer"], width] = r["error"]
+        im = ax.imshow(grid.numpy(), aspect="auto", cmap="viridis")
+        ax.set_title(f"{tower}: MoPE (metric drop) per head, FFN group | layer")
+        ax.set_xlabel("heads, then FFN neuron groups (last column: whole layer)")
+        ax.set_ylabel("layer")
+        ax.set_yticks(range(layers))
+        fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
