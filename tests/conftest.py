@@ -55,3 +55,20 @@ def model(model_name):
 @pytest.fixture
 def inputs(model):
     return get_adapter(model).reference_inputs(model, batch_size=2)
+
+
+def tamper_weights(file, how: str) -> str:
+    """Edit a saved model.safetensors: drop an fc1 weight, add an extra tensor, or change its shape;
+    returns the name of the tensor concerned."""
+    from safetensors.torch import load_file, save_file
+
+    w = load_file(file)
+    key = next(k for k in w if k.endswith("mlp.fc1.weight"))
+    if how == "drop":
+        del w[key]
+    elif how == "extra":
+        key, w["surprise.weight"] = "surprise.weight", torch.zeros(2)
+    else:
+        w[key] = torch.zeros(w[key].shape[0] + 1, w[key].shape[1])
+    save_file(w, file)
+    return key

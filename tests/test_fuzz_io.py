@@ -19,7 +19,7 @@ from vltrim.reference import ASSET
 from vltrim.structure.plan import read_plans
 from vltrim.zoo import tiny_model
 
-from conftest import random_plan, run
+from conftest import random_plan, run, tamper_weights
 
 
 def _state_equal(a, b) -> bool:
@@ -245,17 +245,8 @@ def test_plan_of_an_unknown_class(saved):
 @pytest.mark.parametrize("tamper", ["drop", "extra", "shape"])
 def test_mismatched_weights_name_the_tensor(saved, tamper):
     _, d = saved
-    w = load_file(d / "model.safetensors")
-    key = next(k for k in w if k.endswith("mlp.fc1.weight"))
-    if tamper == "drop":
-        del w[key]
-    elif tamper == "extra":
-        w["surprise.weight"] = torch.zeros(2)
-    else:
-        w[key] = torch.zeros(w[key].shape[0] + 1, w[key].shape[1])
-    save_file(w, d / "model.safetensors")
+    word = tamper_weights(d / "model.safetensors", tamper)
     _raises(ModelDirError, d, "model.safetensors", "checksum")
-    word = {"drop": key, "extra": "surprise.weight", "shape": key}[tamper]
     _raises(ModelDirError, d, "model.safetensors", word, verify=False)
 
 

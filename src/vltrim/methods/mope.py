@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import copy
 import csv
-from contextlib import contextmanager
+import dataclasses
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
@@ -106,10 +107,15 @@ PROBES = {"retrieval": _retrieval_probe, "classification": _classification_probe
 
 def make_probe(task: str, data: Any, batch_size: int = 64) -> Probe:
     """The probe of ``task`` on calibration ``data`` (any form `as_dataset` accepts)."""
+    data, _ = as_dataset(data, "calib_data")
+    return _probe(task, data, data, batch_size)
+
+
+def _probe(task: str, data: Any, items: Any, batch_size: int) -> Probe:
+    """The probe of ``task`` on ``items`` (``data`` or a subset of it; class prompts are read from ``data``)."""
     if task not in PROBES:
         raise ValueError(f"mope scores with the task metric; task must be one of {', '.join(PROBES)}, got {task!r}")
-    data, _ = as_dataset(data, "calib_data")
-    return PROBES[task](data, _chunks(data, batch_size))
+    return PROBES[task](data, _chunks(items, batch_size))
 
 
 # ---- ablations and their errors ---------------------------------------------------------------------
@@ -187,8 +193,6 @@ def _swapped(root: nn.Module, target: nn.Module, replacement: nn.Module) -> Iter
 def _start_at(t: Any, start: int, cached: dict, k: int, skip_attention: bool) -> Iterator[None]:
     """Temporarily replace blocks 0..start-1 by the cached input of block ``start`` (k copies), and with
     ``skip_attention`` (only its FFN is ablated) that block's attention by its cached clean output."""
-    from contextlib import ExitStack
-
     saved = [t.layers[i] for i in range(start)]
     hidden = _tiled(cached[("in", start)], k)
     try:
@@ -283,8 +287,6 @@ def fast_errors(model: nn.Module, probe: Probe, ablations: list[Ablation], ablat
 
 @contextmanager
 def _multi_capture(targets: list[tuple[Any, dict]]) -> Iterator[None]:
-    from contextlib import ExitStack
-
     with ExitStack() as stack:
         for t, store in targets:
             stack.enter_context(_capture(t, store))
@@ -390,7 +392,7 @@ class MoPEMethod:
         for attr in ("collate", "class_texts", "captions_by_label"):
             if hasattr(data, attr):
                 setattr(calib, attr, getattr(data, attr))
-        probe = PROBES[task](data, _chunks(calib, eval_batch)) if task in PROBES else make_probe(task, data)
+        probe = _probe(task, data, calib, eval_batch)
         work = copy.deepcopy(model).eval()
         score = (lambda m, ab: fast_errors(m, probe, ab, ablation_batch, progress)) if fast else (lambda m, ab: naive_errors(m, probe, ab, progress))
         groups = prunable_groups(work, units, modalities)
@@ -425,8 +427,6 @@ def _unit_scores(groups: list[Group], ablations: list[Ablation], errors: list[fl
 def _width_then_depth(model: nn.Module, groups: list[Group], budget: Budget, depth_share: float, group_size: int | None,
                       score: Callable[[nn.Module, list[Ablation]], list[float]]) -> tuple[dict[str, list[int]], list[dict[str, Any]]]:
     """Keep-map of width then depth pruning (see the module docstring) and the MoPE table of both stages."""
-    import dataclasses
-
     metric = budget.metric
     proxy = {g.name: unit_sums(model, g, torch.abs) for g in groups}
     table: list[dict[str, Any]] = []
@@ -500,8 +500,6 @@ def _final_width(groups: list[Group], scores: dict[str, torch.Tensor] | None, pr
                  dropped: set[tuple[str, int]], budget: Budget, total: float) -> dict[str, list[int]]:
     """Width cut on the surviving blocks that brings the whole plan to ``budget.target`` (MoPE scores of the
     width stage; weight magnitude when there was none)."""
-    import dataclasses
-
     def block(g: Group) -> tuple[str, int]:
         tower, rest = g.name.split(".layers.", 1)
         return tower, int(rest.split(".")[0])
