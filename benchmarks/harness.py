@@ -39,6 +39,8 @@ def arguments(description: str, **defaults: Any) -> argparse.ArgumentParser:
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--tag", default="", help="names the results files and the cache folder")
+    ap.add_argument("--depth", action="store_true", help="mope only: width-only vs width+depth (depth_share 0.5) at the "
+                    "same params, retrained, plus the plans' params, MACs and latency (results tagged 'depth')")
     ap.set_defaults(**defaults)
     return ap
 
@@ -47,7 +49,7 @@ def settings_key(a) -> str:
     """A short hash of every option that changes a run's result, so cached runs of other settings are not reused."""
     import hashlib
 
-    shared = {k: v for k, v in vars(a).items() if k not in ("methods", "targets", "seeds", "variant", "jobs", "tag")}
+    shared = {k: v for k, v in vars(a).items() if k not in ("methods", "targets", "seeds", "variant", "jobs", "tag", "depth")}
     return hashlib.sha1(json.dumps(shared, sort_keys=True).encode()).hexdigest()[:10]
 
 
@@ -203,3 +205,49 @@ def run(a, stem: str, build: Callable[[Any], tuple[Any, Any, Any]], task: str, m
     (RESULTS / f"{stem}.md").write_text(md)
     print(md)
     return out
+
+
+DEPTH_SHARES = {"width": 0.0, "width+depth": 0.5}  # MoPE plans at the same params: by width alone, and half by layers
+
+
+def run_or_depth(a, stem: str, build: Callable[[Any], tuple[Any, Any, Any]], task: str, metrics: list[tuple[str, str]],
+                 describe: Callable[[Any], str]) -> None:
+    """`run`; with ``a.depth``, mope only in its width-only and width+depth variants (tag 'depth'), then the plans'
+    params, MACs and latency appended to the results."""
+    if not a.depth:
+        run(a, stem, build, task, metrics, describe)
+        return
+    a.methods, a.tag = ["mope"], a.tag or "depth"
+    a.variant = [f'{n}={{"depth_share": {ds}}}' for n, ds in DEPTH_SHARES.items()]
+    run(a, stem, build, task, metrics, describe)
+    md = RESULTS / f"{stem}_{a.tag}.md"
+    md.write_text(md.read_text() + "\n" + depth_latency(a, build, task))
+    print(md.read_text())
+
+
+def depth_latency(a, build: Callable[[Any], tuple[Any, Any, Any]], task: str) -> str:
+    """Params, MACs and CPU latency of MoPE width-only vs width+depth plans at each target, one interleaved run."""
+    import torch
+
+    import vltrim
+    from vltrim.measure import _latency_stats, _runner, _time_rounds, count_macs
+    from vltrim.methods import get_method
+
+    model, train, _ = build(a)
+    torch.set_num_threads(2)
+    models = {"original": model}
+    for t in a.targets:
+        for name, ds in DEPTH_SHARES.items():
+            plan = get_method("mope").search(model, t, data=train, task=task, depth_share=ds)
+            models[f"{1 / (1 - t):.0f}x, {name}"] = vltrim.apply_plan(model, plan)
+    inputs = vltrim.get_adapter(model).reference_inputs(model, 8)
+    times = _time_rounds([_runner(m, inputs) for m in models.values()], rounds=31, warmup=3, min_round_s=0.2)
+    rows = ["| plan | layers per tower | prunable params removed | params | MACs | latency ms | speedup |", "|---|---|---|---|---|---|---|"]
+    for (name, m), t in zip(models.items(), times):
+        layers = "+".join(str(len(tw.layers)) for tw in vltrim.get_adapter(m).towers(m))
+        removed = "-" if name == "original" else f"{vltrim.plans_of(m)[-1].achieved['params_removed']:.1%}"
+        speed = statistics.median(x / y for x, y in zip(times[0], t))
+        rows.append(f"| {name} | {layers} | {removed} | {vltrim.count_params(m):,} | {count_macs(m, inputs):,} | "
+                    f"{_latency_stats(t)['latency_ms']:.2f} | {speed:.2f}x |")
+    return ("**Width-only vs width+depth MoPE plans** (timed without retraining: weights do not change speed; batch 8 of the "
+            f"reference inputs, 2 threads, median of 31 interleaved rounds; {machine_line()}):\n\n" + "\n".join(rows) + "\n")

@@ -288,3 +288,12 @@ def test_applying_a_plan_twice_says_the_model_already_has_it():
     p = vltrim.plan(m, "l1", 0.5)
     with pytest.raises(PlanError, match="already has the plan applied"):
         vltrim.apply_plan(vltrim.apply_plan(m, p), p)
+
+
+@pytest.mark.parametrize("target,words", [("0.5", ["target", "str"]), (None, ["target"]), (float("nan"), ["target"]), (1.5, ["target"])])
+def test_plan_refuses_a_bad_target_by_name(target, words):
+    from vltrim.zoo import tiny_model
+
+    with pytest.raises(ValueError) as e:
+        vltrim.plan(tiny_model("CLIPModel"), "l1", target)
+    assert all(w in str(e.value) for w in words), str(e.value)

@@ -33,12 +33,13 @@ def calib(name: str):
     return model, "retrieval", SyntheticCaptions("val", 24)
 
 
-@pytest.mark.parametrize("name", ["CLIPModel", "BertModel", "ViTForImageClassification", "SiglipModel", "VisionTextDualEncoderModel"])
-def test_fast_scoring_equals_naive(name):
+@pytest.mark.parametrize("name,k", [("CLIPModel", 3), ("CLIPModel", 1), ("BertModel", 3), ("BertModel", 1),
+                                    ("ViTForImageClassification", 3), ("SiglipModel", 3), ("VisionTextDualEncoderModel", 3)])
+def test_fast_scoring_equals_naive(name, k):
     model, task, data = calib(name)
     probe = make_probe(task, data, batch_size=10)  # uneven chunks: 10 + 10 + 4
     ab = width_ablations(model, prunable_groups(model, "heads,neurons"), 16, 8) + layer_ablations(model)
-    fast = fast_errors(model, probe, ab, ablation_batch=3)
+    fast = fast_errors(model, probe, ab, ablation_batch=k)
     naive = naive_errors(model, probe, ab)
     assert len(fast) == len(ab) and max(abs(a - b) for a, b in zip(fast, naive)) < 1e-5
     if task == "sentence-embedding":
@@ -148,3 +149,91 @@ def test_cli_mope_writes_the_table_next_to_the_model(tmp_path):
     plan = vltrim.Plan.load(tmp_path / "m" / "plan.json")
     assert plan.method == "mope" and plan.settings["depth_share"] == 0.5
     assert vltrim.load(tmp_path / "m") is not None
+
+
+def test_fast_scoring_skips_what_an_ablation_cannot_change():
+    """Blocks below an ablated one run once (the clean pass); in the ablated block q/k/v run once for head
+    ablations and fc1 once for FFN ablations (the pass that records them); a removed layer does not run."""
+    model, task, data = calib("BertModel")
+    probe = make_probe(task, data, batch_size=len(data))  # one chunk
+    t = vltrim.get_adapter(model).towers(model)[0]
+    last = len(t.layers) - 1
+    b = t.block(t.layers[last])
+    calls = {"block0": 0, "q": 0, "fc1": 0, "last": 0}
+    hooks = [t.layers[0].register_forward_hook(lambda *_: calls.__setitem__("block0", calls["block0"] + 1)),
+             b.attn.q.register_forward_hook(lambda *_: calls.__setitem__("q", calls["q"] + 1)),
+             b.fc1.register_forward_hook(lambda *_: calls.__setitem__("fc1", calls["fc1"] + 1)),
+             t.layers[last].register_forward_hook(lambda *_: calls.__setitem__("last", calls["last"] + 1))]
+    heads, ffn = [a for a in width_ablations(model, prunable_groups(model, "heads,neurons"), 16, 8) if a.layer == last], []
+    ffn = [a for a in heads if a.kind == "neurons"]
+    heads = [a for a in heads if a.kind == "heads"]
+    fast_errors(model, probe, heads + ffn + [layer_ablations(model)[last]], ablation_batch=1)
+    for h in hooks:
+        h.remove()
+    assert calls["block0"] == 1  # the clean pass only
+    assert calls["q"] == 1 + 2  # clean pass + recording for heads and for FFN groups (FFN ablations reuse the attention)
+    assert calls["fc1"] == 1 + 2 + len(heads)  # head ablations change fc1's input; FFN ablations reuse fc1's output
+    assert calls["last"] == 1 + 2 + len(heads) + len(ffn)  # the layer's own removal skips it
+
+
+def _student_teacher_batch():
+    teacher = tiny_model("CLIPModel")
+    groups = vltrim.inspect(teacher)
+    plan = vltrim.Plan.from_keep("CLIPModel", groups, {g.name: list(range(g.size // 2)) for g in groups if g.kind.value == "neurons"})
+    data = SyntheticCaptions("val", 8)
+    return vltrim.apply_plan(teacher, plan), teacher, {k: torch.stack([data[i][k] for i in range(8)]) for k in data[0]}
+
+
+def test_final_embedding_distillation_by_hand():
+    """MoPE's uni-modal distillation of each tower's final embedding: KL + w x mean squared distance, by hand."""
+    from vltrim.tasks.retrieval import image_embeds, similarity_kd_loss, text_embeds
+    from vltrim.train.distill import similarity_kl
+
+    student, teacher, batch = _student_teacher_batch()
+    with torch.no_grad():
+        kl = similarity_kl(student(**{k: batch[k] for k in ("pixel_values", "input_ids", "attention_mask")}).logits_per_image,
+                           teacher(**{k: batch[k] for k in ("pixel_values", "input_ids", "attention_mask")}).logits_per_image)
+        dist = sum((f(student, batch) - f(teacher, batch)).pow(2).sum(-1).mean() for f in (image_embeds, text_embeds)) / 2
+        got = similarity_kd_loss(student, teacher, batch, embed_weight=0.7)
+        assert dist > 0 and abs(got.item() - (kl + 0.7 * dist).item()) < 1e-5
+        assert abs(similarity_kd_loss(student, teacher, batch).item() - kl.item()) < 1e-6
+
+
+def test_task_weight_zero_trains_by_distillation_alone():
+    from vltrim.compress import task_loss
+    from vltrim.tasks import get_task
+    from vltrim.tasks.retrieval import similarity_kd_loss
+
+    student, teacher, batch = _student_teacher_batch()
+    task = get_task("retrieval")
+    with torch.no_grad():
+        only_kd = task_loss(task, teacher, kd_weight=0.5, kd_embed=2.0, task_weight=0.0)(student, batch)
+        assert abs(only_kd.item() - 0.5 * similarity_kd_loss(student, teacher, batch, embed_weight=2.0).item()) < 1e-6
+        full = task_loss(task, teacher, kd_weight=0.5, kd_embed=2.0)(student, batch)
+        assert abs(full.item() - only_kd.item() - task.loss(student, batch).item()) < 1e-5
+
+
+def test_pretraining_stage_on_unlabelled_pairs(tmp_path):
+    """The paper's pre-training stage: both towers scored by mean R@1 of unlabelled pairs (each caption its own
+    image), retrained by distillation alone (task_weight 0); mope's defaults add hidden and embedding KD."""
+    data = SyntheticCaptions("train", 32)
+    pairs = [{k: v for k, v in data[i].items() if k != "label"} for i in range(len(data))]
+    res = vltrim.compress(tiny_model("CLIPModel"), "mope", 0.4, train_data=pairs, retrain_steps=2, batch_size=16, task_weight=0.0,
+                          latency_batch=0, progress=False, method_settings={"group_size": 16}, work_dir=tmp_path / "w")
+    assert {n.split(".")[0] for n in res.plan.keep} == {"vision", "text"}
+    import json
+
+    run = json.loads((tmp_path / "w" / "run.json").read_text())
+    assert run["settings"]["task_weight"] == 0.0 and run["settings"]["kd_embed"] == 1.0 and run["settings"]["kd_hidden"] == 1.0
+
+
+@pytest.mark.parametrize("opts,words", [
+    ({"kd_embed": 1.0}, ["kd_embed", "sentence-embedding"]),
+    ({"task_weight": 0.0}, ["task_weight", "no training loss"]),
+    ({"task_weight": -1.0}, ["task_weight"]),
+])
+def test_loss_weights_the_task_cannot_use_are_refused(opts, words):
+    model, task, data = calib("BertModel")
+    with pytest.raises(ValueError) as e:
+        vltrim.compress(model, "l1", 0.5, task=task, train_data=data, retrain_steps=1, latency_batch=0, progress=False, **opts)
+    assert all(w in str(e.value) for w in words), str(e.value)

@@ -21,9 +21,12 @@ def inspect(model: nn.Module) -> list[Group]:
 
 def plan(model: nn.Module, method: str = "l1", target: float = 0.5, **settings: Any) -> Plan:
     """Run a search method and return its Plan (the model is not changed)."""
+    from .checks import number, text, usable_model
     from .methods import get_method
 
-    m = get_method(method)
+    usable_model(model)
+    m = get_method(text("method", method))
+    target = number("target", target, high=1.0)
     try:
         return m.search(model, target=target, **settings)
     except TypeError as e:

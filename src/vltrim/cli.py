@@ -159,6 +159,7 @@ def _check_cli_options(o: dict, out: Path) -> None:
     integer("--align", o["align"], 1)
     number("--lr", o["lr"])
     number("--kd-weight", o["kd_weight"], low_open=False)
+    number("--task-weight", o["task_weight"], low_open=False)
     number("--target", o["target"], high=1.0)
     choice("--mixed-precision", o["mixed_precision"], ("no", "fp16", "bf16"))
     if (o["checkpoint_every"] or o["resume"]) and o["work_dir"] is None:
@@ -172,7 +173,7 @@ def _check_cli_options(o: dict, out: Path) -> None:
 
 RECIPE_KEYS = ("method", "target", "metric", "align", "units", "data", "eval_data", "tokenizer", "search_steps",
                "retrain_steps", "kd_weight", "lr", "batch_size", "latency_batch", "grad_accum", "mixed_precision",
-               "work_dir", "checkpoint_every", "resume", "allocation", "max_ratio", "seed", "override", "depth_share")
+               "work_dir", "checkpoint_every", "resume", "allocation", "max_ratio", "seed", "override", "depth_share", "task_weight")
 
 
 def apply_recipe(ctx: typer.Context, recipe: Path | None, values: dict) -> dict:
@@ -292,7 +293,7 @@ def compress(
     ctx: typer.Context,
     model: str = typer.Argument(..., help=MODEL_HELP),
     out: Path = typer.Option(..., help="output directory for the compressed model"),
-    method: str = typer.Option("l1", help="compression method (l1, taylor, random, upop)"),
+    method: str = typer.Option("l1", help="compression method (l1, taylor, random, upop, mope)"),
     target: float = typer.Option(0.5, help="fraction of prunable cost to remove, in (0, 1)"),
     metric: str = typer.Option("params", help="params or macs"),
     align: int = typer.Option(8, help="kept widths are multiples of this (1 = any width)"),
@@ -308,6 +309,7 @@ def compress(
     search_steps: int = typer.Option(300, help="training steps of a training-based search (upop)"),
     retrain_steps: int = typer.Option(0, help="retraining steps of the compressed model (needs --data)"),
     kd_weight: float = typer.Option(1.0, help="weight of distillation from the original model"),
+    task_weight: float = typer.Option(1.0, help="weight of the task loss; 0: distillation only (MoPE's pre-training stage on unlabelled image-text pairs)"),
     lr: float = typer.Option(1e-4, help="learning rate of the search"),
     batch_size: int = typer.Option(64, help="training batch size"),
     latency_batch: int = typer.Option(1, help="batch size for the before/after latency comparison (0: no timing)"),
@@ -328,7 +330,8 @@ def compress(
                          eval_data=eval_data, tokenizer=tokenizer, search_steps=search_steps, retrain_steps=retrain_steps,
                          kd_weight=kd_weight, lr=lr, batch_size=batch_size, latency_batch=latency_batch, grad_accum=grad_accum,
                          mixed_precision=mixed_precision, work_dir=work_dir, checkpoint_every=checkpoint_every, resume=resume,
-                         allocation=allocation, max_ratio=max_ratio, seed=seed, override=override, depth_share=depth_share))
+                         allocation=allocation, max_ratio=max_ratio, seed=seed, override=override, depth_share=depth_share,
+                         task_weight=task_weight))
         _check_cli_options(o, out)
         m = load_any(model)
         train_ds = make_data(o["data"], m, "train", o["tokenizer"], model) if o["data"] else None
@@ -339,7 +342,7 @@ def compress(
                            grad_accum=o["grad_accum"], mixed_precision=o["mixed_precision"], work_dir=o["work_dir"],
                            checkpoint_every=o["checkpoint_every"], resume=o["resume"], allocation=o["allocation"],
                            max_ratio=o["max_ratio"], seed=o["seed"], override=o["override"], depth_share=o["depth_share"],
-                           plan=_plan_option(plan_file))
+                           task_weight=o["task_weight"], plan=_plan_option(plan_file))
         small, plan, report = res.model, res.plan, res.report
         io.save(small, out)
         table = report.pop("scores_table", None)

@@ -32,15 +32,18 @@ from .train.run_record import check_resume, model_fingerprint
 MODEL_KEYS = ("pixel_values", "input_ids", "attention_mask", "token_type_ids")
 
 
-def task_loss(task: Task, teacher: nn.Module | None, kd_weight: float = 1.0, kd_hidden: float = 0.0) -> Callable[[nn.Module, Any], torch.Tensor]:
-    """The training loss of a compressed model: the task loss + ``kd_weight`` x the task's distillation from
-    ``teacher`` (logits / similarity KL) + ``kd_hidden`` x uni-modal hidden-state MSE of every block to its
-    teacher block (mapped across dropped layers)."""
+def task_loss(task: Task, teacher: nn.Module | None, kd_weight: float = 1.0, kd_hidden: float = 0.0, kd_embed: float = 0.0,
+              task_weight: float = 1.0) -> Callable[[nn.Module, Any], torch.Tensor]:
+    """The training loss of a compressed model: ``task_weight`` x the task loss (0: distillation only, e.g. MoPE's
+    pre-training stage on unlabelled pairs) + ``kd_weight`` x the task's distillation from ``teacher`` (logits /
+    similarity KL, + ``kd_embed`` x each tower's final-embedding distance where the task has towers) + ``kd_hidden`` x uni-modal
+    hidden-state MSE of every block to its teacher block (mapped across dropped layers)."""
+    extra = {"embed_weight": kd_embed} if kd_embed and task.embed_kd else {}
 
     def kd(student: nn.Module, batch: Any) -> torch.Tensor:
-        value = task.loss(student, batch)
+        value = task_weight * task.loss(student, batch) if task_weight else 0.0
         if kd_weight and teacher is not None and task.kd is not None:
-            value = value + kd_weight * task.kd(student, teacher, batch)
+            value = value + kd_weight * task.kd(student, teacher, batch, **extra)
         return value
 
     def with_hidden(student: nn.Module, batch: Any) -> torch.Tensor:
@@ -87,6 +90,8 @@ def compress(
     retrain_steps: int = 300,
     kd_weight: float = 1.0,
     kd_hidden: float | None = None,
+    kd_embed: float | None = None,
+    task_weight: float = 1.0,
     lr: float = 1e-4,
     retrain_lr: float = 2e-4,
     batch_size: int | None = None,
@@ -116,7 +121,9 @@ def compress(
 
     Training-based searches (upop) train a copy on ``train_data`` while they decide; then the subnet is
     retrained ``retrain_steps`` with the task loss + ``kd_weight`` x distillation from the original (+ ``kd_hidden``
-    x hidden-state MSE per block, mapped across dropped layers; None: the method's default, 1 for mope, else 0).
+    x hidden-state MSE per block, mapped across dropped layers; + ``kd_weight`` x ``kd_embed`` x each tower's final
+    embedding distance (retrieval); None: the method's default, 1 for mope, else 0). ``task_weight`` 0 retrains by
+    distillation alone (MoPE's pre-training stage: both towers, unlabelled image-text pairs).
     Methods that score on data (taylor, mope) use ``calib_data`` when given, else ``train_data``.
     ``depth_share`` (mope): the part of the cut that comes from whole layers (0: width only, 1: depth only).
     ``train_data`` / ``eval_data``: a map-style dataset of dict items, a torch DataLoader (its dataset, batch size
@@ -178,6 +185,7 @@ def _checked(o: dict[str, Any]) -> SimpleNamespace:
         raise TypeError(f"plan must be a vltrim.Plan (e.g. Plan.load(path)), got {type(o['plan']).__name__}")
     o["m"] = get_method(text("method", o["method"])) if o["plan"] is None else None
     o["kd_hidden"] = number("kd_hidden", getattr(o["m"], "kd_hidden", 0.0) if o["kd_hidden"] is None else o["kd_hidden"], low_open=False)
+    _check_loss_weights(o)
     if o["depth_share"] is not None:
         o["method_settings"]["depth_share"] = o["depth_share"]
     o["searches"] = o["m"] is not None and getattr(o["m"], "needs_training", False)
@@ -188,6 +196,23 @@ def _checked(o: dict[str, Any]) -> SimpleNamespace:
     _check_budget_and_method(model, o)
     _try_data(model, o)
     return SimpleNamespace(**o)
+
+
+def _check_loss_weights(o: dict[str, Any]) -> None:
+    """kd_embed (None: the method's default where the task has tower embeddings) and task_weight; refuse a loss
+    that is zero (distillation only on a task whose loss is its distillation) or a kd_embed the task cannot use."""
+    task = o["task"]
+    if o["kd_embed"] is not None:
+        o["kd_embed"] = number("kd_embed", o["kd_embed"], low_open=False)
+        if o["kd_embed"] and not task.embed_kd:
+            raise ValueError(f"kd_embed: the {task.name} task has no tower embeddings to distil apart from its own "
+                             f"distillation ({'its loss already matches the teacher embedding' if task.kd is None else 'logits KL'}); use 0")
+    else:
+        o["kd_embed"] = getattr(o["m"], "kd_embed", 0.0) if task.embed_kd else 0.0
+    o["task_weight"] = number("task_weight", o["task_weight"], low_open=False)
+    if o["task_weight"] == 0 and (task.kd is None or o["kd_weight"] == 0) and o["kd_hidden"] == 0:
+        hint = "its loss is the distillation: keep task_weight > 0 or set kd_hidden > 0" if task.kd is None else "set kd_weight or kd_hidden > 0"
+        raise ValueError(f"task_weight=0 leaves no training loss for {task.name} ({hint})")
 
 
 def _try_data(model: nn.Module, o: dict[str, Any]) -> None:
@@ -230,7 +255,7 @@ def _check_budget_and_method(model: nn.Module, o: dict[str, Any]) -> None:
 def _run_settings(model: nn.Module, o: SimpleNamespace) -> dict[str, Any]:
     """What a checkpoint in work_dir depends on: resuming with any of it changed mixes two runs."""
     keys = ("method", "target", "metric", "align", "units", "allocation", "max_ratio", "search_steps", "retrain_steps",
-            "kd_weight", "kd_hidden", "lr", "retrain_lr", "batch_size", "grad_accum", "mixed_precision", "seed", "retrain_schedule",
+            "kd_weight", "kd_hidden", "kd_embed", "task_weight", "lr", "retrain_lr", "batch_size", "grad_accum", "mixed_precision", "seed", "retrain_schedule",
             "method_settings")
     out = {k: getattr(o, k) for k in keys}
     out.update(task=o.task.name, model=model_fingerprint(model), train_data_size=len(o.train_data) if o.train_data is not None else 0,
@@ -246,7 +271,7 @@ def _run(model: nn.Module, o: SimpleNamespace) -> CompressResult:
     dtype = next(model.parameters()).dtype
     half = dtype in (torch.float16, torch.bfloat16)
     teacher = copy.deepcopy(model).float() if half else model  # training needs fp32 weights
-    loss = task_loss(t, teacher, o.kd_weight, o.kd_hidden)
+    loss = task_loss(t, teacher, o.kd_weight, o.kd_hidden, o.kd_embed, o.task_weight)
 
     def loop(stage: str) -> dict[str, Any]:
         d = o.work_dir / stage if o.work_dir is not None else None

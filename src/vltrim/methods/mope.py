@@ -9,9 +9,11 @@ cost-exact, aligned cut. Then depth: the error of every layer is recomputed on t
 and the layers with the least error per cost are dropped until ``depth_share`` of the cut comes from
 depth; a last width cut on the surviving layers lands the plan on ``target``.
 
-Scoring is exact and fast: the ablations of one layer run as one batched forward (masks with a leading
-ablation dimension), start from the cached input of that layer (the layers below run once), and the
-other towers' outputs are computed once. ``fast=False`` runs one full evaluation per module (the naive
+Scoring is exact and fast: an ablation starts from the cached input of its block (the blocks below run
+once), reuses the clean outputs of the projections upstream of the ablated units in that block (q/k/v for
+a head; attention and fc1 for FFN neurons; a removed layer is skipped), and the other towers' outputs are
+computed once; on an accelerator several ablations share one batched forward (masks with a leading
+ablation dimension). ``fast=False`` runs one full evaluation per module (the naive
 reference the fast path is tested against). Under torch.distributed each rank scores a slice of the
 modules and the errors are summed over ranks."""
 from __future__ import annotations
@@ -158,8 +160,8 @@ def _metric(model: nn.Module, probe: Probe) -> float:
 
 
 class _Cached(nn.Module):
-    """Stands in for a module whose output under the ablations is known (a block below the ablated one, or
-    the attention of a block whose FFN is ablated): returns the cached output, ignoring its inputs."""
+    """Stands in for a module whose output under the ablations is known (a block below the ablated one, or a
+    projection upstream of the ablated units in the ablated block): returns the cached output, ignoring inputs."""
 
     def __init__(self, output: Any):
         super().__init__()
@@ -169,11 +171,21 @@ class _Cached(nn.Module):
         return self.output
 
 
+class _Stop(Exception):
+    """Raised by a hook to end a forward once the block of interest has run."""
+
+
 def _tiled(output: Any, k: int) -> Any:
     """A module output (a tensor, or a tuple holding tensors and None) with every tensor's batch repeated k times."""
     if torch.is_tensor(output):
-        return torch.cat([output] * k) if output.dim() > 0 else output
+        return (torch.cat([output] * k) if k > 1 else output) if output.dim() > 0 else output
     return tuple(_tiled(o, k) if o is not None else None for o in output)
+
+
+def _detached(output: Any) -> Any:
+    if torch.is_tensor(output):
+        return output.detach()
+    return tuple(_detached(o) if o is not None else None for o in output)
 
 
 @contextmanager
@@ -190,33 +202,50 @@ def _swapped(root: nn.Module, target: nn.Module, replacement: nn.Module) -> Iter
 
 
 @contextmanager
-def _start_at(t: Any, start: int, cached: dict, k: int, skip_attention: bool) -> Iterator[None]:
-    """Temporarily replace blocks 0..start-1 by the cached input of block ``start`` (k copies), and with
-    ``skip_attention`` (only its FFN is ablated) that block's attention by its cached clean output."""
+def _start_at(t: Any, start: int, hidden: Any, k: int, swaps: dict[nn.Module, Any], is_tuple: bool) -> Iterator[None]:
+    """Temporarily replace blocks 0..start-1 by ``hidden`` (k copies of the input block ``start`` gets), and inside
+    block ``start`` each module in ``swaps`` by its (k times tiled) clean output."""
     saved = [t.layers[i] for i in range(start)]
-    hidden = _tiled(cached[("in", start)], k)
+    hidden = _tiled(hidden, k)
     try:
         for i in range(start):
-            t.layers[i] = _Cached((hidden,) if cached["tuple"] else hidden)
+            t.layers[i] = _Cached((hidden,) if is_tuple else hidden)
         with ExitStack() as stack:
-            if skip_attention:
-                attn = t.block(t.layers[start]).attn.module
-                stack.enter_context(_swapped(t.layers[start], attn, _Cached(_tiled(cached[("attn", start)], k))))
+            for mod, out in swaps.items():
+                stack.enter_context(_swapped(t.layers[start], mod, _Cached(_tiled(out, k))))
             yield
     finally:
         for i, layer in enumerate(saved):
             t.layers[i] = layer
 
 
-def _detached(output: Any) -> Any:
-    if torch.is_tensor(output):
-        return output.detach()
-    return tuple(_detached(o) if o is not None else None for o in output)
+def _upstream(b: Any, ffn: bool) -> list[nn.Module]:
+    """Modules of a block that run before the ablated units and so see clean inputs: for FFN neurons the
+    attention and fc1, for heads the q, k and v projections (once each, should a model share them)."""
+    mods = [b.attn.module, b.fc1] if ffn else [b.attn.q, b.attn.k, b.attn.v]
+    return list({id(m): m for m in mods}.values())
 
 
 @contextmanager
-def _capture(t: Any, store: dict) -> Iterator[None]:
-    """Record every block's input hidden states and its attention's output (and whether blocks return tuples)."""
+def _record(modules: list[nn.Module], store: dict) -> Iterator[None]:
+    """Record the outputs of ``modules`` (keyed by module)."""
+    def make(mod: nn.Module):
+        def hook(_mod, _args, out):
+            store[mod] = _detached(out)
+
+        return hook
+
+    handles = [m.register_forward_hook(make(m)) for m in modules]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextmanager
+def _block_inputs(t: Any, store: dict) -> Iterator[None]:
+    """Record every block's input hidden states (and whether blocks return tuples)."""
 
     def block_hook(i: int):
         def hook(_mod, args, kwargs, out):
@@ -225,14 +254,7 @@ def _capture(t: Any, store: dict) -> Iterator[None]:
 
         return hook
 
-    def attn_hook(i: int):
-        def hook(_mod, _args, out):
-            store[("attn", i)] = _detached(out)
-
-        return hook
-
     handles = [layer.register_forward_hook(block_hook(i), with_kwargs=True) for i, layer in enumerate(t.layers)]
-    handles += [t.block(layer).attn.module.register_forward_hook(attn_hook(i)) for i, layer in enumerate(t.layers)]
     try:
         yield
     finally:
@@ -241,42 +263,55 @@ def _capture(t: Any, store: dict) -> Iterator[None]:
 
 
 def _repeat(batch: dict[str, torch.Tensor], k: int) -> dict[str, torch.Tensor]:
+    if k == 1:
+        return batch
     return {n: torch.cat([v] * k) if torch.is_tensor(v) and v.dim() > 0 else v for n, v in batch.items()}
 
 
+def default_ablation_batch(model: nn.Module) -> int:
+    """Ablations per batched forward: 16 on an accelerator; 1 on CPU, where bigger batches only cost cache misses
+    (measured: benchmarks/mope_scoring.py)."""
+    p = next(model.parameters(), None)
+    return 1 if p is None or p.device.type == "cpu" else 16
+
+
 @torch.no_grad()
-def fast_errors(model: nn.Module, probe: Probe, ablations: list[Ablation], ablation_batch: int = 16,
+def fast_errors(model: nn.Module, probe: Probe, ablations: list[Ablation], ablation_batch: int | None = None,
                 progress: bool = False) -> list[float]:
-    """The same values as `naive_errors`, computed with batched ablations that start from cached block inputs
-    and reuse the other towers' outputs; under torch.distributed each rank scores a slice (summed after)."""
+    """The same values as `naive_errors`, computed without recomputing anything an ablation cannot change: the
+    blocks below the ablated one run once (cached inputs), in the ablated block the projections upstream of the
+    ablated units run once (a layer's ablation skips the layer), the other towers' outputs are reused, and several
+    ablations share one batched forward. Under torch.distributed each rank scores a slice (summed after)."""
     adapter = get_adapter(model)
     towers = {t.name: t for t in adapter.towers(model)}
     sizes = {g.name: g.size for g in adapter.groups(model)}
+    k_max = ablation_batch or default_ablation_batch(model)
     rank, world = _rank_world()
     mine = list(range(rank, len(ablations), world))
     clean, cache = {}, {}
-    for m in probe.batches:  # clean outputs of every tower, and every block's input and attention output, once
+    for m in probe.batches:  # clean outputs of every tower and every block's input, once
         parts = []
         for c, batch in enumerate(probe.batches[m]):
-            mine_t = [t for t in towers.values() if t.modality == m]
-            for t in mine_t:
-                cache[(t.name, c)] = {}
-            with _multi_capture([(t, cache[(t.name, c)]) for t in mine_t]):
+            with ExitStack() as stack:
+                for t in towers.values():
+                    if t.modality == m:
+                        stack.enter_context(_block_inputs(t, cache.setdefault((t.name, c), {})))
                 parts.append(probe.output[m](model, batch).float())
         clean[m] = torch.cat(parts)
     base = probe.metric(clean, probe.extras)
     errors = torch.zeros(len(ablations), dtype=torch.float64)
-    buckets: dict[tuple[str, int, bool], list[int]] = {}
-    for i in mine:  # ablations of one block's FFN also share that block's clean attention
+    buckets: dict[tuple[str, int, str], list[int]] = {}
+    for i in mine:  # ablations of one kind in one block share that block's clean upstream outputs
         a = ablations[i]
-        buckets.setdefault((a.tower, a.layer, a.kind == UnitKind.NEURONS.value), []).append(i)
+        buckets.setdefault((a.tower, a.layer, a.kind), []).append(i)
     with bar(progress) as pb:
         task = pb.add_task("mope scoring", total=len(mine), info="")
-        for (tower, start, ffn), idx in buckets.items():
+        for (tower, layer, kind), idx in sorted(buckets.items()):
             t = towers[tower]
-            for s in range(0, len(idx), ablation_batch):
-                part = idx[s : s + ablation_batch]
-                outs = _ablated_outputs(model, probe, t, start, [ablations[i] for i in part], sizes, cache, ffn)
+            inner = {} if kind == UnitKind.LAYERS.value else _inner_outputs(model, probe, t, layer, cache, kind)
+            for s in range(0, len(idx), k_max):
+                part = idx[s : s + k_max]
+                outs = _ablated_outputs(model, probe, t, layer, kind, [ablations[i] for i in part], sizes, cache, inner)
                 for i, o in zip(part, outs):
                     errors[i] = base - probe.metric({**clean, t.modality: o}, probe.extras)
                 pb.update(task, advance=len(part))
@@ -285,27 +320,45 @@ def fast_errors(model: nn.Module, probe: Probe, ablations: list[Ablation], ablat
     return errors.tolist()
 
 
-@contextmanager
-def _multi_capture(targets: list[tuple[Any, dict]]) -> Iterator[None]:
-    with ExitStack() as stack:
-        for t, store in targets:
-            stack.enter_context(_capture(t, store))
-        yield
+def _inner_outputs(model: nn.Module, probe: Probe, t: Any, layer: int, cache: dict, kind: str) -> dict[int, dict]:
+    """Per calibration chunk, the clean outputs of block ``layer``'s modules upstream of ``kind``'s units (the
+    forward starts at the block's cached input and stops after the block)."""
+    mods = _upstream(t.block(t.layers[layer]), kind == UnitKind.NEURONS.value)
+    out: dict[int, dict] = {}
+
+    def stop(*_: Any) -> None:
+        raise _Stop
+
+    for c, batch in enumerate(probe.batches[t.modality]):
+        out[c] = {}
+        handle = t.layers[layer].register_forward_hook(stop)
+        try:
+            with _start_at(t, layer, cache[(t.name, c)][("in", layer)], 1, {}, cache[(t.name, c)]["tuple"]), _record(mods, out[c]):
+                probe.output[t.modality](model, batch)
+        except _Stop:
+            pass
+        finally:
+            handle.remove()
+    return out
 
 
-def _ablated_outputs(model: nn.Module, probe: Probe, t: Any, start: int, abl: list[Ablation], sizes: dict[str, int],
-                     cache: dict, ffn_only: bool) -> list[torch.Tensor]:
-    """Outputs of tower ``t`` under each of ``abl`` (all in block ``start``), as one batched forward per chunk."""
+def _ablated_outputs(model: nn.Module, probe: Probe, t: Any, layer: int, kind: str, abl: list[Ablation],
+                     sizes: dict[str, int], cache: dict, inner: dict[int, dict]) -> list[torch.Tensor]:
+    """Outputs of tower ``t`` under each of ``abl`` (all of ``kind`` in block ``layer``), one batched forward per
+    chunk. A layer's removal needs no mask: the next block starts from the removed block's input."""
     k = len(abl)
     values: dict[str, torch.Tensor] = {}
-    for j, a in enumerate(abl):
-        v = values.setdefault(a.group, torch.ones(k, sizes[a.group]))
-        v[j, list(a.units)] = 0
+    if kind != UnitKind.LAYERS.value:
+        for j, a in enumerate(abl):
+            v = values.setdefault(a.group, torch.ones(k, sizes[a.group]))
+            v[j, list(a.units)] = 0
     handles = masks.attach(get_adapter(model), model, values)
+    start = layer + 1 if kind == UnitKind.LAYERS.value else layer
     try:
         parts = []
         for c, batch in enumerate(probe.batches[t.modality]):
-            with _start_at(t, start, cache[(t.name, c)], k, ffn_only):
+            entry = cache[(t.name, c)]
+            with _start_at(t, start, entry[("in", layer)], k, inner.get(c, {}), entry["tuple"]):
                 parts.append(probe.output[t.modality](model, _repeat(batch, k)).float())
         stacked = torch.cat([p.unflatten(0, (k, -1)) for p in parts], dim=1)
     finally:
@@ -364,20 +417,22 @@ class MoPEMethod:
     name = "mope"
     needs_data = True  # scores with the task metric on calibration data
     kd_hidden = 1.0  # retraining distils every block's hidden states too (the paper's uni-modal distillation)
+    kd_embed = 1.0  # and each tower's final embedding (retrieval); cross-modal: the task's similarity KL
     last_table: list[dict[str, Any]] | None = None  # MoPE table of the latest search (compress reports it)
 
-    def check_settings(self, depth_share: float = 0.0, group_size: int | None = None, ablation_batch: int = 16,
+    def check_settings(self, depth_share: float = 0.0, group_size: int | None = None, ablation_batch: int | None = None,
                        fast: bool = True, calib_size: int = 256, **_: Any) -> None:
         number("depth_share", depth_share, high=1.0, low_open=False)
         if group_size is not None:
             integer("group_size", group_size, 1)
-        integer("ablation_batch", ablation_batch, 1)
+        if ablation_batch is not None:
+            integer("ablation_batch", ablation_batch, 1)
         integer("calib_size", calib_size, 1)
 
     def search(self, model: nn.Module, target: float, data: Any = None, task: str = "retrieval", metric: str = "params",
                align: int = 8, units: str = "heads,neurons", allocation: str = ALLOCATION, max_ratio: float = MAX_RATIO,
                depth_share: float = 0.0, group_size: int | None = None, calib_size: int = 256, eval_batch: int = 64,
-               ablation_batch: int = 16, fast: bool = True, modalities: list[str] | None = None, progress: bool = False,
+               ablation_batch: int | None = None, fast: bool = True, modalities: list[str] | None = None, progress: bool = False,
                seed: int = 0, loss_fn: Callable | None = None, batch_size: int | None = None):
         """Width then depth by MoPE on the first ``calib_size`` items of ``data``; returns the Plan and keeps the
         MoPE table of both stages in ``self.last_table`` (compress saves it). ``loss_fn``, ``batch_size`` and

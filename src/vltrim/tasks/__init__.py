@@ -25,6 +25,7 @@ class Task:
     metric: str  # the headline key of evaluate()'s result
     needs: str  # what kind of model the task trains and evaluates (shown when a model does not fit)
     fits: Callable[[nn.Module], bool]
+    embed_kd: bool = False  # kd takes embed_weight: uni-modal distillation of each tower's final embedding
 
     def check(self, model: nn.Module) -> None:
         """Refuse a model this task cannot train or evaluate, before any work (names task and model)."""
@@ -69,7 +70,8 @@ def _text_encoder(model: nn.Module) -> bool:
 
 TASKS: dict[str, Task] = {
     "retrieval": Task("retrieval", contrastive_loss, similarity_kd_loss, evaluate_retrieval, "mean_R@1",
-                      "an image-text model with get_image_features and get_text_features (CLIP, SigLIP, a dual encoder)", _dual),
+                      "an image-text model with get_image_features and get_text_features (CLIP, SigLIP, a dual encoder)", _dual,
+                      embed_kd=True),
     "classification": Task("classification", classification_loss, classification_kd, evaluate_classification, "top1",
                            "an image classifier (a *ForImageClassification model with a head)", _image_classifier),
     "sentence-embedding": Task("sentence-embedding", embedding_loss, None, evaluate_embeddings, "cosine_to_teacher",

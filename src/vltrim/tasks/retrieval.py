@@ -49,11 +49,23 @@ def contrastive_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
 
 
-def similarity_kd_loss(student: nn.Module, teacher: nn.Module, batch: dict[str, torch.Tensor], temperature: float = 1.0) -> torch.Tensor:
-    """KL between teacher and student image-text similarity distributions (both directions)."""
+def _pair_outputs(model: nn.Module, batch: dict[str, torch.Tensor]) -> Any:
+    return model(**{k: batch[k] for k in (*IMAGE_KEYS, *TEXT_KEYS) if k in batch})
+
+
+def similarity_kd_loss(student: nn.Module, teacher: nn.Module, batch: dict[str, torch.Tensor], temperature: float = 1.0,
+                       embed_weight: float = 0.0) -> torch.Tensor:
+    """KL between teacher and student image-text similarity distributions (both directions), the cross-modal
+    distillation; + ``embed_weight`` x the uni-modal one: squared distance of each tower's final (normalised)
+    embedding to the teacher's, averaged over items and the two towers. One forward of each model."""
     with torch.no_grad():
-        t = similarity_logits(teacher, batch)
-    return similarity_kl(similarity_logits(student, batch), t, temperature)
+        t = _pair_outputs(teacher, batch)
+    s = _pair_outputs(student, batch)
+    loss = similarity_kl(s.logits_per_image, t.logits_per_image, temperature)
+    if embed_weight:
+        loss = loss + embed_weight * 0.5 * sum((a.float() - b.float()).pow(2).sum(-1).mean()
+                                               for a, b in ((s.image_embeds, t.image_embeds), (s.text_embeds, t.text_embeds)))
+    return loss
 
 
 def recall_at_k(sim: torch.Tensor, q_labels: torch.Tensor, g_labels: torch.Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict[int, float]:
