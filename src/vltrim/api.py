@@ -7,8 +7,9 @@ from typing import Any
 from torch import nn
 
 from .adapters import get_adapter
+from .structure.factorize import FactorizedLinear
 from .structure.groups import Group, UnitKind
-from .structure.plan import Plan
+from .structure.plan import Plan, PlanError
 
 BASE_CONFIG_ATTR = "_vltrim_base_config"  # config of the model before any plan (to rebuild on load)
 PLANS_ATTR = "_vltrim_plans"  # plans applied so far, in order
@@ -45,12 +46,17 @@ def base_config(model: nn.Module):
     return getattr(model, BASE_CONFIG_ATTR, model.config)
 
 
-def apply_plan(model: nn.Module, plan: Plan, inplace: bool = False) -> nn.Module:
-    """A physically smaller model of the same class computing what ``masked(model, plan)`` computes.
+def apply_plan(model: nn.Module, plan: Plan, inplace: bool = False, *, compute_factors: bool = True) -> nn.Module:
+    """A physically smaller model of the same class computing what ``masked(model, plan)`` computes, with the
+    plan's Linears factorised (rank-r truncated SVD, see structure/factorize.py).
 
-    The plan is validated first, so a bad plan raises PlanError and leaves ``model`` untouched.
-    Width groups are sliced before layers are removed (group names use the current layer indices)."""
+    The plan is validated first, so a bad plan raises PlanError and leaves ``model`` untouched (with
+    ``inplace=True`` and a plan that both slices and factorises, ranks are checked after the slicing).
+    Width groups are sliced before layers are removed (group names use the current layer indices), then
+    Linears are factorised (names and ranks refer to the sliced model). ``compute_factors=False`` builds
+    factorised layers with uninitialised weights (``load`` fills them; no SVD)."""
     adapter = get_adapter(model)
+    _check_no_factorised_slices(adapter, model, plan)
     groups = {g.name: g for g in adapter.groups(model)}
     plan.validate(type(model).__name__, groups.values())
     out = model if inplace else copy.deepcopy(model)
@@ -59,6 +65,29 @@ def apply_plan(model: nn.Module, plan: Plan, inplace: bool = False) -> nn.Module
     for name in names:
         if len(plan.keep[name]) < groups[name].size:
             adapter.slice(out, groups[name], plan.keep[name])
+    _factorize_(adapter, out, plan, compute_factors)
     setattr(out, BASE_CONFIG_ATTR, base)
     setattr(out, PLANS_ATTR, history + [plan])
     return out
+
+
+def _check_no_factorised_slices(adapter, model: nn.Module, plan: Plan) -> None:
+    """PlanError if the plan slices a group whose Linear an earlier plan factorised (a factorised layer has no
+    rows or columns to keep: in a chain, put keep steps before factorize steps)."""
+    done = {n for n, m in adapter.linears(model).items() if isinstance(m, FactorizedLinear)}
+    for name in sorted(plan.keep):
+        hit = [n for n in adapter.group_linears(name) if n in done]
+        if hit:
+            raise PlanError(f"plan slices {name!r}, but {hit[0]!r} was factorised by an earlier plan and cannot be "
+                            "sliced; in a chain, apply keep plans before factorize plans")
+
+
+def _factorize_(adapter, model: nn.Module, plan: Plan, compute: bool) -> None:
+    """Validate the plan's ranks against ``model`` as it is now, then factorise each Linear (in place)."""
+    if not plan.factorize:
+        return
+    lins = adapter.linears(model)
+    shapes = {n: (m.out_features, m.in_features) for n, m in lins.items() if not isinstance(m, FactorizedLinear)}
+    plan.validate_factors(shapes, set(lins) - set(shapes))
+    for name in sorted(plan.factorize):
+        adapter.factorize(model, name, plan.factorize[name], plan.factor_scales.get(name), compute)

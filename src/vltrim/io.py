@@ -2,9 +2,9 @@
 and vltrim.json: the SHA-256 of config.json, plan.json and model.safetensors recorded at save time.
 
 ``load`` checks those checksums, rebuilds the unpruned architecture from config.json, applies the plans
-to get the pruned shapes, then loads the weights strictly: every tensor must be there with its exact
-shape. Every problem with a directory is a ``ModelDirError`` (or ``PlanError`` for plan.json's content)
-whose message names the file."""
+to get the pruned shapes (sliced groups and factorised Linears; no SVD is computed), then loads the weights
+strictly: every tensor must be there with its exact shape. Every problem with a directory is a
+``ModelDirError`` (or ``PlanError`` for plan.json's content) whose message names the file."""
 from __future__ import annotations
 
 import hashlib
@@ -135,7 +135,7 @@ def load(path: str | Path, device: str | torch.device = "cpu", verify: bool = Tr
     _load_weights(model, path, header, device)
     model.to(device)
     setattr(model, BASE_CONFIG_ATTR, cfg)
-    setattr(model, PLANS_ATTR, [p for p in plans if p.keep])
+    setattr(model, PLANS_ATTR, [p for p in plans if not p.empty])
     return model.eval()
 
 
@@ -238,9 +238,9 @@ def _build(path: Path, plans: list[Plan], dtype: torch.dtype) -> tuple[nn.Module
         raise ModelDirError(f"{path / CONFIG} does not describe a valid {cls.__name__}: {type(e).__name__}: {e}") from None
     base_shapes = {k: list(t.shape) for k, t in model.state_dict().items()}
     for p in plans:
-        if p.keep:
+        if not p.empty:
             try:
-                model = apply_plan(model, p, inplace=True)
+                model = apply_plan(model, p, inplace=True, compute_factors=False)  # the weights come from the file
             except PlanError as e:
                 raise PlanError(f"{path / PLAN} does not fit the model described by {path / CONFIG}: {e}") from None
     return model, cfg, base_shapes

@@ -111,9 +111,11 @@ def plan_masks(plan, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tens
 def masked(model: nn.Module, plan_or_values) -> Iterator[nn.Module]:
     """``with masked(model, plan):`` the model computes the pruned function; hooks removed on exit."""
     from .adapters import get_adapter
-    from .structure.plan import Plan
+    from .structure.plan import Plan, PlanError
 
     adapter = get_adapter(model)
+    if isinstance(plan_or_values, Plan) and plan_or_values.factorize:
+        raise PlanError("a plan that factorises Linears has no mask equivalent; use apply_plan")
     if isinstance(plan_or_values, Plan):
         plan_or_values.validate(type(model).__name__, adapter.groups(model))
         values = plan_masks(plan_or_values)

@@ -23,7 +23,7 @@ def _num(v: Any, spec: str) -> str:
 
 def model_card(model: nn.Module, plans: Sequence, extra: str = "") -> str:
     """README.md written next to a saved model: what it is, how it was pruned, how to load it."""
-    pruned = any(p.keep for p in plans)
+    pruned = any(not p.empty for p in plans)
     lines = [
         f"# {type(model).__name__} {'compressed' if pruned else 'saved'} with vltrim",
         "",
@@ -40,12 +40,14 @@ def model_card(model: nn.Module, plans: Sequence, extra: str = "") -> str:
         "",
     ]
     for i, p in enumerate(plans, 1):
-        if not p.keep:
+        if p.empty:
             lines.append("Not pruned.")
             continue
         a, t = p.achieved, p.target
         lines += [f"## Plan {i}: `{p.method}`", ""]
-        if t:
+        if "energy" in t and "target" not in t:
+            lines.append(f"Target: keep {_num(t['energy'], '.1%')} of each Linear's squared singular values, align={t.get('align')}.")
+        elif t:
             lines.append(f"Target: remove {_num(t.get('target', 0), '.1%')} of prunable {t.get('metric', 'params')}, align={t.get('align')}.")
         rows = []
         if "params_removed" in a:
@@ -55,7 +57,10 @@ def model_card(model: nn.Module, plans: Sequence, extra: str = "") -> str:
             rows.append(["model params", f"{_num(a['model_params_before'], ',')} -> {_num(a.get('model_params_after'), ',')}"])
             rows.append(["model MACs (reference input)", f"{_num(a.get('model_macs_before'), ',')} -> {_num(a.get('model_macs_after'), ',')}"])
         kinds = Counter(p.kinds.values())
-        rows.append(["groups pruned", ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))])
+        if kinds:
+            rows.append(["groups pruned", ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))])
+        if p.factorize:
+            rows.append(["Linears factorised", f"{len(p.factorize)} (ranks {min(p.factorize.values())}-{max(p.factorize.values())})"])
         lines += [markdown_table(["", ""], rows), ""]
     if extra:
         lines += [extra, ""]

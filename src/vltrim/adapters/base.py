@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from .. import masks
+from ..structure.factorize import FactorizedLinear, factorize_linear, replace_module_
 from ..structure.groups import Group, UnitKind, attention_costs, ffn_costs
 from ..structure.slicing import BlockSpec, Tower, keep_head_dims_, keep_heads_, keep_layers_, keep_neurons_
 
@@ -56,21 +57,53 @@ class TransformerAdapter:
         return out
 
     def _block_groups(self, t: Tower, i: int, b: BlockSpec) -> list[Group]:
+        """Width groups of one block; a group with a factorised Linear is left out (it cannot be sliced)."""
         a = b.attn
         bias = a.q.bias is not None
         (hp, hm), (dp, dm) = attention_costs(a.q.in_features, a.num_heads, a.head_dim, t.tokens, t.tokens, bias)
         np_, nm = ffn_costs(b.fc1.in_features, t.tokens, b.fc1.bias is not None)
         pre = f"{t.name}.layers.{i}"
-        return [
-            Group(f"{pre}.attn.heads", UnitKind.HEADS, t.modality, a.num_heads, hp, hm, a.head_dim),
-            Group(f"{pre}.attn.head_dims", UnitKind.HEAD_DIMS, t.modality, a.head_dim, dp, dm, 1),
-            Group(f"{pre}.mlp.neurons", UnitKind.NEURONS, t.modality, b.fc1.out_features, np_, nm, 1),
-        ]
+        out = []
+        if not _factorised(a.q, a.k, a.v, a.o):
+            out += [Group(f"{pre}.attn.heads", UnitKind.HEADS, t.modality, a.num_heads, hp, hm, a.head_dim),
+                    Group(f"{pre}.attn.head_dims", UnitKind.HEAD_DIMS, t.modality, a.head_dim, dp, dm, 1)]
+        if not _factorised(b.fc1, b.fc2):
+            out.append(Group(f"{pre}.mlp.neurons", UnitKind.NEURONS, t.modality, b.fc1.out_features, np_, nm, 1))
+        return out
 
     def _block_macs(self, t: Tower, b: BlockSpec) -> int:
         a = b.attn
         (_, hm), _ = attention_costs(a.q.in_features, a.num_heads, a.head_dim, t.tokens, t.tokens, a.q.bias is not None)
-        return hm * a.num_heads + ffn_costs(b.fc1.in_features, t.tokens)[1] * b.fc1.out_features
+        dense = hm * a.num_heads + ffn_costs(b.fc1.in_features, t.tokens)[1] * b.fc1.out_features
+        saved = sum(f.in_features * f.out_features - f.rank * (f.in_features + f.out_features)
+                    for f in (a.q, a.k, a.v, a.o, b.fc1, b.fc2) if isinstance(f, FactorizedLinear))
+        return dense - t.tokens * saved
+
+    # ---- Linear layers (the factorize step) ---------------------------------------------------
+    def linears(self, model: nn.Module) -> dict[str, nn.Module]:
+        """Every block Linear by stable name ('vision.layers.3.attn.q' ... '.attn.o', '.mlp.fc1', '.mlp.fc2'),
+        dense (nn.Linear) or already factorised (FactorizedLinear)."""
+        out: dict[str, nn.Module] = {}
+        for t in self.towers(model):
+            for i, layer in enumerate(t.layers):
+                b, pre = t.block(layer), f"{t.name}.layers.{i}"
+                a = b.attn
+                out.update({f"{pre}.attn.q": a.q, f"{pre}.attn.k": a.k, f"{pre}.attn.v": a.v, f"{pre}.attn.o": a.o,
+                            f"{pre}.mlp.fc1": b.fc1, f"{pre}.mlp.fc2": b.fc2})
+        return out
+
+    def factorize(self, model: nn.Module, name: str, rank: int, scales: list[float] | None = None, compute: bool = True) -> None:
+        """Replace the dense Linear ``name`` by its rank-``rank`` FactorizedLinear (in place)."""
+        lin = self.linears(model)[name]
+        replace_module_(model, lin, factorize_linear(lin, rank, scales, compute))
+
+    @staticmethod
+    def group_linears(group_name: str) -> list[str]:
+        """Names of the Linears a width group slices ('...attn.heads' -> its q, k, v, o; '...mlp.neurons' -> fc1, fc2)."""
+        pre, kind = group_name.rsplit(".", 1)
+        if kind in (UnitKind.HEADS.value, UnitKind.HEAD_DIMS.value):
+            return [f"{pre}.{x}" for x in ("q", "k", "v", "o")]
+        return [f"{pre}.{x}" for x in ("fc1", "fc2")] if kind == UnitKind.NEURONS.value else []
 
     def locate(self, model: nn.Module, name: str) -> tuple[Tower, int | None, BlockSpec | None]:
         """Tower, layer index and block of a group name like 'vision.layers.3.mlp.neurons'."""
@@ -105,3 +138,7 @@ class TransformerAdapter:
             keep_neurons_(b, keep)
         else:
             keep_layers_(t, keep)
+
+
+def _factorised(*mods: nn.Module) -> bool:
+    return any(isinstance(m, FactorizedLinear) for m in mods)

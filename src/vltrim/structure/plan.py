@@ -1,4 +1,4 @@
-"""Plan: the data a method produces and an adapter applies (kept indices for each group)."""
+"""Plan: the data a method produces and an adapter applies (kept indices for each group, ranks for each Linear)."""
 from __future__ import annotations
 
 import json
@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from .factorize import saves_params
 from .groups import Group, UnitKind
 
 PLAN_FORMAT = "vltrim.plan"
@@ -23,10 +24,14 @@ class PlanError(ValueError):
 
 @dataclass
 class Plan:
-    """For each pruned group, the sorted indices of the units to keep; groups not listed keep all.
+    """For each pruned group, the sorted indices of the units to keep; groups not listed keep all. For each
+    factorised Linear (``factorize``: name like 'vision.layers.3.mlp.fc1' -> rank), its kept rank.
 
-    ``target`` and ``achieved`` record what was asked for and what the plan reaches, so a plan file
-    alone says what it does.
+    Within one plan the keep step comes first, then factorize: ranks, ``factor_shapes`` ([out, in]) and
+    Linear names (layer indices included) refer to the model after this plan's slicing. ``factor_scales``
+    (optional, per factorised Linear: one positive number per input feature) weight the SVD (data-aware
+    factorisation), so applying the plan needs no calibration data. ``target`` and ``achieved`` record what
+    was asked for and what the plan reaches, so a plan file alone says what it does.
     """
 
     model_class: str
@@ -37,6 +42,14 @@ class Plan:
     settings: dict[str, Any] = field(default_factory=dict)
     target: dict[str, Any] = field(default_factory=dict)
     achieved: dict[str, Any] = field(default_factory=dict)
+    factorize: dict[str, int] = field(default_factory=dict)
+    factor_shapes: dict[str, list[int]] = field(default_factory=dict)
+    factor_scales: dict[str, list[float]] = field(default_factory=dict)
+
+    @property
+    def empty(self) -> bool:
+        """True when the plan changes nothing (no group sliced, no Linear factorised)."""
+        return not self.keep and not self.factorize
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
@@ -89,6 +102,33 @@ class Plan:
         if both:
             raise PlanError(f"plan prunes both heads and head_dims of {both[0]}; choose one per attention")
 
+    def validate_factors(self, shapes: dict[str, tuple[int, int]], factorised: set[str]) -> None:
+        """Raise PlanError (naming the Linear) unless every factorised name is a dense Linear here
+        (``shapes``: name -> (out, in)) of the recorded shape, with a rank in [1, min(out, in)) that stores
+        fewer weights than the dense matrix (r*(in+out) < in*out; a rank that saves nothing is refused, not
+        left dense: a plan says exactly what it does), and with valid scales if it has any."""
+        for name, r in self.factorize.items():
+            if name in factorised:
+                raise PlanError(f"plan factorises {name!r}, which is already factorised (this model already has the plan "
+                                "applied? apply a plan to the model it was made for)")
+            if name not in shapes:
+                raise PlanError(f"plan factorises {name!r}, which this {self.model_class} does not have "
+                                f"(Linears are named like {next(iter(shapes), 'vision.layers.0.mlp.fc1')!r})")
+            out, inp = shapes[name]
+            if list(self.factor_shapes.get(name, [out, inp])) != [out, inp]:
+                raise PlanError(f"plan factorises {name!r} as {self.factor_shapes[name][0]}x{self.factor_shapes[name][1]}, "
+                                f"the model has {out}x{inp} (plan made for another configuration?)")
+            if not _is_int(r) or not 1 <= r < min(out, inp):
+                raise PlanError(f"plan factorises {name!r} ({out}x{inp}) at rank {r!r}; a rank must be an integer "
+                                f"in [1, {min(out, inp) - 1}]")
+            if not saves_params(out, inp, r):
+                raise PlanError(f"plan factorises {name!r} ({out}x{inp}) at rank {r}: {r}*({inp}+{out}) >= {inp}*{out}, "
+                                f"so it saves no parameters; leave it dense (ranks below {-(-inp * out // (inp + out))} save)")
+            _check_scales(self.factor_scales.get(name), inp, f"plan factor_scales[{name!r}] (of {out}x{inp})")
+        extra = sorted(set(self.factor_scales) - set(self.factorize))
+        if extra:
+            raise PlanError(f"plan has factor_scales for {extra[0]!r}, which it does not factorise")
+
     # ---- (de)serialisation --------------------------------------------------------------------
     def to_dict(self) -> dict:
         return {
@@ -102,7 +142,16 @@ class Plan:
             "groups": {
                 n: {"kind": self.kinds[n], "size": self.sizes[n], "keep": self.keep[n]} for n in sorted(self.keep)
             },
+            **({"factorize": {n: self._factor_entry(n) for n in sorted(self.factorize)}} if self.factorize else {}),
         }
+
+    def _factor_entry(self, name: str) -> dict[str, Any]:
+        e: dict[str, Any] = {"rank": self.factorize[name]}
+        if name in self.factor_shapes:
+            e["shape"] = list(self.factor_shapes[name])
+        if name in self.factor_scales:
+            e["scales"] = list(self.factor_scales[name])
+        return e
 
     def to_json(self) -> str:
         """The plan file's text; PlanError (naming the field) if a value cannot be stored exactly or would not
@@ -124,6 +173,7 @@ class Plan:
             raise PlanError(f"{where}plan format version {d.get('version')!r} is not supported (expected {PLAN_VERSION})")
         groups = _field(d, "groups", dict, where)
         parsed = {n: _parse_group(n, g, where) for n, g in groups.items()}
+        factors = {n: _parse_factor(n, f, where) for n, f in _field(d, "factorize", dict, where, {}).items()}
         return cls(
             model_class=_field(d, "model_class", str, where),
             keep={n: k for n, (k, _, _) in parsed.items()},
@@ -133,6 +183,9 @@ class Plan:
             settings=dict(_field(d, "settings", dict, where, {})),
             target=dict(_field(d, "target", dict, where, {})),
             achieved=dict(_field(d, "achieved", dict, where, {})),
+            factorize={n: r for n, (r, _, _) in factors.items()},
+            factor_shapes={n: s for n, (_, s, _) in factors.items() if s is not None},
+            factor_scales={n: c for n, (_, _, c) in factors.items() if c is not None},
         )
 
     def save(self, path: str | Path) -> None:
@@ -148,6 +201,8 @@ class Plan:
     def summary(self) -> str:
         a = self.achieved
         parts = [f"{self.method} plan for {self.model_class}: {len(self.keep)} groups pruned"]
+        if self.factorize:
+            parts[0] += f", {len(self.factorize)} Linears factorised"
         if _is_number(a.get("params_removed")) and _is_number(a.get("macs_removed")):
             parts.append(f"removed {a['params_removed']:.1%} of prunable params, {a['macs_removed']:.1%} of their MACs")
         return "; ".join(parts)
@@ -289,6 +344,33 @@ def _parse_group(name: str, g: Any, where: str) -> tuple[list[int], int, str]:
     if len(set(keep)) != len(keep) or min(keep) < 0 or max(keep) >= size:
         raise PlanError(f"{at}.keep must hold distinct indices in [0, {size})")
     return list(keep), size, kind
+
+
+def _parse_factor(name: str, f: Any, where: str) -> tuple[int, list[int] | None, list[float] | None]:
+    """(rank, shape or None, scales or None) of one entry of ``factorize``, each checked."""
+    at = f"{where}factorize[{name!r}]"
+    if not isinstance(f, dict):
+        raise PlanError(f"{at} must be an object with rank (and shape, scales), got {_describe(f)}")
+    rank, shape, scales = f.get("rank"), f.get("shape"), f.get("scales")
+    if not _is_int(rank) or rank < 1:
+        raise PlanError(f"{at}.rank must be a positive integer, got {_describe(rank)}")
+    if shape is not None and not (isinstance(shape, list) and len(shape) == 2 and all(_is_int(v) and v > 0 for v in shape)):
+        raise PlanError(f"{at}.shape must be [out_features, in_features], got {_describe(shape)}")
+    if scales is not None:
+        _check_scales(scales, len(scales) if isinstance(scales, list) else 0, f"{at}.scales")
+    return rank, shape, scales
+
+
+def _check_scales(scales: Any, in_features: int, at: str) -> None:
+    """PlanError (naming ``at``) unless ``scales`` is None or a list of ``in_features`` positive finite numbers."""
+    if scales is None:
+        return
+    if not isinstance(scales, list) or len(scales) != in_features or not scales:
+        want = f"{in_features} numbers" if in_features else "numbers"
+        raise PlanError(f"{at} must be a list of {want} (one per input feature), got {_describe(scales)}"
+                        + (f" of length {len(scales)}" if isinstance(scales, list) else ""))
+    if not all(_is_number(v) and math.isfinite(v) and v > 0 for v in scales):
+        raise PlanError(f"{at} must hold positive finite numbers only")
 
 
 def _check_jsonable(v: Any, name: str, parents: tuple[int, ...]) -> None:
