@@ -10,6 +10,8 @@ from .adapters import get_adapter
 from .structure.factorize import FactorizedLinear
 from .structure.groups import Group, UnitKind
 from .structure.plan import Plan, PlanError
+from .structure.sparsify import TAG as SPARSE_TAG
+from .structure.sparsify import sparsify_linear_
 
 BASE_CONFIG_ATTR = "_vltrim_base_config"  # config of the model before any plan (to rebuild on load)
 PLANS_ATTR = "_vltrim_plans"  # plans applied so far, in order
@@ -46,7 +48,8 @@ def base_config(model: nn.Module):
     return getattr(model, BASE_CONFIG_ATTR, model.config)
 
 
-def apply_plan(model: nn.Module, plan: Plan, inplace: bool = False, *, compute_factors: bool = True) -> nn.Module:
+def apply_plan(model: nn.Module, plan: Plan, inplace: bool = False, *, compute_factors: bool = True,
+               zero_weights: bool = True) -> nn.Module:
     """A physically smaller model of the same class computing what ``masked(model, plan)`` computes, with the
     plan's Linears factorised (rank-r truncated SVD, see structure/factorize.py).
 
@@ -54,7 +57,9 @@ def apply_plan(model: nn.Module, plan: Plan, inplace: bool = False, *, compute_f
     ``inplace=True`` and a plan that both slices and factorises, ranks are checked after the slicing).
     Width groups are sliced before layers are removed (group names use the current layer indices), then
     Linears are factorised (names and ranks refer to the sliced model). ``compute_factors=False`` builds
-    factorised layers with uninitialised weights (``load`` fills them; no SVD)."""
+    factorised layers with uninitialised weights (``load`` fills them; no SVD). Last, the plan's sparsified Linears
+    get their pattern's zeros (chosen from the weights, see structure/sparsify.py) and are tagged with it;
+    ``zero_weights=False`` only tags them (``load``: the zeros come from the file, then the pattern is verified)."""
     adapter = get_adapter(model)
     _check_no_factorised_slices(adapter, model, plan)
     groups = {g.name: g for g in adapter.groups(model)}
@@ -66,20 +71,29 @@ def apply_plan(model: nn.Module, plan: Plan, inplace: bool = False, *, compute_f
         if len(plan.keep[name]) < groups[name].size:
             adapter.slice(out, groups[name], plan.keep[name])
     _factorize_(adapter, out, plan, compute_factors)
+    _sparsify_(adapter, out, plan, zero_weights)
     setattr(out, BASE_CONFIG_ATTR, base)
     setattr(out, PLANS_ATTR, history + [plan])
     return out
 
 
 def _check_no_factorised_slices(adapter, model: nn.Module, plan: Plan) -> None:
-    """PlanError if the plan slices a group whose Linear an earlier plan factorised (a factorised layer has no
-    rows or columns to keep: in a chain, put keep steps before factorize steps)."""
-    done = {n for n, m in adapter.linears(model).items() if isinstance(m, FactorizedLinear)}
+    """PlanError if the plan slices a group whose Linear an earlier plan factorised or sparsified (a factorised
+    layer has no rows or columns to keep; slicing a sparse one breaks its recorded pattern), or factorises a
+    sparsified Linear: in a chain, put keep steps first, then factorize, then sparsify."""
+    lins = adapter.linears(model)
+    done = {n for n, m in lins.items() if isinstance(m, FactorizedLinear)}
+    sparse = {n for n, m in lins.items() if getattr(m, SPARSE_TAG, None)}
     for name in sorted(plan.keep):
-        hit = [n for n in adapter.group_linears(name) if n in done]
-        if hit:
-            raise PlanError(f"plan slices {name!r}, but {hit[0]!r} was factorised by an earlier plan and cannot be "
-                            "sliced; in a chain, apply keep plans before factorize plans")
+        for n in adapter.group_linears(name):
+            if n in done or n in sparse:
+                what, step = ("factorised", "factorize") if n in done else ("sparsified", "sparsify")
+                raise PlanError(f"plan slices {name!r}, but {n!r} was {what} by an earlier plan and cannot be "
+                                f"sliced; in a chain, apply keep plans before {step} plans")
+    hit = sorted(set(plan.factorize) & sparse)
+    if hit:
+        raise PlanError(f"plan factorises {hit[0]!r}, which an earlier plan sparsified (its zeros would be lost); "
+                        "in a chain, apply factorize plans before sparsify plans")
 
 
 def _factorize_(adapter, model: nn.Module, plan: Plan, compute: bool) -> None:
@@ -91,3 +105,15 @@ def _factorize_(adapter, model: nn.Module, plan: Plan, compute: bool) -> None:
     plan.validate_factors(shapes, set(lins) - set(shapes))
     for name in sorted(plan.factorize):
         adapter.factorize(model, name, plan.factorize[name], plan.factor_scales.get(name), compute)
+
+
+def _sparsify_(adapter, model: nn.Module, plan: Plan, zero: bool) -> None:
+    """Validate the plan's sparsity entries against ``model`` as it is now, then zero (or only tag) each Linear."""
+    if not plan.sparsify:
+        return
+    lins = adapter.linears(model)
+    shapes = {n: (m.out_features, m.in_features) for n, m in lins.items() if not isinstance(m, FactorizedLinear)}
+    plan.validate_sparsity(shapes, set(lins) - set(shapes))
+    for name in sorted(plan.sparsify):
+        e = plan.sparsify[name]
+        sparsify_linear_(lins[name], e["pattern"], e["sparsity"], zero, name)

@@ -2,8 +2,9 @@
 and vltrim.json: the SHA-256 of config.json, plan.json and model.safetensors recorded at save time.
 
 ``load`` checks those checksums, rebuilds the unpruned architecture from config.json, applies the plans
-to get the pruned shapes (sliced groups and factorised Linears; no SVD is computed), then loads the weights
-strictly: every tensor must be there with its exact shape. Every problem with a directory is a
+to get the pruned shapes (sliced groups and factorised Linears; no SVD is computed, no weight is zeroed), then
+loads the weights strictly: every tensor must be there with its exact shape; last, every sparsified Linear must
+hold the pattern and sparsity its plan records. Every problem with a directory is a
 ``ModelDirError`` (or ``PlanError`` for plan.json's content) whose message names the file."""
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from .checks import device as checked_device
 from .checks import path as checked_path
 from .api import BASE_CONFIG_ATTR, PLANS_ATTR, apply_plan, base_config, plans_of
 from .structure.plan import Plan, PlanError, dumps_plans, read_json, read_plans
+from .structure.sparsify import check_sparsity
 
 CONFIG, PLAN, WEIGHTS, CARD, CHECKSUMS = "config.json", "plan.json", "model.safetensors", "README.md", "vltrim.json"
 CHECKED = (CONFIG, PLAN, WEIGHTS)  # files whose SHA-256 is recorded in vltrim.json (README.md is for people)
@@ -133,6 +135,7 @@ def load(path: str | Path, device: str | torch.device = "cpu", verify: bool = Tr
     model, cfg, base_shapes = _build(path, plans, _stored_dtype(header))
     _check_shapes(model, header, base_shapes, path)
     _load_weights(model, path, header, device)
+    _check_sparse_patterns(model, path)
     model.to(device)
     setattr(model, BASE_CONFIG_ATTR, cfg)
     setattr(model, PLANS_ATTR, [p for p in plans if not p.empty])
@@ -240,7 +243,7 @@ def _build(path: Path, plans: list[Plan], dtype: torch.dtype) -> tuple[nn.Module
     for p in plans:
         if not p.empty:
             try:
-                model = apply_plan(model, p, inplace=True, compute_factors=False)  # the weights come from the file
+                model = apply_plan(model, p, inplace=True, compute_factors=False, zero_weights=False)  # weights from the file
             except PlanError as e:
                 raise PlanError(f"{path / PLAN} does not fit the model described by {path / CONFIG}: {e}") from None
     return model, cfg, base_shapes
@@ -322,6 +325,18 @@ def _load_weights(model: nn.Module, path: Path, header: dict, device: str | torc
             raise ModelDirError(f"cannot load {path / WEIGHTS}: {e}") from None
         raise ModelDirError(f"{WEIGHTS} in {path} does not match {CONFIG} and {PLAN}: "
                             f"{_names('missing', missing)}{'; ' if missing and extra else ''}{_names('unexpected', extra)}") from None
+
+
+def _check_sparse_patterns(model: nn.Module, path: Path) -> None:
+    """ModelDirError naming the file and the Linear when a sparsified Linear's loaded weights break its recorded
+    pattern (too few exact zeros; a 2:4 group with fewer than 2 zeros): the zeros are part of the saved model."""
+    names = {id(m): n for n, m in get_adapter(model).linears(model).items()}
+    bad = check_sparsity(model, names)
+    if bad:
+        name, why = bad[0]
+        more = f" (and {len(bad) - 1} more Linears)" if len(bad) > 1 else ""
+        raise ModelDirError(f"{path / WEIGHTS} does not hold the sparsity {PLAN} records for {name!r}: {why}{more}. "
+                            "Were the weights edited or retrained without keeping zeros (vltrim.structure.sparsify.freeze_zeros)?")
 
 
 def _names(what: str, names: list[str]) -> str:

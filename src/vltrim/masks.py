@@ -116,6 +116,8 @@ def masked(model: nn.Module, plan_or_values) -> Iterator[nn.Module]:
     adapter = get_adapter(model)
     if isinstance(plan_or_values, Plan) and plan_or_values.factorize:
         raise PlanError("a plan that factorises Linears has no mask equivalent; use apply_plan")
+    if isinstance(plan_or_values, Plan) and plan_or_values.sparsify:
+        raise PlanError("a plan that sparsifies Linears has no group-mask equivalent; use apply_plan")
     if isinstance(plan_or_values, Plan):
         plan_or_values.validate(type(model).__name__, adapter.groups(model))
         values = plan_masks(plan_or_values)

@@ -45,7 +45,11 @@ def model_card(model: nn.Module, plans: Sequence, extra: str = "") -> str:
             continue
         a, t = p.achieved, p.target
         lines += [f"## Plan {i}: `{p.method}`", ""]
-        if "energy" in t and "target" not in t:
+        if "sparsity" in t and "target" not in t:
+            how = f"{t.get('pattern')}, scope {t['scope']}" if "scope" in t else f"{t.get('pattern')}"
+            lines.append(f"Target: zero {_num(t['sparsity'], '.1%')} of block-Linear weights ({how}); zeros are stored, "
+                         "so params and MACs stay dense.")
+        elif "energy" in t and "target" not in t:
             lines.append(f"Target: keep {_num(t['energy'], '.1%')} of each Linear's squared singular values, align={t.get('align')}.")
         elif t:
             lines.append(f"Target: remove {_num(t.get('target', 0), '.1%')} of prunable {t.get('metric', 'params')}, align={t.get('align')}.")
@@ -59,6 +63,13 @@ def model_card(model: nn.Module, plans: Sequence, extra: str = "") -> str:
         kinds = Counter(p.kinds.values())
         if kinds:
             rows.append(["groups pruned", ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))])
+        if p.sparsify:
+            pats = Counter(e["pattern"] for e in p.sparsify.values())
+            rows.append(["Linears sparsified", ", ".join(f"{n} {k}" for k, n in sorted(pats.items()))])
+            if "sparsity" in a:
+                rows.append(["block-Linear weights zero", _num(a["sparsity"], ".1%")])
+            if "nonzero_params" in a:
+                rows.append(["nonzero params", _num(a["nonzero_params"], ",")])
         if p.factorize:
             rows.append(["Linears factorised", f"{len(p.factorize)} (ranks {min(p.factorize.values())}-{max(p.factorize.values())})"])
         lines += [markdown_table(["", ""], rows), ""]

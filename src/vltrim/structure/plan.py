@@ -1,4 +1,5 @@
-"""Plan: the data a method produces and an adapter applies (kept indices for each group, ranks for each Linear)."""
+"""Plan: the data a method produces and an adapter applies (kept indices for each group, ranks for each Linear,
+sparsity patterns for each Linear)."""
 from __future__ import annotations
 
 import json
@@ -10,6 +11,7 @@ from typing import Any, Callable, Iterable
 
 from .factorize import saves_params
 from .groups import Group, UnitKind
+from .sparsify import PATTERNS, SEMI
 
 PLAN_FORMAT = "vltrim.plan"
 PLAN_VERSION = 1
@@ -30,7 +32,9 @@ class Plan:
     Within one plan the keep step comes first, then factorize: ranks, ``factor_shapes`` ([out, in]) and
     Linear names (layer indices included) refer to the model after this plan's slicing. ``factor_scales``
     (optional, per factorised Linear: one positive number per input feature) weight the SVD (data-aware
-    factorisation), so applying the plan needs no calibration data. ``target`` and ``achieved`` record what
+    factorisation), so applying the plan needs no calibration data. ``sparsify`` (Linear name -> {"pattern":
+    "unstructured" | "2:4", "sparsity": share of its weights to zero}) comes last: the weights to zero are chosen
+    at apply time from the weights (structure/sparsify.py), so the plan holds no masks. ``target`` and ``achieved`` record what
     was asked for and what the plan reaches, so a plan file alone says what it does.
     """
 
@@ -45,11 +49,12 @@ class Plan:
     factorize: dict[str, int] = field(default_factory=dict)
     factor_shapes: dict[str, list[int]] = field(default_factory=dict)
     factor_scales: dict[str, list[float]] = field(default_factory=dict)
+    sparsify: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:
-        """True when the plan changes nothing (no group sliced, no Linear factorised)."""
-        return not self.keep and not self.factorize
+        """True when the plan changes nothing (no group sliced, no Linear factorised or sparsified)."""
+        return not self.keep and not self.factorize and not self.sparsify
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
@@ -129,6 +134,21 @@ class Plan:
         if extra:
             raise PlanError(f"plan has factor_scales for {extra[0]!r}, which it does not factorise")
 
+    def validate_sparsity(self, shapes: dict[str, tuple[int, int]], factorised: set[str]) -> None:
+        """Raise PlanError (naming the Linear) unless every sparsified name is a dense Linear here (``shapes``: name
+        -> (out, in)) with a valid entry; 2:4 needs in_features divisible by 4 and records sparsity 0.5."""
+        for name, e in self.sparsify.items():
+            if name in factorised:
+                raise PlanError(f"plan sparsifies {name!r}, which is factorised; sparsify before factorising, or not at all")
+            if name not in shapes:
+                raise PlanError(f"plan sparsifies {name!r}, which this {self.model_class} does not have "
+                                f"(Linears are named like {next(iter(shapes), 'vision.layers.0.mlp.fc1')!r})")
+            _check_sparse_entry(e, f"plan sparsify[{name!r}]")
+            out, inp = shapes[name]
+            if e["pattern"] == "2:4" and inp % SEMI:
+                raise PlanError(f"plan sparsifies {name!r} ({out}x{inp}) with the 2:4 pattern, which needs in_features "
+                                f"divisible by {SEMI}; use pattern 'unstructured' for it")
+
     # ---- (de)serialisation --------------------------------------------------------------------
     def to_dict(self) -> dict:
         return {
@@ -143,6 +163,7 @@ class Plan:
                 n: {"kind": self.kinds[n], "size": self.sizes[n], "keep": self.keep[n]} for n in sorted(self.keep)
             },
             **({"factorize": {n: self._factor_entry(n) for n in sorted(self.factorize)}} if self.factorize else {}),
+            **({"sparsify": {n: dict(self.sparsify[n]) for n in sorted(self.sparsify)}} if self.sparsify else {}),
         }
 
     def _factor_entry(self, name: str) -> dict[str, Any]:
@@ -174,6 +195,7 @@ class Plan:
         groups = _field(d, "groups", dict, where)
         parsed = {n: _parse_group(n, g, where) for n, g in groups.items()}
         factors = {n: _parse_factor(n, f, where) for n, f in _field(d, "factorize", dict, where, {}).items()}
+        sparse = {n: _check_sparse_entry(e, f"{where}sparsify[{n!r}]") for n, e in _field(d, "sparsify", dict, where, {}).items()}
         return cls(
             model_class=_field(d, "model_class", str, where),
             keep={n: k for n, (k, _, _) in parsed.items()},
@@ -186,6 +208,7 @@ class Plan:
             factorize={n: r for n, (r, _, _) in factors.items()},
             factor_shapes={n: s for n, (_, s, _) in factors.items() if s is not None},
             factor_scales={n: c for n, (_, _, c) in factors.items() if c is not None},
+            sparsify=sparse,
         )
 
     def save(self, path: str | Path) -> None:
@@ -203,6 +226,10 @@ class Plan:
         parts = [f"{self.method} plan for {self.model_class}: {len(self.keep)} groups pruned"]
         if self.factorize:
             parts[0] += f", {len(self.factorize)} Linears factorised"
+        if self.sparsify:
+            parts[0] += f", {len(self.sparsify)} Linears sparsified"
+        if _is_number(a.get("sparsity")):
+            parts.append(f"{a['sparsity']:.1%} of block-Linear weights are zero (stored dense: params and MACs unchanged)")
         if _is_number(a.get("params_removed")) and _is_number(a.get("macs_removed")):
             parts.append(f"removed {a['params_removed']:.1%} of prunable params, {a['macs_removed']:.1%} of their MACs")
         return "; ".join(parts)
@@ -359,6 +386,21 @@ def _parse_factor(name: str, f: Any, where: str) -> tuple[int, list[int] | None,
     if scales is not None:
         _check_scales(scales, len(scales) if isinstance(scales, list) else 0, f"{at}.scales")
     return rank, shape, scales
+
+
+def _check_sparse_entry(e: Any, at: str) -> dict[str, Any]:
+    """``e`` if it is {"pattern": one of PATTERNS, "sparsity": a number in (0, 1]} (0.5 for 2:4); else PlanError naming ``at``."""
+    if not isinstance(e, dict) or set(e) != {"pattern", "sparsity"}:
+        raise PlanError(f"{at} must be an object with exactly pattern and sparsity, got {_describe(e)}"
+                        + (f" with keys {sorted(e)}" if isinstance(e, dict) else ""))
+    pattern, s = e["pattern"], e["sparsity"]
+    if pattern not in PATTERNS:
+        raise PlanError(f"{at}.pattern must be one of {', '.join(map(repr, PATTERNS))}, got {_describe(pattern)}")
+    if not _is_number(s) or not math.isfinite(s) or not 0 < s <= 1:
+        raise PlanError(f"{at}.sparsity must be a number in (0, 1], got {_describe(s)}")
+    if pattern == "2:4" and s != 0.5:
+        raise PlanError(f"{at}.sparsity must be 0.5 for the 2:4 pattern (2 of every 4 weights), got {_describe(s)}")
+    return {"pattern": pattern, "sparsity": s}
 
 
 def _check_scales(scales: Any, in_features: int, at: str) -> None:
