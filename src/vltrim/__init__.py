@@ -9,6 +9,7 @@ from .compress import CompressResult, compress
 from .io import ModelDirError, load, save
 from .masks import masked
 from .measure import compare, count_macs, count_params, measure
+from .methods.distill import student
 from .structure.groups import Group, UnitKind
 from .structure.plan import Plan, PlanError
 from .structure.select import Budget
@@ -41,5 +42,6 @@ __all__ = [
     "plan",
     "plans_of",
     "save",
+    "student",
     "supported_classes",
 ]

@@ -33,4 +33,4 @@ def available() -> list[str]:
     return sorted(_METHODS)
 
 
-from . import l1, lowrank, magnitude, mope, random, taylor, upop  # noqa: E402,F401  (registration)
+from . import distill, heads, l1, lowrank, magnitude, mope, random, taylor, upop  # noqa: E402,F401  (registration)

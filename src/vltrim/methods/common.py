@@ -83,16 +83,19 @@ def plan_from_scores(
 
 
 def plan_from_keep(
-    model: nn.Module, groups: list[Group], keep: dict[str, list[int]], budget: Budget, method: str, settings: dict[str, Any]
+    model: nn.Module, groups: list[Group], keep: dict[str, list[int]], budget: Budget | dict[str, Any], method: str,
+    settings: dict[str, Any]
 ) -> Plan:
-    """A Plan for ``keep`` that records the target and what it achieves (fractions and whole-model counts)."""
+    """A Plan for ``keep`` that records the target (a Budget, or a dict when the plan was asked for otherwise, e.g.
+    a student's layer counts) and what it achieves (fractions and whole-model counts)."""
     got = achieved(groups, keep)
     adapter = get_adapter(model)
     ref = adapter.reference_inputs(model, 1)
     params, macs = count_params(model), count_macs(model, ref)
     got.update(model_params_before=params, model_params_after=params - round(got["params_removed"] * got["prunable_params"]),
                model_macs_before=macs, model_macs_after=macs - round(got["macs_removed"] * got["prunable_macs"]))
-    plan = Plan.from_keep(type(model).__name__, groups, keep, method=method, settings=settings, target=budget.to_dict(), achieved=got)
+    target = budget if isinstance(budget, dict) else budget.to_dict()
+    plan = Plan.from_keep(type(model).__name__, groups, keep, method=method, settings=settings, target=target, achieved=got)
     if any(g.kind == UnitKind.LAYERS and g.name in keep for g in groups):  # a dropped block also takes its norms and biases
         from ..api import apply_plan
 

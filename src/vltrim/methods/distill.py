@@ -1,0 +1,99 @@
+"""`distill`: the layer-dropping student (the compression study's distillation baseline; EfficientVLM's first stage).
+
+Each tower keeps an evenly spread subset of its layers, the teacher layers `train.distill.layer_map` matches to
+the student's layers (the last kept), initialised from them: a keep plan on the ``<tower>.layers`` groups, so
+`apply_plan` builds it and `load` replays it bit-exactly, and `kept_teacher_layers` maps every student layer to
+the teacher layer it was copied from. Through `compress` the student is retrained with the task loss, the task's
+logits / similarity KL and hidden-state MSE of every block to its source block (``kd_hidden``).
+Attention-map MSE (`train.distill.attention_mse`) is not wired into compress's loss yet: it needs the attention
+probabilities of both models, which SDPA attention does not return."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from torch import nn
+
+from ..adapters import get_adapter
+from ..api import apply_plan
+from ..checks import choice, integer
+from ..structure.groups import UnitKind
+from ..structure.plan import Plan
+from ..structure.select import ALLOCATION, MAX_RATIO, Budget
+from ..structure.slicing import Tower
+from ..train.distill import layer_map
+from . import register
+from .common import DEFAULT_UNITS, plan_from_keep
+
+
+def tower_layers(model: nn.Module, layers: int | dict[str, int]) -> dict[str, int]:
+    """Layers each tower keeps, by tower name: ``layers`` an int (every tower) or a dict keyed by tower name or
+    modality (towers left out keep all their layers). Errors name the option, the tower and its depth."""
+    towers = get_adapter(model).towers(model)
+    if isinstance(layers, dict):
+        asked = {t.name: _asked_for(t, layers) for t in towers}
+        known = sorted({t.name for t in towers} | {t.modality for t in towers})
+        unknown = sorted(str(k) for k in layers if k not in known)
+        if unknown:
+            raise ValueError(f"layers: unknown tower {unknown[0]!r}; this {type(model).__name__} has towers {', '.join(known)}")
+        counts = {n: c for n, c in asked.items() if c is not None}
+    else:
+        counts = {t.name: layers for t in towers if len(t.layers)}
+    depth = {t.name: len(t.layers) for t in towers}
+    for name, c in counts.items():
+        c = counts[name] = integer(f"layers (the {name} tower)", c, 1)
+        if c > depth[name]:
+            raise ValueError(f"layers: the {name} tower has {depth[name]} layers, cannot keep {c}")
+    return counts
+
+
+def _asked_for(t: Tower, layers: dict[str, int]) -> int | None:
+    hits = {k: v for k, v in layers.items() if k in (t.name, t.modality)}
+    if len(hits) > 1:
+        raise ValueError(f"layers: tower {t.name} is named twice ({', '.join(sorted(hits))}); give it one count")
+    return next(iter(hits.values()), None)
+
+
+def student_plan(model: nn.Module, layers: int | dict[str, int], target: Budget | None = None) -> Plan:
+    """Keep plan of the layer-dropping student: per tower the ``layers`` evenly spread layers of `layer_map`."""
+    counts = tower_layers(model, layers)
+    groups = {g.name: g for g in get_adapter(model).groups(model) if g.kind == UnitKind.LAYERS}
+    keep = {f"{n}.layers": layer_map(c, groups[f"{n}.layers"].size) for n, c in counts.items()
+            if c < groups[f"{n}.layers"].size}
+    settings = {"layers": counts, "kept_layers": {n.rsplit(".", 1)[0]: k for n, k in keep.items()}}
+    return plan_from_keep(model, list(groups.values()), keep, target if target is not None else {"layers": counts},
+                          "distill", settings)
+
+
+def student(model: nn.Module, layers: int | dict[str, int] = 6) -> nn.Module:
+    """A layer-reduced copy of ``model``: every tower keeps ``layers`` evenly spread layers (an int, or a dict like
+    {"vision": 6, "text": 3} by tower name or modality), copied from the teacher's; distil it with compress."""
+    return apply_plan(model, student_plan(model, layers))
+
+
+def layers_for_target(model: nn.Module, target: float) -> dict[str, int]:
+    """Per tower, the layer count nearest to removing ``target`` of its layers' cost (at least 1)."""
+    return {t.name: max(1, math.floor(len(t.layers) * (1 - target) + 0.5)) for t in get_adapter(model).towers(model)
+            if len(t.layers)}
+
+
+@register
+class DistillMethod:
+    """Layer-dropping student, retrained with distillation from the unpruned model (hidden states included)."""
+
+    name = "distill"
+    kd_hidden = 1.0  # compress distils every student block's output to the teacher block it was copied from
+
+    def check_settings(self, layers: int | dict[str, int] | None = None, **_: Any) -> None:
+        if layers is not None and not isinstance(layers, dict):
+            integer("layers", layers, 1)
+
+    def search(self, model: nn.Module, target: float, layers: int | dict[str, int] | None = None, metric: str = "params",
+               align: int = 8, units: str = ",".join(DEFAULT_UNITS), allocation: str = ALLOCATION,
+               max_ratio: float = MAX_RATIO):
+        """The student's plan: ``layers`` per tower (see `student`), or None: per tower the count nearest to removing
+        ``target`` of its layers (at least 1); ``plan.achieved`` records what that removes. ``align``, ``units``,
+        ``allocation`` and ``max_ratio`` are accepted for compress's sake and unused (whole layers need no alignment)."""
+        choice("metric", metric, ("params", "macs"))
+        budget = Budget(target, metric, align, allocation, max_ratio)
+        return student_plan(model, layers_for_target(model, target) if layers is None else layers, budget)
