@@ -288,12 +288,26 @@ def _plan_option(file: Path | None):
         raise typer.BadParameter(f"--plan: {e}") from None
 
 
+def _method_settings(items: list[str] | None) -> dict:
+    """``--set KEY=VALUE`` items as method settings (VALUE read as JSON when it is JSON, else as a string)."""
+    out = {}
+    for item in items or []:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise typer.BadParameter(f"--set {item!r}: give KEY=VALUE, e.g. --set pattern=2:4 or --set layers='{{\"vision\": 2}}'")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
 @app.command()
 def compress(
     ctx: typer.Context,
     model: str = typer.Argument(..., help=MODEL_HELP),
     out: Path = typer.Option(..., help="output directory for the compressed model"),
-    method: str = typer.Option("l1", help="compression method (l1, taylor, random, upop, mope)"),
+    method: str = typer.Option("l1", help="compression method (l1, taylor, random, upop, mope, heads, distill, lowrank, magnitude)"),
     target: float = typer.Option(0.5, help="fraction of prunable cost to remove, in (0, 1)"),
     metric: str = typer.Option("params", help="params or macs"),
     align: int = typer.Option(8, help="kept widths are multiples of this (1 = any width)"),
@@ -320,6 +334,7 @@ def compress(
     resume: bool = typer.Option(False, help="continue from the latest checkpoints in --work-dir"),
     override: bool = typer.Option(False, help="with --resume: continue even though options, data or model differ from the checkpoints' run.json"),
     recipe: Optional[Path] = typer.Option(None, help="YAML file with any of these options (command-line options win)"),
+    settings: Optional[list[str]] = typer.Option(None, "--set", help="a setting of the method, KEY=VALUE, repeatable (e.g. --set pattern=2:4, --set layers=2, --set mode=energy --set energy=0.9)"),
 ) -> None:
     """Compress a model (search or --plan), optionally retrain it, save it and compare it with the original."""
     from . import io
@@ -333,6 +348,7 @@ def compress(
                          allocation=allocation, max_ratio=max_ratio, seed=seed, override=override, depth_share=depth_share,
                          task_weight=task_weight))
         _check_cli_options(o, out)
+        ms = _method_settings(settings)
         m = load_any(model)
         train_ds = make_data(o["data"], m, "train", o["tokenizer"], model) if o["data"] else None
         eval_ds = make_data(o["eval_data"], m, "val", o["tokenizer"], model) if o["eval_data"] else None
@@ -342,7 +358,7 @@ def compress(
                            grad_accum=o["grad_accum"], mixed_precision=o["mixed_precision"], work_dir=o["work_dir"],
                            checkpoint_every=o["checkpoint_every"], resume=o["resume"], allocation=o["allocation"],
                            max_ratio=o["max_ratio"], seed=o["seed"], override=o["override"], depth_share=o["depth_share"],
-                           task_weight=o["task_weight"], plan=_plan_option(plan_file))
+                           task_weight=o["task_weight"], plan=_plan_option(plan_file), method_settings=ms)
         small, plan, report = res.model, res.plan, res.report
         io.save(small, out)
         table = report.pop("scores_table", None)

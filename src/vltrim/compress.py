@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import inspect
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,6 +22,7 @@ from .measure import compare
 from .methods import get_method
 from .methods.common import prunable_groups
 from .structure.plan import Plan
+from .structure.sparsify import freeze_zeros, sparsified
 from .structure.select import ALLOCATION, MAX_RATIO, Budget
 from .tasks import Task, get_task
 from .train import train
@@ -58,17 +60,36 @@ def task_loss(task: Task, teacher: nn.Module | None, kd_weight: float = 1.0, kd_
     return with_hidden if kd_hidden and teacher is not None else kd
 
 
+def _takes(fn: Callable) -> Callable[[str], bool]:
+    """Whether ``fn`` accepts a keyword (everything, when it has **kwargs)."""
+    params = inspect.signature(fn).parameters
+    anything = any(p.kind == p.VAR_KEYWORD for p in params.values())
+    return lambda k: anything or k in params
+
+
 def _search_inputs(method: Any, data: Dataset | None, loss: Callable, batch_size: int, seed: int, task: str,
                    progress: bool) -> dict[str, Any]:
-    """What a one-shot method takes besides the budget: calibration data and loss (``needs_data``), and the seed,
-    task and progress flag when it has such settings."""
-    params = inspect.signature(method.search).parameters
-    out: dict[str, Any] = {k: v for k, v in dict(seed=seed, task=task, progress=progress).items() if k in params}
-    if getattr(method, "needs_data", False):
-        if data is None:
-            raise ValueError(f"{method.name} scores units on calibration data: pass train_data (or calib_data)")
-        out.update(data=data, loss_fn=loss, batch_size=batch_size)
-    return out
+    """What a one-shot method takes besides the budget: calibration data and loss (required by ``needs_data``,
+    else passed when the method takes data, e.g. lowrank's data-aware SVD), and the seed, task and progress flag."""
+    takes = _takes(method.search)
+    if getattr(method, "needs_data", False) and data is None:
+        raise ValueError(f"{method.name} scores units on calibration data: pass train_data (or calib_data)")
+    given = dict(seed=seed, task=task, progress=progress)
+    if data is not None and (getattr(method, "needs_data", False) or takes("data")):
+        given.update(data=data, loss_fn=loss, batch_size=batch_size)
+    return {k: v for k, v in given.items() if takes(k)}
+
+
+def _budget_options(method: Any, o: Any, searches: bool) -> dict[str, Any]:
+    """metric, align, units, allocation and max_ratio for the method, only those it takes; one set away from its
+    default that the method does not take (magnitude has no metric, lowrank no allocation) is refused."""
+    takes = _takes(method.run if searches else method.search)
+    given = dict(metric=o["metric"], align=o["align"], units=o["units"], allocation=o["allocation"], max_ratio=o["max_ratio"])
+    unused = [k for k, v in given.items() if not takes(k) and v not in (None, "params", 8) and k != "units"]
+    if unused:
+        raise ValueError(f"{', '.join(unused)}: {method.name} does not take {'it' if len(unused) == 1 else 'them'} "
+                         f"(it would be ignored); leave {'it' if len(unused) == 1 else 'them'} at the default")
+    return {k: v for k, v in given.items() if takes(k) and v is not None}
 
 
 @dataclass
@@ -232,6 +253,7 @@ PASSED_BY_COMPRESS = {"model", "target", "task", "train_data", "data", "loss_fn"
 
 def _check_budget_and_method(model: nn.Module, o: dict[str, Any]) -> None:
     """The budget and unit options, and the method's own settings (a typo would only fail after a long search)."""
+    o["budget_options"] = {}
     if o["plan"] is not None:
         o["plan"].validate(type(model).__name__, get_adapter(model).groups(model))
         return
@@ -250,6 +272,7 @@ def _check_budget_and_method(model: nn.Module, o: dict[str, Any]) -> None:
                          f"it takes {', '.join(sorted(known)) or 'none'}")
     if hasattr(o["m"], "check_settings"):
         o["m"].check_settings(**({"steps": o["search_steps"]} if o["searches"] else {}), **o["method_settings"])
+    o["budget_options"] = _budget_options(o["m"], o, o["searches"])
 
 
 def _run_settings(model: nn.Module, o: SimpleNamespace) -> dict[str, Any]:
@@ -284,8 +307,7 @@ def _run(model: nn.Module, o: SimpleNamespace) -> CompressResult:
                               "retrain_steps": o.retrain_steps}
     if eval_data is not None and o.evaluate_before:
         report["before"] = t.evaluate(model, eval_data)
-    where = {k: v for k, v in dict(allocation=o.allocation, max_ratio=o.max_ratio).items() if v is not None}
-    common = {**dict(metric=o.metric, align=o.align, units=o.units), **where, **o.method_settings}
+    common = {**o.budget_options, **o.method_settings}
     started = time.perf_counter()
     if plan is not None:
         base = teacher
@@ -308,8 +330,9 @@ def _run(model: nn.Module, o: SimpleNamespace) -> CompressResult:
         if o.eval_every and eval_data is not None and (done % o.eval_every == 0 or done == o.retrain_steps):
             report["curve"].append({"retrain_step": done, "total_steps": report["search_steps"] + done, **t.evaluate(net, eval_data)})
 
-    train(small, train_data, loss, o.retrain_steps, lr=o.retrain_lr, batch_size=o.batch_size, seed=o.seed + 1, desc="retrain",
-          progress=o.progress, schedule=o.retrain_schedule, after_step=point, **loop("retrain"))
+    with freeze_zeros(small) if sparsified(small) else nullcontext():  # sparse weights keep their zeros while retraining
+        train(small, train_data, loss, o.retrain_steps, lr=o.retrain_lr, batch_size=o.batch_size, seed=o.seed + 1, desc="retrain",
+              progress=o.progress, schedule=o.retrain_schedule, after_step=point, **loop("retrain"))
     small = small.to(dtype).eval()
     if eval_data is not None:
         report["after"] = t.evaluate(small, eval_data)
