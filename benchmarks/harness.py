@@ -49,7 +49,7 @@ def settings_key(a) -> str:
     """A short hash of every option that changes a run's result, so cached runs of other settings are not reused."""
     import hashlib
 
-    shared = {k: v for k, v in vars(a).items() if k not in ("methods", "targets", "seeds", "variant", "jobs", "tag", "depth")}
+    shared = {k: v for k, v in vars(a).items() if k not in ("methods", "targets", "seeds", "variant", "jobs", "tag", "depth", "calibration")}
     return hashlib.sha1(json.dumps(shared, sort_keys=True).encode()).hexdigest()[:10]
 
 
