@@ -96,13 +96,19 @@ def _check_no_factorised_slices(adapter, model: nn.Module, plan: Plan) -> None:
                         "in a chain, apply factorize plans before sparsify plans")
 
 
+def _dense_linears(adapter, model: nn.Module) -> tuple[dict[str, nn.Module], dict[str, tuple[int, int]], set[str]]:
+    """Every block Linear by name, the (out, in) shapes of the dense ones, and the names already factorised."""
+    lins = adapter.linears(model)
+    shapes = {n: (m.out_features, m.in_features) for n, m in lins.items() if not isinstance(m, FactorizedLinear)}
+    return lins, shapes, set(lins) - set(shapes)
+
+
 def _factorize_(adapter, model: nn.Module, plan: Plan, compute: bool) -> None:
     """Validate the plan's ranks against ``model`` as it is now, then factorise each Linear (in place)."""
     if not plan.factorize:
         return
-    lins = adapter.linears(model)
-    shapes = {n: (m.out_features, m.in_features) for n, m in lins.items() if not isinstance(m, FactorizedLinear)}
-    plan.validate_factors(shapes, set(lins) - set(shapes))
+    _, shapes, factorised = _dense_linears(adapter, model)
+    plan.validate_factors(shapes, factorised)
     for name in sorted(plan.factorize):
         adapter.factorize(model, name, plan.factorize[name], plan.factor_scales.get(name), compute)
 
@@ -111,9 +117,8 @@ def _sparsify_(adapter, model: nn.Module, plan: Plan, zero: bool) -> None:
     """Validate the plan's sparsity entries against ``model`` as it is now, then zero (or only tag) each Linear."""
     if not plan.sparsify:
         return
-    lins = adapter.linears(model)
-    shapes = {n: (m.out_features, m.in_features) for n, m in lins.items() if not isinstance(m, FactorizedLinear)}
-    plan.validate_sparsity(shapes, set(lins) - set(shapes))
+    lins, shapes, factorised = _dense_linears(adapter, model)
+    plan.validate_sparsity(shapes, factorised)
     for name in sorted(plan.sparsify):
         e = plan.sparsify[name]
         sparsify_linear_(lins[name], e["pattern"], e["sparsity"], zero, name)
