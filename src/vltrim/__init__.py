@@ -13,6 +13,7 @@ from .methods.distill import student
 from .structure.groups import Group, UnitKind
 from .structure.plan import Plan, PlanError
 from .structure.select import Budget
+from .study import StudyResult, study
 from .train.loop import TrainingDivergedError
 from .train.run_record import ResumeMismatchError
 
@@ -24,6 +25,7 @@ __all__ = [
     "Group",
     "ModelDirError",
     "Plan",
+    "StudyResult",
     "PlanError",
     "ResumeMismatchError",
     "TrainingDivergedError",
@@ -43,5 +45,6 @@ __all__ = [
     "plans_of",
     "save",
     "student",
+    "study",
     "supported_classes",
 ]

@@ -1,4 +1,4 @@
-"""`vltrim` command line: demo, inspect, measure, compress."""
+"""`vltrim` command line: demo, inspect, measure, compress, study."""
 from __future__ import annotations
 
 import functools
@@ -382,6 +382,90 @@ def compress(
         tab.add_row(f"latency ms ({c['device']}, {c['threads']} thr, batch {c['batch_size']})", f"{c['a']['latency_ms']:.3f}", f"{c['b']['latency_ms']:.3f}", f"{c['speedup']:.2f}x")
     out_console.print(tab)
     out_console.print(f"saved to {out}/ (with report.json); reload with vltrim.load('{out}')")
+
+
+def _csv_option(option: str, value: str, kind: type) -> list:
+    """A comma-separated option as a list of ``kind`` (empty items dropped); a bad item is an error naming the option."""
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    try:
+        return [kind(v) for v in items]
+    except ValueError:
+        raise typer.BadParameter(f"{option} {value!r}: give {kind.__name__} values separated by commas") from None
+
+
+def _short(n: int | None) -> str:
+    """1234567 -> '1.23M' (a terminal table; results.md has the exact counts)."""
+    if n is None:
+        return "-"
+    for div, unit in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= div:
+            return f"{n / div:.3g}{unit}"
+    return str(n)
+
+
+def _front_codes(front: str) -> str:
+    """'latency b1, params, MACs' as 't1 p m' (the study table's Pareto column, short enough for a terminal)."""
+    codes = {"params": "p", "MACs": "m"}
+    return " ".join(codes.get(f, f.replace("latency b", "t")) for f in front.split(", ") if f) or "-"
+
+
+@app.command("study")
+def study_cmd(
+    model: str = typer.Argument(..., help=MODEL_HELP),
+    out: Path = typer.Option(Path("study"), help="study directory: cells/, models/, results.csv/.md/.json and PNG plots (a rerun skips finished cells)"),
+    task: str = typer.Option("retrieval", help="the task whose loss retrains and whose metric judges every cell"),
+    data: Optional[str] = typer.Option(None, help="training data: 'builtin' or an image-caption manifest (.jsonl/.csv)"),
+    eval_data: Optional[str] = typer.Option(None, help="evaluation data, same forms as --data (default with --data builtin: its held-out split)"),
+    tokenizer: Optional[str] = typer.Option(None, help="tokenizer directory for a manifest (default: the model directory)"),
+    methods: str = typer.Option("magnitude,2:4,heads,lowrank,distill,l1,upop", help="methods, comma-separated; '2:4' is magnitude with the 2:4 pattern (one cell, 50%)"),
+    ratios: str = typer.Option("0.25,0.5,0.75", help="ratios in (0, 1), comma-separated: magnitude's sparsity, distill's share of layers dropped, else the share of prunable params removed"),
+    retrain_steps: int = typer.Option(100, help="retraining steps of every cell (the same budget for all)"),
+    search_steps: Optional[int] = typer.Option(None, help="search steps of training-based searches (upop); default: --retrain-steps"),
+    batch_size: int = typer.Option(64, help="training batch size"),
+    seed: int = typer.Option(0, help="seed of every cell's search and retraining"),
+    latency_batches: str = typer.Option("1,32", help="batch sizes timed (all models in one interleaved run per batch), comma-separated"),
+    latency_rounds: int = typer.Option(15, help="timing rounds per batch (median reported)"),
+    override: bool = typer.Option(False, help="reuse an --out holding a study of other settings: its cells are recomputed"),
+) -> None:
+    """Compress a model with every method at every ratio, time all of them in one run, and chart metric vs cost."""
+    from .checks import integer
+    from .study import check_batches, check_methods, check_out, check_ratios, study
+
+    try:
+        ms = check_methods(_csv_option("--methods", methods, str), "--methods")
+        rs = check_ratios(_csv_option("--ratios", ratios, float), "--ratios")
+        bs = check_batches(_csv_option("--latency-batches", latency_batches, int), "--latency-batches")
+        integer("--retrain-steps", retrain_steps)
+        if search_steps is not None:
+            integer("--search-steps", search_steps)
+        integer("--batch-size", batch_size, 1)
+        integer("--latency-rounds", latency_rounds, 1)
+        check_out(out, "--out")
+        if eval_data is None and data != "builtin":
+            raise typer.BadParameter("--eval-data is needed: every cell is judged on it (it defaults to the held-out split only with --data builtin)")
+        m = load_any(model)
+        train_ds = make_data(data, m, "train", tokenizer, model) if data else None
+        eval_ds = make_data(eval_data or "builtin", m, "val", tokenizer, model)
+        res = study(m, task=task, train_data=train_ds, eval_data=eval_ds, methods=ms, ratios=rs, retrain_steps=retrain_steps,
+                    search_steps=search_steps, out=out, seed=seed, batch_size=batch_size, latency_batches=bs,
+                    latency_rounds=latency_rounds, override=override)
+    except USER_ERRORS as e:
+        _fail(e)
+    big = max(bs) if bs else None
+    tab = Table(title=f"{type(m).__name__}: {res.settings['metric']} vs cost ({res.settings['retrain_steps']} retrain steps per cell)")
+    for col in ("method", "ratio", res.settings["metric"], "of teacher", "params", "MACs",
+                *([f"speedup b{min(bs)}", f"speedup b{big}"] if bs and big != min(bs) else [f"speedup b{big}"] if bs else []), "Pareto"):
+        tab.add_column(col, justify="left" if col in ("method", "Pareto") else "right")
+    for r in res.rows:
+        speed = [r.get(f"speedup_b{b}") for b in dict.fromkeys([min(bs), big])] if bs else []
+        tab.add_row(r["method"], "-" if r["ratio"] is None else f"{r['ratio']:g}", "-" if r["metric"] is None else f"{r['metric']:.4f}",
+                    "-" if r["metric_vs_teacher"] is None else f"{r['metric_vs_teacher']:.1%}",
+                    _short(r["params"]), _short(r["macs"]),
+                    *("-" if v is None else f"{v:.2f}x" for v in speed), _front_codes(r["pareto"]))
+    out_console.print(tab)
+    out_console.print("Pareto: on the front of the metric vs tN = latency at batch N, p = params, m = MACs", highlight=False)
+    out_console.print(f"written to {out}/: " + ", ".join(p.name for p in res.files.values()) + ", cells/, models/ "
+                      "(results.md: every column, what each ratio means, the machine)", highlight=False)
 
 
 if __name__ == "__main__":
