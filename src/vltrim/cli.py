@@ -1,4 +1,4 @@
-"""`vltrim` command line: demo, inspect, measure, compress, study."""
+"""`vltrim` command line: demo, inspect, measure, compress."""
 from __future__ import annotations
 
 import functools
