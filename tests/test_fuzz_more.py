@@ -63,7 +63,7 @@ def test_numpy_scalars_are_accepted_as_numbers():
             integer("n", bad)
 
 
-@pytest.mark.parametrize("option,value", [("target", "0.5"), ("max_ratio", "0.5"), ("units", 5), ("method", ["l1"]),
+@pytest.mark.parametrize("option,value", [("target", "0.5"), ("max_ratio", "0.5"), ("units", 5), ("method", {"l1"}),
                                           ("task", ["retrieval"]), ("metric", None), ("allocation", 3), ("seed", 2**40),
                                           ("seed", -1)])
 def test_options_of_the_wrong_type_name_the_option(option, value, monkeypatch):

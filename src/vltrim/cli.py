@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+from typer.core import TyperCommand
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Make vision-language and unimodal Transformers smaller and really faster.")
 out_console = Console()
@@ -160,6 +161,8 @@ def _check_cli_options(o: dict, out: Path) -> None:
     number("--lr", o["lr"])
     number("--kd-weight", o["kd_weight"], low_open=False)
     number("--task-weight", o["task_weight"], low_open=False)
+    if o["kd_attention"] is not None:
+        number("--kd-attention", o["kd_attention"], low_open=False)
     number("--target", o["target"], high=1.0)
     choice("--mixed-precision", o["mixed_precision"], ("no", "fp16", "bf16"))
     if (o["checkpoint_every"] or o["resume"]) and o["work_dir"] is None:
@@ -173,7 +176,8 @@ def _check_cli_options(o: dict, out: Path) -> None:
 
 RECIPE_KEYS = ("method", "target", "metric", "align", "units", "data", "eval_data", "tokenizer", "search_steps",
                "retrain_steps", "kd_weight", "lr", "batch_size", "latency_batch", "grad_accum", "mixed_precision",
-               "work_dir", "checkpoint_every", "resume", "allocation", "max_ratio", "seed", "override", "depth_share", "task_weight")
+               "work_dir", "checkpoint_every", "resume", "allocation", "max_ratio", "seed", "override", "depth_share", "task_weight",
+               "kd_attention")
 
 
 def apply_recipe(ctx: typer.Context, recipe: Path | None, values: dict) -> dict:
@@ -302,12 +306,82 @@ def _method_settings(items: list[str] | None) -> dict:
     return out
 
 
-@app.command()
+THEN = "--then"
+STAGES_KEY = "vltrim.stages"  # ctx.meta key: the argument lists after each --then
+STAGE_PARAMS = ("target", "metric", "align", "units", "allocation", "max_ratio", "depth_share", "search_steps", "retrain_steps",
+                "kd_weight", "kd_attention", "task_weight", "lr", "settings")  # `compress` options a --then stage may set
+
+
+def split_then(args: list[str]) -> list[list[str]]:
+    """The command line split at each ``--then`` (or ``--then=NAME``): the part before, then one part per stage, each
+    starting with the stage's method name."""
+    parts: list[list[str]] = [[]]
+    for a in args:
+        if a == THEN:
+            parts.append([])
+        elif a.startswith(THEN + "="):
+            parts.append([a[len(THEN) + 1:]])
+        else:
+            parts[-1].append(a)
+    return parts
+
+
+class ChainCommand(TyperCommand):
+    """`compress` that takes ``--then NAME [stage options]`` (a chain): click parses the part before the first
+    ``--then``; the stage parts wait in ``ctx.meta`` for `cli_stages`."""
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        first, *stages = split_then(list(args))
+        ctx.meta[STAGES_KEY] = stages
+        return super().parse_args(ctx, first)
+
+
+def cli_stages(ctx: typer.Context, method: str, settings: dict, depth_share: float | None) -> list | None:
+    """The chain ``--then`` builds, as compress's ``method`` list (None without ``--then``): the first stage is
+    ``--method`` with the ``--set`` and ``--depth-share`` given before the first ``--then`` (settings of that method);
+    every other option before it is shared by all stages. Each ``--then NAME`` stage takes the options in
+    `STAGE_PARAMS` that follow it, which override the shared ones for that stage."""
+    parts = ctx.meta.get(STAGES_KEY) or []
+    if not parts:
+        return None
+    first = {"method_settings": settings, **({"depth_share": depth_share} if depth_share is not None else {})}
+    return [(method, first)] + [_cli_stage(ctx.command, part, i) for i, part in enumerate(parts, 2)]
+
+
+def _option(name: str) -> str:
+    return "--set" if name == "settings" else "--" + name.replace("_", "-")
+
+
+def _cli_stage(command: TyperCommand, part: list[str], i: int) -> tuple[str, dict]:
+    """One ``--then NAME [options]`` part as (NAME, the options given on it), parsed by the compress command itself
+    (same names, types and checks); an option of the whole chain, or an unknown one, is refused naming the stage."""
+    where = f"{THEN} {part[0]} (stage {i})" if part and not part[0].startswith("-") else f"{THEN} (stage {i})"
+    if not part or part[0].startswith("-"):
+        raise typer.BadParameter(f"{where}: {THEN} needs a method name first, e.g. {THEN} heads --target 0.3")
+    try:  # MODEL and --out are required by the command: placeholders, never used
+        sub = command.make_context(THEN, ["<model>", "--out", "<out>", *part[1:]])
+    except Exception as e:  # click's usage errors (no such option, bad value), from typer's bundled click
+        raise typer.BadParameter(f"{where}: {e.format_message() if hasattr(e, 'format_message') else e}") from None
+    given = {n: v for n, v in sub.params.items() if n not in ("model", "out")
+             and getattr(sub.get_parameter_source(n), "name", None) == "COMMANDLINE"}
+    if "method" in given:
+        raise typer.BadParameter(f"{where}: a stage's method is the name after {THEN}; drop --method there")
+    shared = sorted(_option(n) for n in set(given) - set(STAGE_PARAMS))
+    if shared:
+        raise typer.BadParameter(f"{where}: {', '.join(shared)} {'applies' if len(shared) == 1 else 'apply'} to the whole "
+                                 f"chain: give {'it' if len(shared) == 1 else 'them'} before the first {THEN} (a stage takes "
+                                 f"{', '.join(_option(n) for n in STAGE_PARAMS)}; its method is the name after {THEN})")
+    settings = _method_settings(given.pop("settings", None))
+    return part[0], {**given, "method_settings": settings}
+
+
+@app.command(cls=ChainCommand)
 def compress(
     ctx: typer.Context,
     model: str = typer.Argument(..., help=MODEL_HELP),
     out: Path = typer.Option(..., help="output directory for the compressed model"),
-    method: str = typer.Option("l1", help="compression method (l1, taylor, random, upop, mope, heads, distill, lowrank, magnitude)"),
+    method: str = typer.Option("l1", help="compression method (l1, taylor, random, upop, mope, heads, distill, lowrank, magnitude); "
+                               "'--then NAME [--target ... --set ...]' chains another method on the result (stage options follow it)"),
     target: float = typer.Option(0.5, help="fraction of prunable cost to remove, in (0, 1)"),
     metric: str = typer.Option("params", help="params or macs"),
     align: int = typer.Option(8, help="kept widths are multiples of this (1 = any width)"),
@@ -323,6 +397,7 @@ def compress(
     search_steps: int = typer.Option(300, help="training steps of a training-based search (upop)"),
     retrain_steps: int = typer.Option(0, help="retraining steps of the compressed model (needs --data)"),
     kd_weight: float = typer.Option(1.0, help="weight of distillation from the original model"),
+    kd_attention: Optional[float] = typer.Option(None, help="weight of attention-map distillation (MSE of every block's attention to its teacher block's; runs attention eager while training); default: the method's (0)"),
     task_weight: float = typer.Option(1.0, help="weight of the task loss; 0: distillation only (MoPE's pre-training stage on unlabelled image-text pairs)"),
     lr: float = typer.Option(1e-4, help="learning rate of the search"),
     batch_size: int = typer.Option(64, help="training batch size"),
@@ -336,7 +411,9 @@ def compress(
     recipe: Optional[Path] = typer.Option(None, help="YAML file with any of these options (command-line options win)"),
     settings: Optional[list[str]] = typer.Option(None, "--set", help="a setting of the method, KEY=VALUE, repeatable (e.g. --set pattern=2:4, --set layers=2, --set mode=energy --set energy=0.9)"),
 ) -> None:
-    """Compress a model (search or --plan), optionally retrain it, save it and compare it with the original."""
+    """Compress a model (search or --plan), optionally retrain it, save it and compare it with the original.
+    '--then NAME [stage options]' chains another method on the result (the options before the first --then are
+    shared by every stage, except --set and --depth-share, which belong to --method)."""
     from . import io
     from .compress import compress as run_compress
 
@@ -346,20 +423,24 @@ def compress(
                          kd_weight=kd_weight, lr=lr, batch_size=batch_size, latency_batch=latency_batch, grad_accum=grad_accum,
                          mixed_precision=mixed_precision, work_dir=work_dir, checkpoint_every=checkpoint_every, resume=resume,
                          allocation=allocation, max_ratio=max_ratio, seed=seed, override=override, depth_share=depth_share,
-                         task_weight=task_weight))
+                         task_weight=task_weight, kd_attention=kd_attention))
         _check_cli_options(o, out)
         ms = _method_settings(settings)
+        chain = cli_stages(ctx, o["method"], ms, o["depth_share"])
+        if chain is not None and plan_file is not None:
+            raise typer.BadParameter(f"--plan applies one saved plan; it cannot start a chain ({THEN})")
         m = load_any(model)
         train_ds = make_data(o["data"], m, "train", o["tokenizer"], model) if o["data"] else None
         eval_ds = make_data(o["eval_data"], m, "val", o["tokenizer"], model) if o["eval_data"] else None
-        res = run_compress(m, o["method"], o["target"], train_data=train_ds, eval_data=eval_ds, search_steps=o["search_steps"],
+        one = {} if chain is not None else dict(depth_share=o["depth_share"], method_settings=ms)  # a chain has them per stage
+        res = run_compress(m, chain or o["method"], o["target"], train_data=train_ds, eval_data=eval_ds, search_steps=o["search_steps"],
                            retrain_steps=o["retrain_steps"], kd_weight=o["kd_weight"], lr=o["lr"], batch_size=o["batch_size"],
                            metric=o["metric"], align=o["align"], units=o["units"], latency_batch=o["latency_batch"],
                            grad_accum=o["grad_accum"], mixed_precision=o["mixed_precision"], work_dir=o["work_dir"],
                            checkpoint_every=o["checkpoint_every"], resume=o["resume"], allocation=o["allocation"],
-                           max_ratio=o["max_ratio"], seed=o["seed"], override=o["override"], depth_share=o["depth_share"],
-                           task_weight=o["task_weight"], plan=_plan_option(plan_file), method_settings=ms)
-        small, plan, report = res.model, res.plan, res.report
+                           max_ratio=o["max_ratio"], seed=o["seed"], override=o["override"], kd_attention=o["kd_attention"],
+                           task_weight=o["task_weight"], plan=_plan_option(plan_file), **one)
+        small, report = res.model, res.report
         io.save(small, out)
         table = report.pop("scores_table", None)
         if table:  # mope: the module errors as CSV and heat map next to the plan
@@ -370,7 +451,7 @@ def compress(
     except USER_ERRORS as e:
         _fail(e)
     c = report["speed"]
-    tab = Table(title=plan.summary())
+    tab = Table(title=" -> ".join(p.summary() for p in res.plans))
     for col in ("", "original", "compressed", "ratio"):
         tab.add_column(col)
     for key in ("mean_R@1",):

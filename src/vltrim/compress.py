@@ -3,22 +3,24 @@ from __future__ import annotations
 
 import copy
 import inspect
+import json
+import shutil
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
 from .adapters import get_adapter
-from .api import apply_plan
+from .api import apply_plan, plans_of
 from .checks import choice, flag, integer, kept_modes, number, path, text, usable_model
 from .data.inputs import as_dataset
-from .measure import compare
+from .measure import compare, count_params
 from .methods import get_method
 from .methods.common import prunable_groups
 from .structure.plan import Plan
@@ -26,7 +28,7 @@ from .structure.sparsify import freeze_zeros, sparsified
 from .structure.select import ALLOCATION, MAX_RATIO, Budget
 from .tasks import Task, get_task
 from .train import train
-from .train.distill import hidden_kd, layer_outputs
+from .train.distill import attention_kd, attention_maps, hidden_kd, layer_outputs
 from .train.loop import SCHEDULES
 from .train.run_record import check_resume, model_fingerprint
 
@@ -35,11 +37,12 @@ MODEL_KEYS = ("pixel_values", "input_ids", "attention_mask", "token_type_ids")
 
 
 def task_loss(task: Task, teacher: nn.Module | None, kd_weight: float = 1.0, kd_hidden: float = 0.0, kd_embed: float = 0.0,
-              task_weight: float = 1.0) -> Callable[[nn.Module, Any], torch.Tensor]:
+              task_weight: float = 1.0, kd_attention: float = 0.0) -> Callable[[nn.Module, Any], torch.Tensor]:
     """The training loss of a compressed model: ``task_weight`` x the task loss (0: distillation only, e.g. MoPE's
     pre-training stage on unlabelled pairs) + ``kd_weight`` x the task's distillation from ``teacher`` (logits /
     similarity KL, + ``kd_embed`` x each tower's final-embedding distance where the task has towers) + ``kd_hidden`` x uni-modal
-    hidden-state MSE of every block to its teacher block (mapped across dropped layers)."""
+    hidden-state MSE of every block to its teacher block + ``kd_attention`` x attention-map MSE of every block to its
+    teacher block (both mapped across dropped layers; attention maps head-averaged where head counts differ)."""
     extra = {"embed_weight": kd_embed} if kd_embed and task.embed_kd else {}
 
     def kd(student: nn.Module, batch: Any) -> torch.Tensor:
@@ -48,16 +51,26 @@ def task_loss(task: Task, teacher: nn.Module | None, kd_weight: float = 1.0, kd_
             value = value + kd_weight * task.kd(student, teacher, batch, **extra)
         return value
 
-    def with_hidden(student: nn.Module, batch: Any) -> torch.Tensor:
+    def with_layers(student: nn.Module, batch: Any) -> torch.Tensor:
         net = getattr(student, "module", student)  # under DDP the hooks sit on the wrapped model
-        with layer_outputs(net) as s, layer_outputs(teacher) as t:
+        with ExitStack() as stack:
+            hidden = [stack.enter_context(layer_outputs(m)) for m in (net, teacher)] if kd_hidden else None
+            maps = [stack.enter_context(attention_maps(m)) for m in (net, teacher)] if kd_attention else None
             value = kd(student, batch)
-            if not t:  # the task's own distillation did not run the teacher
+            ran_student, ran_teacher = hidden or maps
+            inputs = {k: v for k, v in batch.items() if k in MODEL_KEYS}
+            if not ran_student:  # task_weight 0 and no task distillation: nothing ran the student yet
+                get_adapter(net).forward(student, inputs)
+            if not ran_teacher:  # the task's own distillation did not run the teacher
                 with torch.no_grad():
-                    get_adapter(teacher).forward(teacher, {k: v for k, v in batch.items() if k in MODEL_KEYS})
-        return value + kd_hidden * hidden_kd(net, teacher, s, t)
+                    get_adapter(teacher).forward(teacher, inputs)
+        if hidden:
+            value = value + kd_hidden * hidden_kd(net, teacher, *hidden)
+        if maps:
+            value = value + kd_attention * attention_kd(net, teacher, *maps)
+        return value
 
-    return with_hidden if kd_hidden and teacher is not None else kd
+    return with_layers if (kd_hidden or kd_attention) and teacher is not None else kd
 
 
 def _takes(fn: Callable) -> Callable[[str], bool]:
@@ -95,13 +108,21 @@ def _budget_options(method: Any, o: Any, searches: bool) -> dict[str, Any]:
 @dataclass
 class CompressResult:
     model: nn.Module  # the compressed, retrained model
-    plan: Plan
-    report: dict[str, Any] = field(default_factory=dict)  # metric before/after, params, MACs, latency
+    plan: Plan  # the last plan applied (the only one of a one-stage, one-round run)
+    report: dict[str, Any] = field(default_factory=dict)  # metric before/after, params, MACs, latency; per round and stage
+    plans: list[Plan] = field(default_factory=list)  # every plan this run applied, in order (prune-retrain rounds, chains)
+
+    def __post_init__(self) -> None:
+        if not self.plans:
+            self.plans = [self.plan]
+
+
+Stage = str | tuple[str, dict[str, Any]]  # a chain entry: a method name, or (name, its own compress options and settings)
 
 
 def compress(
     model: nn.Module,
-    method: str = "upop",
+    method: str | Sequence[Stage] = "upop",
     target: float = 0.5,
     task: str = "retrieval",
     train_data: Any = None,
@@ -112,6 +133,7 @@ def compress(
     kd_weight: float = 1.0,
     kd_hidden: float | None = None,
     kd_embed: float | None = None,
+    kd_attention: float | None = None,
     task_weight: float = 1.0,
     lr: float = 1e-4,
     retrain_lr: float = 2e-4,
@@ -142,9 +164,11 @@ def compress(
 
     Training-based searches (upop) train a copy on ``train_data`` while they decide; then the subnet is
     retrained ``retrain_steps`` with the task loss + ``kd_weight`` x distillation from the original (+ ``kd_hidden``
-    x hidden-state MSE per block, mapped across dropped layers; + ``kd_weight`` x ``kd_embed`` x each tower's final
-    embedding distance (retrieval); None: the method's default, 1 for mope, else 0). ``task_weight`` 0 retrains by
-    distillation alone (MoPE's pre-training stage: both towers, unlabelled image-text pairs).
+    x hidden-state MSE per block, mapped across dropped layers; + ``kd_attention`` x attention-map MSE per block, same
+    mapping, head-averaged where head counts differ: the attention of both models runs eager while the loss is computed,
+    then their own implementation is restored; + ``kd_weight`` x ``kd_embed`` x each tower's final
+    embedding distance (retrieval); None: the method's default: kd_hidden 1 for mope and distill, kd_embed 1 for mope,
+    else 0). ``task_weight`` 0 retrains by distillation alone (MoPE's pre-training stage: both towers, unlabelled image-text pairs).
     Methods that score on data (taylor, mope) use ``calib_data`` when given, else ``train_data``.
     ``depth_share`` (mope): the part of the cut that comes from whole layers (0: width only, 1: depth only).
     ``train_data`` / ``eval_data``: a map-style dataset of dict items, a torch DataLoader (its dataset, batch size
@@ -159,7 +183,22 @@ def compress(
     ``latency_batch`` 0 skips the latency measurement (``report["speed"]`` is None); ``evaluate_before=False``
     skips evaluating the original (when its metric is known already).
     ``method_settings`` go to the method as they are (e.g. upop's ``interval``, ``schedule``, ``saliency_decay``).
-    A float16 / bfloat16 model is searched and retrained as a float32 copy and returned in its own dtype."""
+    A float16 / bfloat16 model is searched and retrained as a float32 copy and returned in its own dtype.
+
+    Prune-retrain rounds (``magnitude``, ``heads``): ``method_settings={"rounds": R}`` prunes in R steps (magnitude:
+    the cubic sparsity schedule; heads: its ``schedule``, each round re-scoring the retrained model), retraining
+    ``retrain_steps`` split evenly over the rounds after each (sparse zeros frozen); the model records one plan per
+    round, ``report["rounds"]`` one row per round (target, achieved, params, metric after its retraining) and
+    ``report["plan"]`` the last round's; with ``work_dir``, round r works in work_dir/round-r.
+
+    A list ``method`` is a chain: one stage per entry, each compressing the model the previous stage made; an entry is
+    a name or (name, {options}) whose options (target, retrain_steps, kd_*, ..., see `vltrim.chain.STAGE_OPTIONS`)
+    override the shared ones for that stage, other keys being the method's settings. The original ``model`` is the
+    teacher of every stage. See `vltrim.chain`."""
+    if isinstance(method, (list, tuple)):
+        from .chain import run_chain
+
+        return run_chain(locals())
     o = _checked(locals())
     with kept_modes(model):
         model.eval()
@@ -168,6 +207,15 @@ def compress(
 
 def _checked(o: dict[str, Any]) -> SimpleNamespace:
     """All of compress's options, validated (each error names its option) and normalised, before any work."""
+    shared_checked(o)
+    stage_checked(o)
+    try_data(o["model"], o, [o])
+    return SimpleNamespace(**o)
+
+
+def shared_checked(o: dict[str, Any]) -> None:
+    """The options of the whole run, which every stage of a chain shares (model, task, data, counts, flags, work_dir),
+    validated and normalised in ``o``."""
     model = o["model"]
     usable_model(model)
     o["task"] = get_task(text("task", o["task"]))
@@ -177,9 +225,28 @@ def _checked(o: dict[str, Any]) -> SimpleNamespace:
     o["eval_data"], _ = as_dataset(o["eval_data"], "eval_data") if o["eval_data"] is not None else (None, None)
     o["calib_data"], _ = as_dataset(o["calib_data"], "calib_data") if o["calib_data"] is not None else (None, None)
     o["batch_size"] = integer("batch_size", o["batch_size"] if o["batch_size"] is not None else hint or 64, 1)
-    for k in ("search_steps", "retrain_steps", "eval_every", "latency_batch", "checkpoint_every"):
+    for k in ("eval_every", "latency_batch", "checkpoint_every"):
         o[k] = integer(k, o[k])
     o["seed"] = integer("seed", o["seed"], maximum=MAX_SEED)
+    o["grad_accum"] = integer("grad_accum", o["grad_accum"], 1)
+    for k in ("resume", "override", "progress", "evaluate_before"):
+        flag(k, o[k])
+    choice("mixed_precision", o["mixed_precision"], ("no", "fp16", "bf16"))
+    if (o["checkpoint_every"] or o["resume"]) and o["work_dir"] is None:
+        raise ValueError("checkpoint_every and resume need work_dir (CLI: --work-dir): checkpoints are written there")
+    o["work_dir"] = path("work_dir", o["work_dir"]) if o["work_dir"] is not None else None
+    if o["work_dir"] is not None and o["work_dir"].exists() and not o["work_dir"].is_dir():
+        raise ValueError(f"work_dir {o['work_dir']} exists and is not a directory")
+    if o["plan"] is not None and not isinstance(o["plan"], Plan):
+        raise TypeError(f"plan must be a vltrim.Plan (e.g. Plan.load(path)), got {type(o['plan']).__name__}")
+
+
+def stage_checked(o: dict[str, Any]) -> None:
+    """The options of one compress stage (method, budget, steps, rates, loss weights, method settings, rounds),
+    validated and normalised in ``o``; ``shared_checked`` ran on ``o`` first."""
+    model = o["model"]
+    for k in ("search_steps", "retrain_steps"):
+        o[k] = integer(k, o[k])
     o["align"] = integer("align", o["align"], 1)
     text("metric", o["metric"])
     if o["allocation"] is not None:
@@ -189,23 +256,13 @@ def _checked(o: dict[str, Any]) -> SimpleNamespace:
     for k in ("lr", "retrain_lr"):
         o[k] = number(k, o[k])
     o["kd_weight"] = number("kd_weight", o["kd_weight"], low_open=False)
-    o["grad_accum"] = integer("grad_accum", o["grad_accum"], 1)
-    for k in ("resume", "override", "progress", "evaluate_before"):
-        flag(k, o[k])
-    choice("mixed_precision", o["mixed_precision"], ("no", "fp16", "bf16"))
     choice("retrain_schedule", o["retrain_schedule"], SCHEDULES)
-    if (o["checkpoint_every"] or o["resume"]) and o["work_dir"] is None:
-        raise ValueError("checkpoint_every and resume need work_dir (CLI: --work-dir): checkpoints are written there")
-    o["work_dir"] = path("work_dir", o["work_dir"]) if o["work_dir"] is not None else None
-    if o["work_dir"] is not None and o["work_dir"].exists() and not o["work_dir"].is_dir():
-        raise ValueError(f"work_dir {o['work_dir']} exists and is not a directory")
     if o["method_settings"] is not None and not isinstance(o["method_settings"], dict):
         raise TypeError(f"method_settings must be a dict of method options, got {type(o['method_settings']).__name__}")
     o["method_settings"] = dict(o["method_settings"] or {})
-    if o["plan"] is not None and not isinstance(o["plan"], Plan):
-        raise TypeError(f"plan must be a vltrim.Plan (e.g. Plan.load(path)), got {type(o['plan']).__name__}")
     o["m"] = get_method(text("method", o["method"])) if o["plan"] is None else None
-    o["kd_hidden"] = number("kd_hidden", getattr(o["m"], "kd_hidden", 0.0) if o["kd_hidden"] is None else o["kd_hidden"], low_open=False)
+    for k in ("kd_hidden", "kd_attention"):  # None: the method's default
+        o[k] = number(k, getattr(o["m"], k, 0.0) if o[k] is None else o[k], low_open=False)
     _check_loss_weights(o)
     if o["depth_share"] is not None:
         o["method_settings"]["depth_share"] = o["depth_share"]
@@ -215,8 +272,15 @@ def _checked(o: dict[str, Any]) -> SimpleNamespace:
     if getattr(o["m"], "needs_data", False) and o["train_data"] is None and o["calib_data"] is None:
         raise ValueError(f"{o['method']} scores units on data: pass calib_data or train_data")
     _check_budget_and_method(model, o)
-    _try_data(model, o)
-    return SimpleNamespace(**o)
+    o["rounds"] = _rounds(o)
+
+
+def _rounds(o: dict[str, Any]) -> int:
+    """Prune-retrain rounds: ``method_settings["rounds"]`` of a method that prunes in rounds through compress (it has
+    a ``round_target``), else 1."""
+    if o["m"] is None or not hasattr(o["m"], "round_target"):
+        return 1
+    return integer("rounds", o["method_settings"].get("rounds", 1), 1)
 
 
 def _check_loss_weights(o: dict[str, Any]) -> None:
@@ -231,15 +295,21 @@ def _check_loss_weights(o: dict[str, Any]) -> None:
     else:
         o["kd_embed"] = getattr(o["m"], "kd_embed", 0.0) if task.embed_kd else 0.0
     o["task_weight"] = number("task_weight", o["task_weight"], low_open=False)
-    if o["task_weight"] == 0 and (task.kd is None or o["kd_weight"] == 0) and o["kd_hidden"] == 0:
-        hint = "its loss is the distillation: keep task_weight > 0 or set kd_hidden > 0" if task.kd is None else "set kd_weight or kd_hidden > 0"
+    if o["task_weight"] == 0 and (task.kd is None or o["kd_weight"] == 0) and o["kd_hidden"] == 0 and o["kd_attention"] == 0:
+        hint = ("its loss is the distillation: keep task_weight > 0 or set kd_hidden / kd_attention > 0" if task.kd is None
+                else "set kd_weight, kd_hidden or kd_attention > 0")
         raise ValueError(f"task_weight=0 leaves no training loss for {task.name} ({hint})")
 
 
-def _try_data(model: nn.Module, o: dict[str, Any]) -> None:
-    """Run the task on the first and last items of train_data (its loss) and eval_data (its evaluation) now:
-    a field the model cannot take fails before the search, not after it."""
-    if o["train_data"] is not None and (o["searches"] or o["retrain_steps"] > 0 or getattr(o["m"], "needs_data", False)):
+def _uses_train_data(o: dict[str, Any]) -> bool:
+    """Whether a stage trains on train_data or scores on it."""
+    return o["searches"] or o["retrain_steps"] > 0 or getattr(o["m"], "needs_data", False)
+
+
+def try_data(model: nn.Module, o: dict[str, Any], stages: list[dict[str, Any]]) -> None:
+    """Run the task on the first and last items of train_data (its loss; when a stage uses it) and eval_data (its
+    evaluation) now: a field the model cannot take fails before the search, not after it."""
+    if o["train_data"] is not None and any(_uses_train_data(s) for s in stages):
         o["task"].try_data(model, o["train_data"], "train_data")
     if o["eval_data"] is not None:
         o["task"].try_data(model, o["eval_data"], "eval_data", evaluate=True)
@@ -275,67 +345,180 @@ def _check_budget_and_method(model: nn.Module, o: dict[str, Any]) -> None:
     o["budget_options"] = _budget_options(o["m"], o, o["searches"])
 
 
-def _run_settings(model: nn.Module, o: SimpleNamespace) -> dict[str, Any]:
-    """What a checkpoint in work_dir depends on: resuming with any of it changed mixes two runs."""
-    keys = ("method", "target", "metric", "align", "units", "allocation", "max_ratio", "search_steps", "retrain_steps",
-            "kd_weight", "kd_hidden", "kd_embed", "task_weight", "lr", "retrain_lr", "batch_size", "grad_accum", "mixed_precision", "seed", "retrain_schedule",
-            "method_settings")
-    out = {k: getattr(o, k) for k in keys}
-    out.update(task=o.task.name, model=model_fingerprint(model), train_data_size=len(o.train_data) if o.train_data is not None else 0,
+RUN_KEYS = ("method", "target", "metric", "align", "units", "allocation", "max_ratio", "search_steps", "retrain_steps", "kd_weight",
+            "kd_hidden", "kd_embed", "kd_attention", "task_weight", "lr", "retrain_lr", "batch_size", "grad_accum", "mixed_precision",
+            "seed", "retrain_schedule", "method_settings")
+
+
+def run_settings(o: SimpleNamespace, fingerprint: str | None) -> dict[str, Any]:
+    """What a checkpoint in work_dir depends on (``fingerprint``: of the model compressed): resuming with any of it
+    changed mixes two runs."""
+    out = {k: getattr(o, k) for k in RUN_KEYS}
+    out.update(task=o.task.name, model=fingerprint, train_data_size=len(o.train_data) if o.train_data is not None else 0,
                calib_data_size=len(o.calib_data) if o.calib_data is not None else 0,
                plan=o.plan.to_dict() if o.plan is not None else None)
     return out
 
 
-def _run(model: nn.Module, o: SimpleNamespace) -> CompressResult:
-    t, m, train_data, eval_data = o.task, o.m, o.train_data, o.eval_data
+# ---- the run: rounds of search -> apply -> retrain ----------------------------------------------------------
+HALF = (torch.float16, torch.bfloat16)
+RESULT, RESULT_REPORT = "result", "result.json"  # a finished round's or chain stage's model and report, in its work dir
+
+
+def _run(model: nn.Module, o: SimpleNamespace, teacher: nn.Module | None = None) -> CompressResult:
+    """One compress run (or one stage of a chain): ``o.rounds`` rounds of search (or ``o.plan``) -> apply -> retrain,
+    distilling from ``teacher`` (None: ``model`` itself, as float32)."""
+    t = o.task
     if o.work_dir is not None:
-        check_resume(o.work_dir, _run_settings(model, o), o.resume, o.override)
+        check_resume(o.work_dir, run_settings(o, model_fingerprint(model)), o.resume, o.override)
     dtype = next(model.parameters()).dtype
-    half = dtype in (torch.float16, torch.bfloat16)
-    teacher = copy.deepcopy(model).float() if half else model  # training needs fp32 weights
-    loss = task_loss(t, teacher, o.kd_weight, o.kd_hidden, o.kd_embed, o.task_weight)
-
-    def loop(stage: str) -> dict[str, Any]:
-        d = o.work_dir / stage if o.work_dir is not None else None
-        return dict(grad_accum=o.grad_accum, mixed_precision=o.mixed_precision, output_dir=d,
-                    checkpoint_every=o.checkpoint_every if d is not None else 0, resume=o.resume and d is not None)
-
-    plan = o.plan
-    report: dict[str, Any] = {"method": o.method if plan is None else plan.method, "target": o.target if plan is None else plan.target.get("target"),
+    net = copy.deepcopy(model).float() if dtype in HALF else model  # training needs fp32 weights
+    loss = task_loss(t, net if teacher is None else teacher, o.kd_weight, o.kd_hidden, o.kd_embed, o.task_weight, o.kd_attention)
+    report: dict[str, Any] = {"method": o.method if o.plan is None else o.plan.method,
+                              "target": o.target if o.plan is None else o.plan.target.get("target"),
                               "metric": o.metric, "task": t.name, "search_steps": o.search_steps if o.searches else 0,
                               "retrain_steps": o.retrain_steps}
-    if eval_data is not None and o.evaluate_before:
-        report["before"] = t.evaluate(model, eval_data)
-    common = {**o.budget_options, **o.method_settings}
-    started = time.perf_counter()
-    if plan is not None:
-        base = teacher
-    elif o.searches:
-        res = m.run(teacher, o.target, train_data=train_data, loss_fn=loss, steps=o.search_steps, lr=o.lr, batch_size=o.batch_size,
-                    seed=o.seed, progress=o.progress, **common, **loop("search"))
-        plan, base = res.plan, res.model
-    else:
-        plan, base = m.search(teacher, o.target, **common, **_search_inputs(m, o.calib_data if o.calib_data is not None else train_data, loss,
-                                                                     o.batch_size, o.seed, t.name, o.progress)), teacher
-        if getattr(m, "last_table", None) is not None:
-            report["scores_table"] = m.last_table
-    report["search_seconds"] = round(time.perf_counter() - started, 2)  # search, scoring or calibration: wall-clock
-    small = apply_plan(base, plan)
-    if eval_data is not None:
-        report["after_search"] = t.evaluate(small, eval_data)
-        report["curve"] = [{"retrain_step": 0, "total_steps": report["search_steps"], **report["after_search"]}]
+    if o.eval_data is not None and o.evaluate_before:
+        report["before"] = t.evaluate(model, o.eval_data)
+    small, plans, rows = net, [], []
+    for r in range(1, o.rounds + 1):
+        small, plan, row = _round(start=net, net=small, o=o, loss=loss, r=r, report=report)
+        plans += [plan] if plan is not None else []
+        rows.append(row)
+    small = small.to(dtype).eval()
+    if o.eval_data is not None:
+        rows[-1]["after"] = t.evaluate(small, o.eval_data)
+    _summarise(report, rows, o.eval_data is not None)
+    report["speed"] = compare(model, small, batch_size=o.latency_batch) if o.latency_batch > 0 else None
+    return CompressResult(small, plans[-1], report, plans)
 
-    def point(done: int, net: nn.Module) -> None:
-        if o.eval_every and eval_data is not None and (done % o.eval_every == 0 or done == o.retrain_steps):
-            report["curve"].append({"retrain_step": done, "total_steps": report["search_steps"] + done, **t.evaluate(net, eval_data)})
+
+def _round(start: nn.Module, net: nn.Module, o: SimpleNamespace, loss: Callable, r: int, report: dict[str, Any]
+           ) -> tuple[nn.Module, Plan | None, dict[str, Any]]:
+    """Round ``r`` of ``o.rounds`` on ``net`` (``start``: the model of round 1): plan, apply, retrain this round's share
+    of retrain_steps; the model, its plan (None: an earlier round's cut already reached this round's) and its report row."""
+    d, last = _round_dir(o, r), r == o.rounds
+    done = None if last else finished(d, o.resume, next(net.parameters()).device)
+    if done is not None:
+        small, row = done
+        return small, (plans_of(small)[-1] if row["plan"] is not None else None), row
+    started = time.perf_counter()
+    plan, base = _plan(start, net, o, loss, r, report)
+    row: dict[str, Any] = {"round": r, "target": plan.target if plan is not None else None,  # as the plan records it
+                           "search_seconds": round(time.perf_counter() - started, 2)}
+    small = apply_plan(base, plan) if plan is not None else net
+    before, steps = _split(o.retrain_steps, o.rounds, r)
+    tag = {"round": r} if o.rounds > 1 else {}
+    if o.eval_data is not None:
+        row["after_search"] = o.task.evaluate(small, o.eval_data)
+        row["curve"] = [{**tag, "retrain_step": before, "total_steps": report["search_steps"] + before, **row["after_search"]}]
+
+    def point(done: int, m: nn.Module) -> None:
+        if o.eval_every and o.eval_data is not None and ((before + done) % o.eval_every == 0 or done == steps):
+            row["curve"].append({**tag, "retrain_step": before + done, "total_steps": report["search_steps"] + before + done,
+                                 **o.task.evaluate(m, o.eval_data)})
 
     with freeze_zeros(small) if sparsified(small) else nullcontext():  # sparse weights keep their zeros while retraining
-        train(small, train_data, loss, o.retrain_steps, lr=o.retrain_lr, batch_size=o.batch_size, seed=o.seed + 1, desc="retrain",
-              progress=o.progress, schedule=o.retrain_schedule, after_step=point, **loop("retrain"))
-    small = small.to(dtype).eval()
-    if eval_data is not None:
-        report["after"] = t.evaluate(small, eval_data)
-    report["plan"] = plan.achieved
-    report["speed"] = compare(model, small, batch_size=o.latency_batch) if o.latency_batch > 0 else None
-    return CompressResult(small, plan, report)
+        train(small, o.train_data, loss, steps, lr=o.retrain_lr, batch_size=o.batch_size, seed=o.seed + r,
+              desc="retrain" if o.rounds == 1 else f"retrain {r}/{o.rounds}", progress=o.progress,
+              schedule=o.retrain_schedule, after_step=point, **_loop(o, d, "retrain"))
+    row.update(retrain_steps=steps, plan=plan.achieved if plan is not None else None, params=count_params(small))
+    if not last:
+        if o.eval_data is not None:
+            row["after"] = o.task.evaluate(small.eval(), o.eval_data)
+        keep_result(d, small, row)
+    return small, plan, row
+
+
+def _plan(start: nn.Module, net: nn.Module, o: SimpleNamespace, loss: Callable, r: int, report: dict[str, Any]
+          ) -> tuple[Plan | None, nn.Module]:
+    """Round ``r``'s plan and the model it applies to: ``o.plan`` as given, a training search's trained copy of
+    ``net``, or a one-shot search of ``net``; in rounds, the method's ``round_target`` says what round r asks (None:
+    nothing left to prune this round)."""
+    m = o.m
+    if o.plan is not None:
+        return o.plan, net
+    common, target = {**o.budget_options, **o.method_settings}, o.target
+    if o.rounds > 1:
+        common.pop("rounds")
+        asked = m.round_target(net, start, o.target, r, o.rounds, **common)
+        if asked is None:
+            return None, net
+        target, common = asked
+    if o.searches:
+        res = m.run(net, target, train_data=o.train_data, loss_fn=loss, steps=o.search_steps, lr=o.lr, batch_size=o.batch_size,
+                    seed=o.seed, progress=o.progress, **common, **_loop(o, _round_dir(o, r), "search"))
+        return res.plan, res.model
+    data = o.calib_data if o.calib_data is not None else o.train_data
+    plan = m.search(net, target, **common, **_search_inputs(m, data, loss, o.batch_size, o.seed + r - 1, o.task.name, o.progress))
+    if getattr(m, "last_table", None) is not None:
+        report["scores_table"] = m.last_table
+    if o.rounds > 1:
+        plan.settings["prune_round"] = [r, o.rounds]
+    return plan, net
+
+
+def _split(steps: int, rounds: int, r: int) -> tuple[int, int]:
+    """Retrain steps of the rounds before round ``r``, and of round ``r``: ``steps`` split evenly, the last rounds
+    taking the remainder."""
+    before = steps * (r - 1) // rounds
+    return before, steps * r // rounds - before
+
+
+def _round_dir(o: SimpleNamespace, r: int) -> Path | None:
+    """Where round ``r`` logs and checkpoints: work_dir itself for a one-round run, else work_dir/round-r."""
+    if o.work_dir is None or o.rounds == 1:
+        return o.work_dir
+    return o.work_dir / f"round-{r}"
+
+
+def _loop(o: SimpleNamespace, d: Path | None, stage: str) -> dict[str, Any]:
+    """The training loop's options for ``stage`` ('search' or 'retrain') logging into ``d`` / stage."""
+    d = d / stage if d is not None else None
+    return dict(grad_accum=o.grad_accum, mixed_precision=o.mixed_precision, output_dir=d,
+                checkpoint_every=o.checkpoint_every if d is not None else 0, resume=o.resume and d is not None)
+
+
+def _summarise(report: dict[str, Any], rows: list[dict[str, Any]], evaluated: bool) -> None:
+    """The run's report from its rounds' rows: a one-round run keeps the flat keys (search_seconds, after_search,
+    curve, after, plan); rounds add ``rounds`` (one row per round) and report the last round's plan and metric."""
+    curve = [p for row in rows for p in row.pop("curve", [])]
+    last = rows[-1]
+    if len(rows) == 1:
+        report["search_seconds"] = last["search_seconds"]  # search, scoring or calibration: wall-clock
+        if evaluated:
+            report.update(after_search=last["after_search"], curve=curve, after=last["after"])
+    else:
+        report.update(search_seconds=round(sum(row["search_seconds"] for row in rows), 2), rounds=rows)
+        if evaluated:
+            report.update(curve=curve, after=last["after"])
+    report.update(plan=last["plan"], params=last["params"])
+
+
+def finished(d: Path | None, resume: bool, device: torch.device) -> tuple[nn.Module, dict[str, Any]] | None:
+    """The model and report row a finished round or chain stage left in ``d`` when resuming (None if it has not
+    finished); a fresh run removes any an earlier run left, so a later resume cannot pick them up."""
+    if d is None:
+        return None
+    if not resume:
+        shutil.rmtree(d / RESULT, ignore_errors=True)
+        (d / RESULT_REPORT).unlink(missing_ok=True)
+        return None
+    if not (d / RESULT_REPORT).is_file():
+        return None
+    from .io import load
+
+    return load(d / RESULT, device=device), json.loads((d / RESULT_REPORT).read_text(encoding="utf-8"))
+
+
+def keep_result(d: Path | None, model: nn.Module, row: dict[str, Any]) -> None:
+    """Save a finished round's or chain stage's model and report row in ``d`` (with work_dir): a resume continues from
+    them bit-exactly instead of redoing the work. The row is written last, so its presence means both are complete."""
+    if d is None:
+        return
+    from .io import save
+
+    save(model, d / RESULT)
+    tmp = d / (RESULT_REPORT + ".tmp")
+    tmp.write_text(json.dumps(row, default=str), encoding="utf-8")
+    tmp.replace(d / RESULT_REPORT)

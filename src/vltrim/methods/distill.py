@@ -4,9 +4,9 @@ Each tower keeps an evenly spread subset of its layers, the teacher layers `trai
 the student's layers (the last kept), initialised from them: a keep plan on the ``<tower>.layers`` groups, so
 `apply_plan` builds it and `load` replays it bit-exactly, and `kept_teacher_layers` maps every student layer to
 the teacher layer it was copied from. Through `compress` the student is retrained with the task loss, the task's
-logits / similarity KL and hidden-state MSE of every block to its source block (``kd_hidden``).
-Attention-map MSE (`train.distill.attention_mse`) is not wired into compress's loss yet: it needs the attention
-probabilities of both models, which SDPA attention does not return."""
+logits / similarity KL and hidden-state MSE of every block to its source block (``kd_hidden``, 1 by default), and
+on request attention-map MSE of every block to its source block (``kd_attention``, as TinyBERT and EfficientVLM's
+first stage; 0 by default: it runs both models' attention eager while training, which is slower than SDPA)."""
 from __future__ import annotations
 
 import math
@@ -83,6 +83,7 @@ class DistillMethod:
 
     name = "distill"
     kd_hidden = 1.0  # compress distils every student block's output to the teacher block it was copied from
+    kd_attention = 0.0  # compress's kd_attention default (attention-map MSE per block; eager attention: slower)
 
     def check_settings(self, layers: int | dict[str, int] | None = None, **_: Any) -> None:
         if layers is not None and not isinstance(layers, dict):

@@ -9,7 +9,8 @@ global, cost-exact, aligned ranking over every tower removes ``target`` of the h
 ``rounds`` > 1 prunes iteratively: after round r the cut reaches the cumulative target t_r, the pruned heads are
 masked to 0 and the remaining heads re-scored. ``schedule`` "geometric": t_r = 1 - (1 - target)^(r/rounds) (each
 round removes the same share of what is left, as the paper's fixed-percentage steps); "linear": t_r = target*r/rounds.
-The weight-only variant stays `l1 --units heads`."""
+Through compress, ``rounds`` > 1 retrains between the rounds (`round_target`): each round prunes more heads of the
+retrained model, so the model records one plan per round. The weight-only variant stays `l1 --units heads`."""
 from __future__ import annotations
 
 import copy
@@ -93,6 +94,19 @@ class HeadsMethod:
         integer("rounds", rounds, 1)
         choice("schedule", schedule, SCHEDULES)
         integer("num_batches", num_batches, 1)
+
+    def round_target(self, model: nn.Module, start: nn.Module, target: float, step: int, rounds: int, metric: str = "params",
+                     schedule: str = "geometric", modalities: list[str] | None = None, **settings: Any
+                     ) -> tuple[float, dict[str, Any]] | None:
+        """Round ``step`` of compress's prune-retrain rounds on ``model`` (``start``: the model of round 1): the share of
+        ``model``'s heads cost to remove so that (1 - t) of ``start``'s is left, t = `round_targets`' cumulative share
+        for this round, and the search settings (one round each); None when earlier rounds' cuts already reached t."""
+        want = round_targets(target, rounds, schedule)[step - 1]
+        cost = lambda m: sum(g.size * g.cost_per_unit(metric) for g in prunable_groups(m, "heads", modalities))  # noqa: E731
+        share = 1 - (1 - want) * cost(start) / cost(model) - 1e-12  # below the exact share: float error never costs a head
+        if share <= 1e-9:
+            return None
+        return share, {**settings, "metric": metric, "schedule": schedule, "modalities": modalities, "rounds": 1}
 
     def search(self, model: nn.Module, target: float, data: Dataset | None = None, loss_fn: Callable | None = None,
                metric: str = "params", align: int = 8, units: str = "heads", allocation: str = ALLOCATION,

@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..adapters import get_adapter
-from ..checks import integer, kept_modes, number
+from ..checks import flag, integer, kept_modes, number
 from ..measure import count_macs, count_params
 from ..structure.factorize import saves_params
 from ..structure.plan import Plan
@@ -207,6 +207,15 @@ class LowRankMethod:
     """Truncated-SVD factorisation of the block Linears (q, k, v, o, fc1, fc2 of every tower)."""
 
     name = "lowrank"
+    plan_step = "factorize"  # in a chain it comes after keep plans and before sparsify plans
+
+    def check_settings(self, mode: str = "global", energy: float | None = None, weighted: bool | None = None,
+                       num_batches: int = 8, **_: Any) -> None:
+        """compress's check of the settings before any work (target, metric and align: compress checks the budget)."""
+        _check(mode, 0.5, "params", 1, energy)
+        if weighted is not None:
+            flag("weighted", weighted)
+        integer("num_batches", num_batches, 1)
 
     def search(self, model: nn.Module, target: float = 0.5, metric: str = "params", align: int = 8, mode: str = "global",
                energy: float | None = None, data: Any = None, weighted: bool | None = None, num_batches: int = 8,

@@ -8,7 +8,9 @@ cut and reproducible from the plan alone. Weights stay dense: params and MACs do
 so); only 2:4 on a CUDA GPU (structure/sparsify.py ``to_semi_structured``) turns zeros into speed.
 
 Iterative pruning (prune, retrain, prune more) uses ``sparsity_schedule``: round ``step`` of ``rounds`` plans the
-schedule's sparsity; weights already zero are the smallest, so each round's plan keeps the earlier zeros."""
+schedule's sparsity; weights already zero are the smallest, so each round's plan keeps the earlier zeros.
+``compress(method="magnitude", method_settings={"rounds": R})`` runs the R rounds with retraining in between
+(`round_target`), the zeros frozen while it retrains."""
 from __future__ import annotations
 
 from typing import Any
@@ -89,6 +91,22 @@ class MagnitudeMethod:
     """Magnitude (L1) weight pruning of the block Linears: unstructured (global or per layer) or 2:4."""
 
     name = "magnitude"
+    plan_step = "sparsify"  # in a chain it comes after keep and factorize plans
+
+    def check_settings(self, pattern: str = "unstructured", scope: str = "global", rounds: int = 1, step: int | None = None,
+                       **_: Any) -> None:
+        """compress's check before any work: a step with rounds > 1 is refused (compress runs every round itself)."""
+        choice("pattern", pattern, PATTERNS)
+        choice("scope", scope, SCOPES)
+        if integer("rounds", rounds, 1) > 1 and step is not None:
+            raise ValueError("step: compress runs all the rounds itself (prune, retrain, prune more); leave step unset "
+                             "(vltrim.plan takes step, to plan one round by hand)")
+
+    def round_target(self, model: nn.Module, start: nn.Module, target: float, step: int, rounds: int,
+                     **settings: Any) -> tuple[float, dict[str, Any]]:
+        """Round ``step`` of compress's prune-retrain rounds: the search of round ``step`` of the cubic schedule to
+        ``target`` (the schedule counts every zero of the block Linears, so ``start`` is not needed)."""
+        return target, {**settings, "rounds": rounds, "step": step}
 
     def search(self, model: nn.Module, target: float = 0.5, pattern: str = "unstructured", scope: str = "global",
                rounds: int = 1, step: int | None = None) -> Plan:

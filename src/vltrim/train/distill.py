@@ -2,11 +2,12 @@
 
 Width pruning keeps the hidden size, so hidden states compare directly; layer-reduced students are
 matched to teacher layers by ``layer_map``; attention maps of different head counts compare as
-head averages."""
+head averages. `layer_outputs` and `attention_maps` collect what a forward computes, per tower and block, with
+hooks (``attention_maps`` switches the attention to eager for its duration: SDPA returns no probabilities)."""
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -74,17 +75,65 @@ def layer_outputs(model: nn.Module) -> Iterator[dict[str, list[torch.Tensor]]]:
     from ..adapters import get_adapter
 
     towers = get_adapter(model).towers(model)
+    with _collect([(t.name, list(t.layers)) for t in towers], lambda out: out[0] if isinstance(out, tuple) else out) as states:
+        yield states
+
+
+@contextmanager
+def attention_maps(model: nn.Module) -> Iterator[dict[str, list[torch.Tensor]]]:
+    """Collect the attention probabilities [batch, heads, queries, keys] of every block of every tower during the
+    forwards inside the block (the latest forward's, per tower). The attention runs eager meanwhile (SDPA and flash
+    kernels return no probabilities); the model's own implementation is restored on exit."""
+    from ..adapters import get_adapter
+
+    towers = get_adapter(model).towers(model)
+    mods = [(t.name, [t.block(layer).attn.module for layer in t.layers]) for t in towers]
+    with eager_attention([m for _, ms in mods for m in ms]), _collect(mods, _probabilities) as states:
+        yield states
+
+
+def _probabilities(out: Any) -> torch.Tensor:
+    """The attention probabilities an HF attention module returns next to its output (eager attention)."""
+    probs = out[1] if isinstance(out, tuple) and len(out) > 1 else None
+    if probs is None:
+        raise RuntimeError("attention distillation: an attention module returned no probabilities although it runs eager; "
+                           "this model's attention cannot be distilled (use kd_attention=0)")
+    return probs
+
+
+@contextmanager
+def eager_attention(modules: Sequence[nn.Module]) -> Iterator[None]:
+    """Run ``modules`` (HF attention modules) with eager attention inside the block: their configs' attention
+    implementation is set to 'eager' and put back on exit, so the caller's model is not changed for good. The
+    tower's mask construction reads the same config object, so masks follow (eager takes additive float masks)."""
+    configs = {id(c): c for c in (getattr(m, "config", None) for m in modules) if c is not None}
+    if len(configs) == 0 and modules:
+        raise ValueError(f"attention distillation: {type(modules[0]).__name__} has no config to switch to eager attention")
+    before = {k: c._attn_implementation_internal for k, c in configs.items()}
+    try:
+        for c in configs.values():
+            c._attn_implementation_internal = "eager"
+        yield
+    finally:
+        for k, c in configs.items():
+            c._attn_implementation_internal = before[k]
+
+
+@contextmanager
+def _collect(towers: list[tuple[str, list[nn.Module]]], pick: Callable[[Any], torch.Tensor]) -> Iterator[dict[str, list[torch.Tensor]]]:
+    """Forward hooks storing ``pick(output)`` of each tower's modules in order: {tower: [one per module]}."""
     states: dict[str, list[torch.Tensor]] = {}
 
     def make(name: str, i: int, n: int):
         def hook(_mod, _args, out):
             if i == 0:
                 states[name] = [None] * n
-            states[name][i] = out[0] if isinstance(out, tuple) else out
+            if name in states:
+                states[name][i] = pick(out)
 
         return hook
 
-    handles = [layer.register_forward_hook(make(t.name, i, len(t.layers))) for t in towers for i, layer in enumerate(t.layers)]
+    handles = [m.register_forward_hook(make(name, i, len(ms))) for name, ms in towers for i, m in enumerate(ms)]
     try:
         yield states
     finally:
@@ -96,8 +145,22 @@ def hidden_kd(student: nn.Module, teacher: nn.Module, student_states: dict[str, 
               teacher_states: dict[str, list[torch.Tensor]]) -> torch.Tensor:
     """Uni-modal distillation: MSE of every student block's output to its teacher block's, averaged over the
     towers both forwards ran (layer mapping by `kept_teacher_layers`)."""
-    losses = [hidden_mse(s, teacher_states[t], kept_teacher_layers(student, teacher, t, len(teacher_states[t])))
-              for t, s in student_states.items() if t in teacher_states and s and None not in s]
+    return _towers_kd(hidden_mse, "hidden-state", student, teacher, student_states, teacher_states)
+
+
+def attention_kd(student: nn.Module, teacher: nn.Module, student_maps: dict[str, list[torch.Tensor]],
+                 teacher_maps: dict[str, list[torch.Tensor]]) -> torch.Tensor:
+    """Attention-map distillation: `attention_mse` of every student block's attention probabilities to its teacher
+    block's (head-averaged where pruning changed the head count), averaged over the towers both forwards ran, with the
+    layer mapping of `hidden_kd` (`kept_teacher_layers`)."""
+    return _towers_kd(attention_mse, "attention-map", student, teacher, student_maps, teacher_maps)
+
+
+def _towers_kd(loss: Callable[..., torch.Tensor], what: str, student: nn.Module, teacher: nn.Module,
+               s_states: dict[str, list[torch.Tensor]], t_states: dict[str, list[torch.Tensor]]) -> torch.Tensor:
+    """``loss`` of each tower's student blocks to their teacher blocks (mapped across removed layers), averaged."""
+    losses = [loss(s, t_states[t], kept_teacher_layers(student, teacher, t, len(t_states[t])))
+              for t, s in s_states.items() if t in t_states and s and None not in s]
     if not losses:
-        raise ValueError("hidden-state distillation found no tower that both student and teacher ran")
+        raise ValueError(f"{what} distillation found no tower that both student and teacher ran")
     return sum(losses) / len(losses)
