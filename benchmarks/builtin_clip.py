@@ -2,7 +2,7 @@
 
     python benchmarks/builtin_clip.py            # writes benchmarks/results/builtin_clip.{md,json,png}
     python benchmarks/builtin_clip.py --depth    # writes benchmarks/results/builtin_clip_depth.{md,json,png}
-    python benchmarks/builtin_clip.py --calibration   # MoPE plans from 5 calibration sets: benchmarks/results/builtin_clip_calibration.md
+    python benchmarks/builtin_clip.py --calibration   # MoPE plans from disjoint calibration sets: benchmarks/results/builtin_clip_calibration.md
 
 The teacher is the shipped reference CLIP (1.6M params, 4+4 layers, trained on the built-in image-caption
 data). Every method prunes both towers to the same share of prunable params through `vltrim.compress` and
@@ -41,8 +41,9 @@ def describe(a) -> str:
             f"and final-embedding distillation; mean R@1 on the 1,000 test pairs.")
 
 
-def calibration_spread(a, sets: int = 5, size: int = 256) -> str:
-    """MoPE plans from ``sets`` disjoint calibration sets of the training pairs: mean R@1 right after pruning."""
+def calibration_spread(a, sets: int = 5) -> str:
+    """MoPE plans from disjoint calibration sets of the training pairs: mean R@1 right after pruning (at each
+    ``--calib-sizes``), and after the benchmark's retraining for 256-pair sets at ``--retrain-targets``."""
     import torch
 
     import vltrim
@@ -51,24 +52,42 @@ def calibration_spread(a, sets: int = 5, size: int = 256) -> str:
 
     torch.set_num_threads(1)
     model, train, test = build(a)
-    rows = ["| target | " + " | ".join(f"pairs {i * size}-{(i + 1) * size - 1}" for i in range(sets)) + " |",
-            "|---|" + "---|" * sets]
+    evaluate = get_task("retrieval").evaluate
+    rows = ["| target | calibration pairs | stage | " + " | ".join(f"set {i}" for i in range(sets)) + " | spread |",
+            "|---|---|---|" + "---|" * (sets + 1)]
     for t in a.targets:
-        vals = []
-        for i in range(sets):
-            calib = torch.utils.data.Subset(train, range(i * size, (i + 1) * size))
-            plan = get_method("mope").search(model, t, data=calib, task="retrieval")
-            vals.append(get_task("retrieval").evaluate(vltrim.apply_plan(model, plan), test)["mean_R@1"])
-        rows.append(f"| {1 / (1 - t):.0f}x | " + " | ".join(f"{v:.3f}" for v in vals) + " |")
-    return (f"**MoPE's plan vs its calibration set** (mean R@1 on the 1,000 test pairs right after pruning, no retraining; "
-            f"{sets} disjoint sets of {size} training pairs; teacher {get_task('retrieval').evaluate(model, test)['mean_R@1']:.3f}):\n\n"
-            + "\n".join(rows) + "\n")
+        for size in a.calib_sizes:
+            n = min(sets, len(train) // size)
+            plans = [get_method("mope").search(model, t, data=torch.utils.data.Subset(train, range(i * size, (i + 1) * size)),
+                                               task="retrieval", calib_size=size) for i in range(n)]
+            stages = {"right after pruning": [evaluate(vltrim.apply_plan(model, p), test)["mean_R@1"] for p in plans]}
+            if size == 256 and t in a.retrain_targets:
+                stages[f"after {a.total_steps} retraining steps"] = [_retrained(model, p, train, test, a) for p in plans]
+            for stage, vals in stages.items():
+                cells = [f"{v:.3f}" for v in vals] + ["-"] * (sets - n)
+                rows.append(f"| {1 / (1 - t):.0f}x | {size} | {stage} | " + " | ".join(cells) + f" | {min(vals):.3f}-{max(vals):.3f} |")
+    return (f"**MoPE's plan vs its calibration set** (mean R@1 on the 1,000 test pairs; set i = training pairs "
+            f"i x size .. (i + 1) x size - 1; retraining as in the main table, seed 0; teacher "
+            f"{evaluate(model, test)['mean_R@1']:.3f}):\n\n" + "\n".join(rows) + "\n")
+
+
+def _retrained(model, plan, train, test, a) -> float:
+    """Mean R@1 after the benchmark's retraining of ``plan`` (mope's distillation defaults)."""
+    import vltrim
+
+    res = vltrim.compress(model, "mope", plan.target["target"], task="retrieval", train_data=train, eval_data=test, plan=plan,
+                          search_steps=0, retrain_steps=a.total_steps, lr=a.lr, retrain_lr=a.lr, batch_size=a.batch_size,
+                          retrain_schedule="constant", latency_batch=0, progress=False, seed=0, evaluate_before=False)
+    return res.report["after"]["mean_R@1"]
 
 
 if __name__ == "__main__":
     ap = harness.arguments(__doc__.split("\n\n")[0], methods=["mope", "upop", "l1", "random"], batch_size=64, lr=3e-4)
     ap.add_argument("--train-size", type=int, default=5000)
-    ap.add_argument("--calibration", action="store_true", help="only: mope plans from 5 disjoint calibration sets, metric right after pruning")
+    ap.add_argument("--calibration", action="store_true", help="only: mope plans from 5 disjoint calibration sets, metric "
+                    "right after pruning and after retraining")
+    ap.add_argument("--calib-sizes", nargs="+", type=int, default=[256, 1024], help="--calibration: calibration set sizes")
+    ap.add_argument("--retrain-targets", nargs="+", type=float, default=[0.5], help="--calibration: targets also retrained")
     args = ap.parse_args()
     if args.calibration:
         md = calibration_spread(args)

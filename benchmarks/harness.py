@@ -70,18 +70,29 @@ def run_job(j: dict) -> dict:
         return json.loads(out.read_text())
     a = STATE["args"]
     search = a.search_steps if getattr(get_method(j["method"]), "needs_training", False) else 0
+    options, settings = _split_settings(j["settings"] or {})
     t0 = time.time()
     res = vltrim.compress(STATE["model"], j["method"], j["target"], task=STATE["task"], train_data=STATE["train"],
                           eval_data=STATE["eval"], search_steps=search, retrain_steps=a.total_steps - search,
                           lr=a.lr, retrain_lr=a.lr, batch_size=a.batch_size, retrain_schedule="constant",
                           eval_every=a.eval_every, latency_batch=0, progress=False, seed=j["seed"],
-                          method_settings=j["settings"] or None, evaluate_before=False)
+                          method_settings=settings or None, evaluate_before=False, **options)
     r = {**j, "curve": res.report["curve"], "teacher": STATE["teacher"], "achieved": res.plan.achieved,
          "widths": {n: len(k) for n, k in res.plan.keep.items()}, "sizes": res.plan.sizes, "seconds": round(time.time() - t0),
          "search_seconds": res.report.get("search_seconds")}
     out.write_text(json.dumps(r))
     print(f"{job_key(j)}: {r['curve'][-1]} ({r['seconds']} s)", flush=True)
     return r
+
+
+def _split_settings(settings: dict) -> tuple[dict, dict]:
+    """A variant's settings: those that are compress options (e.g. kd_hidden, kd_embed) and the method's own."""
+    import inspect
+
+    import vltrim
+
+    options = set(inspect.signature(vltrim.compress).parameters)
+    return {k: v for k, v in settings.items() if k in options}, {k: v for k, v in settings.items() if k not in options}
 
 
 def at(r: dict, total: int, key: str) -> float | None:
