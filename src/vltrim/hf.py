@@ -321,7 +321,7 @@ def _copy_st_modules(src: Path, dest: Path) -> list[str]:
     for m in mods:
         if _is_transformer(m):
             m["path"] = ""
-        elif m.get("path"):
+        elif PurePosixPath(m.get("path", "")).parts:  # a module at the root ('' or '.') has no folder of its own
             (dest / m["path"]).mkdir(parents=True, exist_ok=True)  # a module may have no file (Normalize)
             for f in sorted(p for p in (src / m["path"]).rglob("*") if p.is_file()):
                 rel = f.relative_to(src).as_posix()
