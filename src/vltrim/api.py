@@ -6,7 +6,7 @@ from typing import Any
 
 from torch import nn
 
-from .adapters import get_adapter
+from .adapters import class_name, get_adapter
 from .structure.factorize import FactorizedLinear
 from .structure.groups import Group, UnitKind
 from .structure.plan import Plan, PlanError
@@ -63,7 +63,7 @@ def apply_plan(model: nn.Module, plan: Plan, inplace: bool = False, *, compute_f
     adapter = get_adapter(model)
     _check_no_factorised_slices(adapter, model, plan)
     groups = {g.name: g for g in adapter.groups(model)}
-    plan.validate(type(model).__name__, groups.values())
+    plan.validate(class_name(model), groups.values())
     out = model if inplace else copy.deepcopy(model)
     history, base = plans_of(model), copy.deepcopy(base_config(model))
     names = sorted(plan.keep, key=lambda n: groups[n].kind == UnitKind.LAYERS)

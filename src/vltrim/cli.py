@@ -41,6 +41,11 @@ def load_any(spec: str):
     raise typer.BadParameter(f"{spec!r} is not {MODEL_HELP}")
 
 
+def source_dir(spec: str) -> Path | None:
+    """The model directory ``spec`` names (HF or vltrim), whose tokenizer files ``save`` copies; None otherwise."""
+    return Path(spec) if spec not in ("reference",) and not spec.startswith("tiny:") and Path(spec).is_dir() else None
+
+
 def _architecture(path: Path) -> str:
     """The model class a Hugging Face directory's config.json names (clear errors for unreadable configs)."""
     from .structure.plan import read_json
@@ -441,7 +446,7 @@ def compress(
                            max_ratio=o["max_ratio"], seed=o["seed"], override=o["override"], kd_attention=o["kd_attention"],
                            task_weight=o["task_weight"], plan=_plan_option(plan_file), **one)
         small, report = res.model, res.report
-        io.save(small, out)
+        io.save(small, out, source=source_dir(model))
         table = report.pop("scores_table", None)
         if table:  # mope: the module errors as CSV and heat map next to the plan
             from .methods.mope import save_table

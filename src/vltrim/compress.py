@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from .adapters import get_adapter
+from .adapters import class_name, get_adapter
 from .api import apply_plan, plans_of
 from .checks import choice, flag, integer, kept_modes, number, path, text, usable_model
 from .data.inputs import as_dataset
@@ -325,7 +325,7 @@ def _check_budget_and_method(model: nn.Module, o: dict[str, Any]) -> None:
     """The budget and unit options, and the method's own settings (a typo would only fail after a long search)."""
     o["budget_options"] = {}
     if o["plan"] is not None:
-        o["plan"].validate(type(model).__name__, get_adapter(model).groups(model))
+        o["plan"].validate(class_name(model), get_adapter(model).groups(model))
         return
     o["target"] = number("target", o["target"], high=1.0)  # the type here; Budget says why 1 or 0 is no target
     o["max_ratio"] = number("max_ratio", o["max_ratio"], high=1.0) if o["max_ratio"] is not None else None

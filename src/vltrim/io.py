@@ -1,5 +1,9 @@
 """A pruned model on disk: config.json (unpruned architecture) + plan.json + model.safetensors + README.md,
-and vltrim.json: the SHA-256 of config.json, plan.json and model.safetensors recorded at save time.
+and vltrim.json: the SHA-256 of config.json, plan.json and model.safetensors recorded at save time. config.json
+also holds an ``auto_map`` to modeling_vltrim.py (written beside it), so transformers loads the directory with
+``AutoModel.from_pretrained(path, trust_remote_code=True)`` through ``load`` (see hf.py); with ``source`` the
+tokenizer / processor / sentence-transformers files of the original model are copied too. Files are 0644 and the
+directory 0755 (less what the umask removes).
 
 ``load`` checks those checksums, rebuilds the unpruned architecture from config.json, applies the plans
 to get the pruned shapes (sliced groups and factorised Linears; no SVD is computed, no weight is zeroed), then
@@ -8,6 +12,7 @@ hold the pattern and sparsity its plan records. Every problem with a directory i
 ``ModelDirError`` (or ``PlanError`` for plan.json's content) whose message names the file."""
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -22,7 +27,7 @@ from safetensors import safe_open
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from .adapters import UnsupportedModelError, get_adapter, model_class
+from .adapters import UnsupportedModelError, class_name, get_adapter, model_class
 from .checks import device as checked_device
 from .checks import path as checked_path
 from .api import BASE_CONFIG_ATTR, PLANS_ATTR, apply_plan, base_config, plans_of
@@ -30,6 +35,7 @@ from .structure.plan import Plan, PlanError, dumps_plans, read_json, read_plans
 from .structure.sparsify import check_sparsity
 
 CONFIG, PLAN, WEIGHTS, CARD, CHECKSUMS = "config.json", "plan.json", "model.safetensors", "README.md", "vltrim.json"
+MODELING = "modeling_vltrim.py"  # the class transformers' auto classes load (config.json's auto_map; see hf.py)
 CHECKED = (CONFIG, PLAN, WEIGHTS)  # files whose SHA-256 is recorded in vltrim.json (README.md is for people)
 CHECKSUMS_FORMAT, CHECKSUMS_VERSION = "vltrim.model_dir", 1
 _DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
@@ -45,16 +51,21 @@ class MissingModelFileError(ModelDirError, FileNotFoundError):
 
 
 # ---- save ---------------------------------------------------------------------------------------------
-def save(model: nn.Module, path: str | Path, card_extra: str = "") -> Path:
-    """Write the model directory (with vltrim.json checksums); returns its path.
+def save(model: nn.Module, path: str | Path, card_extra: str = "", source: str | Path | None = None) -> Path:
+    """Write the model directory (with vltrim.json checksums and modeling_vltrim.py); returns its path.
 
+    ``source``: the directory of the model it was compressed from (a transformers or sentence-transformers save);
+    its tokenizer, processor and sentence-transformers files are copied (hf.copy_source_files), never its weights.
     Every file is written to a temporary directory next to ``path`` first, so a bad plan or a crash never
     leaves a directory that ``load`` accepts while being wrong. An existing vltrim directory is overwritten."""
+    from . import hf
+
     get_adapter(model)  # unsupported models fail before anything is written
     out = checked_path("path", path)
     check_save_destination(out)
-    plans = plans_of(model) or [Plan(type(model).__name__, {}, {}, {}, method="none")]
-    texts = {CONFIG: base_config(model).to_json_string(use_diff=False), PLAN: dumps_plans(plans), CARD: _card(model, plans, card_extra)}
+    plans = plans_of(model) or [Plan(class_name(model), {}, {}, {}, method="none")]
+    texts = {CONFIG: hf.config_text(base_config(model), model), PLAN: dumps_plans(plans), CARD: _card(model, plans, card_extra),
+             MODELING: hf.modeling_source(model)}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.resolve().parent / f".{out.resolve().name}.tmp-{secrets.token_hex(4)}"
     tmp.mkdir()
@@ -62,11 +73,22 @@ def save(model: nn.Module, path: str | Path, card_extra: str = "") -> Path:
         for name, text in texts.items():
             (tmp / name).write_text(text, encoding="utf-8")
         save_model(model, str(tmp / WEIGHTS))
-        (tmp / CHECKSUMS).write_text(_checksums_text(tmp), encoding="utf-8")
+        if source is not None:
+            hf.copy_source_files(source, tmp)
+        (tmp / CHECKSUMS).write_text(_checksums_text(tmp), encoding="utf-8")  # last: config.json is final
+        _make_readable(tmp)
         _install(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _make_readable(folder: Path) -> None:
+    """Files 0644 and folders 0755 less the umask (safetensors writes 0600): a saved model is shared like any output."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    for p in [folder, *folder.rglob("*")]:
+        p.chmod((0o777 if p.is_dir() else 0o666) & ~mask)
 
 
 def _card(model: nn.Module, plans: list[Plan], extra: str) -> str:
@@ -83,7 +105,7 @@ def check_save_destination(out: str | Path) -> None:
         raise ModelDirError(f"cannot save a model to {out}: it is a file, not a directory")
     if not out.is_dir() or (out / PLAN).exists() or (out / CHECKSUMS).exists():
         return
-    clash = sorted(n for n in (CONFIG, WEIGHTS, CARD) if (out / n).exists())
+    clash = sorted(n for n in (CONFIG, WEIGHTS, CARD, MODELING) if (out / n).exists())
     if clash:
         raise ModelDirError(f"cannot save a model to {out}: it already holds {', '.join(clash)} that vltrim did not write "
                             f"(no {PLAN}); saving would overwrite them. Choose a new or empty directory")
@@ -91,7 +113,8 @@ def check_save_destination(out: str | Path) -> None:
 
 def _install(tmp: Path, out: Path) -> None:
     """Move the finished files into ``out``: a rename for a new directory; for an existing one, vltrim.json first,
-    so that until every file is in place the directory fails verification instead of loading a mix."""
+    so that until every file is in place the directory fails verification instead of loading a mix (a copied
+    sentence-transformers module folder replaces the old one whole; other files already in ``out`` stay)."""
     if not out.exists():
         try:
             os.replace(tmp, out)
@@ -99,7 +122,9 @@ def _install(tmp: Path, out: Path) -> None:
         except OSError:  # created meanwhile by someone else: fall through to file by file
             if not out.is_dir():
                 raise
-    for name in (CHECKSUMS, *CHECKED, CARD):
+    for name in sorted((p.name for p in tmp.iterdir()), key=lambda n: n != CHECKSUMS):
+        if (tmp / name).is_dir() and (out / name).is_dir():
+            shutil.rmtree(out / name)
         os.replace(tmp / name, out / name)
 
 
@@ -239,6 +264,7 @@ def _build(path: Path, plans: list[Plan], dtype: torch.dtype) -> tuple[nn.Module
         model = cls(cfg).to(dtype)
     except Exception as e:  # transformers/torch raise many kinds for a bad config; the user needs one clear one
         raise ModelDirError(f"{path / CONFIG} does not describe a valid {cls.__name__}: {type(e).__name__}: {e}") from None
+    cfg = copy.deepcopy(model.config)  # the unpruned config: dropping layers changes model.config's layer counts
     base_shapes = {k: list(t.shape) for k, t in model.state_dict().items()}
     for p in plans:
         if not p.empty:

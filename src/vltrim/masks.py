@@ -110,7 +110,7 @@ def plan_masks(plan, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tens
 @contextmanager
 def masked(model: nn.Module, plan_or_values) -> Iterator[nn.Module]:
     """``with masked(model, plan):`` the model computes the pruned function; hooks removed on exit."""
-    from .adapters import get_adapter
+    from .adapters import class_name, get_adapter
     from .structure.plan import Plan, PlanError
 
     adapter = get_adapter(model)
@@ -119,7 +119,7 @@ def masked(model: nn.Module, plan_or_values) -> Iterator[nn.Module]:
     if isinstance(plan_or_values, Plan) and plan_or_values.sparsify:
         raise PlanError("a plan that sparsifies Linears has no group-mask equivalent; use apply_plan")
     if isinstance(plan_or_values, Plan):
-        plan_or_values.validate(type(model).__name__, adapter.groups(model))
+        plan_or_values.validate(class_name(model), adapter.groups(model))
         values = plan_masks(plan_or_values)
     else:
         values = plan_or_values

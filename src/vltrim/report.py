@@ -23,9 +23,11 @@ def _num(v: Any, spec: str) -> str:
 
 def model_card(model: nn.Module, plans: Sequence, extra: str = "") -> str:
     """README.md written next to a saved model: what it is, how it was pruned, how to load it."""
+    from .adapters import class_name
+
     pruned = any(not p.empty for p in plans)
     lines = [
-        f"# {type(model).__name__} {'compressed' if pruned else 'saved'} with vltrim",
+        f"# {class_name(model)} {'compressed' if pruned else 'saved'} with vltrim",
         "",
         f"Parameters now: **{count_params(model):,}**.",
         "",
@@ -34,6 +36,16 @@ def model_card(model: nn.Module, plans: Sequence, extra: str = "") -> str:
         "import vltrim",
         "model = vltrim.load('<this directory>')",
         "```",
+        "",
+        "or with transformers (vltrim must be installed: modeling_vltrim.py loads the model with vltrim.load):",
+        "```python",
+        "from transformers import AutoModel",
+        "model = AutoModel.from_pretrained('<this directory>', trust_remote_code=True)",
+        "```",
+        "",
+        "Without `trust_remote_code=True` transformers builds the unpruned architecture of config.json instead: sliced "
+        "widths raise an error, while dropped layers and factorised Linears load with those weights re-initialised "
+        "(a MISSING warning only). Use `trust_remote_code=True` or `vltrim.load`.",
         "",
         "`vltrim.json` records the SHA-256 of config.json, plan.json and model.safetensors; `vltrim.load` checks "
         "them and refuses edited files (pass `verify=False` to load files changed on purpose).",

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from . import io as vio
-from .adapters import get_adapter
+from .adapters import class_name, get_adapter
 from .checks import flag, integer, kept_modes, number, path, text, usable_model
 from .compress import _checked, compress
 from .data.inputs import as_dataset
@@ -316,7 +316,7 @@ def _check(a: dict[str, Any]) -> dict[str, Any]:
                     raise ValueError(f"methods: '2:4' cannot run on this {type(model).__name__}: {e}") from None
     o["out"] = check_out(a["out"])
     o["cells"] = cells_of(o["methods"], o["ratios"])
-    o["settings"] = {"format": FORMAT, "version": VERSION, "model_class": type(model).__name__, "model": model_fingerprint(model),
+    o["settings"] = {"format": FORMAT, "version": VERSION, "model_class": class_name(model), "model": model_fingerprint(model),
                      "task": o["task"].name, "metric": o["task"].metric,
                      "train_data": data_digest(train) if train is not None else None, "eval_data": data_digest(evald),
                      "retrain_steps": o["retrain_steps"], "seed": o["seed"],

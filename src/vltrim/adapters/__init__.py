@@ -39,6 +39,21 @@ def get_adapter(model: nn.Module) -> TransformerAdapter:
     )
 
 
+def registered_class(model: nn.Module) -> type:
+    """The registered transformers class ``model`` is (an instance of a subclass, e.g. the class of a directory's
+    modeling_vltrim.py, counts as its registered base): plans and saved directories name this class."""
+    for klass in type(model).__mro__:
+        if klass in _REGISTRY:
+            return klass
+    get_adapter(model)  # raises UnsupportedModelError with the supported classes
+    raise AssertionError("unreachable")
+
+
+def class_name(model: nn.Module) -> str:
+    """Name of ``registered_class(model)``, the ``model_class`` a plan for it records."""
+    return registered_class(model).__name__
+
+
 def model_class(name: str) -> type:
     """The registered model class called ``name`` (used to rebuild saved models)."""
     for c in _REGISTRY:
@@ -49,4 +64,5 @@ def model_class(name: str) -> type:
 
 from . import hf_bert, hf_clip, hf_dual_encoder, hf_siglip, hf_vit  # noqa: E402,F401  (registration)
 
-__all__ = ["TransformerAdapter", "register", "get_adapter", "model_class", "supported_classes", "UnsupportedModelError"]
+__all__ = ["TransformerAdapter", "register", "get_adapter", "model_class", "registered_class", "class_name", "supported_classes",
+           "UnsupportedModelError"]

@@ -6,7 +6,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from ..adapters import get_adapter
+from ..adapters import class_name, get_adapter
 from ..measure import count_macs, count_params
 from ..structure.groups import Group, UnitKind
 from ..structure.plan import Plan
@@ -95,7 +95,7 @@ def plan_from_keep(
     got.update(model_params_before=params, model_params_after=params - round(got["params_removed"] * got["prunable_params"]),
                model_macs_before=macs, model_macs_after=macs - round(got["macs_removed"] * got["prunable_macs"]))
     target = budget if isinstance(budget, dict) else budget.to_dict()
-    plan = Plan.from_keep(type(model).__name__, groups, keep, method=method, settings=settings, target=target, achieved=got)
+    plan = Plan.from_keep(class_name(model), groups, keep, method=method, settings=settings, target=target, achieved=got)
     if any(g.kind == UnitKind.LAYERS and g.name in keep for g in groups):  # a dropped block also takes its norms and biases
         from ..api import apply_plan
 

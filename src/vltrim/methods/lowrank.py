@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..adapters import get_adapter
+from ..adapters import class_name, get_adapter
 from ..checks import flag, integer, kept_modes, number
 from ..measure import count_macs, count_params
 from ..structure.factorize import saves_params
@@ -239,7 +239,7 @@ class LowRankMethod:
         settings = {"mode": mode, "weighted": weighted, **({"num_batches": num_batches} if weighted else {})}
         goal = {"target": budget.target, "metric": metric, "align": budget.align} if budget else \
             {"energy": energy, "metric": metric, "align": int(align)}
-        return Plan(type(model).__name__, {}, {}, {}, method=self.name, settings=settings, target=goal,
+        return Plan(class_name(model), {}, {}, {}, method=self.name, settings=settings, target=goal,
                     achieved=factor_achieved(model, layers, ranks), factorize=ranks,
                     factor_shapes={n: [lins[n].out_features, lins[n].in_features] for n in ranks},
                     factor_scales={n: scales[n].tolist() for n in ranks if n in scales})

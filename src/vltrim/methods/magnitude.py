@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..adapters import get_adapter
+from ..adapters import class_name, get_adapter
 from ..checks import choice, integer, number
 from ..measure import count_macs, count_params
 from ..structure.plan import Plan
@@ -129,6 +129,6 @@ class MagnitudeMethod:
                 raise ValueError(f"target {sparsity:.3g} zeroes no weight of {type(model).__name__}'s block Linears; raise target")
         goal = {"sparsity": 0.5, "pattern": pattern} if pattern == "2:4" else \
             {"sparsity": sparsity, "pattern": pattern, "scope": scope, **({"final_sparsity": float(target)} if rounds > 1 else {})}
-        return Plan(type(model).__name__, {}, {}, {}, method=self.name,
+        return Plan(class_name(model), {}, {}, {}, method=self.name,
                     settings={"pattern": pattern, "scope": scope, "rounds": rounds, "step": step}, target=goal,
                     achieved=_achieved(model, lins, entries), sparsify=entries)

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from .. import masks
-from ..adapters import get_adapter
+from ..adapters import class_name, get_adapter
 from ..api import apply_plan
 from ..checks import integer, number
 from ..data.inputs import as_dataset, in_order
@@ -514,7 +514,7 @@ def _width_then_depth(model: nn.Module, groups: list[Group], budget: Budget, dep
 def _plain_plan(model: nn.Module, groups: list[Group], keep: dict[str, list[int]]):
     from ..structure.plan import Plan
 
-    return Plan.from_keep(type(model).__name__, groups, keep, method="mope-width")
+    return Plan.from_keep(class_name(model), groups, keep, method="mope-width")
 
 
 def _tower_sizes(ab: list[Ablation]) -> dict[str, int]:
