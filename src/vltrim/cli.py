@@ -1,7 +1,6 @@
 """`vltrim` command line: demo, inspect, measure, compress."""
 from __future__ import annotations
 
-import functools
 import json
 import typing
 from collections import defaultdict
@@ -24,6 +23,7 @@ def load_any(spec: str):
     """Model from a vltrim directory, an HF directory, 'reference' or 'tiny:<Class>' (random init)."""
     from . import io
     from .adapters import model_class
+    from .data.sources import model_directory
 
     if spec == "reference":
         from .reference import load_reference
@@ -36,6 +36,7 @@ def load_any(spec: str):
     path = Path(spec)
     if (path / "plan.json").exists():
         return io.load(path)
+    path = model_directory(spec) or path  # a sentence-transformers pipeline: its transformer folder
     if (path / "config.json").exists():
         return model_class(_architecture(path)).from_pretrained(path).eval()
     raise typer.BadParameter(f"{spec!r} is not {MODEL_HELP}")
@@ -170,6 +171,7 @@ def _check_cli_options(o: dict, out: Path) -> None:
         number("--kd-attention", o["kd_attention"], low_open=False)
     number("--target", o["target"], high=1.0)
     choice("--mixed-precision", o["mixed_precision"], ("no", "fp16", "bf16"))
+    _check_task_options(o)
     if (o["checkpoint_every"] or o["resume"]) and o["work_dir"] is None:
         raise typer.BadParameter("--checkpoint-every and --resume need --work-dir (checkpoints are written there)")
     if o["override"] and not o["resume"]:
@@ -179,10 +181,21 @@ def _check_cli_options(o: dict, out: Path) -> None:
     check_save_destination(out)  # a file, or a directory of files vltrim did not write, is refused now, not after the run
 
 
+def _check_task_options(o: dict) -> None:
+    """--task (when given) and --retrain-lr (when given)."""
+    from .checks import choice, number
+    from .tasks import TASKS
+
+    if o["task"] is not None:
+        choice("--task", o["task"], tuple(TASKS))
+    if o["retrain_lr"] is not None:
+        number("--retrain-lr", o["retrain_lr"])
+
+
 RECIPE_KEYS = ("method", "target", "metric", "align", "units", "data", "eval_data", "tokenizer", "search_steps",
                "retrain_steps", "kd_weight", "lr", "batch_size", "latency_batch", "grad_accum", "mixed_precision",
                "work_dir", "checkpoint_every", "resume", "allocation", "max_ratio", "seed", "override", "depth_share", "task_weight",
-               "kd_attention")
+               "kd_attention", "task", "retrain_lr")
 
 
 def apply_recipe(ctx: typer.Context, recipe: Path | None, values: dict) -> dict:
@@ -194,6 +207,7 @@ def apply_recipe(ctx: typer.Context, recipe: Path | None, values: dict) -> dict:
     loaded = _read_recipe(recipe, yaml) or {}
     if not isinstance(loaded, dict):
         raise typer.BadParameter(f"recipe {recipe} must be a mapping of option: value")
+    loaded = _recipe_keys(recipe, loaded)
     unknown = sorted(set(loaded) - set(RECIPE_KEYS))
     if unknown:
         raise typer.BadParameter(f"recipe {recipe} has unknown keys {unknown}; allowed: {', '.join(RECIPE_KEYS)}")
@@ -202,6 +216,18 @@ def apply_recipe(ctx: typer.Context, recipe: Path | None, values: dict) -> dict:
         if getattr(ctx.get_parameter_source(k), "name", None) != "COMMANDLINE":  # typer ships its own ParameterSource enum
             values[k] = v
     return values
+
+
+def _recipe_keys(recipe: Path, loaded: dict) -> dict:
+    """Recipe keys in the option names' spelling: 'search-steps' (as on the command line) and 'search_steps' both
+    mean --search-steps (a leading '--' is dropped too); one option given in both spellings is refused."""
+    out: dict = {}
+    for k, v in loaded.items():
+        name = k.lstrip("-").replace("-", "_") if isinstance(k, str) else k
+        if name in out:
+            raise typer.BadParameter(f"recipe {recipe}: {name!r} is given twice (as {k!r} and in another spelling); keep one")
+        out[name] = v
+    return out
 
 
 def _read_recipe(recipe: Path, yaml):
@@ -250,37 +276,28 @@ def _recipe_value(recipe: Path, key: str, value):
     return Path(value) if kind is Path else value
 
 
-@functools.lru_cache(maxsize=4)
-def _builtin(split: str, image_size: int, max_length: int):
-    """The built-in image-caption split (rendered once per process: it is read-only)."""
-    from .data import SyntheticCaptions
+def make_data(spec: str, model, split: str, tokenizer: str | None, model_spec: str, task: str = "retrieval"):
+    """The dataset a --data ('train' split) or --eval-data string names for ``task`` (see vltrim.data.sources:
+    'builtin', manifests, image folders, sentence files, hf:DIR)."""
+    from .data.sources import DataSource
 
-    return SyntheticCaptions(split, 8000 if split == "train" else 1000, image_size=image_size, max_length=max_length)
+    return DataSource(model, model_spec, task, tokenizer).open(spec, "--data" if split == "train" else "--eval-data", split)
 
 
-def make_data(spec: str, model, split: str, tokenizer: str | None, model_spec: str):
-    """'builtin' (the built-in image-caption data at the model's image size) or a .jsonl/.csv manifest."""
-    vc = getattr(model.config, "vision_config", None)
-    tc = getattr(model.config, "text_config", None)
-    if vc is None or tc is None:
-        raise typer.BadParameter(f"--data needs an image-text model; {type(model).__name__} has no vision and text configs")
-    size = vc.image_size if isinstance(vc.image_size, int) else vc.image_size[0]
-    length = min(getattr(tc, "max_position_embeddings", 77), 77)
-    if spec == "builtin":
-        return _builtin(split, size, length)
-    if not Path(spec).is_file():
-        option = "--data" if split == "train" else "--eval-data"
-        raise typer.BadParameter(f"{option} {spec!r} is neither 'builtin' nor an existing .jsonl / .csv manifest")
-    from transformers import AutoTokenizer
+def cli_data(o: dict, m, model_spec: str) -> tuple:
+    """compress's task (--task, else the one that fits the model) and its train / eval datasets, each checked before
+    any data is read (the task fits the model; a --tokenizer fits its embedding table)."""
+    from .data.sources import DataSource
+    from .tasks import default_task, get_task
 
-    from .data import ImageCaptionManifest
-
-    source = tokenizer or model_spec
-    try:
-        tok = AutoTokenizer.from_pretrained(source)
-    except Exception as e:  # noqa: BLE001
-        raise typer.BadParameter(f"no tokenizer at {source!r} for {spec}: pass --tokenizer PATH ({e.__class__.__name__})") from None
-    return ImageCaptionManifest(spec, tok, image_size=size, max_length=length)
+    task = o["task"] or default_task(m)
+    if o["data"] or o["eval_data"]:
+        get_task(task).check(m)
+    src = DataSource(m, model_spec, task, o["tokenizer"])
+    src.check([o["data"], o["eval_data"]])
+    train = src.open(o["data"], "--data", "train") if o["data"] else None
+    val = src.open(o["eval_data"], "--eval-data", "val") if o["eval_data"] else None
+    return task, train, val
 
 
 def _plan_option(file: Path | None):
@@ -314,7 +331,7 @@ def _method_settings(items: list[str] | None) -> dict:
 THEN = "--then"
 STAGES_KEY = "vltrim.stages"  # ctx.meta key: the argument lists after each --then
 STAGE_PARAMS = ("target", "metric", "align", "units", "allocation", "max_ratio", "depth_share", "search_steps", "retrain_steps",
-                "kd_weight", "kd_attention", "task_weight", "lr", "settings")  # `compress` options a --then stage may set
+                "kd_weight", "kd_attention", "task_weight", "lr", "retrain_lr", "settings")  # `compress` options a --then stage may set
 
 
 def split_then(args: list[str]) -> list[list[str]]:
@@ -396,15 +413,21 @@ def compress(
     seed: int = typer.Option(0, help="seed of the search (random scores, calibration, batch order) and retraining"),
     depth_share: Optional[float] = typer.Option(None, help="mope: the part of the cut that comes from whole layers (0: width only, 1: depth only)"),
     plan_file: Optional[Path] = typer.Option(None, "--plan", help="apply this plan.json instead of searching"),
-    data: Optional[str] = typer.Option(None, help="training data: 'builtin' or an image-caption manifest (.jsonl/.csv)"),
+    task: Optional[str] = typer.Option(None, help="retrieval (image-text), classification (image classifier) or sentence-embedding "
+                                       "(text encoder): the loss that retrains and the metric that judges; default: the one that fits the model"),
+    data: Optional[str] = typer.Option(None, help="training data: retrieval: 'builtin', an image-caption manifest (.jsonl/.csv) or an "
+                                       "image folder; classification: an image folder root/<class>/<images>; sentence-embedding: "
+                                       "sentences (.txt one per line, .jsonl/.csv with a 'text' field); any task: hf:DIR (datasets.save_to_disk)"),
     eval_data: Optional[str] = typer.Option(None, help="evaluation data, same forms as --data"),
-    tokenizer: Optional[str] = typer.Option(None, help="tokenizer directory for a manifest (default: the model directory)"),
+    tokenizer: Optional[str] = typer.Option(None, help="local tokenizer directory, or 'builtin' (the reference model's); default: the "
+                                            "model directory's ('builtin' for reference); never downloaded"),
     search_steps: int = typer.Option(300, help="training steps of a training-based search (upop)"),
     retrain_steps: int = typer.Option(0, help="retraining steps of the compressed model (needs --data)"),
     kd_weight: float = typer.Option(1.0, help="weight of distillation from the original model"),
     kd_attention: Optional[float] = typer.Option(None, help="weight of attention-map distillation (MSE of every block's attention to its teacher block's; runs attention eager while training); default: the method's (0)"),
     task_weight: float = typer.Option(1.0, help="weight of the task loss; 0: distillation only (MoPE's pre-training stage on unlabelled image-text pairs)"),
     lr: float = typer.Option(1e-4, help="learning rate of the search"),
+    retrain_lr: Optional[float] = typer.Option(None, help="learning rate of retraining (default 2e-4)"),
     batch_size: int = typer.Option(64, help="training batch size"),
     latency_batch: int = typer.Option(1, help="batch size for the before/after latency comparison (0: no timing)"),
     grad_accum: int = typer.Option(1, help="micro-batches per optimizer step"),
@@ -428,15 +451,14 @@ def compress(
                          kd_weight=kd_weight, lr=lr, batch_size=batch_size, latency_batch=latency_batch, grad_accum=grad_accum,
                          mixed_precision=mixed_precision, work_dir=work_dir, checkpoint_every=checkpoint_every, resume=resume,
                          allocation=allocation, max_ratio=max_ratio, seed=seed, override=override, depth_share=depth_share,
-                         task_weight=task_weight, kd_attention=kd_attention))
+                         task_weight=task_weight, kd_attention=kd_attention, task=task, retrain_lr=retrain_lr))
         _check_cli_options(o, out)
         ms = _method_settings(settings)
         chain = cli_stages(ctx, o["method"], ms, o["depth_share"])
         if chain is not None and plan_file is not None:
             raise typer.BadParameter(f"--plan applies one saved plan; it cannot start a chain ({THEN})")
         m = load_any(model)
-        train_ds = make_data(o["data"], m, "train", o["tokenizer"], model) if o["data"] else None
-        eval_ds = make_data(o["eval_data"], m, "val", o["tokenizer"], model) if o["eval_data"] else None
+        task_name, train_ds, eval_ds = cli_data(o, m, model)
         one = {} if chain is not None else dict(depth_share=o["depth_share"], method_settings=ms)  # a chain has them per stage
         res = run_compress(m, chain or o["method"], o["target"], train_data=train_ds, eval_data=eval_ds, search_steps=o["search_steps"],
                            retrain_steps=o["retrain_steps"], kd_weight=o["kd_weight"], lr=o["lr"], batch_size=o["batch_size"],
@@ -444,7 +466,8 @@ def compress(
                            grad_accum=o["grad_accum"], mixed_precision=o["mixed_precision"], work_dir=o["work_dir"],
                            checkpoint_every=o["checkpoint_every"], resume=o["resume"], allocation=o["allocation"],
                            max_ratio=o["max_ratio"], seed=o["seed"], override=o["override"], kd_attention=o["kd_attention"],
-                           task_weight=o["task_weight"], plan=_plan_option(plan_file), **one)
+                           task_weight=o["task_weight"], plan=_plan_option(plan_file), task=task_name,
+                           **({"retrain_lr": o["retrain_lr"]} if o["retrain_lr"] is not None else {}), **one)
         small, report = res.model, res.report
         io.save(small, out, source=source_dir(model))
         table = report.pop("scores_table", None)
@@ -459,7 +482,7 @@ def compress(
     tab = Table(title=" -> ".join(p.summary() for p in res.plans))
     for col in ("", "original", "compressed", "ratio"):
         tab.add_column(col)
-    for key in ("mean_R@1",):
+    for key in _metric_keys(report):
         if "before" in report and key in report["before"]:
             tab.add_row(key, f"{report['before'][key]:.3f}", f"{report['after'][key]:.3f}", f"{report['after'][key] / max(report['before'][key], 1e-9):.1%}")
     if c is not None:
@@ -468,6 +491,14 @@ def compress(
         tab.add_row(f"latency ms ({c['device']}, {c['threads']} thr, batch {c['batch_size']})", f"{c['a']['latency_ms']:.3f}", f"{c['b']['latency_ms']:.3f}", f"{c['speedup']:.2f}x")
     out_console.print(tab)
     out_console.print(f"saved to {out}/ (with report.json); reload with vltrim.load('{out}')")
+
+
+def _metric_keys(report: dict) -> list[str]:
+    """The metrics compress prints: the task's headline metric, then zero-shot / probe accuracy when measured."""
+    from .tasks import get_task
+
+    keys = [get_task(report["task"]).metric, "zero_shot_top1", "probe_top1"]
+    return [k for k in keys if k in report.get("after", {})]
 
 
 def _csv_option(option: str, value: str, kind: type) -> list:
@@ -530,8 +561,8 @@ def study_cmd(
         if eval_data is None and data != "builtin":
             raise typer.BadParameter("--eval-data is needed: every cell is judged on it (it defaults to the held-out split only with --data builtin)")
         m = load_any(model)
-        train_ds = make_data(data, m, "train", tokenizer, model) if data else None
-        eval_ds = make_data(eval_data or "builtin", m, "val", tokenizer, model)
+        train_ds = make_data(data, m, "train", tokenizer, model, task) if data else None
+        eval_ds = make_data(eval_data or "builtin", m, "val", tokenizer, model, task)
         res = study(m, task=task, train_data=train_ds, eval_data=eval_ds, methods=ms, ratios=rs, retrain_steps=retrain_steps,
                     search_steps=search_steps, out=out, seed=seed, batch_size=batch_size, latency_batches=bs,
                     latency_rounds=latency_rounds, override=override)

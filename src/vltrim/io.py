@@ -148,9 +148,14 @@ def load(path: str | Path, device: str | torch.device = "cpu", verify: bool = Tr
 
     With ``verify`` (default) config.json, plan.json and model.safetensors must match the SHA-256 recorded in
     vltrim.json, or ModelDirError names the file that changed; a directory saved before vltrim recorded
-    checksums (no vltrim.json) loads with a UserWarning. ``verify=False`` skips the check (files edited on purpose)."""
+    checksums (no vltrim.json) loads with a UserWarning. ``verify=False`` skips the check (files edited on purpose).
+    Where no such path exists, ``"reference"`` is the built-in CLIP teacher and ``"tiny:<Class>"`` a tiny random model
+    of that class (as the CLI's MODEL argument)."""
     if not isinstance(verify, bool):
         raise TypeError(f"verify must be True or False, got {verify!r}")
+    named = _named_model(path, device)
+    if named is not None:
+        return named
     path, device = checked_path("path", path), checked_device("device", device)
     _check_files(path)
     if verify:
@@ -165,6 +170,21 @@ def load(path: str | Path, device: str | torch.device = "cpu", verify: bool = Tr
     setattr(model, BASE_CONFIG_ATTR, cfg)
     setattr(model, PLANS_ATTR, [p for p in plans if not p.empty])
     return model.eval()
+
+
+def _named_model(name: Any, device: str | torch.device) -> nn.Module | None:
+    """'reference' (the built-in CLIP teacher) or 'tiny:<Class>' (a tiny random model), unless a path of that name
+    exists; None for anything else."""
+    if not isinstance(name, str) or not (name == "reference" or name.startswith("tiny:")) or Path(name).exists():
+        return None
+    device = checked_device("device", device)
+    if name == "reference":
+        from .reference import load_reference
+
+        return load_reference().to(device)
+    from .zoo import tiny_model
+
+    return tiny_model(name[len("tiny:"):]).to(device)
 
 
 def _check_files(path: Path) -> None:

@@ -96,22 +96,33 @@ def _from_hf(hf: Any, option: str) -> HFData:
     return HFData(hf, columns)
 
 
+ACCEPTED = "a map-style dataset of dict items, a torch DataLoader or a Hugging Face datasets.Dataset"
+
+
 def _refuse_non_dataset(obj: Any, option: str) -> None:
-    """TypeError naming ``option`` for what is not a map-style dataset (None, paths, dicts, iterables)."""
+    """TypeError naming ``option`` and what it accepts, for what is not a map-style dataset (None, paths, dicts, iterables)."""
+    why = _not_a_dataset(obj, option)
+    if why is not None:
+        raise TypeError(f"{why}; {option} takes {ACCEPTED}")
+
+
+def _not_a_dataset(obj: Any, option: str) -> str | None:
+    """Why ``obj`` is not a map-style dataset (None when it may be one)."""
     what = _a(obj)
     if obj is None:
-        raise TypeError(f"{option} is None; pass a dataset of dict items (e.g. vltrim.data.ImageCaptionManifest) or a DataLoader")
+        return f"{option} is None; pass a dataset of dict items (e.g. vltrim.data.ImageCaptionManifest) or a DataLoader"
     if isinstance(obj, (str, bytes, os.PathLike)):
-        raise TypeError(f"{option} is {what} ({str(obj)[:80]!r}), not a dataset; load it first, e.g. "
-                        "vltrim.data.ImageCaptionManifest(path, tokenizer, image_size)")
+        return (f"{option} is {what} ({str(obj)[:80]!r}), not a dataset; load it first, e.g. "
+                "vltrim.data.ImageCaptionManifest(path, tokenizer, image_size) (the CLI's --data reads files)")
     if _is_hf(obj, "DatasetDict") or _is_hf(obj, "IterableDatasetDict"):
-        raise TypeError(f"{option} is a Hugging Face {type(obj).__name__} with splits {sorted(obj)}; pick one, e.g. data['train']")
+        return f"{option} is a Hugging Face {type(obj).__name__} with splits {sorted(obj)}; pick one, e.g. data['train']"
     if isinstance(obj, Mapping):
-        raise TypeError(f"{option} is {what} (keys {sorted(map(str, obj))[:6]}), not a dataset; pass a dataset "
-                        f"whose items are such dicts ({ITEM_HINT})")
+        return (f"{option} is {what} (keys {sorted(map(str, obj))[:6]}), not a dataset; pass a dataset "
+                f"whose items are such dicts ({ITEM_HINT})")
     if isinstance(obj, IterableDataset) or not (hasattr(obj, "__len__") and hasattr(obj, "__getitem__")):
-        raise TypeError(f"{option} is {what}, which cannot be indexed: vltrim needs a map-style dataset "
-                        "(with __len__ and __getitem__), not an IterableDataset or a stream")
+        return (f"{option} is {what}, which cannot be indexed: vltrim needs a map-style dataset "
+                "(with __len__ and __getitem__), not an IterableDataset or a stream")
+    return None
 
 
 def _map_style(obj: Any, option: str, convert_hf: bool = True) -> Any:

@@ -10,7 +10,11 @@ Images are read as RGB intensities in [0, 1] before normalisation, whatever thei
     NaN, inf, negative values or values above 255 are refused;
   * any other mode (LAB, HSV, ...) is refused. Multi-frame files (GIF, TIFF) use their first frame.
 Every image of a dataset is checked when the dataset is built (see `verify_images`), so a bad file fails
-at once with its name, not in the middle of a training run."""
+at once with its name, not in the middle of a training run.
+
+Images are then resized as CLIP's processor does: the shorter side to the model's input size (bicubic, aspect
+ratio kept), then the centre square; or, given ``processor`` (the model's own Hugging Face image processor,
+wrapped in `ModelImageProcessor`), exactly as that processor prepares them."""
 from __future__ import annotations
 
 import csv
@@ -63,35 +67,87 @@ def _intensities(im: Image.Image, path: Path) -> np.ndarray:
     return a / 65535.0
 
 
-def _pixels(im: Image.Image, path: Path, size: int) -> np.ndarray:
-    """Any supported image as a size x size x 3 float32 array of intensities in [0, 1] (bicubic resize)."""
+def _as_rgb(im: Image.Image, path: Path) -> Image.Image:
+    """Any supported image as an 8-bit RGB image, or (16-bit, 32-bit integer, float) as an 'F' greyscale of [0, 1] intensities."""
     if im.mode in EIGHT_BIT_MODES:
-        rgb = Image.fromarray(_rgb8(im)).resize((size, size), Image.BICUBIC)
-        return np.asarray(rgb, dtype=np.float32) / 255.0
+        return Image.fromarray(_rgb8(im))
     if im.mode in SIXTEEN_BIT_MODES or im.mode == "F":
-        grey = Image.fromarray(_intensities(im, path)).resize((size, size), Image.BICUBIC)
-        return np.repeat(np.clip(np.asarray(grey, dtype=np.float32), 0, 1)[..., None], 3, axis=2)
+        return Image.fromarray(_intensities(im, path))
     raise ValueError(f"image {path} has mode {im.mode!r}, which vltrim does not read; supported modes: "
                      f"{', '.join(sorted(SUPPORTED_MODES))}")
 
 
-def load_image(path: str | Path, size: int, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD) -> torch.Tensor:
-    """RGB image resized to size x size (bicubic), as a normalised CHW float tensor.
+def resize_crop(im: Image.Image, size: int) -> Image.Image:
+    """Shorter side to ``size`` (bicubic, aspect ratio kept), then the centre ``size`` x ``size`` square, as CLIP's processor does."""
+    w, h = im.size
+    short = min(w, h)
+    nw, nh = max(size, int(size * w / short)), max(size, int(size * h / short))
+    if (nw, nh) != (w, h):
+        im = im.resize((nw, nh), Image.BICUBIC)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return im.crop((left, top, left + size, top + size))
+
+
+def _array(im: Image.Image) -> np.ndarray:
+    """An RGB or 'F' image as an HxWx3 float32 array of intensities in [0, 1]."""
+    if im.mode == "F":
+        return np.repeat(np.clip(np.asarray(im, dtype=np.float32), 0, 1)[..., None], 3, axis=2)
+    return np.asarray(im, dtype=np.float32) / 255.0
+
+
+def _pixels(im: Image.Image, path: Path, size: int) -> np.ndarray:
+    """Any supported image as a size x size x 3 float32 array of intensities in [0, 1] (see `resize_crop`)."""
+    return _array(resize_crop(_as_rgb(im, path), size))
+
+
+def _rgb_for_processor(im: Image.Image, path: Path) -> Image.Image:
+    """Any supported image as an 8-bit RGB PIL image at full size, what Hugging Face image processors take."""
+    rgb = _as_rgb(im, path)
+    if rgb.mode == "F":
+        return Image.fromarray(np.round(_array(rgb) * 255).astype(np.uint8))
+    return rgb
+
+
+Processor = Callable[[Image.Image], torch.Tensor]  # an RGB image -> normalised CHW pixel values (e.g. `ModelImageProcessor`)
+
+
+class ModelImageProcessor:
+    """A Hugging Face image processor (resize, crop, normalise as the model was trained) as an image -> CHW tensor callable."""
+
+    def __init__(self, processor: Any):
+        self.processor = processor
+
+    def __call__(self, im: Image.Image) -> torch.Tensor:
+        return torch.as_tensor(self.processor(images=im, return_tensors="pt")["pixel_values"][0]).float()
+
+
+def image_tensor(im: Image.Image, where: str | Path, size: int, mean: Sequence[float] = CLIP_MEAN,
+                 std: Sequence[float] = CLIP_STD, processor: Processor | None = None) -> torch.Tensor:
+    """A PIL image as a normalised CHW float tensor: through ``processor`` when given, else resized and
+    centre-cropped to size x size (`resize_crop`) and normalised with ``mean`` / ``std``."""
+    if processor is not None:
+        return processor(_rgb_for_processor(im, Path(where)))
+    t = torch.from_numpy(np.ascontiguousarray(_pixels(im, Path(where), size))).permute(2, 0, 1)
+    return (t - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+
+
+def load_image(path: str | Path, size: int, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD,
+               processor: Processor | None = None) -> torch.Tensor:
+    """An image file as a normalised CHW float tensor (see `image_tensor`): shorter side resized to ``size``
+    (bicubic), centre-cropped to size x size; or the model's own ``processor``.
     16-bit, float and transparent images are converted by the rules in this module's docstring."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image {path} does not exist")
     try:
         with Image.open(path) as im:
-            arr = _pixels(im, path, size)
+            return image_tensor(im, path, size, mean, std, processor)
     except ValueError as e:
         if str(path) in str(e):
             raise
         raise ValueError(f"cannot read image {path}: {e}") from None
     except Exception as e:  # PIL raises OSError, SyntaxError, EOFError, struct.error, DecompressionBombError...
         raise ValueError(f"cannot read image {path}: {type(e).__name__}: {e}") from None
-    t = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
-    return (t - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
 
 
 def _ends_cleanly(path: Path, fmt: str | None) -> bool:
@@ -232,11 +288,12 @@ def read_manifest(path: str | Path, image_key: str = "image", caption_key: str =
 
 class ImageCaptionManifest(Dataset):
     """Image-caption pairs from a manifest; ``label`` groups identical captions for retrieval metrics.
-    Every image is checked when built (``check_images=False`` skips it for data known to be sound)."""
+    Every image is checked when built (``check_images=False`` skips it for data known to be sound);
+    ``processor``: the model's own image processor (see `load_image`), else resize + centre crop with ``mean`` / ``std``."""
 
     def __init__(self, path: str | Path, tokenizer: Callable, image_size: int, max_length: int = 77,
                  image_key: str = "image", caption_key: str = "caption", mean=CLIP_MEAN, std=CLIP_STD,
-                 check_images: bool = True):
+                 check_images: bool = True, processor: Processor | None = None):
         path, image_size = checked_path("path", path), integer("image_size", image_size, 1)
         if not callable(tokenizer):
             raise TypeError(f"tokenizer must be callable like a Hugging Face tokenizer (texts -> input_ids, attention_mask), "
@@ -252,14 +309,14 @@ class ImageCaptionManifest(Dataset):
         self.labels = torch.tensor([ids[c] for c in self.captions])
         enc = tokenizer(self.captions, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
         self.input_ids, self.attention_mask = enc["input_ids"], enc["attention_mask"]
-        self.image_size, self.mean, self.std = image_size, mean, std
+        self.image_size, self.mean, self.std, self.processor = image_size, mean, std, processor
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         return {
-            "pixel_values": load_image(self.rows[i][0], self.image_size, self.mean, self.std),
+            "pixel_values": load_image(self.rows[i][0], self.image_size, self.mean, self.std, self.processor),
             "input_ids": self.input_ids[i],
             "attention_mask": self.attention_mask[i],
             "label": self.labels[i],
@@ -272,25 +329,40 @@ def _visible(p: Path) -> bool:
 
 
 class ImageFolder(Dataset):
-    """root/<class name>/<image files>: items are pixel_values and the class index; ``classes`` names them.
-    Hidden folders and files (names starting with '.') are ignored; every image is checked when built."""
+    """root/<class name>/<image files>: items are pixel_values and the class index; ``classes`` names them
+    (sorted folder names, or the ``classes`` given: label i is classes[i], and a folder not among them is refused).
+    Hidden folders and files (names starting with '.') are ignored; every image is checked when built;
+    ``processor``: the model's own image processor (see `load_image`)."""
 
-    def __init__(self, root: str | Path, image_size: int, mean=CLIP_MEAN, std=CLIP_STD, check_images: bool = True):
+    def __init__(self, root: str | Path, image_size: int, mean=CLIP_MEAN, std=CLIP_STD, check_images: bool = True,
+                 processor: Processor | None = None, classes: Sequence[str] | None = None):
         root, image_size = checked_path("root", root), integer("image_size", image_size, 1)
         if not root.is_dir():
             raise FileNotFoundError(f"image folder {root} " + ("is a file, not a folder of class folders" if root.exists() else "does not exist"))
-        self.classes = sorted(d.name for d in root.iterdir() if d.is_dir() and _visible(d))
-        self.items = [(f, c) for c, name in enumerate(self.classes) for f in sorted((root / name).iterdir())
+        folders = sorted(d.name for d in root.iterdir() if d.is_dir() and _visible(d))
+        self.classes = list(folders if classes is None else classes)
+        _check_folders(root, folders, self.classes)
+        index = {name: c for c, name in enumerate(self.classes)}
+        self.items = [(f, index[name]) for name in folders for f in sorted((root / name).iterdir())
                       if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file() and _visible(f)]
         if not self.items:
             raise ValueError(f"no images found under {root}/<class>/ (suffixes {sorted(IMAGE_SUFFIXES)})")
         if check_images:
             verify_images([f for f, _ in self.items], root)
-        self.image_size, self.mean, self.std = image_size, mean, std
+        self.image_size, self.mean, self.std, self.processor = image_size, mean, std, processor
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         f, c = self.items[i]
-        return {"pixel_values": load_image(f, self.image_size, self.mean, self.std), "label": torch.tensor(c)}
+        return {"pixel_values": load_image(f, self.image_size, self.mean, self.std, self.processor), "label": torch.tensor(c)}
+
+
+def _check_folders(root: Path, folders: list[str], classes: list[str]) -> None:
+    """Every class folder of ``root`` must be one of ``classes`` (a folder outside them has no label)."""
+    unknown = [f for f in folders if f not in classes]
+    if unknown:
+        shown = ", ".join(classes[:8]) + (f", ... ({len(classes)} in all)" if len(classes) > 8 else "")
+        raise ValueError(f"image folder {root}: class folder(s) {unknown[:5]} are not among the classes {shown}; "
+                         "rename them, or remove them")

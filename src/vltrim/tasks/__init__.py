@@ -79,11 +79,16 @@ TASKS: dict[str, Task] = {
 }
 
 
+def default_task(model: nn.Module) -> str:
+    """The first task that fits ``model`` (retrieval, classification, sentence-embedding); 'retrieval' when none does."""
+    return next((t.name for t in TASKS.values() if t.fits(model)), "retrieval")
+
+
 def get_task(name: str) -> Task:
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; available: {', '.join(sorted(TASKS))}")
     return TASKS[name]
 
 
-__all__ = ["TASKS", "SentenceDistillData", "Task", "classification_kd", "classification_loss", "contrastive_loss",
+__all__ = ["TASKS", "SentenceDistillData", "Task", "classification_kd", "classification_loss", "contrastive_loss", "default_task",
            "embedding_loss", "evaluate_classification", "evaluate_embeddings", "evaluate_retrieval", "get_task", "recall_at_k", "similarity_kd_loss", "zero_shot_accuracy"]

@@ -1,0 +1,453 @@
+"""Data for each task from what users have, named by one string (what `vltrim compress --data` takes):
+
+  retrieval           'builtin', an image-caption manifest (.jsonl / .csv), an image folder root/<class>/<images>
+                      (each image captioned "a photo of a <class>"), or hf:DIR
+  classification      an image folder root/<class>/<images> (classes in sorted order), or hf:DIR
+  sentence-embedding  a text file (.txt: one sentence per line; .jsonl / .csv: a 'text' or 'sentence' field and an
+                      optional 'label'), or hf:DIR; the unpruned model's embeddings are computed once, as the targets
+
+hf:DIR is a directory written by ``datasets``' ``save_to_disk`` (a DatasetDict gives its 'train' split to training,
+'validation' / 'val' / 'test' to evaluation; hf:DIR/SPLIT picks one): columns the model takes (pixel_values,
+input_ids, ...) are used as they are, else an image column, a text column and a label column are prepared here.
+
+Images: the model's own image processor when its directory has preprocessor_config.json, else resized (shorter side)
+and centre-cropped to the model's input size (as CLIP's processor does). Tokenizers are read from local directories
+only (never downloaded), and one whose vocabulary does not fit the model's embedding table is refused."""
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.data import Dataset
+
+from .manifest import CLIP_MEAN, CLIP_STD, ImageCaptionManifest, ImageFolder, ModelImageProcessor, _visible, image_tensor
+from .prompts import ClassPrompts
+from .sentences import SENTENCE_SUFFIXES, read_sentences
+
+BUILTIN, HF_PREFIX, REFERENCE = "builtin", "hf:", "reference"
+PROMPT_TEMPLATE = "a photo of a {}"
+PROCESSOR_FILE = "preprocessor_config.json"
+SENTENCE_LENGTH = 256  # sentence-transformers' usual max_seq_length, when the model directory does not say
+CAPTION_LENGTH = 77  # CLIP's context
+EVAL_SPLITS = ("validation", "val", "valid", "test")
+FORMS = {
+    "retrieval": "'builtin', an image-caption manifest (.jsonl / .csv with 'image' and 'caption' columns), an image "
+                 "folder root/<class>/<images>, or hf:DIR (a datasets.save_to_disk directory)",
+    "classification": "an image folder root/<class>/<images>, or hf:DIR (a datasets.save_to_disk directory with image and label columns)",
+    "sentence-embedding": "a text file of sentences (.txt: one per line; .jsonl / .csv: a 'text' field, optional 'label'), "
+                          "or hf:DIR (a datasets.save_to_disk directory with a text column)",
+}
+TEXT_COLUMNS = ("text", "sentence", "caption", "sentence1")
+IMAGE_COLUMNS = ("image", "img", "pixel_values")
+LABEL_COLUMNS = ("label", "labels")
+MODEL_COLUMNS = ("pixel_values", "input_ids")
+
+
+def model_directory(spec: str) -> Path | None:
+    """The directory of the model ``spec`` names (the transformer folder of a sentence-transformers pipeline);
+    None for 'reference', 'tiny:<Class>' or anything that is not a directory."""
+    if spec == REFERENCE or spec.startswith("tiny:") or not Path(spec).is_dir():
+        return None
+    from ..hf import _transformer_path
+
+    return Path(spec) / _transformer_path(Path(spec))
+
+
+def image_size(model: nn.Module) -> int | None:
+    """The model's input image side (None for a text-only model)."""
+    cfg = getattr(model.config, "vision_config", None) or model.config
+    size = getattr(cfg, "image_size", None)
+    return size if isinstance(size, int) or size is None else int(size[0])
+
+
+def text_vocab_rows(model: nn.Module) -> int | None:
+    """Rows of the model's token embedding table (None for a model that reads no text)."""
+    for owner in (model, getattr(model, "text_model", None)):
+        try:
+            emb = owner.get_input_embeddings() if owner is not None else None
+        except (NotImplementedError, AttributeError):
+            emb = None
+        if isinstance(emb, nn.Embedding):
+            return emb.num_embeddings
+    cfg = getattr(model.config, "text_config", None)
+    return getattr(cfg, "vocab_size", None) if cfg is not None else None
+
+
+def _dual(model: nn.Module) -> bool:
+    return getattr(model.config, "vision_config", None) is not None and getattr(model.config, "text_config", None) is not None
+
+
+def text_length(model: nn.Module, directory: Path | None) -> int:
+    """Longest tokenized text: the model's positions, at most 77 for image-text models (CLIP's context) and, for a
+    text encoder, its sentence-transformers max_seq_length (else 256)."""
+    cfg = getattr(model.config, "text_config", None) or model.config
+    positions = getattr(cfg, "max_position_embeddings", None) or 512
+    if _dual(model):
+        return min(positions, CAPTION_LENGTH)
+    return min(positions, _st_length(directory) or SENTENCE_LENGTH)
+
+
+def _st_length(directory: Path | None) -> int | None:
+    """max_seq_length of a sentence-transformers directory (its transformer folder or the pipeline's root)."""
+    for d in (directory, directory.parent if directory is not None else None):
+        f = d / "sentence_bert_config.json" if d is not None else None
+        if f is not None and f.is_file():
+            try:
+                n = json.loads(f.read_text(encoding="utf-8")).get("max_seq_length")
+            except (ValueError, OSError, AttributeError):
+                return None
+            return n if isinstance(n, int) and n > 0 else None
+    return None
+
+
+# ---------------------------------------------------------------- tokenizers
+
+
+def load_tokenizer(spec: str | None, model: nn.Module, model_spec: str, directory: Path | None, max_length: int,
+                   option: str = "--tokenizer") -> Callable:
+    """'builtin' (the built-in word tokenizer; the default for the reference model), a local tokenizer directory, or
+    (``spec`` None) the model's directory; never downloaded. Refused when its vocabulary exceeds the embedding table."""
+    if spec == BUILTIN or (spec is None and model_spec == REFERENCE):
+        from .synthetic import tokenizer
+
+        tok, source = tokenizer(max_length), "builtin (the built-in word tokenizer)"
+    else:
+        where = spec if spec is not None else directory
+        if where is None:
+            raise ValueError(f"{model_spec} has no directory to read a tokenizer from: pass {option} DIR "
+                             f"(a local tokenizer directory{', or builtin' if model_spec == REFERENCE else ''})")
+        tok, source = _local_tokenizer(str(where), option if spec is not None else "the model directory"), str(where)
+    check_vocabulary(tok, model, source, option)
+    return tok
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "merges.txt", "tokenizer.model",
+                   "spiece.model", "sentencepiece.bpe.model")
+
+
+def _local_tokenizer(where: str, option: str) -> Callable:
+    """AutoTokenizer from a local directory (or the local Hugging Face cache), with no network access; a directory
+    without tokenizer files is refused (transformers 5 would build an empty tokenizer from config.json alone)."""
+    from transformers import AutoTokenizer
+
+    if Path(where).is_dir() and not any((Path(where) / f).is_file() for f in TOKENIZER_FILES):
+        raise ValueError(f"{option} {where} has no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...): pass --tokenizer DIR "
+                         "(a local tokenizer directory, e.g. the original model's)")
+    try:
+        return AutoTokenizer.from_pretrained(where, local_files_only=True)
+    except Exception as e:  # noqa: BLE001 - transformers raises OSError, ValueError, EnvironmentError...
+        if not Path(where).is_dir():
+            raise ValueError(f"{option} {where!r} is not a directory, and vltrim never downloads (no hub access): give a "
+                             "local tokenizer directory, e.g. the model's, fetched beforehand with `hf download NAME --local-dir DIR`") from None
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ValueError(f"{option} {where}: no tokenizer can be read there ({type(e).__name__}: {why}); "
+                         "pass --tokenizer DIR (a directory with tokenizer.json / vocab files)") from None
+
+
+def check_vocabulary(tok: Any, model: nn.Module, source: str, option: str = "--tokenizer") -> None:
+    """Refuse a tokenizer whose ids run past the model's token embedding table, naming both sizes."""
+    rows, size = text_vocab_rows(model), _vocab_size(tok)
+    if rows is not None and size is not None and size > rows:
+        raise ValueError(f"{option}: tokenizer {source} has a vocabulary of {size} tokens, but {type(model).__name__}'s "
+                         f"token embedding table has {rows} rows: its ids would index past the table. Use the model's own tokenizer")
+
+
+def _vocab_size(tok: Any) -> int | None:
+    try:
+        return len(tok)
+    except TypeError:
+        return getattr(tok, "vocab_size", None)
+
+
+# ---------------------------------------------------------------- images and classes
+
+
+def image_options(model: nn.Module, model_spec: str, directory: Path | None) -> dict[str, Any]:
+    """How images are prepared for ``model``: its own processor (preprocessor_config.json in its directory), else
+    resize + centre crop to its input size, normalised as the built-in data (reference) or as CLIP."""
+    size = image_size(model)
+    if directory is not None and (directory / PROCESSOR_FILE).is_file():
+        return {"image_size": size, "processor": _processor(directory, size)}
+    if model_spec == REFERENCE:
+        from .synthetic import MEAN, STD
+
+        return {"image_size": size, "mean": (MEAN,) * 3, "std": (STD,) * 3}
+    return {"image_size": size, "mean": CLIP_MEAN, "std": CLIP_STD}
+
+
+def _processor(directory: Path, size: int | None) -> ModelImageProcessor:
+    """The model directory's image processor, checked to make images of the model's input size."""
+    from transformers import AutoImageProcessor
+
+    file = directory / PROCESSOR_FILE
+    try:
+        proc = ModelImageProcessor(AutoImageProcessor.from_pretrained(str(directory), local_files_only=True))
+        shape = tuple(proc(Image.new("RGB", (2 * (size or 32), size or 32))).shape)
+    except Exception as e:  # noqa: BLE001
+        raise ValueError(f"{file} cannot be used as the model's image processor ({type(e).__name__}: "
+                         f"{(str(e).strip().splitlines() or [''])[0][:200]})") from None
+    if size is not None and shape[-2:] != (size, size):
+        raise ValueError(f"{file} makes {shape[-2]}x{shape[-1]} images, but the model takes {size}x{size}: fix its size / crop_size")
+    return proc
+
+
+def model_classes(model: nn.Module) -> list[str] | None:
+    """The model's class names by label id, when its config names them (not transformers' LABEL_0, LABEL_1, ...)."""
+    id2label = getattr(model.config, "id2label", None) or {}
+    names = [str(id2label.get(i, id2label.get(str(i), ""))) for i in range(len(id2label))]
+    return None if not names or names == [f"LABEL_{i}" for i in range(len(names))] else names
+
+
+def use_classes(model: nn.Module, names: Sequence[str], source: str) -> list[str]:
+    """The class list labels index: the model's own names when its config has them (``names`` must be among them),
+    else ``names`` (sorted folder names), recorded in the model's config (id2label / label2id) for the saved model."""
+    own = model_classes(model)
+    if own is not None:
+        unknown = [n for n in names if n not in own]
+        if unknown:
+            raise ValueError(f"{source}: classes {unknown[:5]} are not among the model's labels ({', '.join(own[:8])}"
+                             f"{', ...' if len(own) > 8 else ''}); name the class folders after the model's labels")
+        return own
+    n = getattr(model.config, "num_labels", None)
+    if n is not None and len(names) > n:
+        raise ValueError(f"{source} has {len(names)} classes but the model has {n} labels (num_labels); "
+                         "use a model whose classifier has one output per class")
+    labels = list(names) + [f"LABEL_{i}" for i in range(len(names), n or len(names))]
+    model.config.id2label = dict(enumerate(labels))
+    model.config.label2id = {name: i for i, name in enumerate(labels)}
+    return list(names)
+
+
+def folder_classes(root: Path) -> list[str]:
+    """The visible sub-folder names of an image folder, sorted (its classes)."""
+    return sorted(d.name for d in root.iterdir() if d.is_dir() and _visible(d))
+
+
+# ---------------------------------------------------------------- one data string -> a dataset
+
+
+@dataclass
+class DataSource:
+    """Turns --data / --eval-data strings into datasets for ``task`` on ``model`` (loaded from ``model_spec``)."""
+
+    model: nn.Module
+    model_spec: str
+    task: str
+    tokenizer_spec: str | None = None
+    directory: Path | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.directory = model_directory(self.model_spec)
+
+    @functools.cached_property
+    def max_length(self) -> int:
+        return text_length(self.model, self.directory)
+
+    @functools.cached_property
+    def tokenizer(self) -> Callable:
+        return load_tokenizer(self.tokenizer_spec, self.model, self.model_spec, self.directory, self.max_length)
+
+    @functools.cached_property
+    def images(self) -> dict[str, Any]:
+        return image_options(self.model, self.model_spec, self.directory)
+
+    def check(self, specs: Sequence[str | None]) -> None:
+        """What can be refused before any data is read: a --tokenizer for a task without text, a tokenizer that does
+        not fit the model (loaded now when the task reads text from any of ``specs``)."""
+        given = [s for s in specs if s is not None]
+        if self.task == "classification" and self.tokenizer_spec is not None:
+            raise ValueError("--tokenizer: the classification task reads no text; drop it")
+        if self.task != "classification" and (self.tokenizer_spec is not None or any(s != BUILTIN for s in given)):
+            self.tokenizer  # noqa: B018 - loads and checks it
+
+    def open(self, spec: str, option: str, split: str) -> Dataset:
+        """The dataset ``spec`` names (see the module docstring); errors name ``option``."""
+        if spec == BUILTIN:
+            return self._builtin(option, split)
+        if spec.startswith(HF_PREFIX):
+            return self._from_hf(load_hf(spec, option, split), f"{option} {spec}")
+        path = Path(spec)
+        if not path.exists():
+            raise FileNotFoundError(f"{option} {spec!r} does not exist; the {self.task} task takes {FORMS[self.task]}")
+        return getattr(self, "_" + self.task.replace("-", "_"))(path, option)
+
+    def _builtin(self, option: str, split: str) -> Dataset:
+        if self.task != "retrieval" or not _dual(self.model):
+            raise ValueError(f"{option} builtin is image-caption data for an image-text model (task retrieval); "
+                             f"{type(self.model).__name__} with task {self.task} takes {FORMS[self.task]}")
+        return builtin_pairs(split, image_size(self.model), self.max_length)
+
+    def _retrieval(self, path: Path, option: str) -> Dataset:
+        if path.is_dir():
+            images = ImageFolder(path, **self.images)
+            return ClassPrompts(images, images.classes, self.tokenizer, PROMPT_TEMPLATE, self.max_length)
+        if path.suffix.lower() not in (".jsonl", ".csv"):
+            raise ValueError(f"{option} {path}: the retrieval task takes {FORMS['retrieval']}")
+        return ImageCaptionManifest(path, self.tokenizer, max_length=self.max_length, **self.images)
+
+    def _classification(self, path: Path, option: str) -> Dataset:
+        if not path.is_dir():
+            raise ValueError(f"{option} {path} is a file; the classification task takes {FORMS['classification']}")
+        classes = use_classes(self.model, folder_classes(path), f"{option} {path}")
+        return ImageFolder(path, classes=classes, **self.images)
+
+    def _sentence_embedding(self, path: Path, option: str) -> Dataset:
+        if path.is_dir() or path.suffix.lower() not in SENTENCE_SUFFIXES:
+            raise ValueError(f"{option} {path}: the sentence-embedding task takes {FORMS['sentence-embedding']}")
+        s = read_sentences(path)
+        return self._sentences(s.texts, s.labels)
+
+    def _sentences(self, texts: Sequence[str], labels: Sequence[int] | None) -> Dataset:
+        from ..tasks.sentence import SentenceDistillData
+
+        return SentenceDistillData(list(texts), self.tokenizer, self.model, max_length=self.max_length, labels=labels)
+
+    def _from_hf(self, ds: Any, where: str) -> Any:
+        """A loaded HF dataset for the task: as it is when it holds model inputs, else prepared from its raw columns."""
+        cols = set(ds.column_names)
+        ready = "teacher_embedding" in cols if self.task == "sentence-embedding" else bool(cols & set(MODEL_COLUMNS))
+        if ready:
+            return ds
+        if self.task == "sentence-embedding":
+            labels = _column(ds, LABEL_COLUMNS, where, required=False)
+            return self._sentences(ds[_text_column(ds, where)], ds[labels] if labels else None)
+        image = _image_column(ds, where)
+        if self.task == "classification":
+            label = _column(ds, LABEL_COLUMNS, where, required=True)
+            return HFImages(ds, image, label, _label_map(self.model, ds, label, where), self.images, where)
+        return HFPairs(ds, image, _text_column(ds, where), self.tokenizer, self.max_length, self.images, where)
+
+
+@functools.lru_cache(maxsize=4)
+def builtin_pairs(split: str, size: int, max_length: int) -> Dataset:
+    """The built-in image-caption split (rendered once per process: it is read-only)."""
+    from .synthetic import SyntheticCaptions
+
+    return SyntheticCaptions(split, 8000 if split == "train" else 1000, image_size=size, max_length=max_length)
+
+
+# ---------------------------------------------------------------- Hugging Face datasets saved to disk
+
+
+def load_hf(spec: str, option: str, split: str) -> Any:
+    """``datasets.load_from_disk`` of hf:DIR; a DatasetDict gives the split for ``split`` ('train' or an eval split)."""
+    d = Path(spec[len(HF_PREFIX):])
+    try:
+        import datasets
+    except ImportError:
+        raise ValueError(f"{option} {spec}: reading a saved Hugging Face dataset needs the 'datasets' package, "
+                         "which is not installed (pip install datasets)") from None
+    if not d.is_dir():
+        raise FileNotFoundError(f"{option} {spec}: {d} is not a directory (give a directory written by datasets' save_to_disk)")
+    try:
+        ds = datasets.load_from_disk(str(d))
+    except Exception as e:  # noqa: BLE001 - datasets raises FileNotFoundError, ValueError, pyarrow errors...
+        raise ValueError(f"{option} {spec}: {d} cannot be read by datasets.load_from_disk ({type(e).__name__}: "
+                         f"{(str(e).strip().splitlines() or [''])[0][:200]})") from None
+    if isinstance(ds, datasets.DatasetDict):
+        return _split(ds, d, option, split)
+    return ds
+
+
+def _split(ds: Any, d: Path, option: str, split: str) -> Any:
+    wanted = ("train",) if split == "train" else EVAL_SPLITS
+    name = next((s for s in wanted if s in ds), None)
+    if name is None:
+        raise ValueError(f"{option} hf:{d} holds the splits {sorted(ds)}, none of them {' / '.join(wanted)}: "
+                         f"pick one with hf:{d}/SPLIT")
+    return ds[name]
+
+
+def _column(ds: Any, names: Sequence[str], where: str, required: bool) -> str | None:
+    col = next((c for c in names if c in ds.column_names), None)
+    if col is None and required:
+        raise ValueError(f"{where} has no {' / '.join(repr(n) for n in names)} column (columns {ds.column_names})")
+    return col
+
+
+def _text_column(ds: Any, where: str) -> str:
+    """The column of strings: one of TEXT_COLUMNS, else the only string column."""
+    strings = [c for c, f in ds.features.items() if getattr(f, "dtype", None) in ("string", "large_string")]
+    col = next((c for c in TEXT_COLUMNS if c in strings), None) or (strings[0] if len(strings) == 1 else None)
+    if col is None:
+        raise ValueError(f"{where}: no text column (one of {', '.join(TEXT_COLUMNS)}, or a single string column) "
+                         f"among {ds.column_names}")
+    return col
+
+
+def _image_column(ds: Any, where: str) -> str:
+    """The column of images: a datasets.Image feature, else one of IMAGE_COLUMNS."""
+    images = [c for c, f in ds.features.items() if type(f).__name__ == "Image"]
+    col = images[0] if images else next((c for c in IMAGE_COLUMNS if c in ds.column_names), None)
+    if col is None:
+        raise ValueError(f"{where}: no image column (a datasets.Image feature, or one named {', '.join(IMAGE_COLUMNS)}) "
+                         f"among {ds.column_names}")
+    return col
+
+
+def _label_map(model: nn.Module, ds: Any, label: str, where: str) -> list[int] | None:
+    """Dataset label index -> model label id when the column is a ClassLabel (its names recorded or matched with
+    the model's); None: the labels are the model's ids as they are."""
+    names = getattr(ds.features[label], "names", None)
+    if not names:
+        return None
+    classes = use_classes(model, list(names), where)
+    return [classes.index(n) for n in names]
+
+
+def _pil(value: Any, where: str) -> Image.Image:
+    """A datasets image value (a PIL image, or {'bytes', 'path'} when not decoded) as a PIL image."""
+    if isinstance(value, Image.Image):
+        return value
+    if isinstance(value, dict) and (value.get("bytes") or value.get("path")):
+        import io
+
+        return Image.open(io.BytesIO(value["bytes"])) if value.get("bytes") else Image.open(value["path"])
+    raise TypeError(f"{where}: an image value is {type(value).__name__}, not an image (a datasets.Image column)")
+
+
+class HFImages(Dataset):
+    """Rows of a Hugging Face dataset with an image and a class label as {'pixel_values', 'label'} items."""
+
+    def __init__(self, ds: Any, image: str, label: str, label_map: list[int] | None, images: dict[str, Any], where: str):
+        self.ds, self.image, self.label, self.map, self.opts, self.where = ds, image, label, label_map, images, where
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        row = self.ds[int(i)]
+        y = int(row[self.label])
+        return {"pixel_values": _image(row[self.image], f"{self.where} row {i}", self.opts),
+                "label": torch.tensor(self.map[y] if self.map is not None else y)}
+
+
+class HFPairs(Dataset):
+    """Rows of a Hugging Face dataset with an image and a caption as image-caption pairs (identical captions share a label)."""
+
+    def __init__(self, ds: Any, image: str, text: str, tokenizer: Callable, max_length: int, images: dict[str, Any], where: str):
+        captions = list(ds[text])
+        ids = {c: i for i, c in enumerate(dict.fromkeys(captions))}
+        self.labels = torch.tensor([ids[c] for c in captions])
+        enc = tokenizer(captions, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
+        self.input_ids, self.attention_mask = enc["input_ids"], enc["attention_mask"]
+        self.ds, self.image, self.opts, self.where = ds, image, images, where
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"pixel_values": _image(self.ds[int(i)][self.image], f"{self.where} row {i}", self.opts),
+                "input_ids": self.input_ids[i], "attention_mask": self.attention_mask[i], "label": self.labels[i]}
+
+
+def _image(value: Any, where: str, opts: dict[str, Any]) -> torch.Tensor:
+    """One dataset image as the model's pixel values (its processor, or resize + centre crop and normalise)."""
+    return image_tensor(_pil(value, where), where, opts["image_size"], opts.get("mean", CLIP_MEAN), opts.get("std", CLIP_STD),
+                        opts.get("processor"))
