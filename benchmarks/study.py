@@ -52,7 +52,7 @@ def vit_case():
     import fashion_vit
 
     model, train, test = fashion_vit.build()
-    return model, "classification", train, test, {"batch_size": 64, "retrain_lr": 3e-4}
+    return model, "classification", train, test, {"batch_size": 32, "retrain_lr": 3e-4}
 
 
 CASES = {"clip": clip_case, "minilm": minilm_case, "vit": vit_case}
