@@ -159,6 +159,8 @@ def plot(rows: list[dict], a, key: str, ylabel: str, title: str, path: Path) -> 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from vltrim.report import readable_axes
+
     fig, axes = plt.subplots(1, len(a.targets), figsize=(5.5 * len(a.targets), 4), squeeze=False)
     for ax, target in zip(axes[0], a.targets):
         for name in sorted({label(r) for r in rows}):
@@ -170,6 +172,7 @@ def plot(rows: list[dict], a, key: str, ylabel: str, title: str, path: Path) -> 
             ax.errorbar(totals, mean, yerr=sd, marker="o", capsize=3, label=name)
         ax.axhline(rows[0]["teacher"][key], color="grey", ls="--", label="teacher")
         ax.set_title(f"{title}: {target:.0%} of prunable params removed", fontsize=9)
+        readable_axes(ax)
         ax.set_xlabel("total training steps (search + retrain)")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)

@@ -14,7 +14,7 @@ runner = CliRunner()
 def test_inspect_and_measure():
     r = runner.invoke(app, ["inspect", "tiny:VisionTextDualEncoderModel"])
     assert r.exit_code == 0 and "head_dims" in r.output and "vision" in r.output and "text" in r.output
-    r = runner.invoke(app, ["measure", "tiny:ViTModel", "--rounds", "2"])
+    r = runner.invoke(app, ["measure", "tiny:ViTModel", "--rounds", "2", "--json"])
     assert r.exit_code == 0 and json.loads(r.output)["params"] > 0
 
 

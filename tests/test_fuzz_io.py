@@ -447,10 +447,11 @@ def test_metadata_of_other_types_still_saves(tmp_path):
 
 def test_overwriting_a_previous_save(saved):
     _, d = saved
-    (d / "report.json").write_text("{}")  # the CLI writes its report next to the model
+    (d / "report.json").write_text("{}")  # the report of the model saved before
+    (d / "notes.txt").write_text("mine")
     other = _small(seed=1, plan_seed=3)
-    vltrim.save(other, d)
-    assert _state_equal(other, vltrim.load(d)) and (d / "report.json").exists()
+    vltrim.save(other, d)  # no report: the old one described another model and goes; the user's own files stay
+    assert _state_equal(other, vltrim.load(d)) and not (d / "report.json").exists() and (d / "notes.txt").exists()
 
 
 def test_crash_while_replacing_files_leaves_a_refused_directory(saved, monkeypatch):

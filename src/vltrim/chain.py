@@ -29,9 +29,9 @@ from torch import nn
 
 from .api import plans_of
 from .checks import kept_modes, text
-from .compress import (HALF, CompressResult, _run, compress, finished, keep_result, run_settings, shared_checked,
-                       stage_checked, try_data)
-from .measure import compare, count_params
+from .compress import (HALF, CompressResult, _run, compress, data_summary, finished, keep_result, run_settings,
+                       shared_checked, stage_checked, try_data)
+from .measure import compare, count_params, machine
 from .methods import get_method
 from .structure.plan import Plan
 from .train.run_record import check_resume, model_fingerprint
@@ -150,7 +150,8 @@ def _run_chain(model: nn.Module, o: SimpleNamespace, stages: list[SimpleNamespac
         check_resume(o.work_dir, chain_settings(model, stages), o.resume, o.override)
     dtype = next(model.parameters()).dtype
     teacher = copy.deepcopy(model).float() if dtype in HALF else model  # every stage trains in fp32
-    report: dict[str, Any] = {"method": [s.method for s in stages], "target": [s.target for s in stages], "task": o.task.name}
+    report: dict[str, Any] = {"method": [s.method for s in stages], "target": [s.target for s in stages], "task": o.task.name,
+                              "data": data_summary(o)}
     if o.eval_data is not None and o.evaluate_before:
         report["before"] = o.task.evaluate(model, o.eval_data)
     net, rows = teacher, []
@@ -164,6 +165,8 @@ def _run_chain(model: nn.Module, o: SimpleNamespace, stages: list[SimpleNamespac
         report["after"] = o.task.evaluate(small, o.eval_data) if dtype in HALF else rows[-1]["after"]
     report.update(plan=[p.achieved for p in plans], params=count_params(small),
                   speed=compare(model, small, batch_size=o.latency_batch) if o.latency_batch > 0 else None)
+    if report["speed"] is not None:
+        report["machine"] = machine()
     return CompressResult(small, plans[-1], report, plans)
 
 
@@ -185,7 +188,7 @@ def _stage(net: nn.Module, teacher: nn.Module, s: SimpleNamespace, i: int, last:
         return done
     with in_stage(i, s.method):
         res = _run(net, s, teacher)
-    row = {k: v for k, v in res.report.items() if k not in ("speed", "task")}
+    row = {k: v for k, v in res.report.items() if k not in ("speed", "task", "data", "machine")}
     if not last:
         keep_result(s.work_dir, res.model, row)
     return res.model, row

@@ -1,4 +1,4 @@
-"""`vltrim` command line: demo, inspect, measure, compress."""
+"""`vltrim` command line: demo, inspect, measure, compress, study, report, export."""
 from __future__ import annotations
 
 import json
@@ -88,7 +88,7 @@ def demo(
     except USER_ERRORS as e:
         _fail(e)
     out_console.print(results_table(r))
-    out_console.print(f"saved to {out}/ (config.json, plan.json, model.safetensors, README.md, results.json)")
+    out_console.print(f"saved to {out}/ (config.json, plan.json, model.safetensors, README.md, report.json, widths.png, results.json)")
 
 
 def _check_demo_options(out: Path, target: float, search_steps: int, retrain_steps: int, train_size: int) -> None:
@@ -137,19 +137,123 @@ def measure_cmd(
     batch_size: int = typer.Option(1, help="batch of the reference input"),
     device: str = typer.Option("cpu", help="cpu or cuda"),
     rounds: int = typer.Option(15, help="timing rounds (median reported)"),
+    as_json: bool = typer.Option(False, "--json", help="print the measurement as JSON (with the machine) instead of a table"),
 ) -> None:
-    """Params, MACs and median latency on the model's reference input."""
-    from .measure import measure
+    """Params, MACs and median latency on the model's reference input, with the machine they were measured on."""
+    from .measure import machine, measure
 
     from .checks import device as checked_device
 
     try:
         dev = checked_device("--device", device)
         m = load_any(model).to(dev)
-        r = measure(m, batch_size=batch_size, rounds=rounds)
+        r = {**measure(m, batch_size=batch_size, rounds=rounds), "machine": machine()}
     except Exception as e:  # noqa: BLE001
         _fail(e)
-    out_console.print_json(json.dumps(r))
+    if as_json:
+        out_console.print_json(json.dumps(r))
+        return
+    tab = Table(title=f"{type(m).__name__}: {model}")
+    tab.add_column("")
+    tab.add_column("value", justify="right")
+    for k, v in (("params", f"{r['params']:,}"), ("MACs", f"{r['macs']:,}"), ("latency ms (median)", f"{r['latency_ms']:.3f}"),
+                 ("latency IQR ms", f"{r['latency_iqr_ms']:.3f}"), ("batch size", str(r["batch_size"])), ("rounds", str(r["rounds"])),
+                 ("device", r["device"]), ("threads", str(r["threads"])), ("dtype", r["dtype"])):
+        tab.add_row(k, v)
+    out_console.print(tab)
+    mach = r["machine"]
+    out_console.print(f"machine: {mach['gpu'] or mach['cpu']}, {mach['cores']} cores; torch {mach['torch']}, "
+                      f"transformers {mach['transformers']}", highlight=False)
+
+
+@app.command("report")
+def report_cmd(
+    directory: Path = typer.Argument(..., help="a vltrim model directory (vltrim compress --out, vltrim.save)"),
+    as_json: bool = typer.Option(False, "--json", help="print report.json as saved"),
+) -> None:
+    """Print the report saved with a compressed model: source, method and settings, data and steps, metric before and
+    after, params, MACs, latency and machine, warnings."""
+    from .report import read_report
+
+    try:
+        rep, checked = read_report(directory)
+    except USER_ERRORS as e:
+        _fail(e)
+    if as_json:
+        out_console.print_json(json.dumps(rep, default=str))
+        return
+    _print_report(rep, checked, directory)
+
+
+def _print_report(rep: dict, checked: bool | None, directory: Path) -> None:
+    """Warnings (loud in a red panel), then one table per report section, then where the files are."""
+    from rich.panel import Panel
+
+    from .report import NOT_RETRAINED, WIDTHS_PNG, sections
+
+    if checked is False:
+        out_console.print(Panel(Text(f"report.json in {directory} does not match the checksum vltrim.json recorded at save "
+                                     "time: it was edited after saving"), style="bold red"))
+    for w in rep.get("warnings", []):
+        loud = w.startswith(NOT_RETRAINED)
+        out_console.print(Panel(Text(w), title="WARNING", style="bold red") if loud else Text("note: " + w, style="yellow"))
+    for s in sections(rep):
+        tab = Table(title=s.title, title_justify="left", show_header=any(s.headers))
+        for i, h in enumerate(s.headers):
+            tab.add_column(h, justify="left" if i == 0 or not any(s.headers) else "right")
+        for row in s.rows:
+            tab.add_row(*(Text(str(v)) for v in row))
+        out_console.print(tab)
+        if s.note:
+            out_console.print(Text(s.note, style="dim"))
+    if (directory / WIDTHS_PNG).is_file():
+        out_console.print(f"kept widths per layer: {directory / WIDTHS_PNG}", highlight=False)
+
+
+@app.command("export")
+def export_cmd(
+    directory: Path = typer.Argument(..., help="a vltrim model directory"),
+    fmt: str = typer.Option("onnx", "--format", help="output format: onnx"),
+    out: Optional[Path] = typer.Option(None, help="file to write (default: DIRECTORY/model.onnx); --int8 adds <name>.int8.onnx beside it"),
+    int8: bool = typer.Option(False, "--int8", help="also write a dynamically int8-quantised copy (onnxruntime) and report its cosine to the fp32 model"),
+    batch_size: int = typer.Option(2, help="batch of the example input (at least 2; the batch axis is dynamic)"),
+    rounds: int = typer.Option(10, help="timing rounds of torch vs onnxruntime (median reported)"),
+    atol: float = typer.Option(1e-4, help="parity tolerance: max abs diff to torch, times max(1, largest output)"),
+    as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
+) -> None:
+    """Export a compressed model to ONNX (dynamic batch and sequence axes), check it against torch (max abs diff) and
+    time it with onnxruntime when installed (pip install 'vltrim[export]')."""
+    from .export import export
+
+    try:
+        r = export(directory, fmt, out, int8=int8, batch_size=batch_size, atol=atol, rounds=rounds)
+    except USER_ERRORS as e:
+        _fail(e)
+    if as_json:
+        out_console.print_json(json.dumps(r))
+        return
+    _print_export(r)
+
+
+def _print_export(r: dict) -> None:
+    """The written files, their axes, parity, speed and (with --int8) the quantised copy's cosine and speed."""
+    axes = lambda d: ", ".join(f"{k} [{', '.join(map(str, v))}]" for k, v in d.items())  # noqa: E731
+    tab = Table(title=Text(f"exported {r['file']}"), title_justify="left", show_header=False)
+    tab.add_column("")
+    tab.add_column("")
+    add = lambda k, v: tab.add_row(k, Text(v))  # noqa: E731 - shapes in brackets are text, not rich markup
+    p, lat, q = r["parity"], r["latency"], r.get("int8")
+    add("inputs", axes(r["inputs"]))
+    add("outputs", axes(r["outputs"]))
+    add("parity vs torch", f"max abs diff {p['max_abs_diff']:.3g} ({p['runtime']}, inputs {axes(p['shapes'])})")
+    add("latency", f"torch {lat['torch_ms']:.3f} ms, onnxruntime {lat['onnxruntime_ms']:.3f} ms: torch / onnxruntime "
+        f"{lat['ratio']:.2f}x (inputs {axes(lat['batch'])}, {lat['threads']} threads)" if lat else "not timed: onnxruntime is not installed (pip install 'vltrim[export]')")
+    if q:
+        add("int8 file", f"{q['file']} ({q['bytes']:,} bytes, fp32 {q['fp32_bytes']:,})")
+        add("int8 cosine to fp32", f"{q['cosine']:.5f} (lowest over outputs)")
+        add("int8 latency", f"onnxruntime {q['onnxruntime_ms']:.3f} ms vs torch fp32 {q['torch_ms']:.3f} ms: {q['ratio']:.2f}x")
+    out_console.print(tab)
+    out_console.print(f"max abs diff vs torch: {p['max_abs_diff']:.3g}", highlight=False)
 
 
 def _check_cli_options(o: dict, out: Path) -> None:
@@ -468,14 +572,9 @@ def compress(
                            max_ratio=o["max_ratio"], seed=o["seed"], override=o["override"], kd_attention=o["kd_attention"],
                            task_weight=o["task_weight"], plan=_plan_option(plan_file), task=task_name,
                            **({"retrain_lr": o["retrain_lr"]} if o["retrain_lr"] is not None else {}), **one)
-        small, report = res.model, res.report
-        io.save(small, out, source=source_dir(model))
-        table = report.pop("scores_table", None)
-        if table:  # mope: the module errors as CSV and heat map next to the plan
-            from .methods.mope import save_table
-
-            save_table(table, out)
-        (Path(out) / "report.json").write_text(json.dumps(report, indent=1, default=str))
+        report = res.report
+        report.update(source_model=model, data_given={"train": o["data"], "eval": o["eval_data"]})
+        io.save(res, out, source=source_dir(model))  # with report.json, widths.png (and mope.csv / mope.png) and the card
     except USER_ERRORS as e:
         _fail(e)
     c = report["speed"]

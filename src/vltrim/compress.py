@@ -20,7 +20,7 @@ from .adapters import class_name, get_adapter
 from .api import apply_plan, plans_of
 from .checks import choice, flag, integer, kept_modes, number, path, text, usable_model
 from .data.inputs import as_dataset
-from .measure import compare, count_params
+from .measure import compare, count_params, machine
 from .methods import get_method
 from .methods.common import prunable_groups
 from .structure.plan import Plan
@@ -350,6 +350,24 @@ RUN_KEYS = ("method", "target", "metric", "align", "units", "allocation", "max_r
             "seed", "retrain_schedule", "method_settings")
 
 
+def report_settings(o: SimpleNamespace) -> dict[str, Any]:
+    """The options of a run that its report records (method, target and step counts are recorded on their own)."""
+    skip = ("method", "target", "search_steps", "retrain_steps")
+    return {k: getattr(o, k) for k in RUN_KEYS if k not in skip}
+
+
+def data_summary(o: SimpleNamespace) -> dict[str, Any]:
+    """What the run trained, calibrated and evaluated on: each dataset's type, size and file or folder if it has one."""
+    def one(ds: Any) -> dict[str, Any]:
+        if ds is None:
+            return {"type": None, "items": None}
+        inner = getattr(ds, "dataset", ds)  # a DataLoader's or a wrapper's dataset
+        where = next((getattr(x, a) for x in (ds, inner) for a in ("path", "root", "source") if getattr(x, a, None)), None)
+        return {"type": type(inner).__name__, "items": len(ds), **({"source": str(where)} if where is not None else {})}
+
+    return {"train": one(o.train_data), "eval": one(o.eval_data), **({"calib": one(o.calib_data)} if o.calib_data is not None else {})}
+
+
 def run_settings(o: SimpleNamespace, fingerprint: str | None) -> dict[str, Any]:
     """What a checkpoint in work_dir depends on (``fingerprint``: of the model compressed): resuming with any of it
     changed mixes two runs."""
@@ -377,7 +395,7 @@ def _run(model: nn.Module, o: SimpleNamespace, teacher: nn.Module | None = None)
     report: dict[str, Any] = {"method": o.method if o.plan is None else o.plan.method,
                               "target": o.target if o.plan is None else o.plan.target.get("target"),
                               "metric": o.metric, "task": t.name, "search_steps": o.search_steps if o.searches else 0,
-                              "retrain_steps": o.retrain_steps}
+                              "retrain_steps": o.retrain_steps, "settings": report_settings(o), "data": data_summary(o)}
     if o.eval_data is not None and o.evaluate_before:
         report["before"] = t.evaluate(model, o.eval_data)
     small, plans, rows = net, [], []
@@ -390,6 +408,8 @@ def _run(model: nn.Module, o: SimpleNamespace, teacher: nn.Module | None = None)
         rows[-1]["after"] = t.evaluate(small, o.eval_data)
     _summarise(report, rows, o.eval_data is not None)
     report["speed"] = compare(model, small, batch_size=o.latency_batch) if o.latency_batch > 0 else None
+    if report["speed"] is not None:
+        report["machine"] = machine()
     return CompressResult(small, plans[-1], report, plans)
 
 

@@ -2,7 +2,9 @@
 and vltrim.json: the SHA-256 of config.json, plan.json and model.safetensors recorded at save time. config.json
 also holds an ``auto_map`` to modeling_vltrim.py (written beside it), so transformers loads the directory with
 ``AutoModel.from_pretrained(path, trust_remote_code=True)`` through ``load`` (see hf.py); with ``source`` the
-tokenizer / processor / sentence-transformers files of the original model are copied too. Files are 0644 and the
+tokenizer / processor / sentence-transformers files of the original model are copied too. Saving a `CompressResult`
+also writes its report: report.json (its SHA-256 in vltrim.json under "reports", for `vltrim report`; ``load`` does
+not check it, the model does not depend on it), widths.png and the card's report sections. Files are 0644 and the
 directory 0755 (less what the umask removes).
 
 ``load`` checks those checksums, rebuilds the unpruned architecture from config.json, applies the plans
@@ -38,6 +40,9 @@ CONFIG, PLAN, WEIGHTS, CARD, CHECKSUMS = "config.json", "plan.json", "model.safe
 MODELING = "modeling_vltrim.py"  # the class transformers' auto classes load (config.json's auto_map; see hf.py)
 CHECKED = (CONFIG, PLAN, WEIGHTS)  # files whose SHA-256 is recorded in vltrim.json (README.md is for people)
 CHECKSUMS_FORMAT, CHECKSUMS_VERSION = "vltrim.model_dir", 1
+REPORT = "report.json"  # with a compress result: the run's report; its SHA-256 is in vltrim.json's "reports", which load does not check
+REPORT_FILES = (REPORT, "widths.png", "mope.csv", "mope.png")  # written from a report; a save without one removes old ones
+EXPORTS = ("model.onnx", "model.onnx.data", "model.int8.onnx")  # `vltrim export`'s default files: a new save removes them
 _DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
 
 
@@ -51,21 +56,28 @@ class MissingModelFileError(ModelDirError, FileNotFoundError):
 
 
 # ---- save ---------------------------------------------------------------------------------------------
-def save(model: nn.Module, path: str | Path, card_extra: str = "", source: str | Path | None = None) -> Path:
+def save(model: Any, path: str | Path, card_extra: str = "", source: str | Path | None = None) -> Path:
     """Write the model directory (with vltrim.json checksums and modeling_vltrim.py); returns its path.
 
+    ``model``: a model, or a `CompressResult` (what `vltrim.compress` returns): then its report is written too, as
+    report.json (source model, method and settings of every stage, data and steps, metric before / after search /
+    after retraining, params, MACs, latency and machine, warnings), widths.png (kept widths per layer and tower) and
+    in the model card (README.md); a MoPE run also writes its module errors (mope.csv, mope.png).
     ``source``: the directory of the model it was compressed from (a transformers or sentence-transformers save);
     its tokenizer, processor and sentence-transformers files are copied (hf.copy_source_files), never its weights.
     Every file is written to a temporary directory next to ``path`` first, so a bad plan or a crash never
-    leaves a directory that ``load`` accepts while being wrong. An existing vltrim directory is overwritten."""
+    leaves a directory that ``load`` accepts while being wrong. An existing vltrim directory is overwritten; files
+    derived from the model it held are removed (`vltrim export`'s model.onnx, and report files when this save has none)."""
     from . import hf
 
+    model, run = _unpack(model)
     get_adapter(model)  # unsupported models fail before anything is written
     out = checked_path("path", path)
     check_save_destination(out)
     plans = plans_of(model) or [Plan(class_name(model), {}, {}, {}, method="none")]
-    texts = {CONFIG: hf.config_text(base_config(model), model), PLAN: dumps_plans(plans), CARD: _card(model, plans, card_extra),
-             MODELING: hf.modeling_source(model)}
+    report = _report(model, plans, run, source)
+    texts = {CONFIG: hf.config_text(base_config(model), model), PLAN: dumps_plans(plans),
+             CARD: _card(model, plans, card_extra, report), MODELING: hf.modeling_source(model)}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.resolve().parent / f".{out.resolve().name}.tmp-{secrets.token_hex(4)}"
     tmp.mkdir()
@@ -75,12 +87,49 @@ def save(model: nn.Module, path: str | Path, card_extra: str = "", source: str |
         save_model(model, str(tmp / WEIGHTS))
         if source is not None:
             hf.copy_source_files(source, tmp)
+        if report is not None:
+            _write_report(report, run, tmp)
         (tmp / CHECKSUMS).write_text(_checksums_text(tmp), encoding="utf-8")  # last: config.json is final
         _make_readable(tmp)
         _install(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    for name in EXPORTS + (REPORT_FILES if report is None else ()):  # they described the model saved before
+        (out / name).unlink(missing_ok=True)
     return out
+
+
+def _unpack(model: Any) -> tuple[nn.Module, dict[str, Any] | None]:
+    """(model, its run report) from a CompressResult; (model, None) from a model."""
+    from .compress import CompressResult
+
+    if isinstance(model, CompressResult):
+        if not isinstance(model.report, dict):
+            raise TypeError(f"the CompressResult's report must be a dict (as compress makes it), got {type(model.report).__name__}")
+        return model.model, model.report
+    return model, None
+
+
+def _report(model: nn.Module, plans: list[Plan], run: dict[str, Any] | None, source: str | Path | None) -> dict[str, Any] | None:
+    """report.json's content for a run report (None without one)."""
+    from .report import build_report
+
+    if run is None:
+        return None
+    return build_report(model, [p for p in plans if not p.empty], run, source)
+
+
+def _write_report(report: dict[str, Any], run: dict[str, Any], folder: Path) -> None:
+    """report.json, widths.png (when a layer or width was cut) and (MoPE) mope.csv / mope.png into ``folder``."""
+    from .report import WIDTHS_PNG, plot_widths, report_text, widths_cut
+
+    (folder / REPORT).write_text(report_text(report), encoding="utf-8")
+    if widths_cut(report.get("widths")):
+        plot_widths(report["widths"], folder / WIDTHS_PNG, title=f"{report['model']['class']}: kept widths per layer")
+    if run.get("scores_table"):
+        from .methods.mope import save_table
+
+        save_table(run["scores_table"], folder)
 
 
 def _make_readable(folder: Path) -> None:
@@ -91,10 +140,10 @@ def _make_readable(folder: Path) -> None:
         p.chmod((0o777 if p.is_dir() else 0o666) & ~mask)
 
 
-def _card(model: nn.Module, plans: list[Plan], extra: str) -> str:
+def _card(model: nn.Module, plans: list[Plan], extra: str, report: dict[str, Any] | None = None) -> str:
     from .report import model_card
 
-    return model_card(model, plans, extra=extra)
+    return model_card(model, plans, extra=extra, report=report)
 
 
 def check_save_destination(out: str | Path) -> None:
@@ -132,8 +181,20 @@ def _checksums_text(folder: Path) -> str:
     from . import __version__
 
     files = {name: sha256_file(folder / name) for name in CHECKED}
+    reports = {REPORT: sha256_file(folder / REPORT)} if (folder / REPORT).is_file() else {}
     return json.dumps({"format": CHECKSUMS_FORMAT, "version": CHECKSUMS_VERSION, "written_by": f"vltrim {__version__}",
-                       "algorithm": "sha256", "files": files}, indent=1)
+                       "algorithm": "sha256", "files": files, **({"reports": reports} if reports else {})}, indent=1)
+
+
+def report_checksum_ok(path: Path) -> bool | None:
+    """Whether report.json matches the SHA-256 vltrim.json recorded at save time (None: none recorded)."""
+    try:
+        recorded = json.loads((path / CHECKSUMS).read_text(encoding="utf-8")).get("reports", {}).get(REPORT)
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(recorded, str) or not (path / REPORT).is_file():
+        return None
+    return sha256_file(path / REPORT) == recorded
 
 
 def sha256_file(file: Path) -> str:

@@ -1,6 +1,8 @@
 """Measure what users pay for: parameters, MACs (counted, not estimated) and wall-clock latency."""
 from __future__ import annotations
 
+import os
+import platform
 import statistics
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
@@ -77,6 +79,21 @@ def _time_rounds(fns: list[Callable[[], None]], rounds: int, warmup: int, min_ro
 def _latency_stats(times: list[float]) -> dict[str, float]:
     q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
     return {"latency_ms": statistics.median(times) * 1e3, "latency_iqr_ms": (q[2] - q[0]) * 1e3}
+
+
+def machine() -> dict[str, Any]:
+    """Where the latencies were measured: platform, CPU (or GPU), cores, torch threads and versions."""
+    import transformers
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None, "python": platform.python_version(),
+            "torch": torch.__version__, "transformers": transformers.__version__}
 
 
 def _context(model: nn.Module, inputs: dict[str, Any]) -> dict[str, Any]:

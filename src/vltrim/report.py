@@ -1,12 +1,28 @@
-"""Human-readable output: model cards and markdown tables."""
+"""Human-readable output: model cards, report.json beside a saved model, its kept-widths plot, markdown tables.
+
+A saved model's report (``build_report``) is the run's own report from `vltrim.compress` (method, target, steps,
+metric before / after search / after retraining, speed, ...; a chain's per-stage rows under ``stages``) plus what a
+reader of the directory alone needs: the source model, every plan's method and settings, the data, the model's
+params and MACs, the machine the latency was measured on, the kept widths per layer and tower, and warnings (loud
+when a pruned model was not retrained). ``sections`` turns it into titled tables, rendered as markdown in the model
+card (README.md) and with rich by `vltrim report`."""
 from __future__ import annotations
 
+import datetime
+import json
+import re
 from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 from torch import nn
 
 from .measure import count_params
+
+REPORT, WIDTHS_PNG = "report.json", "widths.png"
+REPORT_FORMAT, REPORT_VERSION = "vltrim.report", 1
+NOT_RETRAINED = "PRUNED WITHOUT RETRAINING"
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -21,14 +37,20 @@ def _num(v: Any, spec: str) -> str:
     return format(v, spec) if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
 
 
-def model_card(model: nn.Module, plans: Sequence, extra: str = "") -> str:
-    """README.md written next to a saved model: what it is, how it was pruned, how to load it."""
+def model_card(model: nn.Module, plans: Sequence, extra: str = "", report: dict[str, Any] | None = None) -> str:
+    """README.md written next to a saved model: what it is, how it was made (``report``: report.json's content, see
+    ``build_report``), how it was pruned, how to load it."""
     from .adapters import class_name
 
     pruned = any(not p.empty for p in plans)
-    lines = [
-        f"# {class_name(model)} {'compressed' if pruned else 'saved'} with vltrim",
-        "",
+    lines = [f"# {class_name(model)} {'compressed' if pruned else 'saved'} with vltrim", ""]
+    if report is not None:
+        lines += [sections_markdown(report), f"The whole report: `{REPORT}` (print it with `vltrim report <this directory>`).", ""]
+    elif pruned:
+        lines += ["> Note: saved without a compression report (no report.json): the source model, data, metrics and "
+                  "whether the model was retrained after pruning are not recorded. Save a `vltrim.compress` result "
+                  "(`vltrim.save(result, out)`) to record them.", ""]
+    lines += [
         f"Parameters now: **{count_params(model):,}**.",
         "",
         "Load it with:",
@@ -88,3 +110,440 @@ def model_card(model: nn.Module, plans: Sequence, extra: str = "") -> str:
     if extra:
         lines += [extra, ""]
     return "\n".join(lines)
+
+
+# ---- the report of a saved model ------------------------------------------------------------------------------
+def build_report(model: nn.Module, plans: Sequence, run: dict[str, Any], source: str | Path | None = None) -> dict[str, Any]:
+    """report.json's content: the run's report (``run``: `CompressResult.report`) and what the directory alone must tell."""
+    from . import __version__
+    from .measure import machine
+
+    rep = {k: v for k, v in run.items() if k != "scores_table"}  # mope's table goes to mope.csv / mope.png
+    rep.update(format=REPORT_FORMAT, version=REPORT_VERSION, written_by=f"vltrim {__version__}",
+               saved_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+               source=_source(model, plans, run, source), model=_costs_now(model),
+               plans=[_plan_entry(p) for p in plans], widths=layer_widths(model, plans))
+    rep.setdefault("machine", machine())
+    rep["warnings"] = report_warnings(rep)
+    return rep
+
+
+def report_text(rep: dict[str, Any]) -> str:
+    """report.json's text (values JSON cannot hold, like paths, as strings)."""
+    return json.dumps(rep, indent=1, default=str)
+
+
+def _source(model: nn.Module, plans: Sequence, run: dict[str, Any], source: str | Path | None) -> dict[str, Any]:
+    """The model it was compressed from: its name (the CLI's MODEL, the source directory, or config's _name_or_path),
+    class, params and MACs (reference input, batch 1) as the first plan recorded them."""
+    from .adapters import class_name
+    from .api import base_config
+
+    first = plans[0].achieved if plans else {}
+    speed = run.get("speed") or {}
+    name = run.get("source_model") or (str(source) if source is not None else None) or getattr(base_config(model), "_name_or_path", "")
+    return {"name": name or None, "class": class_name(model),
+            "params": speed.get("a", {}).get("params", first.get("model_params_before")), "macs": first.get("model_macs_before")}
+
+
+def _costs_now(model: nn.Module) -> dict[str, Any]:
+    """Params and MACs (the adapter's reference input, batch 1) of the saved model."""
+    from .adapters import class_name, get_adapter
+    from .measure import count_macs
+
+    return {"class": class_name(model), "params": count_params(model),
+            "macs": count_macs(model, get_adapter(model).reference_inputs(model, 1)), "macs_input": "reference input, batch 1"}
+
+
+def _plan_entry(p: Any) -> dict[str, Any]:
+    """One plan as report.json lists it: method, settings, target, what it achieved and what it changed."""
+    return {"method": p.method, "settings": p.settings, "target": p.target, "achieved": p.achieved,
+            "groups_sliced": len(p.keep), "linears_factorised": len(p.factorize), "linears_sparsified": len(p.sparsify)}
+
+
+def steps_of(rep: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The run's steps with their own rows: a chain's stages, prune-retrain rounds, or the single run."""
+    if rep.get("stages"):
+        return [(f"stage {s.get('stage', i)} ({s.get('method')})", s) for i, s in enumerate(rep["stages"], 1)]
+    if rep.get("rounds"):
+        return [(f"round {r.get('round', i)}/{len(rep['rounds'])}", r) for i, r in enumerate(rep["rounds"], 1)]
+    return [("", rep)]
+
+
+def _total(rep: dict[str, Any], key: str) -> int:
+    """Search or retrain steps of the whole run (a chain's stages added up)."""
+    rows = rep.get("stages") or [rep]
+    return sum(int(r.get(key) or 0) for r in rows if isinstance(r.get(key, 0), (int, float)))
+
+
+def report_warnings(rep: dict[str, Any]) -> list[str]:
+    """What a reader must know first: no retraining after pruning (loud), no evaluation, a large metric drop."""
+    out = []
+    pruned = any(p.get("groups_sliced") or p.get("linears_factorised") or p.get("linears_sparsified") for p in rep.get("plans", []))
+    if pruned and _total(rep, "retrain_steps") == 0:
+        searched = _total(rep, "search_steps")
+        how = (f"its weights trained only during the search ({searched} steps), not after the cut" if searched
+               else "the remaining weights were never trained after the cut")
+        out.append(f"{NOT_RETRAINED}: this model was pruned and {how}. Expect a large accuracy drop; retrain it "
+                   "(compress with retrain_steps / --retrain-steps and training data) before using it.")
+    if "after" not in rep:
+        out.append("Not evaluated: no eval data was given, so the quality after compression is unknown.")
+    kept = _kept_share(rep)
+    if kept is not None and kept < 0.9:
+        out.append(f"The task metric dropped to {kept:.0%} of the original's.")
+    return out
+
+
+def _main_metric(rep: dict[str, Any]) -> str | None:
+    """The metric the summary compares (the first of mean_R@1, top1, cosine_to_teacher, else the first one)."""
+    after = rep.get("after") or {}
+    keys = [k for k, v in after.items() if isinstance(v, (int, float))]
+    return next((k for k in ("mean_R@1", "top1", "cosine_to_teacher") if k in keys), keys[0] if keys else None)
+
+
+def _kept_share(rep: dict[str, Any]) -> float | None:
+    key = _main_metric(rep)
+    before, after = (rep.get("before") or {}).get(key), (rep.get("after") or {}).get(key)
+    if not isinstance(before, (int, float)) or not isinstance(after, (int, float)) or before <= 0:
+        return None
+    return after / before
+
+
+# ---- kept widths per layer and tower --------------------------------------------------------------------------
+def _parse_group(name: str) -> tuple[str, int | None, str]:
+    """'vision.layers.3.attn.heads' -> ('vision', 3, 'attn.heads'); 'vision.layers' -> ('vision', None, 'layers')."""
+    m = re.fullmatch(r"(.+?)\.layers(?:\.(\d+)\.(.+))?", name)
+    if m is None:
+        return name, None, name
+    return m.group(1), None if m.group(2) is None else int(m.group(2)), m.group(3) or "layers"
+
+
+def layer_widths(model: nn.Module, plans: Sequence) -> dict[str, list[dict[str, Any]]]:
+    """Per tower, one row per original layer: [kept, original] heads, head dims and FFN neurons, or
+    ``dropped: True`` for a removed layer (plans name layers by their index when applied, so drops are followed)."""
+    from .adapters import get_adapter
+
+    alive, first, count = _follow_plans(plans)
+    out = {}
+    for t in get_adapter(model).towers(model):
+        idx = alive.get(t.name, list(range(len(t.layers))))
+        n = count.get(t.name, len(t.layers))
+        rows: dict[int, dict[str, Any]] = {i: {"layer": i, "dropped": True} for i in range(n)}
+        for cur, layer in enumerate(t.layers):
+            b, o = t.block(layer), idx[cur]
+            now = {"attn.heads": b.attn.num_heads, "attn.head_dims": b.attn.head_dim, "mlp.neurons": b.fc1.out_features}
+            rows[o] = {"layer": o, **{k.split(".")[-1]: [v, first.get((t.name, o, k), v)] for k, v in now.items()}}
+        out[t.name] = [rows[i] for i in range(n)]
+    return out
+
+
+def _follow_plans(plans: Sequence) -> tuple[dict[str, list[int]], dict[tuple[str, int, str], int], dict[str, int]]:
+    """Through the plans in order: the original index of every remaining layer per tower, the original size of every
+    sliced group (tower, original layer, part), and each tower's original layer count (towers that lost layers)."""
+    alive: dict[str, list[int]] = {}
+    first: dict[tuple[str, int, str], int] = {}
+    count: dict[str, int] = {}
+    for p in plans:
+        for name, size in p.sizes.items():  # widths first: a plan names them by the layer indices before its drops
+            tower, layer, part = _parse_group(name)
+            if layer is not None:
+                first.setdefault((tower, alive[tower][layer] if tower in alive else layer, part), size)
+        for name, keep in p.keep.items():
+            tower, layer, _ = _parse_group(name)
+            if layer is None and p.kinds.get(name) == "layers":
+                cur = alive.get(tower, list(range(p.sizes[name])))
+                count.setdefault(tower, p.sizes[name])
+                alive[tower] = [cur[i] for i in keep]
+    return alive, first, count
+
+
+def widths_cut(widths: dict[str, list[dict[str, Any]]] | None) -> bool:
+    """Whether any layer was dropped or any width cut (factorised or sparsified models keep every width)."""
+    rows = [r for layers in (widths or {}).values() for r in layers]
+    return any(r.get("dropped") or any(r[k][0] != r[k][1] for k in ("heads", "head_dims", "neurons")) for r in rows)
+
+
+def _attention(row: dict[str, Any]) -> tuple[int, int]:
+    """Kept and original q/k/v channels of a layer (heads x head dim)."""
+    return row["heads"][0] * row["head_dims"][0], row["heads"][1] * row["head_dims"][1]
+
+
+def _attention_label(row: dict[str, Any]) -> str:
+    parts = [f"{row['heads'][0]}/{row['heads'][1]}h"] if row["heads"][0] != row["heads"][1] else []
+    parts += [f"{row['head_dims'][0]}/{row['head_dims'][1]}d"] if row["head_dims"][0] != row["head_dims"][1] else []
+    return "\n".join(parts)
+
+
+def width_summary(widths: dict[str, list[dict[str, Any]]]) -> list[list[str]]:
+    """One row per tower: layers kept, attention width kept, FFN neurons kept (for the card and `vltrim report`)."""
+    rows = []
+    for tower, layers in widths.items():
+        live = [r for r in layers if not r.get("dropped")]
+        att = [_attention(r) for r in live]
+        ffn = [r["neurons"] for r in live]
+        share = lambda pairs: f"{sum(a for a, _ in pairs):,} / {sum(b for _, b in pairs):,}" if pairs else "-"  # noqa: E731
+        rows.append([tower, f"{len(live)} / {len(layers)}", share(att), share(ffn)])
+    return rows
+
+
+def plot_widths(widths: dict[str, list[dict[str, Any]]], file: str | Path, title: str = "") -> Path:
+    """PNG of the kept share of every layer's attention width and FFN neurons, one panel per tower; dropped layers
+    hatched. Labels give kept/original heads (h), head dims (d) and neurons where a layer was cut."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    towers = [t for t, rows in widths.items() if rows]
+    most = max((len(widths[t]) for t in towers), default=1)
+    fig, axes = plt.subplots(len(towers) or 1, 1, figsize=(max(6.0, 0.5 * most + 2), 2.8 * max(len(towers), 1)), squeeze=False)
+    for i, (ax, tower) in enumerate(zip(axes[:, 0], towers)):
+        _width_panel(ax, tower, widths[tower], small=most > 12, legend=i == 0)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(file, dpi=110)
+    plt.close(fig)
+    return Path(file)
+
+
+def _width_panel(ax: Any, tower: str, rows: list[dict[str, Any]], small: bool, legend: bool) -> None:
+    """One tower's bars: attention (heads x head dim) and FFN neurons, kept / original, per original layer."""
+    w, font = 0.4, 6 if small else 7
+    for i, r in enumerate(rows):
+        if r.get("dropped"):
+            ax.bar(i, 1.0, width=2 * w, color="none", edgecolor="0.55", hatch="///", lw=0.8)
+            ax.text(i, 0.5, "dropped", rotation=90, ha="center", va="center", fontsize=font, color="0.3")
+            continue
+        (ka, oa), (kn, on) = _attention(r), r["neurons"]
+        ax.bar(i - w / 2, ka / oa, width=w, color="tab:blue")
+        ax.bar(i + w / 2, kn / on, width=w, color="tab:orange")
+        for x, y, text in ((i - w / 2, ka / oa, _attention_label(r)), (i + w / 2, kn / on, f"{kn}/{on}" if kn != on else "")):
+            if text:
+                ax.text(x, y + 0.02, text, rotation=90, ha="center", va="bottom", fontsize=font)
+    live = sum(not r.get("dropped") for r in rows)
+    ax.set_title(f"{tower}: {live} of {len(rows)} layers kept", fontsize=9)
+    ax.set_xticks(range(len(rows)), [str(r["layer"]) for r in rows], fontsize=font + 1)
+    ax.set_xlim(-0.7, len(rows) - 0.3)
+    ax.set_ylim(0, 1.45)
+    ax.set_yticks([0, 0.25, 0.5, 0.75, 1.0])
+    ax.set_xlabel("layer (original index)", fontsize=8)
+    ax.set_ylabel("kept / original", fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    if not legend:
+        return
+    from matplotlib.patches import Patch
+
+    ax.legend(handles=[Patch(color="tab:blue", label="attention (heads x head dim)"), Patch(color="tab:orange", label="FFN neurons"),
+                       Patch(facecolor="none", edgecolor="0.55", hatch="///", label="layer dropped")],
+              fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+
+
+def readable_axes(ax: Any, x_engineering: bool = True, y_engineering: bool = False, bins: int = 6) -> None:
+    """At most ``bins`` ticks per axis, large numbers as 1.2M / 350k, x labels tilted: tick labels never overlap."""
+    from matplotlib.ticker import EngFormatter, MaxNLocator
+
+    for axis, eng in ((ax.xaxis, x_engineering), (ax.yaxis, y_engineering)):
+        axis.set_major_locator(MaxNLocator(nbins=bins))
+        if eng:
+            axis.set_major_formatter(EngFormatter(places=1, sep=""))
+    ax.tick_params(axis="x", labelrotation=30)
+    for label in ax.get_xticklabels():
+        label.set_horizontalalignment("right")
+
+
+# ---- sections: the same content as markdown (model card) and rich tables (`vltrim report`) --------------------
+@dataclass
+class Section:
+    title: str
+    headers: list[str]
+    rows: list[list[Any]]
+    note: str = ""
+
+
+def sections(rep: dict[str, Any]) -> list[Section]:
+    """The report as titled tables: model, method and settings, data and steps, quality, cost, kept widths."""
+    out = [_model_section(rep), _method_section(rep), _data_section(rep), _quality_section(rep), _cost_section(rep)]
+    if widths_cut(rep.get("widths")):
+        out.append(Section("Kept widths", ["tower", "layers", "attention channels", "FFN neurons"], width_summary(rep["widths"]),
+                           f"per layer: {WIDTHS_PNG}"))
+    return [s for s in out if s.rows]
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return v if isinstance(v, str) else json.dumps(v, default=str)
+
+
+def _model_section(rep: dict[str, Any]) -> Section:
+    src, now = rep.get("source") or {}, rep.get("model") or {}
+    rows = [["source model", src.get("name") or "not recorded (compressed in memory, saved without source=)"],
+            ["class", now.get("class") or src.get("class")],
+            ["task", rep.get("task")],
+            ["saved", f"{rep.get('saved_at', '-')} by {rep.get('written_by', '-')}"]]
+    return Section("Model", ["", ""], [[k, _fmt(v)] for k, v in rows])
+
+
+def _method_section(rep: dict[str, Any]) -> Section:
+    """One row per step (stage or round): method, target, what it achieved, search and retrain steps, settings."""
+    rows: list[list[Any]] = []
+    notes: list[str] = []
+    plans, steps = rep.get("plans") or [], steps_of(rep)
+    for i, (label, s) in enumerate(steps):
+        method = s.get("method", rep.get("method"))
+        settings = plans[i]["settings"] if len(plans) == len(steps) else (s.get("settings") or {}).get("method_settings")
+        rows.append([label or "1", _fmt(method), _target(s.get("target", rep.get("target"))), _achieved(s.get("plan")),
+                     _fmt(s.get("search_steps", rep.get("search_steps"))), _fmt(s.get("retrain_steps", rep.get("retrain_steps")))])
+        notes.append(f"{label or 'method'} settings: {_settings_text(settings)}")
+    keys = ("metric", "units", "align", "allocation", "max_ratio")
+    for label, b in [(label, s.get("settings") or rep.get("settings") or {}) for label, s in (steps if rep.get("stages") else [("", rep)])]:
+        if b:
+            notes.append(f"{label or 'method'} budget: " + ", ".join(f"{k} {b[k]}" for k in keys if b.get(k) is not None))
+    return Section("Method and settings", ["step", "method", "target", "achieved", "search steps", "retrain steps"], rows, "\n".join(notes))
+
+
+def _target(t: Any) -> str:
+    if isinstance(t, dict):
+        t = t.get("target", t.get("sparsity", t))
+    return f"{t:.1%}" if isinstance(t, float) else _fmt(t)
+
+
+def _achieved(a: Any) -> str:
+    if not isinstance(a, dict):
+        return _fmt(a)
+    parts = [f"{name} -{a[k]:.1%}" for k, name in (("params_removed", "params"), ("macs_removed", "MACs")) if isinstance(a.get(k), float)]
+    if isinstance(a.get("sparsity"), float):
+        parts.append(f"{a['sparsity']:.1%} zeros")
+    return ", ".join(parts) or "-"
+
+
+def _settings_text(settings: Any) -> str:
+    if not settings:
+        return "-"
+    text = ", ".join(f"{k}={json.dumps(v, default=str)}" for k, v in settings.items()) if isinstance(settings, dict) else str(settings)
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _data_section(rep: dict[str, Any]) -> Section:
+    data, given = rep.get("data") or {}, rep.get("data_given") or {}
+    rows = [[f"{k} data", _data_text({**v, "source": given.get(k) or v.get("source")} if isinstance(v, dict) else v)]
+            for k, v in data.items()]
+    s = rep.get("settings") or ((rep.get("stages") or [{}])[0].get("settings") or {})
+    rows += [[k.replace("_", " "), _fmt(s[k])] for k in ("batch_size", "lr", "retrain_lr", "kd_weight", "kd_hidden", "kd_embed",
+                                                          "kd_attention", "task_weight", "seed", "mixed_precision") if k in s]
+    if data or s:
+        rows += [["search steps (all steps)", _fmt(_total(rep, "search_steps"))], ["retrain steps (all steps)", _fmt(_total(rep, "retrain_steps"))]]
+    return Section("Data and steps", ["", ""], rows)
+
+
+def _data_text(d: Any) -> str:
+    if not isinstance(d, dict):
+        return _fmt(d)
+    if d.get("items") is None and not d.get("source"):
+        return "none"
+    what = f"{d.get('type', 'dataset')}, {_fmt(d.get('items'))} items"
+    return f"{d['source']} ({what})" if d.get("source") else what
+
+
+def _quality_section(rep: dict[str, Any]) -> Section:
+    """Rows per metric: before, after search and after retraining of every step, and the share kept."""
+    before, after = rep.get("before") or {}, rep.get("after") or {}
+    steps = steps_of(rep)
+    cols, getters = [], []
+    for label, s in steps:
+        tag = f"{label.split(' (')[0]}: " if label else ""
+        cols += [f"{tag}after search", f"{tag}after retraining"]
+        getters += [s.get("after_search") or {}, s.get("after") or {}]
+    keys = list(dict.fromkeys([*before, *after]))
+    rows = [[k, _fmt(before.get(k)), *(_fmt(g.get(k)) for g in getters), _share(before.get(k), after.get(k))]
+            for k in keys if isinstance(after.get(k, before.get(k)), (int, float))]
+    return Section("Quality (task metric on the eval data)", ["metric", "before", *cols, "after / before"], rows)
+
+
+def _share(a: Any, b: Any) -> str:
+    return f"{b / a:.1%}" if isinstance(a, (int, float)) and isinstance(b, (int, float)) and a > 0 else "-"
+
+
+def _cost_section(rep: dict[str, Any]) -> Section:
+    """Params, MACs and latency, original vs compressed, with where the latency was measured."""
+    sp, src, now = rep.get("speed"), rep.get("source") or {}, rep.get("model") or {}
+    rows = [["params", _fmt(src.get("params")), _fmt(now.get("params")), _ratio(src.get("params"), now.get("params"))],
+            ["MACs (reference input, batch 1)", _fmt(src.get("macs")), _fmt(now.get("macs")), _ratio(src.get("macs"), now.get("macs"))]]
+    if sp:
+        a, b = sp["a"], sp["b"]
+        rows.append([f"latency ms (batch {sp.get('batch_size')}, median of {sp.get('rounds')} rounds)",
+                     f"{a['latency_ms']:.3f}", f"{b['latency_ms']:.3f}", f"{sp['speedup']:.2f}x"])
+        note = f"latency measured on {_machine_text(rep.get('machine'), sp)}"
+    else:
+        note = "latency not measured (latency_batch=0)" if "speed" in rep else ""
+    return Section("Cost", ["", "original", "compressed", "original / compressed"], rows, note)
+
+
+def _ratio(a: Any, b: Any) -> str:
+    return f"{a / b:.2f}x" if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b else "-"
+
+
+def _machine_text(m: Any, sp: dict[str, Any]) -> str:
+    where = f"{sp.get('device')}, {sp.get('threads')} threads, {sp.get('dtype', 'float32')}"
+    if not isinstance(m, dict):
+        return where
+    host = m.get("gpu") if sp.get("device") not in (None, "cpu") and m.get("gpu") else f"{m.get('cpu')} ({m.get('cores')} cores)"
+    return f"{host}; {where}; torch {m.get('torch')}, transformers {m.get('transformers')}"
+
+
+def sections_markdown(rep: dict[str, Any]) -> str:
+    """The report's warnings and sections as markdown (the model card's body)."""
+    lines = []
+    for w in rep.get("warnings", []):
+        loud = w.startswith(NOT_RETRAINED)
+        lines += [f"> **WARNING: {w}**" if loud else f"> Note: {w}", ""]
+    for s in sections(rep):
+        cells = [[str(v).replace("|", "\\|").replace("\n", " ") for v in r] for r in s.rows]
+        lines += [f"## {s.title}", "", markdown_table(s.headers, cells), ""]
+        if s.note:
+            note = s.note.replace(WIDTHS_PNG, f"![kept widths per layer]({WIDTHS_PNG})") if s.title == "Kept widths" else s.note
+            lines += ["\n".join(f"- {ln}" for ln in note.splitlines()) if "\n" in note else note, ""]
+    return "\n".join(lines)
+
+
+# ---- reading a saved report -----------------------------------------------------------------------------------
+def read_report(directory: str | Path) -> tuple[dict[str, Any], bool | None]:
+    """A vltrim directory's report.json (or, saved without one, what plan.json tells) and whether it matches the
+    checksum recorded at save time (None: none recorded). Errors name the directory or file."""
+    from . import io
+    from .structure.plan import read_json, read_plans
+
+    path = Path(directory)
+    io._check_files(path)  # noqa: SLF001 - the same "not a vltrim directory" errors as load
+    if not (path / REPORT).is_file():
+        return _report_from_plans(read_plans(path / io.PLAN)), None
+    rep = read_json(path / REPORT, error=io.ModelDirError, allow_nonfinite=True)
+    if not isinstance(rep, dict):
+        raise io.ModelDirError(f"{path / REPORT} must hold a JSON object (a vltrim report), got {type(rep).__name__}")
+    return rep, io.report_checksum_ok(path)
+
+
+def _report_from_plans(plans: Sequence) -> dict[str, Any]:
+    """What a directory saved without a report still tells: its plans (method, target, what they achieved)."""
+    plans = [p for p in plans if not p.empty]
+    first = plans[0].achieved if plans else {}
+    last = plans[-1].achieved if plans else {}
+    entries = [_plan_entry(p) for p in plans]
+    rep: dict[str, Any] = {
+        "source": {"class": plans[0].model_class if plans else None, "params": first.get("model_params_before"),
+                   "macs": first.get("model_macs_before")},
+        "model": {"params": last.get("model_params_after"), "macs": last.get("model_macs_after")},
+        "plans": entries, "stages": [{"stage": i, "method": p.method, "target": p.target, "plan": p.achieved}
+                                     for i, p in enumerate(plans, 1)],
+    }
+    rep["warnings"] = ["No report.json: this model was saved without a compression report (vltrim.save(model) or an older "
+                       "vltrim), so the source model, data, metrics and retraining are not recorded; shown: what plan.json "
+                       "holds."] if plans else []
+    return rep

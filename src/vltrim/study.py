@@ -23,7 +23,6 @@ import io as _io
 import json
 import math
 import os
-import platform
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -38,7 +37,7 @@ from .adapters import class_name, get_adapter
 from .checks import flag, integer, kept_modes, number, path, text, usable_model
 from .compress import _checked, compress
 from .data.inputs import as_dataset
-from .measure import _latency_stats, _runner, _time_rounds, count_macs, count_params
+from .measure import _latency_stats, _runner, _time_rounds, count_macs, count_params, machine
 from .methods import available, get_method
 from .progress import bar
 from .structure.select import Budget
@@ -226,21 +225,6 @@ def _read(file: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return d if isinstance(d, dict) else None
-
-
-def machine() -> dict[str, Any]:
-    """Where the latencies were measured: platform, CPU (or GPU), cores, torch threads and versions."""
-    import transformers
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None, "python": platform.python_version(),
-            "torch": torch.__version__, "transformers": transformers.__version__}
 
 
 # ---- the study -----------------------------------------------------------------------------------------------------
