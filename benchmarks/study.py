@@ -68,7 +68,7 @@ if __name__ == "__main__":
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     model, task, train, evald, opts = CASES[a.model]()
-    key = hashlib.sha1(json.dumps([a.methods, a.ratios, a.retrain_steps, opts], sort_keys=True).encode()).hexdigest()[:8]
+    key = hashlib.sha1(json.dumps([a.retrain_steps, opts], sort_keys=True).encode()).hexdigest()[:8]  # cells cache per method x ratio
     out = CACHE / f"{a.model}-{key}"
     res = vltrim.study(model, task=task, train_data=train, eval_data=evald, methods=a.methods.split(","),
                        ratios=[float(r) for r in a.ratios.split(",")], retrain_steps=a.retrain_steps, out=out,
