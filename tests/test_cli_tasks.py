@@ -237,7 +237,8 @@ def test_reference_model_with_the_builtin_tokenizer_and_a_manifest(tmp_path):
 def test_a_tokenizer_that_does_not_fit_is_refused_before_any_work(tmp_path):
     src = _bert_dir(tmp_path)
     big = _vocab(tmp_path / "big", 200)
-    r = _invoke(src, "--out", tmp_path / "o", "--tokenizer", big, "--data", tmp_path / "not-read-yet.txt", "--retrain-steps", "1", *QUICK)
+    (tmp_path / "not-read-yet.jsonl").write_text("{not json")  # reading it would fail otherwise
+    r = _invoke(src, "--out", tmp_path / "o", "--tokenizer", big, "--data", tmp_path / "not-read-yet.jsonl", "--retrain-steps", "1", *QUICK)
     assert r.exit_code == 2 and "205 tokens" in r.output and "64 rows" in r.output and "big" in r.output
     pairs = _manifest(tmp_path)
     r = _invoke("tiny:CLIPModel", "--out", tmp_path / "o", "--eval-data", pairs, "--tokenizer", big, *QUICK)

@@ -257,10 +257,13 @@ class DataSource:
     def images(self) -> dict[str, Any]:
         return image_options(self.model, self.model_spec, self.directory)
 
-    def check(self, specs: Sequence[str | None]) -> None:
-        """What can be refused before any data is read: a --tokenizer for a task without text, a tokenizer that does
-        not fit the model (loaded now when the task reads text from any of ``specs``)."""
+    def check(self, specs: Sequence[str | None], options: Sequence[str] = ("--data", "--eval-data")) -> None:
+        """What can be refused before any data is read: a data path that does not exist, a --tokenizer for a task
+        without text, a tokenizer that does not fit the model (loaded now when the task reads text from any of ``specs``)."""
         given = [s for s in specs if s is not None]
+        for spec, option in zip(specs, options):
+            if spec is not None and spec != BUILTIN and not spec.startswith(HF_PREFIX) and not Path(spec).exists():
+                raise FileNotFoundError(f"{option} {spec!r} does not exist; the {self.task} task takes {FORMS[self.task]}")
         if self.task == "classification" and self.tokenizer_spec is not None:
             raise ValueError("--tokenizer: the classification task reads no text; drop it")
         if self.task != "classification" and (self.tokenizer_spec is not None or any(s != BUILTIN for s in given)):
