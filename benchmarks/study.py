@@ -58,6 +58,26 @@ def vit_case():
 CASES = {"clip": clip_case, "minilm": minilm_case, "vit": vit_case}
 
 
+def summary(rows: list[dict], mach: dict) -> str:
+    """The README's compact table: metric (share of the original), params, non-zero params, MACs, speedups, Pareto."""
+    def f(v, spec):
+        return "-" if v is None else format(v, spec)
+
+    lines = ["| method | ratio | metric (of original) | params | non-zero params | MACs (b1) | speedup b1 | speedup b32 | Pareto (latency b32) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["metric"] is None:
+            lines.append(f"| {r['method']} | {r['ratio']:g} | {r['achieved']} | | | | | | |")
+            continue
+        metric = f"{r['metric']:.4f} ({r['metric_vs_teacher']:.1%})"
+        ratio = "-" if r["ratio"] is None else f"{r['ratio']:g}"
+        lines.append(f"| {r['method']} | {ratio} | {metric} | {f(r['params'], ',')} | {f(r['nonzero_params'], ',')} | "
+                     f"{f(r['macs'], ',')} | {f(r.get('speedup_b1'), '.2f')}x | {f(r.get('speedup_b32'), '.2f')}x | "
+                     f"{'yes' if 'latency b32' in r['pareto'] else ''} |")
+    where = f"{mach['cpu']}, {mach['cores']} cores, {mach['torch_threads']} torch threads, torch {mach['torch']}"
+    return "\n".join(lines) + f"\n\nLatency: one interleaved run per batch, median of 15 rounds; {where}.\n"
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("model", choices=sorted(CASES))
@@ -78,4 +98,5 @@ if __name__ == "__main__":
     dest.mkdir(parents=True, exist_ok=True)
     for f in list(out.glob("results.*")) + list(out.glob("*.png")):
         shutil.copy(f, dest / f.name)
-    print((dest / "results.md").read_text())
+    (dest / "summary.md").write_text(summary(res.rows, res.machine))
+    print((dest / "summary.md").read_text())
