@@ -219,3 +219,22 @@ def test_saved_files_are_readable_as_the_umask_allows(tmp_path, umask, file_mode
     paths = [out, *out.rglob("*")]
     assert {stat.S_IMODE(p.stat().st_mode) for p in paths if p.is_file()} == {file_mode}
     assert {stat.S_IMODE(p.stat().st_mode) for p in paths if p.is_dir()} == {dir_mode}
+
+
+def test_sentence_transformers_loads_the_pruned_encoder(tmp_path):
+    """SentenceTransformer(out, trust_remote_code=True) on a pruned tiny BERT saved with its source's files gives
+    the embeddings of the pruned encoder + mean pooling (the source's pooling config), exactly."""
+    st = pytest.importorskip("sentence_transformers", reason="sentence-transformers not installed (extra: sentence-transformers)")
+    from test_cli_tasks import _bert_dir
+
+    src = _bert_dir(tmp_path)
+    model = transformers.AutoModel.from_pretrained(src)
+    out = tmp_path / "out"
+    vltrim.save(vltrim.apply_plan(model, vltrim.plan(model, "l1", 0.5)), out, source=src)
+    sents = ["w1 w2 w3", "w4 w5 w6 w7 w8 w9"]
+    got = st.SentenceTransformer(str(out), trust_remote_code=True, device="cpu").encode(sents, convert_to_tensor=True)
+    batch = transformers.AutoTokenizer.from_pretrained(out)(sents, padding=True, truncation=True, max_length=24, return_tensors="pt")
+    with torch.no_grad():
+        hidden = vltrim.load(out).eval()(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    torch.testing.assert_close(got, (hidden * mask).sum(1) / mask.sum(1), atol=1e-6, rtol=0)
