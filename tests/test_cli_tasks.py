@@ -343,3 +343,42 @@ def test_python_inputs_dataloader_and_hf_dataset_train_and_evaluate():
     assert {"before", "after"} <= set(res.report) and 0 <= res.report["after"]["top1"] <= 1
     with pytest.raises(TypeError, match="train_data takes a map-style dataset of dict items, a torch DataLoader or a Hugging Face datasets.Dataset"):
         as_dataset(42, "train_data")
+
+
+def test_python_data_tokenized_for_another_vocabulary_is_refused_before_any_work(monkeypatch):
+    """Data built in Python carries token ids, not a tokenizer: ids past the embedding table are refused by name (with
+    the largest id and the table's rows) before the search, instead of an IndexError deep in the embedding."""
+    model = tiny_model("BertModel")
+    rows = model.get_input_embeddings().num_embeddings
+    items = [{"input_ids": torch.tensor([1, 2, rows + 7]), "attention_mask": torch.ones(3, dtype=torch.long),
+              "teacher_embedding": torch.ones(model.config.hidden_size)}] * 4
+    calls = []
+    monkeypatch.setattr(sys.modules["vltrim.compress"], "_run", lambda *a: calls.append(a))
+    with pytest.raises(ValueError, match=rf"eval_data: items \[0, 3\] hold token id {rows + 7}, but BertModel's token embedding table has {rows} rows"):
+        vltrim.compress(model, "l1", 0.3, task="sentence-embedding", eval_data=items, retrain_steps=0, latency_batch=0,
+                        progress=False)
+    assert not calls
+    vltrim.compress(model, "l1", 0.3, task="sentence-embedding", eval_data=items[:0] + [{**items[0], "input_ids": torch.tensor([1, 2, 3])}] * 4,
+                    retrain_steps=0, latency_batch=0, progress=False)
+    assert len(calls) == 1  # ids inside the table pass the check
+
+
+def test_hf_image_column_of_file_paths(tmp_path):
+    datasets = pytest.importorskip("datasets", reason="the 'datasets' package is not installed")
+    for i, c in enumerate(COLOURS.values()):
+        _png(tmp_path / "img" / f"{i}.png", c, (48, 32))
+    ds = datasets.Dataset.from_dict({"image": [str(tmp_path / "img" / f"{i % 3}.png") for i in range(6)], "label": [0, 1, 2] * 2})
+    ds.save_to_disk(str(tmp_path / "paths"))
+    r = _invoke("tiny:ViTForImageClassification", "--out", tmp_path / "a", "--eval-data", f"hf:{tmp_path / 'paths'}", *QUICK)
+    assert r.exit_code == 0, r.output
+    assert "top1" in r.output
+    datasets.Dataset.from_dict({"image": ["nowhere.png"] * 2, "label": [0, 1]}).save_to_disk(str(tmp_path / "bad"))
+    r = _invoke("tiny:ViTForImageClassification", "--out", tmp_path / "b", "--eval-data", f"hf:{tmp_path / 'bad'}", *QUICK)
+    assert r.exit_code == 2 and "nowhere.png" in r.output and "does not exist" in r.output
+
+
+def test_a_hub_name_as_the_model_says_vltrim_never_downloads(tmp_path):
+    start = time.perf_counter()
+    r = _invoke("sentence-transformers/all-MiniLM-L6-v2", "--out", tmp_path / "o", *QUICK)
+    assert r.exit_code == 2 and "never downloads" in r.output and "hf download sentence-transformers/all-MiniLM-L6-v2" in r.output
+    assert time.perf_counter() - start < 5  # no retries against an unreachable hub

@@ -53,11 +53,11 @@ def _saved(tmp_path, name: str, step: str, source=None):
 def test_every_class_loads_through_its_auto_classes(tmp_path, name):
     out = _saved(tmp_path, name, "slice")
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["architectures"] == [name] and cfg["auto_map"]["AutoModel"] == f"modeling_vltrim.Vltrim{name}"
+    assert cfg["architectures"] == [name] and cfg["auto_map"]["AutoModel"] == f"modeling_vltrim.{name}"
     ref = vltrim.load(out)
     for auto in cfg["auto_map"]:
         got = _auto(auto).from_pretrained(out, trust_remote_code=True)
-        assert type(got).__name__ == f"Vltrim{name}"
+        assert type(got).__name__ == name and type(got).__module__.endswith("modeling_vltrim")
         _assert_same(ref, got)
 
 
@@ -238,3 +238,71 @@ def test_sentence_transformers_loads_the_pruned_encoder(tmp_path):
         hidden = vltrim.load(out).eval()(**batch).last_hidden_state
     mask = batch["attention_mask"].unsqueeze(-1).float()
     torch.testing.assert_close(got, (hidden * mask).sum(1) / mask.sum(1), atol=1e-6, rtol=0)
+
+
+def _clip_with_processor(folder: Path):
+    """A tiny CLIPModel saved with a real CLIPProcessor (a letter-level BPE tokenizer and a CLIP image processor)."""
+    model = tiny_model("CLIPModel")
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in "abcdefghijklmnopqrstuvwxyz":
+        vocab[c], vocab[c + "</w>"] = len(vocab), len(vocab) + 1
+    folder.mkdir(parents=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    side = model.config.vision_config.image_size
+    tok = transformers.CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
+    image_processor = transformers.CLIPImageProcessor(size={"shortest_edge": side}, crop_size=side)
+    transformers.CLIPProcessor(image_processor=image_processor, tokenizer=tok).save_pretrained(folder)
+    model.save_pretrained(folder)
+    return model
+
+
+def test_auto_processor_and_zero_shot_pipeline_on_a_saved_clip(tmp_path):
+    """The source's processor comes back through AutoProcessor, and transformers' zero-shot image pipeline runs the
+    pruned model (no 'not supported' complaint: the remote class keeps the transformers class name)."""
+    from PIL import Image
+
+    model = _clip_with_processor(tmp_path / "src")
+    out = tmp_path / "out"
+    vltrim.save(vltrim.apply_plan(model, random_plan(model, {"heads", "neurons"})), out, source=tmp_path / "src")
+    proc = transformers.AutoProcessor.from_pretrained(out)
+    assert type(proc).__name__ == "CLIPProcessor"
+    image = Image.fromarray(torch.randint(0, 256, (50, 70, 3), dtype=torch.uint8).numpy())  # larger than the input
+    batch = proc(text=["cat", "dog"], images=image, return_tensors="pt", padding=True)
+    assert batch["pixel_values"].shape[-2:] == (model.config.vision_config.image_size,) * 2
+    with torch.no_grad():
+        want = vltrim.load(out)(**batch).logits_per_image.softmax(-1)[0]
+    logged = []
+    handler = _ListHandler(logged)
+    transformers.utils.logging.get_logger("transformers").addHandler(handler)
+    try:
+        pipe = transformers.pipeline("zero-shot-image-classification", model=str(out), trust_remote_code=True)
+        got = pipe(image, candidate_labels=["cat", "dog"], hypothesis_template="{}")
+    finally:
+        transformers.utils.logging.get_logger("transformers").removeHandler(handler)
+    assert not [m for m in logged if "not supported" in m]
+    assert {r["label"]: r["score"] for r in got} == pytest.approx({"cat": want[0].item(), "dog": want[1].item()}, abs=1e-6)
+
+
+def test_feature_extraction_pipeline_on_a_saved_bert(tmp_path):
+    _hf_source(tmp_path / "src")
+    model = transformers.AutoModel.from_pretrained(tmp_path / "src")
+    out = tmp_path / "out"
+    vltrim.save(vltrim.apply_plan(model, random_plan(model, {"heads", "neurons"})), out, source=tmp_path / "src")
+    pipe = transformers.pipeline("feature-extraction", model=str(out), trust_remote_code=True)
+    got = torch.tensor(pipe("a b c"))[0]
+    batch = transformers.AutoTokenizer.from_pretrained(out)("a b c", return_tensors="pt")
+    with torch.no_grad():
+        want = vltrim.load(out)(**batch).last_hidden_state[0]
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+
+
+class _ListHandler(__import__("logging").Handler):
+    """Collects the messages transformers logs."""
+
+    def __init__(self, out: list[str]):
+        super().__init__()
+        self.out = out
+
+    def emit(self, record) -> None:
+        self.out.append(record.getMessage())

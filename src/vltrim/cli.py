@@ -39,7 +39,9 @@ def load_any(spec: str):
     path = model_directory(spec) or path  # a sentence-transformers pipeline: its transformer folder
     if (path / "config.json").exists():
         return model_class(_architecture(path)).from_pretrained(path).eval()
-    raise typer.BadParameter(f"{spec!r} is not {MODEL_HELP}")
+    hint = ("" if path.exists() or "/" not in spec or spec.startswith(("/", ".")) else
+            f"; vltrim never downloads: fetch a Hub model first (hf download {spec} --local-dir DIR) and pass DIR")
+    raise typer.BadParameter(f"{spec!r} is not {MODEL_HELP}{hint}")
 
 
 def source_dir(spec: str) -> Path | None:

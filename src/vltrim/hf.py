@@ -52,12 +52,14 @@ def auto_classes(cls: type) -> list[str]:
 
 
 def remote_name(cls: type) -> str:
-    """Name of the class modeling_vltrim.py defines for ``cls`` (e.g. VltrimCLIPModel)."""
-    return f"Vltrim{cls.__name__}"
+    """Name of the class modeling_vltrim.py defines for ``cls``: the transformers class's own name (e.g. CLIPModel),
+    because pipelines check a model's class name against their supported classes. Directories saved
+    before this name it Vltrim<Class>; they keep loading through their own modeling file."""
+    return cls.__name__
 
 
 def auto_map(cls: type) -> dict[str, str]:
-    """config.json's ``auto_map``: every auto class of ``cls`` -> 'modeling_vltrim.Vltrim<cls>'."""
+    """config.json's ``auto_map``: every auto class of ``cls`` -> 'modeling_vltrim.<cls>'."""
     ref = f"{Path(MODELING).stem}.{remote_name(cls)}"
     return {name: ref for name in auto_classes(cls)}
 
@@ -77,7 +79,7 @@ def modeling_source(model: nn.Module) -> str:
     from . import __version__
 
     cls = registered_class(model)
-    return f'''"""{remote_name(cls)}: a {cls.__name__} pruned by vltrim (written by vltrim {__version__}).
+    return f'''"""A {cls.__name__} pruned by vltrim (written by vltrim {__version__}).
 
 Load it with transformers (vltrim must be installed: pip install vltrim):
 
@@ -86,8 +88,8 @@ Load it with transformers (vltrim must be installed: pip install vltrim):
 
 from_pretrained rebuilds the pruned shapes from config.json + plan.json and loads model.safetensors strictly
 (vltrim.load): the model vltrim saved, bit for bit, or an error naming the file that does not match."""
+import transformers
 import vltrim
-from transformers import {cls.__name__}
 
 try:
     from vltrim.hf import VltrimPretrainedMixin
@@ -96,8 +98,8 @@ except ImportError as e:
                       "model (saved by vltrim {__version__}) needs to load with transformers: upgrade vltrim") from e
 
 
-class {remote_name(cls)}(VltrimPretrainedMixin, {cls.__name__}):
-    """{cls.__name__} with the pruned shapes recorded in plan.json."""
+class {remote_name(cls)}(VltrimPretrainedMixin, transformers.{cls.__name__}):
+    """transformers' {cls.__name__} with the pruned shapes recorded in plan.json, loaded by vltrim."""
 '''
 
 

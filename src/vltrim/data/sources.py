@@ -158,6 +158,17 @@ def check_vocabulary(tok: Any, model: nn.Module, source: str, option: str = "--t
                          f"token embedding table has {rows} rows: its ids would index past the table. Use the model's own tokenizer")
 
 
+def check_token_ids(model: nn.Module, batch: dict[str, Any], option: str, items: Sequence[int]) -> None:
+    """Refuse token ids past the model's embedding table in a batch of ``items`` of ``option`` (data tokenized in
+    Python with another model's tokenizer), naming the largest id and the table's size."""
+    rows, ids = text_vocab_rows(model), batch.get("input_ids") if isinstance(batch, dict) else None
+    if rows is None or not torch.is_tensor(ids) or ids.numel() == 0 or int(ids.max()) < rows:
+        return
+    raise ValueError(f"{option}: items {list(items)} hold token id {int(ids.max())}, but {type(model).__name__}'s token "
+                     f"embedding table has {rows} rows: the text was tokenized with a tokenizer whose vocabulary does not "
+                     "fit the model. Tokenize with the model's own tokenizer")
+
+
 def _vocab_size(tok: Any) -> int | None:
     try:
         return len(tok)
@@ -405,14 +416,21 @@ def _label_map(model: nn.Module, ds: Any, label: str, where: str) -> list[int] |
 
 
 def _pil(value: Any, where: str) -> Image.Image:
-    """A datasets image value (a PIL image, or {'bytes', 'path'} when not decoded) as a PIL image."""
+    """A datasets image value (a PIL image, {'bytes', 'path'} when not decoded, or an image file's path) as a PIL image."""
     if isinstance(value, Image.Image):
         return value
-    if isinstance(value, dict) and (value.get("bytes") or value.get("path")):
+    if isinstance(value, dict) and value.get("bytes"):
         import io
 
-        return Image.open(io.BytesIO(value["bytes"])) if value.get("bytes") else Image.open(value["path"])
-    raise TypeError(f"{where}: an image value is {type(value).__name__}, not an image (a datasets.Image column)")
+        return Image.open(io.BytesIO(value["bytes"]))
+    file = value.get("path") if isinstance(value, dict) else value if isinstance(value, (str, Path)) else None
+    if file:
+        if not Path(file).is_file():
+            raise FileNotFoundError(f"{where}: image file {str(file)!r} does not exist (paths are read as they are: "
+                                    "absolute, or relative to the current directory)")
+        return Image.open(file)
+    raise TypeError(f"{where}: an image value is {type(value).__name__}, not an image (a datasets.Image column, or "
+                    "a column of image file paths)")
 
 
 class HFImages(Dataset):

@@ -11,6 +11,7 @@ from torch.utils.data import default_collate
 
 from ..checks import kept_modes
 from ..data.inputs import Sample
+from ..data.sources import check_token_ids
 from .classification import classification_kd, classification_loss, evaluate_classification
 from .retrieval import contrastive_loss, evaluate_retrieval, recall_at_k, similarity_kd_loss, zero_shot_accuracy
 from .sentence import SentenceDistillData, embedding_loss, evaluate_embeddings
@@ -37,6 +38,8 @@ class Task:
         """Run the task's loss (``evaluate``: its evaluation) on the first and last items of ``data``, so data
         the model cannot take (image size, vocabulary, labels) fails now with ``option`` named, not after a search."""
         sample = Sample(data, sorted({0, len(data) - 1}))
+        batch = getattr(sample, "collate", default_collate)([sample[i] for i in range(len(sample))])
+        check_token_ids(model, batch, option, sample.indices)
         try:
             with torch.no_grad(), kept_modes(model):
                 model.eval()
@@ -44,7 +47,6 @@ class Task:
                     self.evaluate(model, sample)
                 else:
                     dev = next(model.parameters()).device
-                    batch = getattr(sample, "collate", default_collate)([sample[i] for i in range(len(sample))])
                     self.loss(model, {k: v.to(dev) for k, v in batch.items()})
         except Exception as e:  # torch and transformers raise many kinds: the user needs the option and the cause
             raise ValueError(f"{option}: {type(model).__name__} cannot run the {self.name} task on items {sample.indices} "
