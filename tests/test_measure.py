@@ -20,3 +20,7 @@ def test_compare_gives_ratios_of_one_run():
     assert c["params_ratio"] > 1.3 and c["macs_ratio"] > 1.3
     assert c["speedup"] > 0 and c["speedup_of_medians"] == c["a"]["latency_ms"] / c["b"]["latency_ms"]
     assert c["batch_size"] == 2
+    lo, hi = c["speedup_quartiles"]  # the spread of the paired ratios, shown beside the median
+    assert lo <= c["speedup"] <= hi
+    from vltrim.report import speedup_text
+    assert speedup_text(c) == f"{c['speedup']:.2f}x (rounds {lo:.2f}-{hi:.2f})"

@@ -579,6 +579,8 @@ def compress(
         io.save(res, out, source=source_dir(model))  # with report.json, widths.png (and mope.csv / mope.png) and the card
     except USER_ERRORS as e:
         _fail(e)
+    from .report import speedup_text
+
     c = report["speed"]
     tab = Table(title=" -> ".join(p.summary() for p in res.plans))
     for col in ("", "original", "compressed", "ratio"):
@@ -589,7 +591,7 @@ def compress(
     if c is not None:
         tab.add_row("params", f"{c['a']['params']:,}", f"{c['b']['params']:,}", f"{c['params_ratio']:.2f}x")
         tab.add_row("MACs", f"{c['a']['macs']:,}", f"{c['b']['macs']:,}", f"{c['macs_ratio']:.2f}x")
-        tab.add_row(f"latency ms ({c['device']}, {c['threads']} thr, batch {c['batch_size']})", f"{c['a']['latency_ms']:.3f}", f"{c['b']['latency_ms']:.3f}", f"{c['speedup']:.2f}x")
+        tab.add_row(f"latency ms ({c['device']}, {c['threads']} thr, batch {c['batch_size']})", f"{c['a']['latency_ms']:.3f}", f"{c['b']['latency_ms']:.3f}", speedup_text(c))
     out_console.print(tab)
     out_console.print(f"saved to {out}/ (with report.json); reload with vltrim.load('{out}')")
 

@@ -153,6 +153,14 @@ def _inputs(model: nn.Module, inputs: Any, batch_size: int) -> dict[str, Any]:
     return inputs
 
 
+def _quartiles(values: list[float]) -> list[float]:
+    """First and third quartiles of ``values`` (both the value itself when there is one)."""
+    if len(values) < 2:
+        return [values[0], values[0]] if values else []
+    q = statistics.quantiles(values, n=4, method="inclusive")
+    return [q[0], q[2]]
+
+
 def compare(
     a: nn.Module,
     b: nn.Module,
@@ -181,6 +189,7 @@ def compare(
         "params_ratio": ma["params"] / mb["params"],
         "macs_ratio": ma["macs"] / mb["macs"],
         "speedup": statistics.median(x / y for x, y in zip(ta, tb)),  # median of paired per-round ratios
+        "speedup_quartiles": _quartiles([x / y for x, y in zip(ta, tb)]),  # their spread: how far to trust it
         "speedup_of_medians": ma["latency_ms"] / mb["latency_ms"],
         "rounds": rounds,
         **_context(a, inputs),

@@ -479,11 +479,18 @@ def _cost_section(rep: dict[str, Any]) -> Section:
     if sp:
         a, b = sp["a"], sp["b"]
         rows.append([f"latency ms (batch {sp.get('batch_size')}, median of {sp.get('rounds')} rounds)",
-                     f"{a['latency_ms']:.3f}", f"{b['latency_ms']:.3f}", f"{sp['speedup']:.2f}x"])
+                     f"{a['latency_ms']:.3f}", f"{b['latency_ms']:.3f}", speedup_text(sp)])
         note = f"latency measured on {_machine_text(rep.get('machine'), sp)}"
     else:
         note = "latency not measured (latency_batch=0)" if "speed" in rep else ""
     return Section("Cost", ["", "original", "compressed", "original / compressed"], rows, note)
+
+
+def speedup_text(sp: dict[str, Any]) -> str:
+    """'1.52x (rounds 1.48-1.57)': the median paired ratio and its quartiles over rounds (a wide range: a busy machine;
+    the two latency medians beside it may then disagree with the paired ratio)."""
+    q = sp.get("speedup_quartiles") or []
+    return f"{sp['speedup']:.2f}x" + (f" (rounds {q[0]:.2f}-{q[1]:.2f})" if len(q) == 2 else "")
 
 
 def _ratio(a: Any, b: Any) -> str:
