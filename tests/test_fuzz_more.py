@@ -85,7 +85,7 @@ def test_work_dir_of_the_wrong_type_and_whole_float_align(tmp_path):
     ("uint8 pixels", dict(pixel_values=torch.zeros(3, 32, 32, dtype=torch.uint8)), ["train_data", "pixel_values", "uint8"]),
     ("wrong image size", dict(pixel_values=torch.zeros(3, 64, 64)), ["train_data", "CLIPModel", "64"]),
     ("one channel", dict(pixel_values=torch.zeros(1, 32, 32)), ["train_data", "channels"]),
-    ("ids beyond vocab", dict(input_ids=lambda v: v + 1000), ["train_data", "IndexError"]),
+    ("ids beyond vocab", dict(input_ids=lambda v: v + 1000), ["train_data", "token embedding table has 64 rows"]),
     ("2-d labels", dict(label=torch.tensor([1, 2])), ["train_data", "label"]),
 ])
 def test_train_data_the_model_cannot_take_fails_before_work(label, fields, words, monkeypatch):
