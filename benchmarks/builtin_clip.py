@@ -3,6 +3,7 @@
     python benchmarks/builtin_clip.py            # writes benchmarks/results/builtin_clip.{md,json,png}
     python benchmarks/builtin_clip.py --depth    # writes benchmarks/results/builtin_clip_depth.{md,json,png}
     python benchmarks/builtin_clip.py --calibration   # MoPE plans from disjoint calibration sets: benchmarks/results/builtin_clip_calibration.md
+    python benchmarks/builtin_clip.py --calibration --targets 0.5 --calib-sizes 256 --mope-rounds 1 4   # and re-scored in 4 rounds: ..._calibration_rounds.md
 
 The teacher is the shipped reference CLIP (1.6M params, 4+4 layers, trained on the built-in image-caption
 data). Every method prunes both towers to the same share of prunable params through `vltrim.compress` and
@@ -53,19 +54,22 @@ def calibration_spread(a, sets: int = 5) -> str:
     torch.set_num_threads(1)
     model, train, test = build(a)
     evaluate = get_task("retrieval").evaluate
-    rows = ["| target | calibration pairs | stage | " + " | ".join(f"set {i}" for i in range(sets)) + " | spread |",
-            "|---|---|---|" + "---|" * (sets + 1)]
+    rows = ["| target | calibration pairs | rounds | stage | " + " | ".join(f"set {i}" for i in range(sets)) + " | spread | mean |",
+            "|---|---|---|---|" + "---|" * (sets + 2)]
     for t in a.targets:
         for size in a.calib_sizes:
-            n = min(sets, len(train) // size)
-            plans = [get_method("mope").search(model, t, data=torch.utils.data.Subset(train, range(i * size, (i + 1) * size)),
-                                               task="retrieval", calib_size=size) for i in range(n)]
-            stages = {"right after pruning": [evaluate(vltrim.apply_plan(model, p), test)["mean_R@1"] for p in plans]}
-            if size == 256 and t in a.retrain_targets:
-                stages[f"after {a.total_steps} retraining steps"] = [_retrained(model, p, train, test, a) for p in plans]
-            for stage, vals in stages.items():
-                cells = [f"{v:.3f}" for v in vals] + ["-"] * (sets - n)
-                rows.append(f"| {1 / (1 - t):.0f}x | {size} | {stage} | " + " | ".join(cells) + f" | {min(vals):.3f}-{max(vals):.3f} |")
+            for rounds in a.mope_rounds:
+                n = min(sets, len(train) // size)
+                plans = [get_method("mope").search(model, t, data=torch.utils.data.Subset(train, range(i * size, (i + 1) * size)),
+                                                   task="retrieval", calib_size=size, rounds=rounds) for i in range(n)]
+                stages = {"right after pruning": [evaluate(vltrim.apply_plan(model, p), test)["mean_R@1"] for p in plans]}
+                if size == 256 and t in a.retrain_targets:
+                    stages[f"after {a.total_steps} retraining steps"] = [_retrained(model, p, train, test, a) for p in plans]
+                for stage, vals in stages.items():
+                    cells = [f"{v:.3f}" for v in vals] + ["-"] * (sets - n)
+                    rows.append(f"| {1 / (1 - t):.0f}x | {size} | {rounds} | {stage} | " + " | ".join(cells)
+                                + f" | {min(vals):.3f}-{max(vals):.3f} | {sum(vals) / len(vals):.3f} |")
+                    print(rows[-1], flush=True)
     return (f"**MoPE's plan vs its calibration set** (mean R@1 on the 1,000 test pairs; set i = training pairs "
             f"i x size .. (i + 1) x size - 1; retraining as in the main table, seed 0; teacher "
             f"{evaluate(model, test)['mean_R@1']:.3f}):\n\n" + "\n".join(rows) + "\n")
@@ -88,10 +92,13 @@ if __name__ == "__main__":
                     "right after pruning and after retraining")
     ap.add_argument("--calib-sizes", nargs="+", type=int, default=[256, 1024], help="--calibration: calibration set sizes")
     ap.add_argument("--retrain-targets", nargs="+", type=float, default=[0.5], help="--calibration: targets also retrained")
+    ap.add_argument("--mope-rounds", nargs="+", type=int, default=[1], help="--calibration: mope's rounds setting(s) "
+                    "(1: one scoring, as in the paper; R: the width cut in R re-scored steps)")
     args = ap.parse_args()
     if args.calibration:
         md = calibration_spread(args)
-        (harness.RESULTS / "builtin_clip_calibration.md").write_text(md)
+        name = "builtin_clip_calibration" + ("" if args.mope_rounds == [1] else "_rounds")
+        (harness.RESULTS / f"{name}.md").write_text(md)
         print(md)
         raise SystemExit
     harness.run_or_depth(args, "builtin_clip", build, "retrieval", METRICS, describe)

@@ -46,10 +46,10 @@ def test_fast_scoring_equals_naive(name, k):
         assert sum(abs(e) > 1e-6 for e in fast) > len(ab) // 2  # a continuous metric: removal errors are real
 
 
-@pytest.mark.parametrize("depth_share", [0.0, 0.5, 1.0])
-def test_width_then_depth_meets_target_and_equals_masked(tmp_path, depth_share):
+@pytest.mark.parametrize("depth_share,rounds", [(0.0, 1), (0.5, 1), (1.0, 1), (0.0, 3), (0.5, 2)])
+def test_width_then_depth_meets_target_and_equals_masked(tmp_path, depth_share, rounds):
     model, task, data = calib("BertModel")
-    plan = get_method("mope").search(model, 0.5, data=data, task=task, depth_share=depth_share, group_size=16)
+    plan = get_method("mope").search(model, 0.5, data=data, task=task, depth_share=depth_share, group_size=16, rounds=rounds)
     groups = {g.name: g for g in vltrim.inspect(model)}
     got = plan.achieved["params_removed"]
     biggest = max(g.align_step(8) * g.cost_per_unit("params") for g in groups.values() if g.kind.value != "layers")
@@ -65,6 +65,24 @@ def test_width_then_depth_meets_target_and_equals_masked(tmp_path, depth_share):
         assert max_diff(run(model, inputs), run(small, inputs)) < 1e-5
     vltrim.save(small, tmp_path / "m")
     assert max_diff(run(small, inputs), run(vltrim.load(tmp_path / "m"), inputs)) == 0.0
+
+
+def test_rounds_keep_earlier_cuts_and_rescore_the_rest():
+    """rounds=2 at 50%: its first round is the one-shot plan at 25% (same scores), whose cut stays cut; the second
+    round re-scores the kept modules on the narrowed model, so the table holds errors from both models."""
+    model, task, data = calib("CLIPModel")
+    mope = get_method("mope")
+    half = mope.search(model, 0.25, data=data, task=task, group_size=16)
+    one_shot_table = mope.last_table
+    two = mope.search(model, 0.5, data=data, task=task, group_size=16, rounds=2)
+    assert two.settings["rounds"] == 2 and "rounds" not in half.settings
+    for name, kept in two.keep.items():
+        assert set(kept) <= set(half.keep.get(name, kept)), name
+    rescored = {(r["group"], r["units"]): r["error"] for r in mope.last_table}
+    first = {(r["group"], r["units"]): r["error"] for r in one_shot_table}
+    assert any(rescored[k] != first[k] for k in rescored if k in first)  # kept modules were scored again, on another model
+    with pytest.raises(ValueError, match="rounds"):
+        mope.search(model, 0.5, data=data, task=task, rounds=0)
 
 
 def test_mope_keeps_the_modules_whose_removal_hurts():

@@ -421,8 +421,9 @@ class MoPEMethod:
     last_table: list[dict[str, Any]] | None = None  # MoPE table of the latest search (compress reports it)
 
     def check_settings(self, depth_share: float = 0.0, group_size: int | None = None, ablation_batch: int | None = None,
-                       fast: bool = True, calib_size: int = 256, **_: Any) -> None:
+                       fast: bool = True, calib_size: int = 256, rounds: int = 1, **_: Any) -> None:
         number("depth_share", depth_share, high=1.0, low_open=False)
+        integer("rounds", rounds, 1)
         if group_size is not None:
             integer("group_size", group_size, 1)
         if ablation_batch is not None:
@@ -433,13 +434,14 @@ class MoPEMethod:
                align: int = 8, units: str = "heads,neurons", allocation: str = ALLOCATION, max_ratio: float = MAX_RATIO,
                depth_share: float = 0.0, group_size: int | None = None, calib_size: int = 256, eval_batch: int = 64,
                ablation_batch: int | None = None, fast: bool = True, modalities: list[str] | None = None, progress: bool = False,
-               seed: int = 0, loss_fn: Callable | None = None, batch_size: int | None = None):
+               seed: int = 0, loss_fn: Callable | None = None, batch_size: int | None = None, rounds: int = 1):
         """Width then depth by MoPE on the first ``calib_size`` items of ``data``; returns the Plan and keeps the
         MoPE table of both stages in ``self.last_table`` (compress saves it). ``loss_fn``, ``batch_size`` and
         ``seed`` are accepted for compress's sake and unused: the scores are deterministic and need no loss.
         ``modalities`` (e.g. ['vision']) prunes those towers only (the paper's fine-tuning stage may prune one tower;
-        its pre-training stage prunes both, the default)."""
-        self.check_settings(depth_share, group_size, ablation_batch, fast, calib_size)
+        its pre-training stage prunes both, the default). ``rounds`` > 1 cuts the width in that many steps, re-scoring
+        the kept modules after each (not in the paper; each round costs one more scoring of what is left)."""
+        self.check_settings(depth_share, group_size, ablation_batch, fast, calib_size, rounds)
         if data is None:
             raise ValueError("mope scores modules with the task metric: pass calibration data (compress passes train_data or calib_data)")
         data, _ = as_dataset(data, "calib_data")
@@ -454,9 +456,9 @@ class MoPEMethod:
         if any(g.kind == UnitKind.HEAD_DIMS for g in groups):
             raise ValueError("mope scores whole attention heads and FFN neuron groups: units must be 'heads,neurons' (or one of them)")
         budget = Budget(target, metric, align, allocation, max_ratio)
-        keep, table = _width_then_depth(work, groups, budget, depth_share, group_size, score)
+        keep, table = _width_then_depth(work, groups, budget, depth_share, group_size, score, rounds)
         settings = {"units": sorted({g.kind.value for g in groups}), "depth_share": depth_share, "calib_size": len(calib),
-                    "task": task, "group_size": group_size, "fast": fast,
+                    "task": task, "group_size": group_size, "fast": fast, **({"rounds": rounds} if rounds > 1 else {}),
                     **({"modalities": sorted(modalities)} if modalities else {})}
         plan = plan_from_keep(work, groups + [g for g in get_adapter(work).groups(work) if g.kind == UnitKind.LAYERS],
                               keep, budget, self.name, settings)
@@ -479,8 +481,40 @@ def _unit_scores(groups: list[Group], ablations: list[Ablation], errors: list[fl
     return scores
 
 
+def _width_cut(model: nn.Module, groups: list[Group], budget: Budget, group_size: int | None,
+               score: Callable[[nn.Module, list[Ablation]], list[float]], rounds: int = 1) -> tuple[dict[str, list[int]], dict[str, torch.Tensor], list[dict[str, Any]]]:
+    """Width cut to ``budget`` by MoPE: one scoring of every head and FFN group (the paper), or with ``rounds`` R > 1
+    the cut in R equal steps, the modules still kept re-scored on the model narrowed by the steps before (a module's
+    error then counts the ones already removed). Returns the keep-map, the unit scores (units cut in earlier rounds
+    rank below all others) and the MoPE table (each module's latest error, original indices)."""
+    metric, keep = budget.metric, {}
+    scores = {g.name: torch.zeros(g.size, dtype=torch.float64) for g in groups}
+    rows: dict[tuple[str, tuple[int, ...]], dict[str, Any]] = {}
+    for r in range(1, rounds + 1):
+        narrow = apply_plan(model, _plain_plan(model, groups, keep)) if keep else model
+        index = {g.name: keep.get(g.name, list(range(g.size))) for g in groups}
+        by_name = {g.name: g for g in get_adapter(narrow).groups(narrow)}
+        ngroups = [by_name[g.name] for g in groups]
+        ab = width_ablations(narrow, ngroups, group_size, budget.align)
+        errors = score(narrow, ab)
+        here = _unit_scores(ngroups, ab, errors, metric, {g.name: unit_sums(narrow, g, torch.abs) for g in ngroups})
+        floor = min(float(v.min()) for v in here.values()) - 1.0
+        for g in groups:
+            cut = torch.ones(g.size, dtype=torch.bool)
+            cut[index[g.name]] = False
+            scores[g.name][cut] = torch.minimum(scores[g.name][cut], torch.tensor(floor))  # earlier cuts stay lowest
+            scores[g.name][index[g.name]] = here[g.name]
+        costs = {g.name: g.cost_per_unit(metric) for g in groups}
+        for a, row in zip(ab, mope_table([dataclasses.replace(a, units=tuple(index[a.group][u] for u in a.units)) for a in ab],
+                                         errors, costs)):
+            rows[(row["group"], row["units"])] = row
+        keep = select(groups, scores, dataclasses.replace(budget, target=budget.target * r / rounds))
+    return keep, scores, list(rows.values())
+
+
 def _width_then_depth(model: nn.Module, groups: list[Group], budget: Budget, depth_share: float, group_size: int | None,
-                      score: Callable[[nn.Module, list[Ablation]], list[float]]) -> tuple[dict[str, list[int]], list[dict[str, Any]]]:
+                      score: Callable[[nn.Module, list[Ablation]], list[float]],
+                      rounds: int = 1) -> tuple[dict[str, list[int]], list[dict[str, Any]]]:
     """Keep-map of width then depth pruning (see the module docstring) and the MoPE table of both stages."""
     metric = budget.metric
     proxy = {g.name: unit_sums(model, g, torch.abs) for g in groups}
@@ -488,11 +522,8 @@ def _width_then_depth(model: nn.Module, groups: list[Group], budget: Budget, dep
     keep: dict[str, list[int]] = {}
     scores = None
     if depth_share < 1.0:
-        ab = width_ablations(model, groups, group_size, budget.align)
-        errors = score(model, ab)
-        table += mope_table(ab, errors, {g.name: g.cost_per_unit(metric) for g in groups})
-        scores = _unit_scores(groups, ab, errors, metric, proxy)
-        keep = select(groups, scores, dataclasses.replace(budget, target=budget.target * (1 - depth_share)))
+        width = dataclasses.replace(budget, target=budget.target * (1 - depth_share))
+        keep, scores, table = _width_cut(model, groups, width, group_size, score, rounds)
     if depth_share == 0.0:
         return keep, table
     narrow = apply_plan(model, _plain_plan(model, groups, keep)) if keep else model
