@@ -137,6 +137,22 @@ def test_taylor_through_compress_needs_and_uses_data():
     assert res.plan.method == "taylor" and res.plan.achieved["params_removed"] >= 0.3
 
 
+@pytest.mark.parametrize("method", ["taylor", "heads"])
+def test_calibration_dropout_follows_the_seed_not_the_global_rng(method):
+    """taylor and heads score in train mode (dropout on): their plans depend on ``seed`` only, not on what drew random
+    numbers before them, and they leave the global RNG where it was."""
+    teacher = tiny_model("BertModel")
+    data, m = sentence_data(teacher), get_method(method)
+    plans = []
+    for global_seed, seed in ((1, 0), (2, 0), (1, 5)):
+        torch.manual_seed(global_seed)
+        plans.append(m.search(teacher, 0.3, data=data, loss_fn=embedding_loss, seed=seed, batch_size=8).keep)
+        after = torch.rand(1)
+        torch.manual_seed(global_seed)
+        assert torch.equal(after, torch.rand(1))  # the global stream was not consumed
+    assert plans[0] == plans[1] and plans[0] != plans[2]
+
+
 # ---- allocation --------------------------------------------------------------------------------------------
 def _shares(groups, keep):
     return {g.name: 1 - len(keep.get(g.name, range(g.size))) / g.size for g in groups}

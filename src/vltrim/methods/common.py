@@ -1,7 +1,8 @@
 """Shared by score-based methods: pick the groups to prune, rank units globally, build the Plan."""
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -68,6 +69,16 @@ def unit_sums(model: nn.Module, group: Group, value: Callable[[torch.Tensor], to
     a = get_adapter(model).locate(model, group.name)[2].attn
     per_channel = total.view(a.num_heads, a.head_dim)
     return per_channel.sum(1) if group.kind == UnitKind.HEADS else per_channel.sum(0)
+
+
+@contextmanager
+def seeded(seed: int, device: torch.device | str = "cpu") -> Iterator[None]:
+    """Random draws inside (dropout of a calibration pass in train mode) come from ``seed`` and the global RNG state
+    is restored after: a method's scores depend on its seed, not on what ran before it in the process."""
+    dev = torch.device(device)
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
 
 
 def weight_taylor(p: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,7 @@ from ..structure.groups import Group
 from ..structure.select import ALLOCATION, MAX_RATIO, Budget, achieved, select
 from ..train.loop import batches
 from . import register
-from .common import plan_from_keep, prunable_groups
+from .common import plan_from_keep, prunable_groups, seeded
 
 SCHEDULES = ("geometric", "linear")
 
@@ -42,7 +42,7 @@ def head_scores(model: nn.Module, groups: list[Group], data: Dataset, loss_fn: C
     values = {g.name: _mask(g, (pruned or {}).get(g.name, []), dev) for g in groups}
     total = {g.name: torch.zeros(g.size, dtype=torch.float64) for g in groups}
     it = batches(data, batch_size, seed)
-    with masks.masked(work, values):
+    with masks.masked(work, values), seeded(seed, dev):  # dropout masks from the seed
         for _ in range(num_batches):
             loss_fn(work, {k: v.to(dev) for k, v in next(it).items()}).backward()
             for name, m in values.items():

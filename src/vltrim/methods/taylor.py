@@ -15,7 +15,7 @@ from ..structure.groups import Group
 from ..structure.select import ALLOCATION, MAX_RATIO, Budget
 from ..train.loop import batches
 from . import register
-from .common import DEFAULT_UNITS, plan_from_scores, prunable_groups, unit_sums, weight_taylor
+from .common import DEFAULT_UNITS, plan_from_scores, prunable_groups, seeded, unit_sums, weight_taylor
 
 
 def taylor_scores(model: nn.Module, groups: list[Group], data: Dataset, loss_fn: Callable, num_batches: int = 8,
@@ -30,11 +30,12 @@ def taylor_scores(model: nn.Module, groups: list[Group], data: Dataset, loss_fn:
     model.train()
     it = batches(data, batch_size, seed)
     try:
-        for _ in range(num_batches):
-            model.zero_grad(set_to_none=True)
-            loss_fn(model, {k: v.to(dev) for k, v in next(it).items()}).backward()
-            for g in groups:
-                scores[g.name] += unit_sums(model, g, weight_taylor)
+        with seeded(seed, dev):  # dropout masks from the seed
+            for _ in range(num_batches):
+                model.zero_grad(set_to_none=True)
+                loss_fn(model, {k: v.to(dev) for k, v in next(it).items()}).backward()
+                for g in groups:
+                    scores[g.name] += unit_sums(model, g, weight_taylor)
     finally:
         for n, p in model.named_parameters():
             p.grad = saved[n]
