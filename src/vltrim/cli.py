@@ -25,14 +25,9 @@ def load_any(spec: str):
     from .adapters import model_class
     from .data.sources import model_directory
 
-    if spec == "reference":
-        from .reference import load_reference
-
-        return load_reference()
-    if spec.startswith("tiny:"):
-        from .zoo import tiny_model
-
-        return tiny_model(spec[5:])
+    named = io.named_model(spec)
+    if named is not None:
+        return named
     path = Path(spec)
     if (path / "plan.json").exists():
         return io.load(path)
@@ -46,7 +41,7 @@ def load_any(spec: str):
 
 def source_dir(spec: str) -> Path | None:
     """The model directory ``spec`` names (HF or vltrim), whose tokenizer files ``save`` copies; None otherwise."""
-    return Path(spec) if spec not in ("reference",) and not spec.startswith("tiny:") and Path(spec).is_dir() else None
+    return Path(spec) if Path(spec).is_dir() else None  # a directory always wins over 'reference' / 'tiny:' (io.is_named_model)
 
 
 def _architecture(path: Path) -> str:

@@ -214,7 +214,7 @@ def load(path: str | Path, device: str | torch.device = "cpu", verify: bool = Tr
     of that class (as the CLI's MODEL argument)."""
     if not isinstance(verify, bool):
         raise TypeError(f"verify must be True or False, got {verify!r}")
-    named = _named_model(path, device)
+    named = named_model(path, device)
     if named is not None:
         return named
     path, device = checked_path("path", path), checked_device("device", device)
@@ -233,10 +233,15 @@ def load(path: str | Path, device: str | torch.device = "cpu", verify: bool = Tr
     return model.eval()
 
 
-def _named_model(name: Any, device: str | torch.device) -> nn.Module | None:
-    """'reference' (the built-in CLIP teacher) or 'tiny:<Class>' (a tiny random model), unless a path of that name
-    exists; None for anything else."""
-    if not isinstance(name, str) or not (name == "reference" or name.startswith("tiny:")) or Path(name).exists():
+def is_named_model(name: Any) -> bool:
+    """Whether ``name`` is 'reference' or 'tiny:<Class>' and no path of that name exists (a path always wins)."""
+    return isinstance(name, str) and (name == "reference" or name.startswith("tiny:")) and not Path(name).exists()
+
+
+def named_model(name: Any, device: str | torch.device = "cpu") -> nn.Module | None:
+    """'reference' (the built-in CLIP teacher) or 'tiny:<Class>' (a tiny random model) when ``is_named_model``;
+    None for anything else."""
+    if not is_named_model(name):
         return None
     device = checked_device("device", device)
     if name == "reference":

@@ -52,7 +52,7 @@ MODEL_COLUMNS = ("pixel_values", "input_ids")
 def model_directory(spec: str) -> Path | None:
     """The directory of the model ``spec`` names (the transformer folder of a sentence-transformers pipeline);
     None for 'reference', 'tiny:<Class>' or anything that is not a directory."""
-    if spec == REFERENCE or spec.startswith("tiny:") or not Path(spec).is_dir():
+    if not Path(spec).is_dir():  # 'reference' and 'tiny:<Class>' name no directory (unless one of that name exists)
         return None
     from ..hf import _transformer_path
 
