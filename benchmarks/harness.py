@@ -20,6 +20,7 @@ from typing import Any, Callable
 from machine import machine, machine_line
 
 RESULTS = Path(__file__).parent / "results"
+PEER_NAMES = ("taylor-global", "magnitude-global", "taylor-heads-global", "taylor-heads-local", "taylor-local")  # peer.PEER
 CACHE = Path.home() / ".cache" / "vltrim"
 STATE: dict[str, Any] = {}  # set in the parent before the workers fork: model, datasets, task, args
 
@@ -27,11 +28,12 @@ STATE: dict[str, Any] = {}  # set in the parent before the workers fork: model, 
 def arguments(description: str, **defaults: Any) -> argparse.ArgumentParser:
     """The options every harness benchmark shares; ``defaults`` override per benchmark."""
     ap = argparse.ArgumentParser(description=description)
-    ap.add_argument("--methods", nargs="+", default=["upop", "l1", "taylor", "random"])
+    ap.add_argument("--methods", nargs="*", default=["upop", "l1", "taylor", "random"])
     ap.add_argument("--targets", nargs="+", type=float, default=[0.5, 0.75])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
-                    help="method settings to compare, e.g. cosine-lr='{\"schedule\": \"cosine\"}' (default: the method's defaults)")
+                    help="method settings to compare, e.g. cosine-lr='{\"schedule\": \"cosine\"}' (default: the method's defaults); "
+                    "METHOD:NAME=JSON adds a variant of that method alone beside its defaults")
     ap.add_argument("--search-steps", type=int, default=100)
     ap.add_argument("--total-steps", type=int, default=150)
     ap.add_argument("--eval-every", type=int, default=50)
@@ -39,17 +41,38 @@ def arguments(description: str, **defaults: Any) -> argparse.ArgumentParser:
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--tag", default="", help="names the results files and the cache folder")
+    ap.add_argument("--peer", nargs="*", default=[], metavar="CONFIG",
+                    help=f"Torch-Pruning rows (benchmarks/peer.py; pip install -e '.[peer]'): any of {', '.join(PEER_NAMES)}, "
+                    "each pruned to the same share of prunable params and retrained like every method")
+    ap.add_argument("--latency", action="store_true", help="after the runs: every row's plan (seed 0) timed in one interleaved "
+                    "run at batch 1 and the harness batch size, 2 threads, alone on the machine")
     ap.add_argument("--depth", action="store_true", help="mope only: width-only vs width+depth (depth_share 0.5) at the "
                     "same params, retrained, plus the plans' params, MACs and latency (results tagged 'depth')")
     ap.set_defaults(**defaults)
     return ap
 
 
+def parse_variants(specs: list[str]) -> list[tuple[str | None, str, dict]]:
+    """--variant NAME=JSON (every method) or METHOD:NAME=JSON (that method only)."""
+    out = []
+    for spec in specs:
+        name, _, value = spec.partition("=")
+        method, _, name = name.rpartition(":")
+        out.append((method or None, name, json.loads(value)))
+    return out
+
+
+def variants_of(variants: list[tuple[str | None, str, dict]], method: str) -> dict[str, dict]:
+    """A method's runs: the variants given for every method (else its defaults), plus those given for it alone."""
+    shared = {n: s for m, n, s in variants if m is None} or {"default": {}}
+    return {**shared, **{n: s for m, n, s in variants if m == method}}
+
+
 def settings_key(a) -> str:
     """A short hash of every option that changes a run's result, so cached runs of other settings are not reused."""
     import hashlib
 
-    shared = {k: v for k, v in vars(a).items() if k not in ("methods", "targets", "seeds", "variant", "jobs", "tag", "depth", "calibration")}
+    shared = {k: v for k, v in vars(a).items() if k not in ("methods", "targets", "seeds", "variant", "jobs", "tag", "depth", "calibration", "peer", "latency")}
     return hashlib.sha1(json.dumps(shared, sort_keys=True).encode()).hexdigest()[:10]
 
 
@@ -61,7 +84,6 @@ def run_job(j: dict) -> dict:
     """One method, variant, target and seed through vltrim.compress (cached as JSON)."""
     import torch
 
-    import vltrim
     from vltrim.methods import get_method
 
     torch.set_num_threads(1)
@@ -72,17 +94,31 @@ def run_job(j: dict) -> dict:
     search = a.search_steps if getattr(get_method(j["method"]), "needs_training", False) else 0
     options, settings = _split_settings(j["settings"] or {})
     t0 = time.time()
-    res = vltrim.compress(STATE["model"], j["method"], j["target"], task=STATE["task"], train_data=STATE["train"],
-                          eval_data=STATE["eval"], search_steps=search, retrain_steps=a.total_steps - search,
-                          lr=a.lr, retrain_lr=a.lr, batch_size=a.batch_size, retrain_schedule="constant",
-                          eval_every=a.eval_every, latency_batch=0, progress=False, seed=j["seed"],
-                          method_settings=settings or None, evaluate_before=False, **options)
+    try:
+        res = _compress(j, a, search, options, settings)
+    except RuntimeError as e:  # the peer cannot reach this target (e.g. its global head-dim ranking at 4x)
+        if j["method"] != "peer" or "cannot remove" not in str(e):
+            raise
+        r = {**j, "unreachable": str(e), "curve": [], "teacher": STATE["teacher"]}
+        out.write_text(json.dumps(r))
+        print(f"{job_key(j)}: not reachable: {e}", flush=True)
+        return r
     r = {**j, "curve": res.report["curve"], "teacher": STATE["teacher"], "achieved": res.plan.achieved,
          "widths": {n: len(k) for n, k in res.plan.keep.items()}, "sizes": res.plan.sizes, "seconds": round(time.time() - t0),
-         "search_seconds": res.report.get("search_seconds")}
+         "search_seconds": res.report.get("search_seconds"), "plan": res.plan.to_dict()}
     out.write_text(json.dumps(r))
     print(f"{job_key(j)}: {r['curve'][-1]} ({r['seconds']} s)", flush=True)
     return r
+
+
+def _compress(j: dict, a, search: int, options: dict, settings: dict):
+    import vltrim
+
+    given = dict(task=STATE["task"], train_data=STATE["train"], eval_data=STATE["eval"], search_steps=search,
+                 retrain_steps=a.total_steps - search, lr=a.lr, retrain_lr=a.lr, batch_size=a.batch_size,
+                 retrain_schedule="constant", eval_every=a.eval_every, latency_batch=0, progress=False, seed=j["seed"],
+                 method_settings=settings or None, evaluate_before=False)
+    return vltrim.compress(STATE["model"], j["method"], j["target"], **{**given, **options})  # a variant may override
 
 
 def _split_settings(settings: dict) -> tuple[dict, dict]:
@@ -112,13 +148,40 @@ def label(r: dict) -> str:
     return r["method"] if r["variant"] == "default" else f"{r['method']} [{r['variant']}]"
 
 
+def label_order(labels: set[str], methods: list[str]) -> list[str]:
+    """Rows in the order of --methods, then the peer's rows."""
+    order = {m: i for i, m in enumerate(methods)}
+    return sorted(labels, key=lambda s: (order.get(s.split(" ")[0], 99), s))
+
+
+def cost_table(rows: list[dict], labels: list[str], target: float) -> str:
+    """What each row's plan removes at ``target``: prunable params and MACs removed, whole-model params and MACs
+    (mean over seeds: plans of other seeds differ by at most one alignment step), or why the peer could not reach it."""
+    from vltrim.report import markdown_table
+
+    table = []
+    for name in labels:
+        rs = [r for r in rows if label(r) == name and r["target"] == target]
+        ok = [r for r in rs if "achieved" in r]
+        if not ok:
+            import re
+
+            most = re.search(r"closest ([0-9.]+)", rs[0].get("unreachable", "")) if rs else None
+            table.append([name, "not reachable" + (f" (at most {float(most.group(1)):.1%})" if most else ""), "-", "-", "-"])
+            continue
+        ach = [r["achieved"] for r in ok]
+        mean = lambda k: statistics.mean(x[k] for x in ach)  # noqa: E731
+        table.append([name, f"{mean('params_removed'):.1%}", f"{mean('macs_removed'):.1%}", f"{mean('model_params_after'):,.0f}",
+                      f"{mean('model_macs_after') / ach[0]['model_macs_before']:.3f}"])
+    return markdown_table(["row", "prunable params removed", "prunable MACs removed", "model params", "MACs (x original)"], table)
+
+
 def summarise(rows: list[dict], a, metrics: list[tuple[str, str]]) -> tuple[str, dict]:
     """Markdown tables, one per target and metric: mean ± sd over seeds at each total step count, and at
     equal retraining steps (the retraining upop gets after its search)."""
     from vltrim.report import markdown_table
 
-    order = {m: i for i, m in enumerate(a.methods)}
-    labels = sorted({label(r) for r in rows}, key=lambda s: (order.get(s.split(" ")[0], 99), s))
+    labels = label_order({label(r) for r in rows}, a.methods)
     totals = sorted({p["total_steps"] for r in rows for p in r["curve"]})
     retrain = a.total_steps - a.search_steps
     summary, parts = {}, []
@@ -130,11 +193,16 @@ def summarise(rows: list[dict], a, metrics: list[tuple[str, str]]) -> tuple[str,
                 rs = [r for r in rows if label(r) == name and r["target"] == target]
                 per_total = {t: [v for r in rs if (v := at(r, t, key)) is not None] for t in totals}
                 equal_retrain = [p[key] for r in rs for p in r["curve"] if p["retrain_step"] == retrain]
+                if rs and all("unreachable" in r for r in rs):
+                    table.append([name, "not reachable (see below)"] + [""] * len(totals))
+                    continue
                 table.append([name] + [mean_sd(per_total[t]) for t in totals] + [mean_sd(equal_retrain)])
                 summary[f"{target}|{name}|{key}"] = {"per_total": per_total, "equal_retrain": equal_retrain}
             teacher = rows[0]["teacher"][key]
             parts.append(f"**{1 / (1 - target):.0f}x fewer prunable params ({target:.0%} removed), {title}** "
                          f"(teacher {teacher:.3f}):\n\n{markdown_table(header, table)}")
+        parts.append(f"**What the plans at {target:.0%} remove** (mean over seeds; MACs at the adapter's reference input):\n\n"
+                     + cost_table(rows, labels, target))
     parts.append(time_table(rows, labels, a))
     return "\n\n".join(parts), summary
 
@@ -145,7 +213,9 @@ def time_table(rows: list[dict], labels: list[str], a) -> str:
 
     table = []
     for name in labels:
-        rs = [r for r in rows if label(r) == name]
+        rs = [r for r in rows if label(r) == name and "seconds" in r]
+        if not rs:
+            continue
         search = [r["search_seconds"] for r in rs if r.get("search_seconds") is not None]
         table.append([name, f"{statistics.mean(r['seconds'] for r in rs):.0f}", f"{statistics.mean(search):.0f}" if search else "-"])
     return ("**Wall-clock per run** (1 thread, mean over targets and seeds; '-': run before this was recorded):\n\n"
@@ -188,13 +258,21 @@ def run(a, stem: str, build: Callable[[Any], tuple[Any, Any, Any]], task: str, m
 
     if a.total_steps < a.search_steps:
         raise SystemExit(f"--total-steps ({a.total_steps}) must be >= --search-steps ({a.search_steps})")
-    variants = {k: json.loads(v) for k, v in (v.split("=", 1) for v in a.variant)} or {"default": {}}
+    variants = parse_variants(a.variant)
     torch.set_num_threads(1)
     stem = stem + (f"_{a.tag}" if a.tag else "")
     STATE.update(cache=CACHE / "harness" / f"{stem}-{settings_key(a)}", args=a, task=task)
     STATE["cache"].mkdir(parents=True, exist_ok=True)
     jobs = [{"method": m, "variant": v, "settings": s, "target": t, "seed": seed}
-            for t in a.targets for seed in a.seeds for m in a.methods for v, s in variants.items()]
+            for t in a.targets for seed in a.seeds for m in a.methods for v, s in variants_of(variants, m).items()]
+    if a.peer:
+        import peer  # registers the method 'peer' (Torch-Pruning) in this process and the forked workers
+
+        unknown = sorted(set(a.peer) - set(peer.PEER))
+        if unknown:
+            raise SystemExit(f"--peer: unknown configuration(s) {unknown}; choose from {', '.join(peer.PEER)}")
+        jobs += [{"method": "peer", "variant": name, "settings": peer.PEER[name], "target": t, "seed": seed}
+                 for t in a.targets for seed in a.seeds for name in a.peer]
     if not all((STATE["cache"] / f"{job_key(j)}.json").exists() for j in jobs):  # all cached: only the report
         from vltrim.tasks import get_task
 
@@ -211,7 +289,10 @@ def run(a, stem: str, build: Callable[[Any], tuple[Any, Any, Any]], task: str, m
         rows = [run_job(j) for j in jobs]
     tables, summary = summarise(rows, a, metrics)
     RESULTS.mkdir(exist_ok=True)
-    plot(rows, a, metrics[0][0], metrics[0][1], describe(a).split(":")[0], RESULTS / f"{stem}.png")
+    plot([r for r in rows if r["curve"]], a, metrics[0][0], metrics[0][1], describe(a).split(":")[0], RESULTS / f"{stem}.png")
+    widths_plot(rows, a, RESULTS / f"{stem}_widths.png")
+    if a.latency:
+        tables += "\n\n" + latency_table(rows, a, build)
     out = {"args": vars(a), "rows": rows, "summary": summary, "machine": machine(), "wall_s": round(time.time() - t0)}
     (RESULTS / f"{stem}.json").write_text(json.dumps(out, indent=1))
     md = (f"{describe(a)} Mean ± sd over seeds {', '.join(map(str, a.seeds))} (seed: search, calibration and batch order). "
@@ -219,6 +300,71 @@ def run(a, stem: str, build: Callable[[Any], tuple[Any, Any, Any]], task: str, m
     (RESULTS / f"{stem}.md").write_text(md)
     print(md)
     return out
+
+
+def widths_plot(rows: list[dict], a, path: Path) -> None:
+    """Kept share of each layer's attention (head dims or heads) and FFN neurons, per row (seed 0 plan), per target:
+    where each ranking puts its cut."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in rows if r.get("plan") and r["seed"] == min(a.seeds)]
+    if not rows:
+        return
+    layers = sorted({n.rsplit(".", 2)[0] for r in rows for n in r["plan"]["groups"]},
+                    key=lambda n: (n.split(".")[0], int(n.split(".")[2])))
+    fig, axes = plt.subplots(len(a.targets), 2, figsize=(11, 3.2 * len(a.targets)), squeeze=False)
+    for row_axes, target in zip(axes, a.targets):
+        for ax, part in zip(row_axes, ("attn", "mlp")):
+            for r in [r for r in rows if r["target"] == target]:
+                groups = r["plan"]["groups"]
+                kept = []
+                for layer in layers:
+                    g = next((g for n, g in groups.items() if n.startswith(f"{layer}.{part}.")), None)
+                    kept.append(len(g["keep"]) / g["size"] if g else 1.0)
+                ax.plot(range(len(layers)), kept, marker="o", label=label(r))
+            ax.set_xticks(range(len(layers)), [n.replace(".layers.", " ") for n in layers], rotation=45, fontsize=7)
+            ax.set_ylim(0, 1.05)
+            ax.set_ylabel("kept share")
+            ax.set_title(f"{target:.0%} removed: {'attention (head dims or heads)' if part == 'attn' else 'FFN neurons'}", fontsize=9)
+            ax.grid(alpha=0.3)
+        row_axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def latency_table(rows: list[dict], a, build: Callable[[Any], tuple[Any, Any, Any]]) -> str:
+    """Every row's seed-0 plan applied to the original and timed in one interleaved run (2 threads; batch 1 and the
+    harness batch at the adapter's reference input length), with params and MACs: ratios, not absolute times, compare."""
+    import torch
+
+    import vltrim
+    from vltrim.measure import _runner, _time_rounds, count_macs
+    from vltrim.report import markdown_table
+    from vltrim.structure.plan import Plan
+
+    model = STATE.get("model") or build(a)[0]
+    torch.set_num_threads(2)
+    models = {"original": model}
+    for target in a.targets:
+        for name in label_order({label(r) for r in rows}, a.methods):
+            r = next((r for r in rows if label(r) == name and r["target"] == target and r.get("plan") and r["seed"] == min(a.seeds)), None)
+            if r is not None:
+                models[f"{name}, {target:.0%}"] = vltrim.apply_plan(model, Plan.from_dict(r["plan"]))
+    adapter = vltrim.get_adapter(model)
+    speed = {}
+    for batch in (1, a.batch_size):
+        inputs = adapter.reference_inputs(model, batch)
+        times = _time_rounds([_runner(m, inputs) for m in models.values()], rounds=21, warmup=3, min_round_s=0.2)
+        speed[batch] = [statistics.median(x / y for x, y in zip(times[0], t)) for t in times]
+    inputs = adapter.reference_inputs(model, 1)
+    table = [[n, f"{vltrim.count_params(m):,}", f"{count_macs(m, inputs) / count_macs(model, inputs):.3f}"]
+             + [f"{speed[b][i]:.2f}x" for b in speed] for i, (n, m) in enumerate(models.items())]
+    return (f"**Measured speed of each row's plan** (seed {min(a.seeds)}; speedup = median of per-round paired ratios to the "
+            f"original, 21 interleaved rounds, 2 threads, alone on the machine; {machine_line()}):\n\n"
+            + markdown_table(["plan", "params", "MACs (x original)"] + [f"speedup, batch {b}" for b in speed], table))
 
 
 DEPTH_SHARES = {"width": 0.0, "width+depth": 0.5}  # MoPE plans at the same params: by width alone, and half by layers

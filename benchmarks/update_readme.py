@@ -1,8 +1,8 @@
-"""Copy benchmarks/results/<name>.md into README.md between <!-- results:<name> --> markers.
+"""Copy benchmarks/results/<name>.md into README.md and docs/*.md between <!-- results:<name> --> markers.
 
     python benchmarks/update_readme.py
 
-So every number in README is a benchmark script's output, pasted by a script."""
+So every number in README and docs/ is a benchmark script's output, pasted by a script."""
 from __future__ import annotations
 
 import re
@@ -22,6 +22,6 @@ def update(readme: str, results: Path) -> str:
 
 
 if __name__ == "__main__":
-    path = ROOT / "README.md"
-    path.write_text(update(path.read_text(), ROOT / "benchmarks" / "results"))
-    print(f"updated {path}")
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("**/*.md"))]:
+        path.write_text(update(path.read_text(), ROOT / "benchmarks" / "results"))
+        print(f"updated {path}")

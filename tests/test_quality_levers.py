@@ -197,6 +197,71 @@ def test_normalisation_ignores_a_towers_scale():
     assert select(groups, normalize_scores(groups, base), b) == select(groups, normalize_scores(groups, scaled), b)
 
 
+def test_per_cost_ranking_is_a_knapsack_by_score_per_param():
+    """'per_cost' removes the chunk with the least score per param it frees: a head-dim chunk that costs 24x a neuron
+    chunk goes first only when its score is below 24x the neuron chunk's; 'score' compares scores alone."""
+    from vltrim.structure.select import ranked
+
+    model = tiny_model("BertModel")
+    groups = prunable_groups(model, "head_dims,neurons")
+    att = [g for g in groups if g.kind.value == "head_dims"]
+    ratio = att[0].params_per_unit / next(g for g in groups if g.kind.value == "neurons").params_per_unit
+    scores = {g.name: torch.full((g.size,), 2.0 if g in att else 1.0) for g in groups}  # head dims: 2x a neuron's score
+    b_cost = Budget(0.2, "params", 1, "global", normalize="none", ranking="per_cost")
+    keep = select(groups, ranked(groups, scores, b_cost), b_cost)
+    assert ratio > 2 and all(g.name not in keep for g in groups if g not in att)  # per param, the head dims are cheaper
+    b_score = Budget(0.2, "params", 1, "global", normalize="none", ranking="score")
+    keep = select(groups, ranked(groups, scores, b_score), b_score)
+    assert all(g.name not in keep for g in att)  # by score alone, neurons go first
+    for metric in ("params", "macs"):  # the plan meets the target in either ranking
+        b = Budget(0.3, metric, 8, "global", normalize="none", ranking="per_cost")
+        rnd = {g.name: torch.rand(g.size, generator=torch.Generator().manual_seed(3)) for g in groups}
+        assert achieved(groups, select(groups, ranked(groups, rnd, b), b))[f"{metric}_removed"] >= 0.3
+
+
+def test_group_normalisation_divides_by_the_group_mean():
+    from vltrim.structure.select import normalize_scores
+
+    groups = prunable_groups(tiny_model("BertModel"), "neurons")
+    scores = {g.name: torch.arange(1.0, g.size + 1) * (i + 1) for i, g in enumerate(groups)}
+    out = normalize_scores(groups, scores, "group")
+    assert all(abs(float(v.mean()) - 1.0) < 1e-9 for v in out.values())
+    assert torch.equal(out[groups[0].name], out[groups[1].name])  # a group's scale no longer matters
+    assert torch.equal(normalize_scores(groups, scores, "none")[groups[1].name], scores[groups[1].name].double())
+
+
+def test_modality_normalisation_keeps_one_towers_ranking_and_ignores_a_towers_scale():
+    """'modality' (taylor's and upop's default, with 'per_cost'): one tower ranks as its raw scores per param; a tower
+    whose scores are 1000x larger does not move the cut into the other tower."""
+    from vltrim.structure.select import ranked
+
+    b = Budget(0.5, "params", 8, "global", normalize="modality", ranking="per_cost")
+    raw = Budget(0.5, "params", 8, "global", normalize="none", ranking="per_cost")
+    bert = tiny_model("BertModel")
+    groups = prunable_groups(bert, "head_dims,neurons")
+    sc = {g.name: torch.rand(g.size, generator=torch.Generator().manual_seed(i)) for i, g in enumerate(groups)}
+    assert select(groups, ranked(groups, sc, b), b) == select(groups, ranked(groups, sc, raw), raw)
+    clip = tiny_model("CLIPModel")
+    groups = prunable_groups(clip, "head_dims,neurons")
+    base = {g.name: torch.rand(g.size, generator=torch.Generator().manual_seed(i)) for i, g in enumerate(groups)}
+    scaled = {n: s * (1000.0 if n.startswith("text") else 1.0) for n, s in base.items()}
+    assert select(groups, ranked(groups, base, b), b) == select(groups, ranked(groups, scaled, b), b)
+    assert select(groups, ranked(groups, base, raw), raw) != select(groups, ranked(groups, scaled, raw), raw)
+
+
+def test_ranking_settings_are_checked_before_any_work():
+    teacher = tiny_model("BertModel")
+    data = sentence_data(teacher)
+    for bad, match in ((dict(ranking="per_cost", normalize="kind"), "per_cost"), (dict(normalize="layer"), "normalize"),
+                       (dict(ranking="cost"), "ranking")):
+        with pytest.raises(ValueError, match=match):
+            Budget(0.4, **bad)
+        for method in ("taylor", "upop"):
+            with pytest.raises(ValueError, match=match):
+                vltrim.compress(teacher, method, 0.4, task="sentence-embedding", train_data=data, retrain_steps=0,
+                                latency_batch=0, progress=False, method_settings=bad)
+
+
 @pytest.mark.parametrize("method", ["l1", "random", "upop"])
 def test_every_ranking_method_takes_allocation(method):
     teacher = tiny_model("BertModel")

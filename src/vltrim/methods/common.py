@@ -11,7 +11,7 @@ from ..adapters import class_name, get_adapter
 from ..measure import count_macs, count_params
 from ..structure.groups import Group, UnitKind
 from ..structure.plan import Plan
-from ..structure.select import Budget, achieved, normalize_scores, select
+from ..structure.select import Budget, achieved, ranked, select
 
 DEFAULT_UNITS = ("head_dims", "neurons")
 
@@ -89,8 +89,9 @@ def weight_taylor(p: torch.Tensor) -> torch.Tensor:
 def plan_from_scores(
     model: nn.Module, groups: list[Group], scores: dict[str, torch.Tensor], budget: Budget, method: str, settings: dict[str, Any]
 ) -> Plan:
-    """Rank all units of ``groups`` by normalised score, cut to ``budget``; record target and achievement."""
-    return plan_from_keep(model, groups, select(groups, normalize_scores(groups, scores), budget), budget, method, settings)
+    """Rank all units of ``groups`` by their scores made comparable as ``budget`` says, cut to ``budget``; record
+    target and achievement."""
+    return plan_from_keep(model, groups, select(groups, ranked(groups, scores, budget), budget), budget, method, settings)
 
 
 def plan_from_keep(

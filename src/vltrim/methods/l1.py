@@ -26,8 +26,9 @@ class L1Method:
     name = "l1"
 
     def search(self, model: nn.Module, target: float, metric: str = "params", align: int = 8, units=DEFAULT_UNITS,
-               allocation: str = "uniform", max_ratio: float = MAX_RATIO):
+               allocation: str = "uniform", max_ratio: float = MAX_RATIO, normalize: str = "kind",
+               ranking: str = "score"):
         groups = prunable_groups(model, units)
         scores = {g.name: unit_l1(model, g) for g in groups}
-        budget = Budget(target, metric, align, allocation, max_ratio)
+        budget = Budget(target, metric, align, allocation, max_ratio, normalize, ranking)
         return plan_from_scores(model, groups, scores, budget, self.name, {"units": sorted({g.kind.value for g in groups})})

@@ -14,10 +14,11 @@ class RandomMethod:
     name = "random"
 
     def search(self, model: nn.Module, target: float, metric: str = "params", align: int = 8, units=DEFAULT_UNITS,
-               allocation: str = ALLOCATION, max_ratio: float = MAX_RATIO, seed: int = 0):
+               allocation: str = ALLOCATION, max_ratio: float = MAX_RATIO, seed: int = 0, normalize: str = "kind",
+               ranking: str = "score"):
         groups = prunable_groups(model, units)
         gen = torch.Generator().manual_seed(seed)
         scores = {g.name: torch.rand(g.size, generator=gen) for g in groups}
         settings = {"units": sorted({g.kind.value for g in groups}), "seed": seed}
-        budget = Budget(target, metric, align, allocation, max_ratio)
+        budget = Budget(target, metric, align, allocation, max_ratio, normalize, ranking)
         return plan_from_scores(model, groups, scores, budget, self.name, settings)

@@ -12,10 +12,22 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..structure.groups import Group
-from ..structure.select import ALLOCATION, MAX_RATIO, Budget
+from ..checks import choice
+from ..structure.select import ALLOCATION, MAX_RATIO, NORMALIZATIONS, RANKINGS, Budget
 from ..train.loop import batches
 from . import register
 from .common import DEFAULT_UNITS, plan_from_scores, prunable_groups, seeded, unit_sums, weight_taylor
+
+TAYLOR_NORMALIZE, TAYLOR_RANKING = "modality", "per_cost"  # how taylor and upop compare units across groups (see Budget)
+
+
+def check_ranking(normalize: str, ranking: str) -> None:
+    """The two ranking settings, checked before any work (errors name the setting)."""
+    choice("normalize", normalize, NORMALIZATIONS)
+    choice("ranking", ranking, RANKINGS)
+    if ranking == "per_cost" and normalize == "kind":
+        raise ValueError("ranking='per_cost' divides scores by their cost: it needs normalize='modality', 'none' or 'group' "
+                         "(standardised scores can be negative)")
 
 
 def taylor_scores(model: nn.Module, groups: list[Group], data: Dataset, loss_fn: Callable, num_batches: int = 8,
@@ -50,9 +62,15 @@ class TaylorMethod:
     name = "taylor"
     needs_data = True  # compress passes its training data and loss
 
+    def check_settings(self, num_batches: int = 8, batch_size: int = 16, normalize: str = TAYLOR_NORMALIZE,
+                       ranking: str = TAYLOR_RANKING, **_: object) -> None:
+        """Settings checked before any work (compress calls this before it starts)."""
+        check_ranking(normalize, ranking)
+
     def search(self, model: nn.Module, target: float, data: Dataset | None = None, loss_fn: Callable | None = None,
                metric: str = "params", align: int = 8, units=DEFAULT_UNITS, allocation: str = ALLOCATION,
-               max_ratio: float = MAX_RATIO, num_batches: int = 8, batch_size: int = 16, seed: int = 0):
+               max_ratio: float = MAX_RATIO, num_batches: int = 8, batch_size: int = 16, seed: int = 0,
+               normalize: str = TAYLOR_NORMALIZE, ranking: str = TAYLOR_RANKING):
         if data is None or loss_fn is None:
             raise ValueError("taylor needs calibration data and a loss: data=..., loss_fn=(model, batch) -> loss "
                              "(vltrim.compress passes its train_data and task loss)")
@@ -60,4 +78,5 @@ class TaylorMethod:
         scores = taylor_scores(model, groups, data, loss_fn, num_batches, batch_size, seed)
         settings = {"units": sorted({g.kind.value for g in groups}), "num_batches": num_batches,
                     "batch_size": batch_size, "seed": seed}
-        return plan_from_scores(model, groups, scores, Budget(target, metric, align, allocation, max_ratio), self.name, settings)
+        budget = Budget(target, metric, align, allocation, max_ratio, normalize, ranking)
+        return plan_from_scores(model, groups, scores, budget, self.name, settings)

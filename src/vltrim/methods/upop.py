@@ -24,12 +24,13 @@ from .. import masks
 from ..adapters import get_adapter
 from ..structure.groups import Group
 from ..structure.plan import Plan
-from ..structure.select import ALLOCATION, MAX_RATIO, Budget, achieved, normalize_scores, select
+from ..structure.select import ALLOCATION, MAX_RATIO, Budget, achieved, ranked, select
 from ..checks import choice, flag, integer, number
 from ..train import train
 from ..train.loop import SCHEDULES
 from . import register
 from .common import DEFAULT_UNITS, plan_from_keep, prunable_groups, unit_sums, weight_taylor
+from .taylor import TAYLOR_NORMALIZE, TAYLOR_RANKING, check_ranking
 
 
 SALIENCIES = ("abs", "signed", "taylor")
@@ -134,7 +135,7 @@ class _Search:
         """Units to keep at the current share. Monotone: units pruned before stay pruned (they rank first),
         so no unit jumps from mask 1 straight to a near-0 fade late in the search."""
         # signed: dL/dm > 0 means a smaller mask lowers the loss, so the largest accumulated gradient goes first
-        scores = normalize_scores(self.groups, {n: -s if self.signed else s for n, s in self.scores.items()})
+        scores = ranked(self.groups, {n: -s if self.signed else s for n, s in self.scores.items()}, self.budget)
         if self.monotone and self.keep:
             if achieved(self.groups, self.keep)[f"{self.budget.metric}_removed"] >= self.share:
                 return self.keep
@@ -164,8 +165,10 @@ class UPopMethod:
         return self.run(model, target, **settings).plan
 
     def check_settings(self, steps: int = 1, interval: int = 1, saliency_decay: float = 1.0, saliency: str = "taylor",
-                       schedule: str = "constant", monotone: bool = False) -> None:
+                       schedule: str = "constant", monotone: bool = False, normalize: str = TAYLOR_NORMALIZE,
+                       ranking: str = TAYLOR_RANKING) -> None:
         """The search's own settings, checked before any work (compress calls this before it starts)."""
+        check_ranking(normalize, ranking)
         integer("steps", steps, 1)
         integer("interval", interval, 1)
         number("saliency_decay", saliency_decay, high=1.0)
@@ -194,6 +197,8 @@ class UPopMethod:
         saliency: str = "taylor",
         seed: int = 0,
         progress: bool = True,
+        normalize: str = TAYLOR_NORMALIZE,
+        ranking: str = TAYLOR_RANKING,
         **loop: Any,
     ) -> SearchResult:
         """Search on a copy of ``model`` (the original is not changed) and return plan, weights and masks.
@@ -206,8 +211,8 @@ class UPopMethod:
         weights recent steps more (1: accumulated from the start, as the paper). ``loop`` goes to the
         training loop: grad_accum, mixed_precision, output_dir, checkpoint_every, resume (a resumed search
         restores masks and scores too, and reaches the same plan)."""
-        budget = Budget(target, metric, align, allocation, max_ratio)
-        self.check_settings(steps, interval, saliency_decay, saliency, schedule, monotone)
+        budget = Budget(target, metric, align, allocation, max_ratio, normalize, ranking)
+        self.check_settings(steps, interval, saliency_decay, saliency, schedule, monotone, normalize, ranking)
         work = copy.deepcopy(model)
         groups = prunable_groups(work, units)
         state = _Search(groups, budget, steps, interval, monotone, saliency_decay, saliency, model=work)

@@ -12,6 +12,8 @@ from .groups import Group, UnitKind
 ALLOCATIONS = ("global", "uniform", "modality")
 ALLOCATION = "global"  # default of taylor, upop and random; l1 defaults to "uniform" (both chosen on benchmarks/real_text.py)
 MAX_RATIO = 1.0  # default cap on the share of units one group may lose
+NORMALIZATIONS = ("kind", "modality", "group", "none")  # how scores are made comparable before one ranking (see normalize_scores)
+RANKINGS = ("score", "per_cost")  # aligned chunks cut in order of their mean score, or of score per unit of cost
 
 
 @dataclass(frozen=True)
@@ -20,13 +22,22 @@ class Budget:
 
     ``allocation`` says where the cut may fall: 'global' (one ranking over every group), 'uniform' (every
     group loses the same share; scores only pick units inside a group) or 'modality' (each modality loses
-    ``target``, ranked globally inside it). ``max_ratio`` caps the share of units any one group may lose."""
+    ``target``, ranked globally inside it). ``max_ratio`` caps the share of units any one group may lose.
+
+    How scores of different groups compare (`ranked`): ``normalize`` 'kind' standardises them per unit kind and
+    modality, 'modality' divides them by their tower's mean score per unit of cost (one scale per tower, the rest
+    as measured), 'group' divides them by their group's mean (Torch-Pruning's normaliser), 'none' leaves them as they are;
+    ``ranking`` 'score' cuts the chunk with the lowest mean score next, 'per_cost' the one with the lowest score per
+    unit of ``metric`` it removes (a greedy knapsack; needs scores that are non-negative estimates on one scale across
+    groups, so not with 'kind')."""
 
     target: float
     metric: str = "params"
     align: int = 8
     allocation: str = ALLOCATION
     max_ratio: float = MAX_RATIO
+    normalize: str = "kind"
+    ranking: str = "score"
 
     def __post_init__(self) -> None:
         if not 0.0 < float(self.target) < 1.0:
@@ -39,14 +50,52 @@ class Budget:
             raise ValueError(f"allocation must be one of {', '.join(ALLOCATIONS)}, got {self.allocation!r}")
         if not 0.0 < float(self.max_ratio) <= 1.0:
             raise ValueError(f"max_ratio must be a fraction in (0, 1] of a group's units, got {self.max_ratio}")
+        if self.normalize not in NORMALIZATIONS:
+            raise ValueError(f"normalize must be one of {', '.join(NORMALIZATIONS)}, got {self.normalize!r}")
+        if self.ranking not in RANKINGS:
+            raise ValueError(f"ranking must be one of {', '.join(RANKINGS)}, got {self.ranking!r}")
+        if self.ranking == "per_cost" and self.normalize == "kind":
+            raise ValueError("ranking='per_cost' divides scores by their cost: it needs normalize='modality', 'none' or 'group' "
+                             "(standardised scores can be negative)")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def normalize_scores(groups: list[Group], scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Standardise scores per (unit kind, modality), so heads, head_dims and neurons share one ranking and
-    a tower whose weights (or gradients) are on a larger scale does not take the whole cut."""
+def ranked(groups: list[Group], scores: dict[str, torch.Tensor], budget: Budget) -> dict[str, torch.Tensor]:
+    """Scores made comparable across groups as ``budget`` says (normalised, then per unit of cost when ranking
+    'per_cost'), ready for `select`."""
+    out = normalize_scores(groups, scores, budget.normalize, budget.metric)
+    if budget.ranking == "per_cost":
+        out = {g.name: out[g.name] / g.cost_per_unit(budget.metric) for g in groups}
+    return out
+
+
+def normalize_scores(groups: list[Group], scores: dict[str, torch.Tensor], how: str = "kind",
+                     metric: str = "params") -> dict[str, torch.Tensor]:
+    """'kind': standardise scores per (unit kind, modality), so heads, head_dims and neurons share one ranking and
+    a tower whose weights (or gradients) are on a larger scale does not take the whole cut. 'modality': divide a
+    tower's scores by its mean score per unit of ``metric`` cost (one tower: the scores as they are, up to a factor).
+    'group': divide each group's scores by their mean. 'none': as they are (float64)."""
+    if how == "none":
+        return {g.name: scores[g.name].detach().double().flatten() for g in groups}
+    if how == "modality":
+        out = {}
+        for m in {g.modality for g in groups}:
+            own = [g for g in groups if g.modality == m]
+            per = torch.cat([scores[g.name].detach().double().flatten() / g.cost_per_unit(metric) for g in own])
+            per = per[torch.isfinite(per)]
+            scale = per.mean() if per.numel() and per.mean() > 0 else torch.tensor(1.0, dtype=torch.float64)
+            out.update({g.name: scores[g.name].detach().double().flatten() / scale for g in own})
+        return out
+    if how == "group":
+        out = {}
+        for g in groups:
+            s = scores[g.name].detach().double().flatten()
+            finite = s[torch.isfinite(s)]
+            mean = finite.mean() if finite.numel() else torch.tensor(0.0, dtype=torch.float64)
+            out[g.name] = s / mean if mean > 0 else s
+        return out
     out: dict[str, torch.Tensor] = {}
     for key in {(g.kind, g.modality) for g in groups}:
         names = [g.name for g in groups if (g.kind, g.modality) == key]
