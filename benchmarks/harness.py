@@ -7,6 +7,9 @@ retraining run (``eval_every``), so each point is the metric after that many *to
 tables compare methods at equal total steps and at equal retraining steps. Several seeds give a
 mean and a spread. Runs go in ``--jobs`` processes of one torch thread each (faster than two threads
 on 2 shared cores); each run's result is cached as JSON, so a killed benchmark continues where it stopped.
+``--peer`` adds Torch-Pruning's configurations (benchmarks/peer.py) as rows pruned to the same params and retrained
+the same way; each results file then also lists what every plan removes (params, MACs), the kept widths per layer
+(<stem>_widths.png) and, with ``--latency``, every plan's measured speedup in one interleaved run.
 """
 from __future__ import annotations
 

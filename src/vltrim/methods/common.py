@@ -14,6 +14,9 @@ from ..structure.plan import Plan
 from ..structure.select import Budget, achieved, ranked, select
 
 DEFAULT_UNITS = ("head_dims", "neurons")
+# how taylor and upop compare units across groups (see Budget): Taylor scores per parameter removed, one scale per
+# tower (chosen against Torch-Pruning's global Taylor on three real-weights models: docs/ranking.md)
+TAYLOR_NORMALIZE, TAYLOR_RANKING = "modality", "per_cost"
 
 
 def parse_units(units: str | Iterable[str]) -> tuple[UnitKind, ...]:

@@ -12,22 +12,12 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..structure.groups import Group
-from ..checks import choice
-from ..structure.select import ALLOCATION, MAX_RATIO, NORMALIZATIONS, RANKINGS, Budget
+from ..structure.select import ALLOCATION, MAX_RATIO, Budget, check_ranking
 from ..train.loop import batches
 from . import register
-from .common import DEFAULT_UNITS, plan_from_scores, prunable_groups, seeded, unit_sums, weight_taylor
+from .common import (DEFAULT_UNITS, TAYLOR_NORMALIZE, TAYLOR_RANKING, plan_from_scores, prunable_groups, seeded, unit_sums,
+                     weight_taylor)
 
-TAYLOR_NORMALIZE, TAYLOR_RANKING = "modality", "per_cost"  # how taylor and upop compare units across groups (see Budget)
-
-
-def check_ranking(normalize: str, ranking: str) -> None:
-    """The two ranking settings, checked before any work (errors name the setting)."""
-    choice("normalize", normalize, NORMALIZATIONS)
-    choice("ranking", ranking, RANKINGS)
-    if ranking == "per_cost" and normalize == "kind":
-        raise ValueError("ranking='per_cost' divides scores by their cost: it needs normalize='modality', 'none' or 'group' "
-                         "(standardised scores can be negative)")
 
 
 def taylor_scores(model: nn.Module, groups: list[Group], data: Dataset, loss_fn: Callable, num_batches: int = 8,

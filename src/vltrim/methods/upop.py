@@ -24,13 +24,13 @@ from .. import masks
 from ..adapters import get_adapter
 from ..structure.groups import Group
 from ..structure.plan import Plan
-from ..structure.select import ALLOCATION, MAX_RATIO, Budget, achieved, ranked, select
+from ..structure.select import ALLOCATION, MAX_RATIO, Budget, achieved, check_ranking, ranked, select
 from ..checks import choice, flag, integer, number
 from ..train import train
 from ..train.loop import SCHEDULES
 from . import register
-from .common import DEFAULT_UNITS, plan_from_keep, prunable_groups, unit_sums, weight_taylor
-from .taylor import TAYLOR_NORMALIZE, TAYLOR_RANKING, check_ranking
+from .common import (DEFAULT_UNITS, TAYLOR_NORMALIZE, TAYLOR_RANKING, plan_from_keep, prunable_groups, unit_sums,
+                     weight_taylor)
 
 
 SALIENCIES = ("abs", "signed", "taylor")

@@ -50,16 +50,20 @@ class Budget:
             raise ValueError(f"allocation must be one of {', '.join(ALLOCATIONS)}, got {self.allocation!r}")
         if not 0.0 < float(self.max_ratio) <= 1.0:
             raise ValueError(f"max_ratio must be a fraction in (0, 1] of a group's units, got {self.max_ratio}")
-        if self.normalize not in NORMALIZATIONS:
-            raise ValueError(f"normalize must be one of {', '.join(NORMALIZATIONS)}, got {self.normalize!r}")
-        if self.ranking not in RANKINGS:
-            raise ValueError(f"ranking must be one of {', '.join(RANKINGS)}, got {self.ranking!r}")
-        if self.ranking == "per_cost" and self.normalize == "kind":
-            raise ValueError("ranking='per_cost' divides scores by their cost: it needs normalize='modality', 'none' or 'group' "
-                             "(standardised scores can be negative)")
+        check_ranking(self.normalize, self.ranking)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def check_ranking(normalize: str, ranking: str) -> None:
+    """``normalize`` and ``ranking`` (see Budget), checked on their own so methods can refuse them before any work."""
+    for name, value, allowed in (("normalize", normalize, NORMALIZATIONS), ("ranking", ranking, RANKINGS)):
+        if not isinstance(value, str) or value not in allowed:
+            raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+    if ranking == "per_cost" and normalize == "kind":
+        raise ValueError("ranking='per_cost' divides scores by their cost: it needs normalize='modality', 'none' or 'group' "
+                         "(standardised scores can be negative)")
 
 
 def ranked(groups: list[Group], scores: dict[str, torch.Tensor], budget: Budget) -> dict[str, torch.Tensor]:
