@@ -49,6 +49,8 @@ def arguments(description: str, **defaults: Any) -> argparse.ArgumentParser:
                     "each pruned to the same share of prunable params and retrained like every method")
     ap.add_argument("--latency", action="store_true", help="after the runs: every row's plan (seed 0) timed in one interleaved "
                     "run at batch 1 and the harness batch size, 2 threads, alone on the machine")
+    ap.add_argument("--from-results", action="store_true", help="first fill the run cache from the committed "
+                    "benchmarks/results/<stem>.json (its settings must match), so a report or --latency needs no rerun")
     ap.add_argument("--depth", action="store_true", help="mope only: width-only vs width+depth (depth_share 0.5) at the "
                     "same params, retrained, plus the plans' params, MACs and latency (results tagged 'depth')")
     ap.set_defaults(**defaults)
@@ -71,12 +73,31 @@ def variants_of(variants: list[tuple[str | None, str, dict]], method: str) -> di
     return {**shared, **{n: s for m, n, s in variants if m == method}}
 
 
+NOT_IN_KEY = ("methods", "targets", "seeds", "variant", "jobs", "tag", "depth", "calibration", "peer", "latency", "from_results")
+
+
 def settings_key(a) -> str:
     """A short hash of every option that changes a run's result, so cached runs of other settings are not reused."""
     import hashlib
 
-    shared = {k: v for k, v in vars(a).items() if k not in ("methods", "targets", "seeds", "variant", "jobs", "tag", "depth", "calibration", "peer", "latency")}
+    shared = {k: v for k, v in vars(a).items() if k not in NOT_IN_KEY}
     return hashlib.sha1(json.dumps(shared, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def restore_cache(path: Path, a) -> None:
+    """Write the runs saved in a results file back into the run cache, if they were run with these settings."""
+    if not path.exists():
+        raise SystemExit(f"--from-results: {path} does not exist")
+    saved = json.loads(path.read_text())
+    old = argparse.Namespace(**{**vars(a), **saved["args"]})
+    if settings_key(old) != settings_key(a):
+        differ = sorted(k for k, v in vars(a).items() if k not in NOT_IN_KEY and saved["args"].get(k, v) != v)
+        raise SystemExit(f"--from-results: {path} was run with other settings ({', '.join(differ) or 'options added since'})")
+    for r in saved["rows"]:
+        out = STATE["cache"] / f"{job_key(r)}.json"
+        if not out.exists():
+            out.write_text(json.dumps(r))
+    print(f"--from-results: {len(saved['rows'])} runs from {path}", flush=True)
 
 
 def job_key(j: dict) -> str:
@@ -266,6 +287,8 @@ def run(a, stem: str, build: Callable[[Any], tuple[Any, Any, Any]], task: str, m
     stem = stem + (f"_{a.tag}" if a.tag else "")
     STATE.update(cache=CACHE / "harness" / f"{stem}-{settings_key(a)}", args=a, task=task)
     STATE["cache"].mkdir(parents=True, exist_ok=True)
+    if a.from_results:
+        restore_cache(RESULTS / f"{stem}.json", a)
     jobs = [{"method": m, "variant": v, "settings": s, "target": t, "seed": seed}
             for t in a.targets for seed in a.seeds for m in a.methods for v, s in variants_of(variants, m).items()]
     if a.peer:
@@ -294,9 +317,12 @@ def run(a, stem: str, build: Callable[[Any], tuple[Any, Any, Any]], task: str, m
     RESULTS.mkdir(exist_ok=True)
     plot([r for r in rows if r["curve"]], a, metrics[0][0], metrics[0][1], describe(a).split(":")[0], RESULTS / f"{stem}.png")
     widths_plot(rows, a, RESULTS / f"{stem}_widths.png")
+    speed = None
     if a.latency:
-        tables += "\n\n" + latency_table(rows, a, build)
-    out = {"args": vars(a), "rows": rows, "summary": summary, "machine": machine(), "wall_s": round(time.time() - t0)}
+        latency_md, speed = latency_table(rows, a, build)
+        tables += "\n\n" + latency_md
+    out = {"args": vars(a), "rows": rows, "summary": summary, "machine": machine(), "wall_s": round(time.time() - t0),
+           "latency": speed}
     (RESULTS / f"{stem}.json").write_text(json.dumps(out, indent=1))
     md = (f"{describe(a)} Mean ± sd over seeds {', '.join(map(str, a.seeds))} (seed: search, calibration and batch order). "
           f"Plot: benchmarks/results/{stem}.png.\n\n{tables}\n\nMeasured on: {machine_line()}, {a.jobs} processes of 1 thread.\n")
@@ -338,9 +364,10 @@ def widths_plot(rows: list[dict], a, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def latency_table(rows: list[dict], a, build: Callable[[Any], tuple[Any, Any, Any]]) -> str:
+def latency_table(rows: list[dict], a, build: Callable[[Any], tuple[Any, Any, Any]]) -> tuple[str, dict]:
     """Every row's seed-0 plan applied to the original and timed in one interleaved run (2 threads; batch 1 and the
-    harness batch at the adapter's reference input length), with params and MACs: ratios, not absolute times, compare."""
+    harness batch at the adapter's reference input length), with params and MACs: ratios, not absolute times, compare.
+    Returns the table and, per plan name, its params, MACs ratio and speedup per batch size."""
     import torch
 
     import vltrim
@@ -363,11 +390,12 @@ def latency_table(rows: list[dict], a, build: Callable[[Any], tuple[Any, Any, An
         times = _time_rounds([_runner(m, inputs) for m in models.values()], rounds=21, warmup=3, min_round_s=0.2)
         speed[batch] = [statistics.median(x / y for x, y in zip(times[0], t)) for t in times]
     inputs = adapter.reference_inputs(model, 1)
-    table = [[n, f"{vltrim.count_params(m):,}", f"{count_macs(m, inputs) / count_macs(model, inputs):.3f}"]
-             + [f"{speed[b][i]:.2f}x" for b in speed] for i, (n, m) in enumerate(models.items())]
+    data = {n: {"params": vltrim.count_params(m), "macs": count_macs(m, inputs) / count_macs(model, inputs),
+                "speedup": {str(b): speed[b][i] for b in speed}} for i, (n, m) in enumerate(models.items())}
+    table = [[n, f"{d['params']:,}", f"{d['macs']:.3f}"] + [f"{v:.2f}x" for v in d["speedup"].values()] for n, d in data.items()]
     return (f"**Measured speed of each row's plan** (seed {min(a.seeds)}; speedup = median of per-round paired ratios to the "
             f"original, 21 interleaved rounds, 2 threads, alone on the machine; {machine_line()}):\n\n"
-            + markdown_table(["plan", "params", "MACs (x original)"] + [f"speedup, batch {b}" for b in speed], table))
+            + markdown_table(["plan", "params", "MACs (x original)"] + [f"speedup, batch {b}" for b in speed], table)), data
 
 
 DEPTH_SHARES = {"width": 0.0, "width+depth": 0.5}  # MoPE plans at the same params: by width alone, and half by layers

@@ -304,7 +304,7 @@ def retrain(a) -> None:
     retrain_table(a.model, done, key)
 
 
-COMBO_NAMES = {"z-kind:unit": "standardised per kind, by score (before)", "none:per-param": "per param (now, = 'modality' on one tower)",
+COMBO_NAMES = {"z-kind:unit": "standardised per kind, by score (before)", "none:per-param": "raw, per param (the new default on a one-tower model; not on two towers)",
                "mean-group:unit": "divided by the group mean (Torch-Pruning's)", "mean-kind:unit": "divided by the kind's mean",
                "none:unit": "raw, by score"}
 
