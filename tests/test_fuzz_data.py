@@ -343,7 +343,9 @@ def test_retrieval_without_labels_trains_and_evaluates_pairwise():
     model.train()
     got = evaluate_retrieval(model, data, batch_size=7)  # batches that do not divide 24: positions run on
     assert model.training  # the caller's mode is kept
-    assert got == pytest.approx(evaluate_retrieval(model, Unlabelled(base, keep_label=True), batch_size=24))
+    # the same batches with explicit labels 0..23 (the same batch size, so the embeddings are bit-identical and a
+    # near-tie in the ranking cannot flip between two float summation orders)
+    assert got == pytest.approx(evaluate_retrieval(model, Unlabelled(base, keep_label=True), batch_size=7))
 
 
 def _strip_label(items: list) -> dict[str, torch.Tensor]:
