@@ -10,16 +10,14 @@ import json
 import statistics
 from pathlib import Path
 
+from harness import label, mean_sd
+
 RESULTS = Path(__file__).resolve().parent / "results"
 # results stem, metric key, title; the stems are written by the commands in docs/ranking.md
 MODELS = [("real_text_r8_peer", "cosine_to_teacher", "MiniLM-L6 on R8, cosine to the teacher"),
           ("fashion_dual_encoder_peer", "zero_shot_top1", "Fashion-MNIST dual encoder, zero-shot top-1"),
           ("real_text_20ng_l3_peer", "cosine_to_teacher", "MiniLM-L3 on 20 Newsgroups, cosine to the teacher")]
 CEILING = ("fashion_dual_encoder_ceiling", 0.01)  # the Fashion teacher with 1% removed, retrained the same way
-
-
-def mean_sd(xs: list[float]) -> str:
-    return f"{statistics.mean(xs):.3f} ± {statistics.stdev(xs):.3f}" if len(xs) > 1 else (f"{xs[0]:.3f}" if xs else "-")
 
 
 def final(summary: dict, target: float, name: str, key: str) -> list[float]:
@@ -44,14 +42,14 @@ def model_table(stem: str, key: str) -> tuple[list[str], list[str]]:
     d = json.loads((RESULTS / f"{stem}.json").read_text())
     summary, speed, rows, verdicts = d["summary"], d.get("latency") or {}, [], []
     names = list(dict.fromkeys(k.split("|")[1] for k in summary))
-    unreachable = sorted({(r["target"], f"peer [{r['variant']}]") for r in d["rows"] if "unreachable" in r})
+    unreachable = sorted({(r["target"], label(r)) for r in d["rows"] if "unreachable" in r})
     for target in d["args"]["targets"]:
         present = [n for n in names if f"{target}|{n}|{key}" in summary]
         for name in present:
             step, now = first(summary, target, name, key)
             sp = speed.get(f"{name}, {target:.0%}", {})
             macs = [r["achieved"]["model_macs_after"] / r["achieved"]["model_macs_before"] for r in d["rows"]
-                    if r["target"] == target and "achieved" in r and (r["method"] == name or f"{r['method']} [{r['variant']}]" == name)]
+                    if r["target"] == target and "achieved" in r and label(r) == name]
             rows.append([f"{1 / (1 - target):.0f}x", name, mean_sd(now) + ("" if step == "0" else f" (after {step}-step search)"),
                          mean_sd(final(summary, target, name, key)), f"{statistics.mean(macs):.3f}" if macs else "-",
                          " / ".join(f"{v:.2f}x" for v in sp.get("speedup", {}).values()) or "-"])
