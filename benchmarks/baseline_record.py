@@ -5,6 +5,7 @@ after it.
     python benchmarks/baseline_record.py            # writes benchmarks/results/baseline_core.json
     python benchmarks/baseline_record.py --check    # recomputes and lists every case that differs (exit 1 if any)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -13,8 +14,9 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
 OUT = RESULTS / "baseline_core.json"
@@ -53,9 +55,18 @@ def run_reference(name: str, opts: dict[str, Any]) -> dict[str, str]:
     from vltrim.reference import load_reference
 
     model = load_reference(progress=False)
-    given = dict(task="retrieval", train_data=SyntheticCaptions("train", 64), eval_data=SyntheticCaptions("test", 32),
-                 calib_data=SyntheticCaptions("train", 32), retrain_steps=3, batch_size=16, latency_batch=0,
-                 progress=False, seed=0, evaluate_before=False)
+    given = dict(
+        task="retrieval",
+        train_data=SyntheticCaptions("train", 64),
+        eval_data=SyntheticCaptions("test", 32),
+        calib_data=SyntheticCaptions("train", 32),
+        retrain_steps=3,
+        batch_size=16,
+        latency_batch=0,
+        progress=False,
+        seed=0,
+        evaluate_before=False,
+    )
     res = vltrim.compress(model, **{**given, **opts})
     return digest(res.model, res.plan)
 
@@ -69,8 +80,16 @@ def run_tiny(name: str) -> dict[str, str]:
     return digest(vltrim.apply_plan(model, plan), plan)
 
 
-TEXTS = ["a red circle", "a big blue square in the top left", "two green triangles", "a small yellow cube",
-         "a purple star next to a circle", "three red squares", "a blue circle below a green square", "an orange ring"]
+TEXTS = [
+    "a red circle",
+    "a big blue square in the top left",
+    "two green triangles",
+    "a small yellow cube",
+    "a purple star next to a circle",
+    "three red squares",
+    "a blue circle below a green square",
+    "an orange ring",
+]
 
 
 def tiny_task(name: str) -> tuple[Any, str, Any]:
@@ -84,10 +103,18 @@ def tiny_task(name: str) -> tuple[Any, str, Any]:
 
     model = tiny_model(name)
     if name == "BertModel":
-        return model, "sentence-embedding", SentenceDistillData(TEXTS * 4, tokenizer(16), tiny_model(name, seed=1), max_length=16)
+        return (
+            model,
+            "sentence-embedding",
+            SentenceDistillData(TEXTS * 4, tokenizer(16), tiny_model(name, seed=1), max_length=16),
+        )
     if name == "ViTForImageClassification":
         d = SyntheticCaptions("train", 32)
-        return model, "classification", [{"pixel_values": d.pixel_values[i], "label": torch.tensor(int(d.labels[i]) % 5)} for i in range(32)]
+        return (
+            model,
+            "classification",
+            [{"pixel_values": d.pixel_values[i], "label": torch.tensor(int(d.labels[i]) % 5)} for i in range(32)],
+        )
     return model, "retrieval", SyntheticCaptions("train", 32)
 
 
@@ -95,14 +122,26 @@ def run_tiny_taylor(name: str) -> dict[str, str]:
     import vltrim
 
     model, task, data = tiny_task(name)
-    res = vltrim.compress(model, "taylor", 0.5, task=task, train_data=data, retrain_steps=2, batch_size=8, latency_batch=0,
-                          progress=False, seed=0, evaluate_before=False)
+    res = vltrim.compress(
+        model,
+        "taylor",
+        0.5,
+        task=task,
+        train_data=data,
+        retrain_steps=2,
+        batch_size=8,
+        latency_batch=0,
+        progress=False,
+        seed=0,
+        evaluate_before=False,
+    )
     return digest(res.model, res.plan)
 
 
 def cases() -> dict[str, Callable[[], dict[str, str]]]:
-    out: dict[str, Callable[[], dict[str, str]]] = {f"reference/{n}": (lambda n=n, o=o: run_reference(n, o))
-                                                    for n, o in reference_cases().items()}
+    out: dict[str, Callable[[], dict[str, str]]] = {
+        f"reference/{n}": (lambda n=n, o=o: run_reference(n, o)) for n, o in reference_cases().items()
+    }
     for cls in ("BertModel", "ViTModel", "SiglipModel", "VisionTextDualEncoderModel"):
         out[f"tiny {cls}/l1"] = lambda cls=cls: run_tiny(cls)
     for cls in ("BertModel", "ViTForImageClassification", "SiglipModel", "VisionTextDualEncoderModel"):

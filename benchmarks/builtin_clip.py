@@ -14,6 +14,7 @@ retraining steps (see benchmarks/harness.py). The built-in task is easy: expect 
 depth (depth_share 0.5): retrained metric (3 seeds), and params, MACs and CPU latency of the plans (one
 interleaved timing run, 2 threads).
 """
+
 from __future__ import annotations
 
 import sys
@@ -35,17 +36,18 @@ def build(a):
 
 
 def describe(a) -> str:
-    return (f"Built-in reference CLIP (1.6M params, 4+4 layers, width 128, trained on the built-in captions): both towers "
-            f"pruned; retraining on {a.train_size:,} training pairs, batch {a.batch_size}, LR {a.lr:g} constant after "
-            f"warm-up, {a.total_steps} total steps; upop searches {a.search_steps} of them; mope scores every head, FFN group "
-            f"and layer by the drop of mean R@1 on 256 training pairs before retraining (time below) and adds hidden-state "
-            f"and final-embedding distillation; mean R@1 on the 1,000 test pairs.")
+    return (
+        f"Built-in reference CLIP (1.6M params, 4+4 layers, width 128, trained on the built-in captions): both towers "
+        f"pruned; retraining on {a.train_size:,} training pairs, batch {a.batch_size}, LR {a.lr:g} constant after "
+        f"warm-up, {a.total_steps} total steps; upop searches {a.search_steps} of them; mope scores every head, FFN group "
+        f"and layer by the drop of mean R@1 on 256 training pairs before retraining (time below) and adds hidden-state "
+        f"and final-embedding distillation; mean R@1 on the 1,000 test pairs."
+    )
 
 
 def calibration_spread(a, sets: int = 5) -> str:
     """MoPE plans from disjoint calibration sets of the training pairs: mean R@1 right after pruning (at each
     ``--calib-sizes``), and after the benchmark's retraining for 256-pair sets at ``--retrain-targets``."""
-    import torch
 
     import vltrim
     from vltrim.methods import get_method
@@ -54,46 +56,97 @@ def calibration_spread(a, sets: int = 5) -> str:
     torch.set_num_threads(1)
     model, train, test = build(a)
     evaluate = get_task("retrieval").evaluate
-    rows = ["| target | calibration pairs | rounds | stage | " + " | ".join(f"set {i}" for i in range(sets)) + " | spread | mean |",
-            "|---|---|---|---|" + "---|" * (sets + 2)]
+    rows = [
+        "| target | calibration pairs | rounds | stage | "
+        + " | ".join(f"set {i}" for i in range(sets))
+        + " | spread | mean |",
+        "|---|---|---|---|" + "---|" * (sets + 2),
+    ]
     for t in a.targets:
         for size in a.calib_sizes:
             for rounds in a.mope_rounds:
                 n = min(sets, len(train) // size)
-                plans = [get_method("mope").search(model, t, data=torch.utils.data.Subset(train, range(i * size, (i + 1) * size)),
-                                                   task="retrieval", calib_size=size, rounds=rounds) for i in range(n)]
-                stages = {"right after pruning": [evaluate(vltrim.apply_plan(model, p), test)["mean_R@1"] for p in plans]}
+                plans = [
+                    get_method("mope").search(
+                        model,
+                        t,
+                        data=torch.utils.data.Subset(train, range(i * size, (i + 1) * size)),
+                        task="retrieval",
+                        calib_size=size,
+                        rounds=rounds,
+                    )
+                    for i in range(n)
+                ]
+                stages = {
+                    "right after pruning": [evaluate(vltrim.apply_plan(model, p), test)["mean_R@1"] for p in plans]
+                }
                 if size == 256 and t in a.retrain_targets:
-                    stages[f"after {a.total_steps} retraining steps"] = [_retrained(model, p, train, test, a) for p in plans]
+                    stages[f"after {a.total_steps} retraining steps"] = [
+                        _retrained(model, p, train, test, a) for p in plans
+                    ]
                 for stage, vals in stages.items():
                     cells = [f"{v:.3f}" for v in vals] + ["-"] * (sets - n)
-                    rows.append(f"| {1 / (1 - t):.0f}x | {size} | {rounds} | {stage} | " + " | ".join(cells)
-                                + f" | {min(vals):.3f}-{max(vals):.3f} | {sum(vals) / len(vals):.3f} |")
+                    rows.append(
+                        f"| {1 / (1 - t):.0f}x | {size} | {rounds} | {stage} | "
+                        + " | ".join(cells)
+                        + f" | {min(vals):.3f}-{max(vals):.3f} | {sum(vals) / len(vals):.3f} |"
+                    )
                     print(rows[-1], flush=True)
-    return (f"**MoPE's plan vs its calibration set** (mean R@1 on the 1,000 test pairs; set i = training pairs "
-            f"i x size .. (i + 1) x size - 1; retraining as in the main table, seed 0; teacher "
-            f"{evaluate(model, test)['mean_R@1']:.3f}):\n\n" + "\n".join(rows) + "\n")
+    return (
+        f"**MoPE's plan vs its calibration set** (mean R@1 on the 1,000 test pairs; set i = training pairs "
+        f"i x size .. (i + 1) x size - 1; retraining as in the main table, seed 0; teacher "
+        f"{evaluate(model, test)['mean_R@1']:.3f}):\n\n" + "\n".join(rows) + "\n"
+    )
 
 
 def _retrained(model, plan, train, test, a) -> float:
     """Mean R@1 after the benchmark's retraining of ``plan`` (mope's distillation defaults)."""
     import vltrim
 
-    res = vltrim.compress(model, "mope", plan.target["target"], task="retrieval", train_data=train, eval_data=test, plan=plan,
-                          search_steps=0, retrain_steps=a.total_steps, lr=a.lr, retrain_lr=a.lr, batch_size=a.batch_size,
-                          retrain_schedule="constant", latency_batch=0, progress=False, seed=0, evaluate_before=False)
+    res = vltrim.compress(
+        model,
+        "mope",
+        plan.target["target"],
+        task="retrieval",
+        train_data=train,
+        eval_data=test,
+        plan=plan,
+        search_steps=0,
+        retrain_steps=a.total_steps,
+        lr=a.lr,
+        retrain_lr=a.lr,
+        batch_size=a.batch_size,
+        retrain_schedule="constant",
+        latency_batch=0,
+        progress=False,
+        seed=0,
+        evaluate_before=False,
+    )
     return res.report["after"]["mean_R@1"]
 
 
 if __name__ == "__main__":
     ap = harness.arguments(__doc__.split("\n\n")[0], methods=["mope", "upop", "l1", "random"], batch_size=64, lr=3e-4)
     ap.add_argument("--train-size", type=int, default=5000)
-    ap.add_argument("--calibration", action="store_true", help="only: mope plans from 5 disjoint calibration sets, metric "
-                    "right after pruning and after retraining")
-    ap.add_argument("--calib-sizes", nargs="+", type=int, default=[256, 1024], help="--calibration: calibration set sizes")
-    ap.add_argument("--retrain-targets", nargs="+", type=float, default=[0.5], help="--calibration: targets also retrained")
-    ap.add_argument("--mope-rounds", nargs="+", type=int, default=[1], help="--calibration: mope's rounds setting(s) "
-                    "(1: one scoring, as in the paper; R: the width cut in R re-scored steps)")
+    ap.add_argument(
+        "--calibration",
+        action="store_true",
+        help="only: mope plans from 5 disjoint calibration sets, metric right after pruning and after retraining",
+    )
+    ap.add_argument(
+        "--calib-sizes", nargs="+", type=int, default=[256, 1024], help="--calibration: calibration set sizes"
+    )
+    ap.add_argument(
+        "--retrain-targets", nargs="+", type=float, default=[0.5], help="--calibration: targets also retrained"
+    )
+    ap.add_argument(
+        "--mope-rounds",
+        nargs="+",
+        type=int,
+        default=[1],
+        help="--calibration: mope's rounds setting(s) "
+        "(1: one scoring, as in the paper; R: the width cut in R re-scored steps)",
+    )
     args = ap.parse_args()
     if args.calibration:
         md = calibration_spread(args)

@@ -13,6 +13,7 @@ trained CLIP-style on the 60k training images against "a photo of a {class}" (ca
 and mean R@1 on the 10k test images (all of them unless --limit). How methods are run and compared:
 see benchmarks/harness.py. Speed of the compressed models: benchmarks/speed.py.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -54,7 +55,9 @@ class FashionMNIST(Dataset):
         prefix = {"train": "train", "test": "t10k"}[split]
         files = [ROOT / f"{prefix}-images-idx3-ubyte.gz", ROOT / f"{prefix}-labels-idx1-ubyte.gz"]
         if not all(f.exists() for f in files):
-            raise SystemExit(f"Fashion-MNIST not found in {ROOT}: apt-get update && apt-get install -y dataset-fashion-mnist")
+            raise SystemExit(
+                f"Fashion-MNIST not found in {ROOT}: apt-get update && apt-get install -y dataset-fashion-mnist"
+            )
         images = torch.from_numpy(read_idx(files[0]).astype(np.float32) / 255.0)
         self.pixel_values = ((images - 0.286) / 0.353)[:, None]
         self.labels = torch.from_numpy(read_idx(files[1]).astype(np.int64))
@@ -79,17 +82,28 @@ def minilm():
 
 def teacher_model(text_model, data: Dataset, steps: int) -> torch.nn.Module:
     """The dual encoder trained CLIP-style (cached: the same steps give the same weights)."""
-    from transformers import ViTConfig, ViTModel, VisionTextDualEncoderModel
+    from transformers import VisionTextDualEncoderModel, ViTConfig, ViTModel
 
     path = CACHE / f"teacher-{steps}-{len(data)}"
     if (path / "model.safetensors").exists():
         return vltrim.load(path)
     torch.manual_seed(0)
-    vit = ViTModel(ViTConfig(image_size=28, patch_size=4, num_channels=1, hidden_size=192, num_hidden_layers=4,
-                             num_attention_heads=3, intermediate_size=768))
+    vit = ViTModel(
+        ViTConfig(
+            image_size=28,
+            patch_size=4,
+            num_channels=1,
+            hidden_size=192,
+            num_hidden_layers=4,
+            num_attention_heads=3,
+            intermediate_size=768,
+        )
+    )
     model = VisionTextDualEncoderModel(vision_model=vit, text_model=text_model)
     threads = torch.get_num_threads()
-    torch.set_num_threads(os.cpu_count() or 1)  # alone on the machine: all cores (the harness then runs 1 thread per job)
+    torch.set_num_threads(
+        os.cpu_count() or 1
+    )  # alone on the machine: all cores (the harness then runs 1 thread per job)
     train(model, data, get_task("retrieval").loss, steps, lr=3e-4, batch_size=64, seed=0, desc="train teacher")
     torch.set_num_threads(threads)
     vltrim.save(model.eval(), path)
@@ -106,19 +120,28 @@ def build(a):
 
 
 def describe(a) -> str:
-    return (f"Fashion-MNIST dual encoder: ViT (28px, 4 layers, width 192, trained here) + pretrained all-MiniLM-L6-v2, "
-            f"{a.teacher_steps} CLIP-style steps on the 60k training images (24.8M params, 11.7M of them MiniLM's word "
-            f"embeddings, which no method prunes); zero-shot top-1 on the {10_000 if not a.limit else a.limit:,} test "
-            f"images. Both towers pruned; retraining: contrastive + similarity KD, batch {a.batch_size}, LR {a.lr:g} "
-            f"constant after warm-up, {a.total_steps} total steps; upop searches {a.search_steps} of them; mope scores every "
-            f"head, FFN group and layer by the drop of zero-shot top-1 on 256 training images before retraining (time below) "
-            f"and adds hidden-state and final-embedding distillation to the retraining loss.")
+    return (
+        f"Fashion-MNIST dual encoder: ViT (28px, 4 layers, width 192, trained here) + pretrained all-MiniLM-L6-v2, "
+        f"{a.teacher_steps} CLIP-style steps on the 60k training images (24.8M params, 11.7M of them MiniLM's word "
+        f"embeddings, which no method prunes); zero-shot top-1 on the {10_000 if not a.limit else a.limit:,} test "
+        f"images. Both towers pruned; retraining: contrastive + similarity KD, batch {a.batch_size}, LR {a.lr:g} "
+        f"constant after warm-up, {a.total_steps} total steps; upop searches {a.search_steps} of them; mope scores every "
+        f"head, FFN group and layer by the drop of zero-shot top-1 on 256 training images before retraining (time below) "
+        f"and adds hidden-state and final-embedding distillation to the retraining loss."
+    )
 
 
 if __name__ == "__main__":
-    ap = harness.arguments(__doc__.split("\n\n")[0], methods=["upop", "l1", "taylor", "random", "mope"],
-                           targets=[0.5], batch_size=32, eval_every=150)
+    ap = harness.arguments(
+        __doc__.split("\n\n")[0],
+        methods=["upop", "l1", "taylor", "random", "mope"],
+        targets=[0.5],
+        batch_size=32,
+        eval_every=150,
+    )
     ap.add_argument("--teacher-steps", type=int, default=300)
-    ap.add_argument("--limit", type=int, default=0, help="use only this many images per split (a quick check of the script)")
+    ap.add_argument(
+        "--limit", type=int, default=0, help="use only this many images per split (a quick check of the script)"
+    )
     args = ap.parse_args()
     harness.run_or_depth(args, "fashion_dual_encoder", build, "retrieval", METRICS, describe)

@@ -7,6 +7,7 @@
 Fashion-MNIST dual encoder), trained from scratch with cross-entropy on the 60k training images; cached under
 ~/.cache/vltrim/fashion_vit/ (the same steps give the same weights). Top-1 on the 10k test images.
 """
+
 from __future__ import annotations
 
 import os
@@ -34,13 +35,23 @@ def classifier(data, steps: int = STEPS) -> torch.nn.Module:
     if (path / "model.safetensors").exists():
         return vltrim.load(path).eval()
     torch.manual_seed(0)
-    config = ViTConfig(image_size=28, patch_size=4, num_channels=1, hidden_size=192, num_hidden_layers=4,
-                       num_attention_heads=3, intermediate_size=768, num_labels=10)
+    config = ViTConfig(
+        image_size=28,
+        patch_size=4,
+        num_channels=1,
+        hidden_size=192,
+        num_hidden_layers=4,
+        num_attention_heads=3,
+        intermediate_size=768,
+        num_labels=10,
+    )
     config._attn_implementation = "sdpa"
     model = ViTForImageClassification(config)
     threads = torch.get_num_threads()
     torch.set_num_threads(os.cpu_count() or 1)
-    train(model, data, get_task("classification").loss, steps, lr=1e-3, batch_size=64, seed=0, desc="train ViT classifier")
+    train(
+        model, data, get_task("classification").loss, steps, lr=1e-3, batch_size=64, seed=0, desc="train ViT classifier"
+    )
     torch.set_num_threads(threads)
     vltrim.save(model.eval(), path)
     return model.eval()
@@ -54,4 +65,6 @@ def build(steps: int = STEPS):
 
 if __name__ == "__main__":
     model, _, test = build()
-    print(f"ViT classifier: {vltrim.count_params(model):,} params, test top-1 {get_task('classification').evaluate(model, test)['top1']:.4f}")
+    print(
+        f"ViT classifier: {vltrim.count_params(model):,} params, test top-1 {get_task('classification').evaluate(model, test)['top1']:.4f}"
+    )

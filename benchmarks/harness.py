@@ -11,19 +11,27 @@ on 2 shared cores); each run's result is cached as JSON, so a killed benchmark c
 the same way; each results file then also lists what every plan removes (params, MACs), the kept widths per layer
 (<stem>_widths.png) and, with ``--latency``, every plan's measured speedup in one interleaved run.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from machine import machine, machine_line
 
 RESULTS = Path(__file__).parent / "results"
-PEER_NAMES = ("taylor-global", "magnitude-global", "taylor-heads-global", "taylor-heads-local", "taylor-local")  # peer.PEER
+PEER_NAMES = (
+    "taylor-global",
+    "magnitude-global",
+    "taylor-heads-global",
+    "taylor-heads-local",
+    "taylor-local",
+)  # peer.PEER
 CACHE = Path.home() / ".cache" / "vltrim"
 STATE: dict[str, Any] = {}  # set in the parent before the workers fork: model, datasets, task, args
 
@@ -34,9 +42,14 @@ def arguments(description: str, **defaults: Any) -> argparse.ArgumentParser:
     ap.add_argument("--methods", nargs="*", default=["upop", "l1", "taylor", "random"])
     ap.add_argument("--targets", nargs="+", type=float, default=[0.5, 0.75])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    ap.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
-                    help="method settings to compare, e.g. cosine-lr='{\"schedule\": \"cosine\"}' (default: the method's defaults); "
-                    "METHOD:NAME=JSON adds a variant of that method alone beside its defaults")
+    ap.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=JSON",
+        help='method settings to compare, e.g. cosine-lr=\'{"schedule": "cosine"}\' (default: the method\'s defaults); '
+        "METHOD:NAME=JSON adds a variant of that method alone beside its defaults",
+    )
     ap.add_argument("--search-steps", type=int, default=100)
     ap.add_argument("--total-steps", type=int, default=150)
     ap.add_argument("--eval-every", type=int, default=50)
@@ -44,15 +57,32 @@ def arguments(description: str, **defaults: Any) -> argparse.ArgumentParser:
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--tag", default="", help="names the results files and the cache folder")
-    ap.add_argument("--peer", nargs="*", default=[], metavar="CONFIG",
-                    help=f"Torch-Pruning rows (benchmarks/peer.py; pip install -e '.[peer]'): any of {', '.join(PEER_NAMES)}, "
-                    "each pruned to the same share of prunable params and retrained like every method")
-    ap.add_argument("--latency", action="store_true", help="after the runs: every row's plan (seed 0) timed in one interleaved "
-                    "run at batch 1 and the harness batch size, 2 threads, alone on the machine")
-    ap.add_argument("--from-results", action="store_true", help="first fill the run cache from the committed "
-                    "benchmarks/results/<stem>.json (its settings must match), so a report or --latency needs no rerun")
-    ap.add_argument("--depth", action="store_true", help="mope only: width-only vs width+depth (depth_share 0.5) at the "
-                    "same params, retrained, plus the plans' params, MACs and latency (results tagged 'depth')")
+    ap.add_argument(
+        "--peer",
+        nargs="*",
+        default=[],
+        metavar="CONFIG",
+        help=f"Torch-Pruning rows (benchmarks/peer.py; pip install -e '.[peer]'): any of {', '.join(PEER_NAMES)}, "
+        "each pruned to the same share of prunable params and retrained like every method",
+    )
+    ap.add_argument(
+        "--latency",
+        action="store_true",
+        help="after the runs: every row's plan (seed 0) timed in one interleaved "
+        "run at batch 1 and the harness batch size, 2 threads, alone on the machine",
+    )
+    ap.add_argument(
+        "--from-results",
+        action="store_true",
+        help="first fill the run cache from the committed "
+        "benchmarks/results/<stem>.json (its settings must match), so a report or --latency needs no rerun",
+    )
+    ap.add_argument(
+        "--depth",
+        action="store_true",
+        help="mope only: width-only vs width+depth (depth_share 0.5) at the "
+        "same params, retrained, plus the plans' params, MACs and latency (results tagged 'depth')",
+    )
     ap.set_defaults(**defaults)
     return ap
 
@@ -73,7 +103,19 @@ def variants_of(variants: list[tuple[str | None, str, dict]], method: str) -> di
     return {**shared, **{n: s for m, n, s in variants if m == method}}
 
 
-NOT_IN_KEY = ("methods", "targets", "seeds", "variant", "jobs", "tag", "depth", "calibration", "peer", "latency", "from_results")
+NOT_IN_KEY = (
+    "methods",
+    "targets",
+    "seeds",
+    "variant",
+    "jobs",
+    "tag",
+    "depth",
+    "calibration",
+    "peer",
+    "latency",
+    "from_results",
+)
 
 
 def settings_key(a) -> str:
@@ -92,7 +134,9 @@ def restore_cache(path: Path, a) -> None:
     old = argparse.Namespace(**{**vars(a), **saved["args"]})
     if settings_key(old) != settings_key(a):
         differ = sorted(k for k, v in vars(a).items() if k not in NOT_IN_KEY and saved["args"].get(k, v) != v)
-        raise SystemExit(f"--from-results: {path} was run with other settings ({', '.join(differ) or 'options added since'})")
+        raise SystemExit(
+            f"--from-results: {path} was run with other settings ({', '.join(differ) or 'options added since'})"
+        )
     for r in saved["rows"]:
         out = STATE["cache"] / f"{job_key(r)}.json"
         if not out.exists():
@@ -127,9 +171,17 @@ def run_job(j: dict) -> dict:
         out.write_text(json.dumps(r))
         print(f"{job_key(j)}: not reachable: {e}", flush=True)
         return r
-    r = {**j, "curve": res.report["curve"], "teacher": STATE["teacher"], "achieved": res.plan.achieved,
-         "widths": {n: len(k) for n, k in res.plan.keep.items()}, "sizes": res.plan.sizes, "seconds": round(time.time() - t0),
-         "search_seconds": res.report.get("search_seconds"), "plan": res.plan.to_dict()}
+    r = {
+        **j,
+        "curve": res.report["curve"],
+        "teacher": STATE["teacher"],
+        "achieved": res.plan.achieved,
+        "widths": {n: len(k) for n, k in res.plan.keep.items()},
+        "sizes": res.plan.sizes,
+        "seconds": round(time.time() - t0),
+        "search_seconds": res.report.get("search_seconds"),
+        "plan": res.plan.to_dict(),
+    }
     out.write_text(json.dumps(r))
     print(f"{job_key(j)}: {r['curve'][-1]} ({r['seconds']} s)", flush=True)
     return r
@@ -138,10 +190,23 @@ def run_job(j: dict) -> dict:
 def _compress(j: dict, a, search: int, options: dict, settings: dict):
     import vltrim
 
-    given = dict(task=STATE["task"], train_data=STATE["train"], eval_data=STATE["eval"], search_steps=search,
-                 retrain_steps=a.total_steps - search, lr=a.lr, retrain_lr=a.lr, batch_size=a.batch_size,
-                 retrain_schedule="constant", eval_every=a.eval_every, latency_batch=0, progress=False, seed=j["seed"],
-                 method_settings=settings or None, evaluate_before=False)
+    given = dict(
+        task=STATE["task"],
+        train_data=STATE["train"],
+        eval_data=STATE["eval"],
+        search_steps=search,
+        retrain_steps=a.total_steps - search,
+        lr=a.lr,
+        retrain_lr=a.lr,
+        batch_size=a.batch_size,
+        retrain_schedule="constant",
+        eval_every=a.eval_every,
+        latency_batch=0,
+        progress=False,
+        seed=j["seed"],
+        method_settings=settings or None,
+        evaluate_before=False,
+    )
     return vltrim.compress(STATE["model"], j["method"], j["target"], **{**given, **options})  # a variant may override
 
 
@@ -191,13 +256,24 @@ def cost_table(rows: list[dict], labels: list[str], target: float) -> str:
             import re
 
             most = re.search(r"closest ([0-9.]+)", rs[0].get("unreachable", "")) if rs else None
-            table.append([name, "not reachable" + (f" (at most {float(most.group(1)):.1%})" if most else ""), "-", "-", "-"])
+            table.append(
+                [name, "not reachable" + (f" (at most {float(most.group(1)):.1%})" if most else ""), "-", "-", "-"]
+            )
             continue
         ach = [r["achieved"] for r in ok]
-        mean = lambda k: statistics.mean(x[k] for x in ach)  # noqa: E731
-        table.append([name, f"{mean('params_removed'):.1%}", f"{mean('macs_removed'):.1%}", f"{mean('model_params_after'):,.0f}",
-                      f"{mean('model_macs_after') / ach[0]['model_macs_before']:.3f}"])
-    return markdown_table(["row", "prunable params removed", "prunable MACs removed", "model params", "MACs (x original)"], table)
+        mean = lambda k: statistics.mean(x[k] for x in ach)  # noqa: E731, B023
+        table.append(
+            [
+                name,
+                f"{mean('params_removed'):.1%}",
+                f"{mean('macs_removed'):.1%}",
+                f"{mean('model_params_after'):,.0f}",
+                f"{mean('model_macs_after') / ach[0]['model_macs_before']:.3f}",
+            ]
+        )
+    return markdown_table(
+        ["row", "prunable params removed", "prunable MACs removed", "model params", "MACs (x original)"], table
+    )
 
 
 def summarise(rows: list[dict], a, metrics: list[tuple[str, str]]) -> tuple[str, dict]:
@@ -223,10 +299,14 @@ def summarise(rows: list[dict], a, metrics: list[tuple[str, str]]) -> tuple[str,
                 table.append([name] + [mean_sd(per_total[t]) for t in totals] + [mean_sd(equal_retrain)])
                 summary[f"{target}|{name}|{key}"] = {"per_total": per_total, "equal_retrain": equal_retrain}
             teacher = rows[0]["teacher"][key]
-            parts.append(f"**{1 / (1 - target):.0f}x fewer prunable params ({target:.0%} removed), {title}** "
-                         f"(teacher {teacher:.3f}):\n\n{markdown_table(header, table)}")
-        parts.append(f"**What the plans at {target:.0%} remove** (mean over seeds; MACs at the adapter's reference input):\n\n"
-                     + cost_table(rows, labels, target))
+            parts.append(
+                f"**{1 / (1 - target):.0f}x fewer prunable params ({target:.0%} removed), {title}** "
+                f"(teacher {teacher:.3f}):\n\n{markdown_table(header, table)}"
+            )
+        parts.append(
+            f"**What the plans at {target:.0%} remove** (mean over seeds; MACs at the adapter's reference input):\n\n"
+            + cost_table(rows, labels, target)
+        )
     parts.append(time_table(rows, labels, a))
     return "\n\n".join(parts), summary
 
@@ -241,9 +321,17 @@ def time_table(rows: list[dict], labels: list[str], a) -> str:
         if not rs:
             continue
         search = [r["search_seconds"] for r in rs if r.get("search_seconds") is not None]
-        table.append([name, f"{statistics.mean(r['seconds'] for r in rs):.0f}", f"{statistics.mean(search):.0f}" if search else "-"])
-    return ("**Wall-clock per run** (1 thread, mean over targets and seeds; '-': run before this was recorded):\n\n"
-            + markdown_table(["method", "s per run", "of which search / scoring s"], table))
+        table.append(
+            [
+                name,
+                f"{statistics.mean(r['seconds'] for r in rs):.0f}",
+                f"{statistics.mean(search):.0f}" if search else "-",
+            ]
+        )
+    return (
+        "**Wall-clock per run** (1 thread, mean over targets and seeds; '-': run before this was recorded):\n\n"
+        + markdown_table(["method", "s per run", "of which search / scoring s"], table)
+    )
 
 
 def plot(rows: list[dict], a, key: str, ylabel: str, title: str, path: Path) -> None:
@@ -275,8 +363,14 @@ def plot(rows: list[dict], a, key: str, ylabel: str, title: str, path: Path) -> 
     fig.savefig(path, dpi=110)
 
 
-def run(a, stem: str, build: Callable[[Any], tuple[Any, Any, Any]], task: str, metrics: list[tuple[str, str]],
-        describe: Callable[[Any], str]) -> dict:
+def run(
+    a,
+    stem: str,
+    build: Callable[[Any], tuple[Any, Any, Any]],
+    task: str,
+    metrics: list[tuple[str, str]],
+    describe: Callable[[Any], str],
+) -> dict:
     """Build (model, train, eval), run every job, write results/<stem>.{md,json,png}; returns the JSON."""
     import torch
 
@@ -289,16 +383,25 @@ def run(a, stem: str, build: Callable[[Any], tuple[Any, Any, Any]], task: str, m
     STATE["cache"].mkdir(parents=True, exist_ok=True)
     if a.from_results:
         restore_cache(RESULTS / f"{stem}.json", a)
-    jobs = [{"method": m, "variant": v, "settings": s, "target": t, "seed": seed}
-            for t in a.targets for seed in a.seeds for m in a.methods for v, s in variants_of(variants, m).items()]
+    jobs = [
+        {"method": m, "variant": v, "settings": s, "target": t, "seed": seed}
+        for t in a.targets
+        for seed in a.seeds
+        for m in a.methods
+        for v, s in variants_of(variants, m).items()
+    ]
     if a.peer:
         import peer  # registers the method 'peer' (Torch-Pruning) in this process and the forked workers
 
         unknown = sorted(set(a.peer) - set(peer.PEER))
         if unknown:
             raise SystemExit(f"--peer: unknown configuration(s) {unknown}; choose from {', '.join(peer.PEER)}")
-        jobs += [{"method": "peer", "variant": name, "settings": peer.PEER[name], "target": t, "seed": seed}
-                 for t in a.targets for seed in a.seeds for name in a.peer]
+        jobs += [
+            {"method": "peer", "variant": name, "settings": peer.PEER[name], "target": t, "seed": seed}
+            for t in a.targets
+            for seed in a.seeds
+            for name in a.peer
+        ]
     if not all((STATE["cache"] / f"{job_key(j)}.json").exists() for j in jobs):  # all cached: only the report
         from vltrim.tasks import get_task
 
@@ -315,17 +418,32 @@ def run(a, stem: str, build: Callable[[Any], tuple[Any, Any, Any]], task: str, m
         rows = [run_job(j) for j in jobs]
     tables, summary = summarise(rows, a, metrics)
     RESULTS.mkdir(exist_ok=True)
-    plot([r for r in rows if r["curve"]], a, metrics[0][0], metrics[0][1], describe(a).split(":")[0], RESULTS / f"{stem}.png")
+    plot(
+        [r for r in rows if r["curve"]],
+        a,
+        metrics[0][0],
+        metrics[0][1],
+        describe(a).split(":")[0],
+        RESULTS / f"{stem}.png",
+    )
     widths_plot(rows, a, RESULTS / f"{stem}_widths.png")
     speed = None
     if a.latency:
         latency_md, speed = latency_table(rows, a, build)
         tables += "\n\n" + latency_md
-    out = {"args": vars(a), "rows": rows, "summary": summary, "machine": machine(), "wall_s": round(time.time() - t0),
-           "latency": speed}
+    out = {
+        "args": vars(a),
+        "rows": rows,
+        "summary": summary,
+        "machine": machine(),
+        "wall_s": round(time.time() - t0),
+        "latency": speed,
+    }
     (RESULTS / f"{stem}.json").write_text(json.dumps(out, indent=1))
-    md = (f"{describe(a)} Mean ± sd over seeds {', '.join(map(str, a.seeds))} (seed: search, calibration and batch order). "
-          f"Plot: benchmarks/results/{stem}.png.\n\n{tables}\n\nMeasured on: {machine_line()}, {a.jobs} processes of 1 thread.\n")
+    md = (
+        f"{describe(a)} Mean ± sd over seeds {', '.join(map(str, a.seeds))} (seed: search, calibration and batch order). "
+        f"Plot: benchmarks/results/{stem}.png.\n\n{tables}\n\nMeasured on: {machine_line()}, {a.jobs} processes of 1 thread.\n"
+    )
     (RESULTS / f"{stem}.md").write_text(md)
     print(md)
     return out
@@ -342,8 +460,10 @@ def widths_plot(rows: list[dict], a, path: Path) -> None:
     rows = [r for r in rows if r.get("plan") and r["seed"] == min(a.seeds)]
     if not rows:
         return
-    layers = sorted({n.rsplit(".", 2)[0] for r in rows for n in r["plan"]["groups"]},
-                    key=lambda n: (n.split(".")[0], int(n.split(".")[2])))
+    layers = sorted(
+        {n.rsplit(".", 2)[0] for r in rows for n in r["plan"]["groups"]},
+        key=lambda n: (n.split(".")[0], int(n.split(".")[2])),
+    )
     fig, axes = plt.subplots(len(a.targets), 2, figsize=(11, 3.2 * len(a.targets)), squeeze=False)
     for row_axes, target in zip(axes, a.targets):
         for ax, part in zip(row_axes, ("attn", "mlp")):
@@ -357,7 +477,10 @@ def widths_plot(rows: list[dict], a, path: Path) -> None:
             ax.set_xticks(range(len(layers)), [n.replace(".layers.", " ") for n in layers], rotation=45, fontsize=7)
             ax.set_ylim(0, 1.05)
             ax.set_ylabel("kept share")
-            ax.set_title(f"{target:.0%} removed: {'attention (head dims or heads)' if part == 'attn' else 'FFN neurons'}", fontsize=9)
+            ax.set_title(
+                f"{target:.0%} removed: {'attention (head dims or heads)' if part == 'attn' else 'FFN neurons'}",
+                fontsize=9,
+            )
             ax.grid(alpha=0.3)
         row_axes[1].legend(fontsize=7)
     fig.tight_layout()
@@ -380,7 +503,14 @@ def latency_table(rows: list[dict], a, build: Callable[[Any], tuple[Any, Any, An
     models = {"original": model}
     for target in a.targets:
         for name in label_order({label(r) for r in rows}, a.methods):
-            r = next((r for r in rows if label(r) == name and r["target"] == target and r.get("plan") and r["seed"] == min(a.seeds)), None)
+            r = next(
+                (
+                    r
+                    for r in rows
+                    if label(r) == name and r["target"] == target and r.get("plan") and r["seed"] == min(a.seeds)
+                ),
+                None,
+            )
             if r is not None:
                 models[f"{name}, {target:.0%}"] = vltrim.apply_plan(model, Plan.from_dict(r["plan"]))
     adapter = vltrim.get_adapter(model)
@@ -390,19 +520,36 @@ def latency_table(rows: list[dict], a, build: Callable[[Any], tuple[Any, Any, An
         times = _time_rounds([_runner(m, inputs) for m in models.values()], rounds=21, warmup=3, min_round_s=0.2)
         speed[batch] = [statistics.median(x / y for x, y in zip(times[0], t)) for t in times]
     inputs = adapter.reference_inputs(model, 1)
-    data = {n: {"params": vltrim.count_params(m), "macs": count_macs(m, inputs) / count_macs(model, inputs),
-                "speedup": {str(b): speed[b][i] for b in speed}} for i, (n, m) in enumerate(models.items())}
-    table = [[n, f"{d['params']:,}", f"{d['macs']:.3f}"] + [f"{v:.2f}x" for v in d["speedup"].values()] for n, d in data.items()]
-    return (f"**Measured speed of each row's plan** (seed {min(a.seeds)}; speedup = median of per-round paired ratios to the "
-            f"original, 21 interleaved rounds, 2 threads, alone on the machine; {machine_line()}):\n\n"
-            + markdown_table(["plan", "params", "MACs (x original)"] + [f"speedup, batch {b}" for b in speed], table)), data
+    data = {
+        n: {
+            "params": vltrim.count_params(m),
+            "macs": count_macs(m, inputs) / count_macs(model, inputs),
+            "speedup": {str(b): speed[b][i] for b in speed},
+        }
+        for i, (n, m) in enumerate(models.items())
+    }
+    table = [
+        [n, f"{d['params']:,}", f"{d['macs']:.3f}"] + [f"{v:.2f}x" for v in d["speedup"].values()]
+        for n, d in data.items()
+    ]
+    return (
+        f"**Measured speed of each row's plan** (seed {min(a.seeds)}; speedup = median of per-round paired ratios to the "
+        f"original, 21 interleaved rounds, 2 threads, alone on the machine; {machine_line()}):\n\n"
+        + markdown_table(["plan", "params", "MACs (x original)"] + [f"speedup, batch {b}" for b in speed], table)
+    ), data
 
 
 DEPTH_SHARES = {"width": 0.0, "width+depth": 0.5}  # MoPE plans at the same params: by width alone, and half by layers
 
 
-def run_or_depth(a, stem: str, build: Callable[[Any], tuple[Any, Any, Any]], task: str, metrics: list[tuple[str, str]],
-                 describe: Callable[[Any], str]) -> None:
+def run_or_depth(
+    a,
+    stem: str,
+    build: Callable[[Any], tuple[Any, Any, Any]],
+    task: str,
+    metrics: list[tuple[str, str]],
+    describe: Callable[[Any], str],
+) -> None:
     """`run`; with ``a.depth``, mope only in its width-only and width+depth variants (tag 'depth'), then the plans'
     params, MACs and latency appended to the results."""
     if not a.depth:
@@ -433,12 +580,19 @@ def depth_latency(a, build: Callable[[Any], tuple[Any, Any, Any]], task: str) ->
             models[f"{1 / (1 - t):.0f}x, {name}"] = vltrim.apply_plan(model, plan)
     inputs = vltrim.get_adapter(model).reference_inputs(model, 8)
     times = _time_rounds([_runner(m, inputs) for m in models.values()], rounds=31, warmup=3, min_round_s=0.2)
-    rows = ["| plan | layers per tower | prunable params removed | params | MACs | latency ms | speedup |", "|---|---|---|---|---|---|---|"]
+    rows = [
+        "| plan | layers per tower | prunable params removed | params | MACs | latency ms | speedup |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for (name, m), t in zip(models.items(), times):
         layers = "+".join(str(len(tw.layers)) for tw in vltrim.get_adapter(m).towers(m))
         removed = "-" if name == "original" else f"{vltrim.plans_of(m)[-1].achieved['params_removed']:.1%}"
         speed = statistics.median(x / y for x, y in zip(times[0], t))
-        rows.append(f"| {name} | {layers} | {removed} | {vltrim.count_params(m):,} | {count_macs(m, inputs):,} | "
-                    f"{_latency_stats(t)['latency_ms']:.2f} | {speed:.2f}x |")
-    return ("**Width-only vs width+depth MoPE plans** (timed without retraining: weights do not change speed; batch 8 of the "
-            f"reference inputs, 2 threads, median of 31 interleaved rounds; {machine_line()}):\n\n" + "\n".join(rows) + "\n")
+        rows.append(
+            f"| {name} | {layers} | {removed} | {vltrim.count_params(m):,} | {count_macs(m, inputs):,} | "
+            f"{_latency_stats(t)['latency_ms']:.2f} | {speed:.2f}x |"
+        )
+    return (
+        "**Width-only vs width+depth MoPE plans** (timed without retraining: weights do not change speed; batch 8 of the "
+        f"reference inputs, 2 threads, median of 31 interleaved rounds; {machine_line()}):\n\n" + "\n".join(rows) + "\n"
+    )

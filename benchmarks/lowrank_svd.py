@@ -8,6 +8,7 @@ the original on 800 held-out Reuters R8 texts): `lowrank` plans at 25% and 50% o
 once with plain truncated SVD (`weighted=False`) and once weighted by the input RMS of 8 calibration batches
 of the training data; the metric right after factorising (what retraining starts from).
 """
+
 from __future__ import annotations
 
 import sys
@@ -26,9 +27,9 @@ OUT = Path(__file__).parent / "results" / "lowrank_svd.md"
 
 
 def cases():
-    from vltrim.reference import datasets, load_reference
-
     import real_text
+
+    from vltrim.reference import datasets, load_reference
 
     d = datasets(5000)
     yield "reference CLIP (1.6M)", load_reference(progress=False), "retrieval", d["train"], d["test"], "mean_R@1"
@@ -48,8 +49,10 @@ def main() -> str:
                 plan = vltrim.plan(model, method="lowrank", target=target, data=train if weighted else None)
                 vals.append(evaluate(vltrim.apply_plan(model, plan), evald)[key])
             rows.append(f"| {name} | {target:.0%} | {vals[0]:.4f} | {vals[1]:.4f} | {base:.4f} |")
-    return ("**Plain vs data-aware SVD** (same global rank ranking; metric right after factorising, no retraining; "
-            f"CLIP: mean R@1, MiniLM: cosine to the original; {machine_line()}):\n\n" + "\n".join(rows) + "\n")
+    return (
+        "**Plain vs data-aware SVD** (same global rank ranking; metric right after factorising, no retraining; "
+        f"CLIP: mean R@1, MiniLM: cosine to the original; {machine_line()}):\n\n" + "\n".join(rows) + "\n"
+    )
 
 
 if __name__ == "__main__":

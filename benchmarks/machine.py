@@ -1,4 +1,5 @@
 """Describe the machine a benchmark ran on (recorded next to every number)."""
+
 from __future__ import annotations
 
 import os
@@ -34,8 +35,14 @@ def machine_line() -> str:
     return f"{where}; torch {m['torch']}, transformers {m['transformers']}, Python {m['python']}"
 
 
-def line_plot(series: dict[str, list[tuple[float, float]]], reference: tuple[float, str], xlabel: str, ylabel: str,
-              path, title: str = "") -> None:
+def line_plot(
+    series: dict[str, list[tuple[float, float]]],
+    reference: tuple[float, str],
+    xlabel: str,
+    ylabel: str,
+    path,
+    title: str = "",
+) -> None:
     """One line per series (points sorted by x) and a dashed reference level (e.g. the teacher), saved as PNG."""
     import matplotlib
 

@@ -12,6 +12,7 @@
 2. Width-only vs width+depth: MoPE plans at 50% of MiniLM's prunable params with depth_share 0 and 0.5, no
    retraining; params, MACs and latency of both and of the original from one interleaved timing run.
 """
+
 from __future__ import annotations
 
 import json
@@ -49,7 +50,12 @@ def minilm_case():
     model, tok = minilm()
     _, texts = read_tab(corpus_file(CORPORA["r8"][0]))
     picked = [texts[i] for i in sample(len(texts), CALIB, 0)]
-    return "MiniLM-L6 (22.7M, pretrained)", model, "sentence-embedding", SentenceDistillData(picked, tok, model, max_length=64)
+    return (
+        "MiniLM-L6 (22.7M, pretrained)",
+        model,
+        "sentence-embedding",
+        SentenceDistillData(picked, tok, model, max_length=64),
+    )
 
 
 CASES = {"clip": clip_case, "minilm": minilm_case}
@@ -68,9 +74,17 @@ def time_scoring(key, name, model, task, data) -> dict:
     naive = naive_errors(model, probe, ab, progress=True)
     t2 = time.perf_counter()
     shard_s, shard = sharded(key)
-    return {"model": name, "modules": len(ab), "fast_s": t1 - t0, "naive_s": t2 - t1, "ratio": (t1 - t0) / (t2 - t1),
-            "max_abs_diff": max(abs(a - b) for a, b in zip(fast, naive)), "sharded_s": shard_s,
-            "sharded_ratio": shard_s / (t2 - t1), "sharded_max_abs_diff": max(abs(a - b) for a, b in zip(shard, naive))}
+    return {
+        "model": name,
+        "modules": len(ab),
+        "fast_s": t1 - t0,
+        "naive_s": t2 - t1,
+        "ratio": (t1 - t0) / (t2 - t1),
+        "max_abs_diff": max(abs(a - b) for a, b in zip(fast, naive)),
+        "sharded_s": shard_s,
+        "sharded_ratio": shard_s / (t2 - t1),
+        "sharded_max_abs_diff": max(abs(a - b) for a, b in zip(shard, naive)),
+    }
 
 
 def sharded(key: str, procs: int = 2) -> tuple[float, list[float]]:
@@ -80,7 +94,9 @@ def sharded(key: str, procs: int = 2) -> tuple[float, list[float]]:
     import tempfile
 
     with tempfile.TemporaryDirectory() as d:
-        subprocess.run(["torchrun", "--standalone", f"--nproc_per_node={procs}", __file__, "--worker", key, d], check=True)
+        subprocess.run(
+            ["torchrun", "--standalone", f"--nproc_per_node={procs}", __file__, "--worker", key, d], check=True
+        )
         got = json.loads((Path(d) / "rank0.json").read_text())
     return got["seconds"], got["errors"]
 
@@ -104,8 +120,13 @@ def worker(key: str, out: str) -> None:
 
 
 def depth_vs_width(model, task, data) -> list[dict]:
-    plans = {ds: get_method("mope").search(model, 0.5, data=data, task=task, depth_share=ds, progress=True) for ds in (0.0, 0.5)}
-    models = {"original": model} | {f"mope 50%, depth_share {ds}": vltrim.apply_plan(model, p) for ds, p in plans.items()}
+    plans = {
+        ds: get_method("mope").search(model, 0.5, data=data, task=task, depth_share=ds, progress=True)
+        for ds in (0.0, 0.5)
+    }
+    models = {"original": model} | {
+        f"mope 50%, depth_share {ds}": vltrim.apply_plan(model, p) for ds, p in plans.items()
+    }
     probe = make_probe(task, data, batch_size=64)
     inputs = {"input_ids": torch.randint(1000, 20000, (8, 128)), "attention_mask": torch.ones(8, 128, dtype=torch.long)}
     times = _time_rounds([_runner(m, inputs) for m in models.values()], rounds=21, warmup=3, min_round_s=0.2)
@@ -113,25 +134,49 @@ def depth_vs_width(model, task, data) -> list[dict]:
     for (name, m), t in zip(models.items(), times):
         from vltrim.methods.mope import _metric
 
-        rows.append({"model": name, "params": vltrim.count_params(m), "macs": count_macs(m, inputs), **_latency_stats(t),
-                     "speedup": statistics.median(a / b for a, b in zip(times[0], t)), "cosine_no_retraining": _metric(m, probe),
-                     "layers": len(m.encoder.layer)})
+        rows.append(
+            {
+                "model": name,
+                "params": vltrim.count_params(m),
+                "macs": count_macs(m, inputs),
+                **_latency_stats(t),
+                "speedup": statistics.median(a / b for a, b in zip(times[0], t)),
+                "cosine_no_retraining": _metric(m, probe),
+                "layers": len(m.encoder.layer),
+            }
+        )
     return rows
 
 
 def markdown(scoring: list[dict], depth: list[dict]) -> str:
-    lines = ["| model | modules scored | naive s | fast s | fast / naive | fast, 2 processes s | its / naive | max abs diff |",
-             "|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['model']} | {r['modules']} | {r['naive_s']:.1f} | {r['fast_s']:.1f} | {r['ratio']:.2f}x | "
-              + (f"{r['sharded_s']:.1f} | {r['sharded_ratio']:.2f}x | " if "sharded_s" in r else "- | - | ")
-              + f"{max(r['max_abs_diff'], r.get('sharded_max_abs_diff', 0)):.1e} |" for r in scoring]
-    lines += ["", f"Calibration: {CALIB} items, evaluation batch 64, one ablation per forward (the CPU default). Naive and fast: one "
-              "process of 2 threads; '2 processes': the fast path sharded over 2 processes of 1 thread (torchrun, gloo; each "
-              "scores half the modules; set-up not timed). All in one run, one after the other. "
-              f"Measured on: {machine_line()}.", "",
-              "| MiniLM-L6 (no retraining) | layers | params | MACs | latency ms | speedup | cosine to teacher |", "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['model']} | {r['layers']} | {r['params']:,} | {r['macs']:,} | {r['latency_ms']:.1f} | {r['speedup']:.2f}x | {r['cosine_no_retraining']:.3f} |" for r in depth]
-    lines += ["", f"Batch 8 x 128 tokens, {torch.get_num_threads()} threads, median of 21 interleaved rounds; cosine on the {CALIB} calibration texts."]
+    lines = [
+        "| model | modules scored | naive s | fast s | fast / naive | fast, 2 processes s | its / naive | max abs diff |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['model']} | {r['modules']} | {r['naive_s']:.1f} | {r['fast_s']:.1f} | {r['ratio']:.2f}x | "
+        + (f"{r['sharded_s']:.1f} | {r['sharded_ratio']:.2f}x | " if "sharded_s" in r else "- | - | ")
+        + f"{max(r['max_abs_diff'], r.get('sharded_max_abs_diff', 0)):.1e} |"
+        for r in scoring
+    ]
+    lines += [
+        "",
+        f"Calibration: {CALIB} items, evaluation batch 64, one ablation per forward (the CPU default). Naive and fast: one "
+        "process of 2 threads; '2 processes': the fast path sharded over 2 processes of 1 thread (torchrun, gloo; each "
+        "scores half the modules; set-up not timed). All in one run, one after the other. "
+        f"Measured on: {machine_line()}.",
+        "",
+        "| MiniLM-L6 (no retraining) | layers | params | MACs | latency ms | speedup | cosine to teacher |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['model']} | {r['layers']} | {r['params']:,} | {r['macs']:,} | {r['latency_ms']:.1f} | {r['speedup']:.2f}x | {r['cosine_no_retraining']:.3f} |"
+        for r in depth
+    ]
+    lines += [
+        "",
+        f"Batch 8 x 128 tokens, {torch.get_num_threads()} threads, median of 21 interleaved rounds; cosine on the {CALIB} calibration texts.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -147,6 +192,8 @@ if __name__ == "__main__":
     else:
         depth = depth_vs_width(*cases["minilm"][1:])
     OUT.mkdir(exist_ok=True)
-    (OUT / "mope_scoring.json").write_text(json.dumps({"machine": machine(), "scoring": scoring, "depth": depth}, indent=1))
+    (OUT / "mope_scoring.json").write_text(
+        json.dumps({"machine": machine(), "scoring": scoring, "depth": depth}, indent=1)
+    )
     (OUT / "mope_scoring.md").write_text(markdown(scoring, depth))
     print(markdown(scoring, depth))

@@ -17,13 +17,15 @@ an easier target than vltrim).
 Registered as the vltrim method ``peer`` in the process that imports this file (benchmarks only; the library
 does not depend on Torch-Pruning). ``vltrim.compress(model, "peer", target, method_settings=PEER["taylor-global"])``.
 """
+
 from __future__ import annotations
 
 import copy
 import importlib.metadata
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -70,7 +72,9 @@ def _tp():
     try:
         import torch_pruning as tp
     except ImportError:
-        raise SystemExit(f"the peer needs Torch-Pruning: pip install torch-pruning=={PEER_VERSION} (or the 'peer' extra)") from None
+        raise SystemExit(
+            f"the peer needs Torch-Pruning: pip install torch-pruning=={PEER_VERSION} (or the 'peer' extra)"
+        ) from None
     found = importlib.metadata.version("torch-pruning")  # tp.__version__ of 1.6.1 still says 1.6.0
     if found != PEER_VERSION:
         raise SystemExit(f"the peer is pinned to Torch-Pruning {PEER_VERSION}, found {found}")
@@ -83,18 +87,30 @@ def block_modules(model: nn.Module) -> dict[str, dict[str, nn.Module]]:
     for t in get_adapter(model).towers(model):
         for i, layer in enumerate(t.layers):
             b = t.block(layer)
-            out[f"{t.name}.layers.{i}"] = {"q": b.attn.q, "k": b.attn.k, "v": b.attn.v, "o": b.attn.o, "fc1": b.fc1,
-                                           "fc2": b.fc2, "heads": b.attn.num_heads, "head_dim": b.attn.head_dim}
+            out[f"{t.name}.layers.{i}"] = {
+                "q": b.attn.q,
+                "k": b.attn.k,
+                "v": b.attn.v,
+                "o": b.attn.o,
+                "fc1": b.fc1,
+                "fc2": b.fc2,
+                "heads": b.attn.num_heads,
+                "head_dim": b.attn.head_dim,
+            }
     return out
 
 
 def output_scalar(out: Any) -> torch.Tensor:
     """A scalar that depends on every tower's output, for Torch-Pruning's graph tracing."""
-    keys = [k for k in ("image_embeds", "text_embeds", "last_hidden_state", "logits") if getattr(out, k, None) is not None]
+    keys = [
+        k for k in ("image_embeds", "text_embeds", "last_hidden_state", "logits") if getattr(out, k, None) is not None
+    ]
     return sum(getattr(out, k).float().sum() for k in keys[:2])
 
 
-def accumulate_gradients(model: nn.Module, data: Any, loss_fn: Callable, num_batches: int, batch_size: int, seed: int) -> None:
+def accumulate_gradients(
+    model: nn.Module, data: Any, loss_fn: Callable, num_batches: int, batch_size: int, seed: int
+) -> None:
     """What a Torch-Pruning user does before a Taylor step: loss.backward() on calibration batches (gradients add up),
     in train mode, dropout from ``seed``; the same batches vltrim's `taylor` draws."""
     dev = next(model.parameters()).device
@@ -112,24 +128,46 @@ def tp_pruner(model: nn.Module, cfg: PeerConfig, ratio: float):
     tp = _tp()
     blocks = block_modules(model)
     prunable = {id(m) for b in blocks.values() for k, m in b.items() if k in ("q", "k", "v", "o", "fc1", "fc2")}
-    ignored = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d, nn.Embedding, nn.LayerNorm)) and id(m) not in prunable]
+    ignored = [
+        m
+        for m in model.modules()
+        if isinstance(m, (nn.Linear, nn.Conv2d, nn.Embedding, nn.LayerNorm)) and id(m) not in prunable
+    ]
     num_heads = {b[k]: b["heads"] for b in blocks.values() for k in ("q", "k", "v")}
-    imp = tp.importance.GroupTaylorImportance() if cfg.importance == "taylor" else tp.importance.GroupMagnitudeImportance(p=2)
+    imp = (
+        tp.importance.GroupTaylorImportance()
+        if cfg.importance == "taylor"
+        else tp.importance.GroupMagnitudeImportance(p=2)
+    )
     heads = cfg.attention == "heads"
     inputs = get_adapter(model).reference_inputs(model, 1)
-    with warnings.catch_warnings():  # class tokens and position embeddings: in the hidden-width group, which is never pruned
+    with (
+        warnings.catch_warnings()
+    ):  # class tokens and position embeddings: in the hidden-width group, which is never pruned
         warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
-        return tp.pruner.BasePruner(model, inputs, importance=imp, global_pruning=cfg.global_pruning, pruning_ratio=ratio,
-                                    ignored_layers=ignored, output_transform=output_scalar, num_heads=num_heads,
-                                    prune_head_dims=not heads, prune_num_heads=heads, head_pruning_ratio=ratio if heads else 0.0,
-                                    round_to=cfg.round_to)
+        return tp.pruner.BasePruner(
+            model,
+            inputs,
+            importance=imp,
+            global_pruning=cfg.global_pruning,
+            pruning_ratio=ratio,
+            ignored_layers=ignored,
+            output_transform=output_scalar,
+            num_heads=num_heads,
+            prune_head_dims=not heads,
+            prune_num_heads=heads,
+            head_pruning_ratio=ratio if heads else 0.0,
+            round_to=cfg.round_to,
+        )
 
 
 def pruned_indices(model: nn.Module, cfg: PeerConfig, ratio: float) -> dict[str, list[int]]:
     """Indices Torch-Pruning removes at ``ratio``, per vltrim group: '<layer>.attn.head_dims' / '.attn.heads' (the
     same head dims in every head, as its head-dim pruning does) and '<layer>.mlp.neurons'."""
     blocks = block_modules(model)
-    where = {id(b["q"]): (name, "attn", b) for name, b in blocks.items()} | {id(b["fc1"]): (name, "mlp", b) for name, b in blocks.items()}
+    where = {id(b["q"]): (name, "attn", b) for name, b in blocks.items()} | {
+        id(b["fc1"]): (name, "mlp", b) for name, b in blocks.items()
+    }
     out: dict[str, list[int]] = {}
     for group in tp_pruner(model, cfg, ratio).step(interactive=True):
         for dep, idxs in group:
@@ -146,13 +184,22 @@ def pruned_indices(model: nn.Module, cfg: PeerConfig, ratio: float) -> dict[str,
                 out[f"{name}.attn.heads"] = sorted({i // hd for i in idxs})
             else:
                 if any(p != per_head[0] for p in per_head):
-                    raise RuntimeError(f"Torch-Pruning cut different head dims per head in {name}; vltrim's head_dims cannot express it")
+                    raise RuntimeError(
+                        f"Torch-Pruning cut different head dims per head in {name}; vltrim's head_dims cannot express it"
+                    )
                 out[f"{name}.attn.head_dims"] = per_head[0]
     return out
 
 
-def peer_plan(model: nn.Module, target: float, cfg: PeerConfig, data: Any = None, loss_fn: Callable | None = None,
-              batch_size: int = 16, seed: int = 0) -> Plan:
+def peer_plan(
+    model: nn.Module,
+    target: float,
+    cfg: PeerConfig,
+    data: Any = None,
+    loss_fn: Callable | None = None,
+    batch_size: int = 16,
+    seed: int = 0,
+) -> Plan:
     """Torch-Pruning's plan for ``model`` that removes ``target`` of vltrim's prunable params (within ``MATCH``): its
     ratio bisected, its decision converted. ``model`` is not changed."""
     units = ("heads" if cfg.attention == "heads" else "head_dims", "neurons")
@@ -182,12 +229,21 @@ def peer_plan(model: nn.Module, target: float, cfg: PeerConfig, data: Any = None
     if abs(got - target) > MATCH * target and target <= got <= (1 + 2 * MATCH) * target:
         pass  # a head-dim chunk of a wide layer can jump past the 1% window: the peer then removes a little more, never less
     elif abs(got - target) > MATCH * target:
-        raise RuntimeError(f"Torch-Pruning {asdict(cfg)} cannot remove {target:.3f} of prunable params within {MATCH:.0%}: "
-                           f"closest {got:.4f} at ratio {ratio:.4f}")
+        raise RuntimeError(
+            f"Torch-Pruning {asdict(cfg)} cannot remove {target:.3f} of prunable params within {MATCH:.0%}: "
+            f"closest {got:.4f} at ratio {ratio:.4f}"
+        )
     keep = {n: sorted(set(range(by_name[n].size)) - set(i)) for n, i in cut.items() if i}
-    settings = {**asdict(cfg), "torch_pruning": PEER_VERSION, "tp_pruning_ratio": round(ratio, 6), "seed": seed,
-                "batch_size": batch_size}
-    return plan_from_keep(model, groups, keep, {"target": target, "metric": "params", "peer": "torch-pruning"}, "peer", settings)
+    settings = {
+        **asdict(cfg),
+        "torch_pruning": PEER_VERSION,
+        "tp_pruning_ratio": round(ratio, 6),
+        "seed": seed,
+        "batch_size": batch_size,
+    }
+    return plan_from_keep(
+        model, groups, keep, {"target": target, "metric": "params", "peer": "torch-pruning"}, "peer", settings
+    )
 
 
 class PeerMethod:
@@ -195,9 +251,20 @@ class PeerMethod:
 
     name = "peer"
 
-    def search(self, model: nn.Module, target: float, data: Any = None, loss_fn: Callable | None = None, batch_size: int = 16,
-               seed: int = 0, importance: str = "taylor", attention: str = "head_dims", global_pruning: bool = True,
-               round_to: int = 8, num_batches: int = 8) -> Plan:
+    def search(
+        self,
+        model: nn.Module,
+        target: float,
+        data: Any = None,
+        loss_fn: Callable | None = None,
+        batch_size: int = 16,
+        seed: int = 0,
+        importance: str = "taylor",
+        attention: str = "head_dims",
+        global_pruning: bool = True,
+        round_to: int = 8,
+        num_batches: int = 8,
+    ) -> Plan:
         cfg = PeerConfig(importance, attention, global_pruning, round_to, num_batches)
         return peer_plan(model, target, cfg, data, loss_fn, batch_size, seed)
 

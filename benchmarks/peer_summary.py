@@ -4,6 +4,7 @@ more than the seed spread. Reads the harness results written with ``--peer --lat
 
     python benchmarks/peer_summary.py    # writes benchmarks/results/peer_summary.md
 """
+
 from __future__ import annotations
 
 import json
@@ -14,9 +15,11 @@ from harness import label, mean_sd
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # results stem, metric key, title; the stems are written by the commands in docs/ranking.md
-MODELS = [("real_text_r8_peer", "cosine_to_teacher", "MiniLM-L6 on R8, cosine to the teacher"),
-          ("fashion_dual_encoder_peer", "zero_shot_top1", "Fashion-MNIST dual encoder, zero-shot top-1"),
-          ("real_text_20ng_l3_peer", "cosine_to_teacher", "MiniLM-L3 on 20 Newsgroups, cosine to the teacher")]
+MODELS = [
+    ("real_text_r8_peer", "cosine_to_teacher", "MiniLM-L6 on R8, cosine to the teacher"),
+    ("fashion_dual_encoder_peer", "zero_shot_top1", "Fashion-MNIST dual encoder, zero-shot top-1"),
+    ("real_text_20ng_l3_peer", "cosine_to_teacher", "MiniLM-L3 on 20 Newsgroups, cosine to the teacher"),
+]
 CEILING = ("fashion_dual_encoder_ceiling", 0.01)  # the Fashion teacher with 1% removed, retrained the same way
 
 
@@ -48,11 +51,21 @@ def model_table(stem: str, key: str) -> tuple[list[str], list[str]]:
         for name in present:
             step, now = first(summary, target, name, key)
             sp = speed.get(f"{name}, {target:.0%}", {})
-            macs = [r["achieved"]["model_macs_after"] / r["achieved"]["model_macs_before"] for r in d["rows"]
-                    if r["target"] == target and "achieved" in r and label(r) == name]
-            rows.append([f"{1 / (1 - target):.0f}x", name, mean_sd(now) + ("" if step == "0" else f" (after {step}-step search)"),
-                         mean_sd(final(summary, target, name, key)), f"{statistics.mean(macs):.3f}" if macs else "-",
-                         " / ".join(f"{v:.2f}x" for v in sp.get("speedup", {}).values()) or "-"])
+            macs = [
+                r["achieved"]["model_macs_after"] / r["achieved"]["model_macs_before"]
+                for r in d["rows"]
+                if r["target"] == target and "achieved" in r and label(r) == name
+            ]
+            rows.append(
+                [
+                    f"{1 / (1 - target):.0f}x",
+                    name,
+                    mean_sd(now) + ("" if step == "0" else f" (after {step}-step search)"),
+                    mean_sd(final(summary, target, name, key)),
+                    f"{statistics.mean(macs):.3f}" if macs else "-",
+                    " / ".join(f"{v:.2f}x" for v in sp.get("speedup", {}).values()) or "-",
+                ]
+            )
         rows += [[f"{1 / (1 - target):.0f}x", n, "not reachable", "", "", ""] for t, n in unreachable if t == target]
         verdicts.append(verdict(summary, target, key, present))
     return rows, verdicts
@@ -69,9 +82,15 @@ def verdict(summary: dict, target: float, key: str, names: list[str]) -> str:
     a, b = final(summary, target, ours, key), final(summary, target, theirs, key)
     margin, spread = statistics.mean(a) - statistics.mean(b), max(statistics.stdev(a), statistics.stdev(b))
     wins = sum(x > y for x, y in zip(a, b))
-    word = "ahead by more than the seed spread" if margin > spread else ("ahead, within the seed spread" if margin > 0 else "not ahead")
-    return (f"{1 / (1 - target):.0f}x: vltrim's best, {ours} {statistics.mean(a):.3f}, against the peer's best, {theirs} "
-            f"{statistics.mean(b):.3f}: {margin:+.4f} (larger sd {spread:.4f}; ahead on {wins} of {len(a)} seeds): {word}")
+    word = (
+        "ahead by more than the seed spread"
+        if margin > spread
+        else ("ahead, within the seed spread" if margin > 0 else "not ahead")
+    )
+    return (
+        f"{1 / (1 - target):.0f}x: vltrim's best, {ours} {statistics.mean(a):.3f}, against the peer's best, {theirs} "
+        f"{statistics.mean(b):.3f}: {margin:+.4f} (larger sd {spread:.4f}; ahead on {wins} of {len(a)} seeds): {word}"
+    )
 
 
 def ceiling_line() -> str:
@@ -81,9 +100,11 @@ def ceiling_line() -> str:
     d = json.loads(path.read_text())
     vals = final(d["summary"], CEILING[1], "taylor", "zero_shot_top1")
     teacher = d["rows"][0]["teacher"]["zero_shot_top1"]
-    return (f"Fashion ceiling: the teacher with only {CEILING[1]:.0%} of its prunable params removed, retrained the same 150 "
-            f"steps, ends at {mean_sd(vals)} zero-shot top-1 (teacher {teacher:.3f}; "
-            "`python benchmarks/fashion_dual_encoder.py --methods taylor --targets 0.01 --tag ceiling`).")
+    return (
+        f"Fashion ceiling: the teacher with only {CEILING[1]:.0%} of its prunable params removed, retrained the same 150 "
+        f"steps, ends at {mean_sd(vals)} zero-shot top-1 (teacher {teacher:.3f}; "
+        "`python benchmarks/fashion_dual_encoder.py --methods taylor --targets 0.01 --tag ceiling`)."
+    )
 
 
 def where(stem: str) -> str:
@@ -99,10 +120,15 @@ def main() -> None:
         if not (RESULTS / f"{stem}.json").exists():
             continue
         rows, verdicts = model_table(stem, key)
-        parts.append(f"**{title}** (`benchmarks/results/{stem}.md`; mean ± sd over 3 seeds; speedup: seed 0's plan, "
-                     f"batch 1 / harness batch, one interleaved run; {where(stem)}):\n\n"
-                     + markdown_table(["", "row", "right after the plan", "after 150 total steps", "MACs (x original)", "speedup"], rows)
-                     + "\n\n" + "\n".join(f"- {v}" for v in verdicts))
+        parts.append(
+            f"**{title}** (`benchmarks/results/{stem}.md`; mean ± sd over 3 seeds; speedup: seed 0's plan, "
+            f"batch 1 / harness batch, one interleaved run; {where(stem)}):\n\n"
+            + markdown_table(
+                ["", "row", "right after the plan", "after 150 total steps", "MACs (x original)", "speedup"], rows
+            )
+            + "\n\n"
+            + "\n".join(f"- {v}" for v in verdicts)
+        )
     parts.append(ceiling_line())
     parts.append("Summarised from the results files by `python benchmarks/peer_summary.py`.")
     (RESULTS / "peer_summary.md").write_text("\n\n".join(p for p in parts if p) + "\n")

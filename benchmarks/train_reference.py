@@ -1,7 +1,8 @@
 """Train the reference teacher shipped in src/vltrim/assets/reference_clip (about 15 minutes on 2 CPU cores).
 
-    python benchmarks/train_reference.py [--steps 1500] [--out src/vltrim/assets/reference_clip]
+python benchmarks/train_reference.py [--steps 1500] [--out src/vltrim/assets/reference_clip]
 """
+
 from __future__ import annotations
 
 import argparse

@@ -1,27 +1,69 @@
-"""Copy benchmarks/results/<name>.md into README.md and docs/*.md between <!-- results:<name> --> markers.
+"""Copy benchmarks/results/<name>.md into README.md and docs/**/*.md between <!-- results:<name> --> markers.
 
-    python benchmarks/update_readme.py
+    python benchmarks/update_readme.py           # paste every results file into its markers
+    python benchmarks/update_readme.py --check   # change nothing; exit 1 and name the files that are out of date
 
-So every number in README and docs/ is a benchmark script's output, pasted by a script."""
+<name> is a path under benchmarks/results/ without `.md` (`demo`, `study_clip/summary`). So every number in README
+and docs/ is a benchmark script's output, pasted by a script."""
+
 from __future__ import annotations
 
+import argparse
 import re
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+MARKER = re.compile(r"<!-- results:([\w-]+(?:/[\w-]+)*) -->.*?<!-- /results:\1 -->", flags=re.S)
 
 
-def update(readme: str, results: Path) -> str:
+def update(readme: str, results: Path, where: str = "README") -> str:
     def fill(m: re.Match) -> str:
         f = results / f"{m.group(1)}.md"
         if not f.exists():
-            raise FileNotFoundError(f"README wants {f}; run the benchmark that writes it")
+            raise FileNotFoundError(f"{where} wants {f}; run the benchmark that writes it")
         return f"<!-- results:{m.group(1)} -->\n{f.read_text().strip()}\n<!-- /results:{m.group(1)} -->"
 
-    return re.sub(r"<!-- results:([\w-]+) -->.*?<!-- /results:\1 -->", fill, readme, flags=re.S)
+    return MARKER.sub(fill, readme)
+
+
+def pages(root: Path = ROOT) -> list[Path]:
+    """README.md and every Markdown page under docs/ (the mkdocs site's sources)."""
+    return [root / "README.md", *sorted((root / "docs").glob("**/*.md"))]
+
+
+def markers(text: str) -> list[str]:
+    return [m.group(1) for m in MARKER.finditer(text)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--check", action="store_true", help="write nothing; exit 1 if a page differs from its results")
+    ap.add_argument("--list", action="store_true", help="print every page's markers and exit")
+    args = ap.parse_args(argv)
+    results = ROOT / "benchmarks" / "results"
+    stale = []
+    for path in pages():
+        rel = path.relative_to(ROOT).as_posix()
+        text = path.read_text()
+        if args.list:
+            print(f"{rel}: {', '.join(markers(text)) or '-'}")
+            continue
+        new = update(text, results, where=rel)
+        if args.check:
+            if new != text:
+                stale.append(rel)
+            print(f"{'OUT OF DATE' if new != text else 'up to date'}: {rel} ({len(markers(text))} markers)")
+        elif new != text:
+            path.write_text(new)
+            print(f"updated {rel}")
+        else:
+            print(f"unchanged {rel}")
+    if stale:
+        print(f"{len(stale)} page(s) differ from benchmarks/results/: run python benchmarks/update_readme.py", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("**/*.md"))]:
-        path.write_text(update(path.read_text(), ROOT / "benchmarks" / "results"))
-        print(f"updated {path}")
+    sys.exit(main())

@@ -7,6 +7,7 @@ built-in test split with no retraining; the search's wall time is compared with 
 on the same batches (one run, same process). The full comparison (2x/3x/4x, equal retraining budget)
 is a separate benchmark still to come.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,17 @@ if __name__ == "__main__":
     teacher, data = load_reference(), datasets(8000)
     rows, out = [], {"target": args.target, "steps": args.steps}
     t0 = time.perf_counter()
-    res = get_method("upop").run(teacher, args.target, train_data=data["train"], loss_fn=contrastive_loss, steps=args.steps,
-                                 interval=10, lr=1e-4, batch_size=128, progress=False)
+    res = get_method("upop").run(
+        teacher,
+        args.target,
+        train_data=data["train"],
+        loss_fn=contrastive_loss,
+        steps=args.steps,
+        interval=10,
+        lr=1e-4,
+        batch_size=128,
+        progress=False,
+    )
     search_s = time.perf_counter() - t0
     plain = copy.deepcopy(teacher)
     t0 = time.perf_counter()
@@ -54,10 +64,12 @@ if __name__ == "__main__":
     out.update(search_s=search_s, plain_s=plain_s, overhead=search_s / plain_s, machine=machine())
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "upop_first_look.json").write_text(json.dumps(out, indent=1))
-    md = (f"Reference teacher (mean R@1 {out['teacher']:.3f}), {args.target:.0%} of prunable params removed, subnets evaluated "
-          f"with no retraining (upop after a {args.steps}-step search):\n\n"
-          + markdown_table(["method", "mean R@1, no retraining", "params"], rows)
-          + f"\n\nUPop search: {search_s:.1f} s for {args.steps} steps vs {plain_s:.1f} s of plain training on the same batches "
-          f"(overhead {out['overhead']:.2f}x, including the copy and the plan's MAC count). Measured on: {machine_line()}.\n")
+    md = (
+        f"Reference teacher (mean R@1 {out['teacher']:.3f}), {args.target:.0%} of prunable params removed, subnets evaluated "
+        f"with no retraining (upop after a {args.steps}-step search):\n\n"
+        + markdown_table(["method", "mean R@1, no retraining", "params"], rows)
+        + f"\n\nUPop search: {search_s:.1f} s for {args.steps} steps vs {plain_s:.1f} s of plain training on the same batches "
+        f"(overhead {out['overhead']:.2f}x, including the copy and the plan's MAC count). Measured on: {machine_line()}.\n"
+    )
     (RESULTS / "upop_first_look.md").write_text(md)
     print(md)

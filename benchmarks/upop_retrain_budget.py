@@ -9,6 +9,7 @@ random: one shot from the teacher), then the subnet is retrained from the same s
 upop's search is training too: its row at budget B spent search + B steps, so l1 at B + search steps
 is the equal-total-steps comparison.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,14 +35,18 @@ METHODS = ("upop", "l1", "random")
 def searched(teacher, method: str, target: float, data, loss, steps: int):
     """(plan, model the subnet is cut from): upop's searched weights, or the teacher for one-shot methods."""
     if method == "upop":
-        res = get_method("upop").run(teacher, target, train_data=data, loss_fn=loss, steps=steps, batch_size=128, progress=False)
+        res = get_method("upop").run(
+            teacher, target, train_data=data, loss_fn=loss, steps=steps, batch_size=128, progress=False
+        )
         return res.plan, res.model
     return vltrim.plan(teacher, method, target=target), teacher
 
 
 def plot(curves: dict[str, list[tuple[int, float]]], teacher: float, search_steps: int, path: Path) -> None:
     series = {m: [(b + (search_steps if m == "upop" else 0), v) for b, v in pts] for m, pts in curves.items()}
-    line_plot(series, (teacher, "teacher"), "total training steps (upop: search + retrain)", "mean R@1 (built-in test)", path)
+    line_plot(
+        series, (teacher, "teacher"), "total training steps (upop: search + retrain)", "mean R@1 (built-in test)", path
+    )
 
 
 if __name__ == "__main__":
@@ -65,14 +70,22 @@ if __name__ == "__main__":
             params[method] = vltrim.count_params(small)
             print(method, budget, curves[method][-1][1], flush=True)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "upop_retrain_budget.json").write_text(json.dumps(
-        {"args": vars(args), "teacher": teacher_score, "curves": curves, "params": params, "machine": machine()}, indent=1))
+    (RESULTS / "upop_retrain_budget.json").write_text(
+        json.dumps(
+            {"args": vars(args), "teacher": teacher_score, "curves": curves, "params": params, "machine": machine()},
+            indent=1,
+        )
+    )
     plot(curves, teacher_score, args.search_steps, RESULTS / "upop_retrain_budget.png")
-    table = markdown_table(["retrain steps", *METHODS],
-                           [[b, *(f"{dict(curves[m])[b]:.3f}" for m in METHODS)] for b in args.budgets])
-    md = (f"Target {args.target:.0%} of prunable params (params: " + ", ".join(f"{m} {params[m]:,}" for m in METHODS)
-          + f"; teacher {vltrim.count_params(teacher):,}, mean R@1 {teacher_score:.3f}). upop searched {args.search_steps} steps "
-          f"first, so its total training is {args.search_steps} + retrain steps. Mean R@1 on the built-in test split:\n\n{table}\n\n"
-          f"Plot: benchmarks/results/upop_retrain_budget.png. Measured on: {machine_line()}.\n")
+    table = markdown_table(
+        ["retrain steps", *METHODS], [[b, *(f"{dict(curves[m])[b]:.3f}" for m in METHODS)] for b in args.budgets]
+    )
+    md = (
+        f"Target {args.target:.0%} of prunable params (params: "
+        + ", ".join(f"{m} {params[m]:,}" for m in METHODS)
+        + f"; teacher {vltrim.count_params(teacher):,}, mean R@1 {teacher_score:.3f}). upop searched {args.search_steps} steps "
+        f"first, so its total training is {args.search_steps} + retrain steps. Mean R@1 on the built-in test split:\n\n{table}\n\n"
+        f"Plot: benchmarks/results/upop_retrain_budget.png. Measured on: {machine_line()}.\n"
+    )
     (RESULTS / "upop_retrain_budget.md").write_text(md)
     print(md)

@@ -1,4 +1,5 @@
 """Run by tests/test_distributed.py under torchrun: a UPop search on 2 CPU processes (gloo)."""
+
 import json
 import sys
 
@@ -8,6 +9,7 @@ from accelerate import PartialState
 from vltrim.data import SyntheticCaptions
 from vltrim.methods import get_method
 from vltrim.zoo import tiny_model
+
 
 def mope_errors() -> list[float]:
     """MoPE of every module of a tiny CLIP, each rank scoring a slice (summed over ranks)."""
@@ -22,11 +24,25 @@ def mope_errors() -> list[float]:
 if __name__ == "__main__":
     torch.set_num_threads(1)
     state = PartialState(cpu=True)
-    res = get_method("upop").run(tiny_model("CLIPModel"), 0.4, train_data=SyntheticCaptions("train", 128), steps=6, interval=2,
-                                 lr=1e-3, batch_size=8, progress=False)
+    res = get_method("upop").run(
+        tiny_model("CLIPModel"),
+        0.4,
+        train_data=SyntheticCaptions("train", 128),
+        steps=6,
+        interval=2,
+        lr=1e-3,
+        batch_size=8,
+        progress=False,
+    )
     weights = sum(float(p.detach().double().sum()) for p in res.model.parameters())
-    out = {"rank": state.process_index, "world": state.num_processes, "keep": res.plan.keep, "weights": weights,
-           "scores": {n: s.tolist() for n, s in res.scores.items()}, "mope": mope_errors()}
+    out = {
+        "rank": state.process_index,
+        "world": state.num_processes,
+        "keep": res.plan.keep,
+        "weights": weights,
+        "scores": {n: s.tolist() for n, s in res.scores.items()},
+        "mope": mope_errors(),
+    }
     with open(f"{sys.argv[1]}/rank{state.process_index}.json", "w") as f:
         json.dump(out, f)
     if torch.distributed.is_initialized():  # leave together: a rank exiting mid-collective aborts the other

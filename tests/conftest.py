@@ -1,4 +1,5 @@
 """Shared helpers: tiny models of every supported class, output flattening, random plans."""
+
 from __future__ import annotations
 
 import random

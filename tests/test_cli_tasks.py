@@ -1,6 +1,7 @@
 """Every task from the command line, with the data users have: --task, sentence files, image folders, hf:DIR,
 tokenizers (builtin, vocabulary checks, no hub), images resized as CLIP does or by the model's own processor,
 recipe spellings, vltrim.load('reference' / 'tiny:...'), and the Python inputs (DataLoader, datasets.Dataset)."""
+
 from __future__ import annotations
 
 import json
@@ -46,8 +47,14 @@ def _bert_dir(tmp_path: Path) -> Path:
     tiny_model("BertModel").save_pretrained(d)
     _vocab(d)
     (d / "sentence_bert_config.json").write_text('{"max_seq_length": 24}')
-    (d / "modules.json").write_text(json.dumps([{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-                                                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    (d / "modules.json").write_text(
+        json.dumps(
+            [
+                {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+            ]
+        )
+    )
     (d / "1_Pooling").mkdir()
     (d / "1_Pooling" / "config.json").write_text('{"word_embedding_dimension": 64, "pooling_mode_mean_tokens": true}')
     return d
@@ -83,10 +90,30 @@ def test_sentence_embedding_from_the_shell_end_to_end(tmp_path):
     --retrain-lr / --seed, print the metric, save with the pipeline files, reload."""
     src = _bert_dir(tmp_path)
     (tmp_path / "train.txt").write_text("\n\n".join(_sentences(16)) + "\n")
-    (tmp_path / "val.jsonl").write_text("\n".join(json.dumps({"text": s, "label": "ab"[i // 2 % 2]}) for i, s in enumerate(_sentences(8, 1))))
+    (tmp_path / "val.jsonl").write_text(
+        "\n".join(json.dumps({"text": s, "label": "ab"[i // 2 % 2]}) for i, s in enumerate(_sentences(8, 1)))
+    )
     out = tmp_path / "small"
-    r = _invoke(src, "--out", out, "--task", "sentence-embedding", "--data", tmp_path / "train.txt", "--eval-data",
-                tmp_path / "val.jsonl", "--retrain-steps", "2", "--retrain-lr", "3e-4", "--seed", "7", "--work-dir", tmp_path / "w", *QUICK)
+    r = _invoke(
+        src,
+        "--out",
+        out,
+        "--task",
+        "sentence-embedding",
+        "--data",
+        tmp_path / "train.txt",
+        "--eval-data",
+        tmp_path / "val.jsonl",
+        "--retrain-steps",
+        "2",
+        "--retrain-lr",
+        "3e-4",
+        "--seed",
+        "7",
+        "--work-dir",
+        tmp_path / "w",
+        *QUICK,
+    )
     assert r.exit_code == 0, r.output
     assert "cosine_to_teacher" in r.output and "probe_top1" in r.output
     report = json.loads((out / "report.json").read_text())
@@ -97,7 +124,9 @@ def test_sentence_embedding_from_the_shell_end_to_end(tmp_path):
     assert vltrim.count_params(small) < vltrim.count_params(tiny_model("BertModel"))
     assert (out / "modules.json").is_file() and (out / "tokenizer.json").is_file()
     # the default task of a text encoder is sentence-embedding; a CSV of sentences works too
-    (tmp_path / "s.csv").write_text("sentence,label\n" + "\n".join(f"{s},{i // 2 % 2}" for i, s in enumerate(_sentences(6))))
+    (tmp_path / "s.csv").write_text(
+        "sentence,label\n" + "\n".join(f"{s},{i // 2 % 2}" for i, s in enumerate(_sentences(6)))
+    )
     r = _invoke(src, "--out", tmp_path / "again", "--eval-data", tmp_path / "s.csv", *QUICK)
     assert r.exit_code == 0, r.output
     assert json.loads((tmp_path / "again" / "report.json").read_text())["task"] == "sentence-embedding"
@@ -108,8 +137,11 @@ def test_a_sentence_transformers_pipeline_with_its_transformer_in_a_sub_folder(t
     src = tmp_path / "st"
     tiny_model("BertModel").save_pretrained(src / "0_Transformer")
     _vocab(src / "0_Transformer")
-    (src / "modules.json").write_text(json.dumps([{"idx": 0, "name": "0", "path": "0_Transformer",
-                                                   "type": "sentence_transformers.models.Transformer"}]))
+    (src / "modules.json").write_text(
+        json.dumps(
+            [{"idx": 0, "name": "0", "path": "0_Transformer", "type": "sentence_transformers.models.Transformer"}]
+        )
+    )
     (tmp_path / "s.txt").write_text("\n".join(_sentences(6)))
     r = _invoke(src, "--out", tmp_path / "o", "--eval-data", tmp_path / "s.txt", *QUICK)
     assert r.exit_code == 0, r.output
@@ -133,7 +165,12 @@ def test_sentence_files_and_their_errors(tmp_path):
     r = _invoke(src, "--out", tmp_path / "o", "--data", tmp_path / "b.jsonl", "--retrain-steps", "1", *QUICK)
     assert r.exit_code == 2 and "b.jsonl row 2" in r.output
     r = _invoke(src, "--out", tmp_path / "o", "--data", tmp_path / "pairs.parquet", "--retrain-steps", "1", *QUICK)
-    assert r.exit_code == 2 and "--data" in r.output and "does not exist" in r.output and "text file of sentences" in r.output
+    assert (
+        r.exit_code == 2
+        and "--data" in r.output
+        and "does not exist" in r.output
+        and "text file of sentences" in r.output
+    )
     r = _invoke(src, "--out", tmp_path / "o", "--data", "builtin", "--retrain-steps", "1", *QUICK)
     assert r.exit_code == 2 and "image-text model" in r.output and "sentence-embedding" in r.output
 
@@ -147,8 +184,20 @@ def test_classification_from_an_image_folder_records_its_labels(tmp_path):
     _folder(tmp_path / "train")
     _folder(tmp_path / "val", {"dog": 0, "fox": 0}, per_class=2)
     out = tmp_path / "small"
-    r = _invoke("tiny:ViTForImageClassification", "--out", out, "--task", "classification", "--data", tmp_path / "train",
-                "--eval-data", tmp_path / "val", "--retrain-steps", "2", *QUICK)
+    r = _invoke(
+        "tiny:ViTForImageClassification",
+        "--out",
+        out,
+        "--task",
+        "classification",
+        "--data",
+        tmp_path / "train",
+        "--eval-data",
+        tmp_path / "val",
+        "--retrain-steps",
+        "2",
+        *QUICK,
+    )
     assert r.exit_code == 0, r.output
     assert "top1" in r.output
     cfg = json.loads((out / "config.json").read_text())
@@ -161,14 +210,34 @@ def test_classification_from_an_image_folder_records_its_labels(tmp_path):
 
 def test_classification_refuses_folders_that_do_not_fit(tmp_path):
     _folder(tmp_path / "six", {f"c{i}": 0 for i in range(6)}, per_class=1)
-    r = _invoke("tiny:ViTForImageClassification", "--out", tmp_path / "o", "--data", tmp_path / "six", "--retrain-steps", "1", *QUICK)
+    r = _invoke(
+        "tiny:ViTForImageClassification",
+        "--out",
+        tmp_path / "o",
+        "--data",
+        tmp_path / "six",
+        "--retrain-steps",
+        "1",
+        *QUICK,
+    )
     assert r.exit_code == 2 and "has 6 classes but the model has 5 labels" in r.output
     model = tiny_model("ViTForImageClassification")
     model.config.id2label = {i: n for i, n in enumerate(["ant", "bee", "cat", "dog", "eel"])}
     _folder(tmp_path / "named", {"cat": 0, "owl": 0}, per_class=1)
-    with pytest.raises(ValueError, match=r"classes \['owl'\] are not among the model's labels \(ant, bee, cat, dog, eel\)"):
+    with pytest.raises(
+        ValueError, match=r"classes \['owl'\] are not among the model's labels \(ant, bee, cat, dog, eel\)"
+    ):
         make_data(str(tmp_path / "named"), model, "train", None, "tiny:x", task="classification")
-    r = _invoke("tiny:ViTForImageClassification", "--out", tmp_path / "o", "--data", tmp_path / "six", "--tokenizer", "x", *QUICK)
+    r = _invoke(
+        "tiny:ViTForImageClassification",
+        "--out",
+        tmp_path / "o",
+        "--data",
+        tmp_path / "six",
+        "--tokenizer",
+        "x",
+        *QUICK,
+    )
     assert r.exit_code == 2 and "reads no text" in r.output
 
 
@@ -182,27 +251,41 @@ def test_images_are_resized_and_centre_cropped_as_clip_does(tmp_path):
     Image.fromarray(img.astype(np.uint8)).save(tmp_path / "wide.png")
     mean, std = (0.4, 0.5, 0.6), (0.2, 0.3, 0.25)
     ours = load_image(tmp_path / "wide.png", 16, mean, std)
-    clip = transformers.CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}, image_mean=mean, image_std=std)
+    clip = transformers.CLIPImageProcessor(
+        size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}, image_mean=mean, image_std=std
+    )
     ref = torch.as_tensor(clip(images=Image.open(tmp_path / "wide.png"), return_tensors="pt")["pixel_values"][0])
-    assert ours.shape == (3, 16, 16) and (ours - ref).abs().max() < 1e-5  # CLIP's own processor: shorter side, centre square
+    assert (
+        ours.shape == (3, 16, 16) and (ours - ref).abs().max() < 1e-5
+    )  # CLIP's own processor: shorter side, centre square
     for shape in ((90, 17), (150, 200)):
-        Image.fromarray(np.random.default_rng(1).integers(0, 255, (*shape, 3)).astype(np.uint8)).save(tmp_path / "r.png")
+        Image.fromarray(np.random.default_rng(1).integers(0, 255, (*shape, 3)).astype(np.uint8)).save(
+            tmp_path / "r.png"
+        )
         ref = torch.as_tensor(clip(images=Image.open(tmp_path / "r.png"), return_tensors="pt")["pixel_values"][0])
         assert (load_image(tmp_path / "r.png", 16, mean, std) - ref).abs().max() < 1e-5
     raw = load_image(tmp_path / "wide.png", 16, (0, 0, 0), (1, 1, 1))
-    assert raw[0].mean() < 0.15 and raw[2].mean() > 0.75  # only the blue centre is kept, not squeezed in with the red sides
+    assert (
+        raw[0].mean() < 0.15 and raw[2].mean() > 0.75
+    )  # only the blue centre is kept, not squeezed in with the red sides
 
 
 def test_the_model_directorys_image_processor_is_used(tmp_path):
     d = tmp_path / "vit"
     tiny_model("ViTForImageClassification").save_pretrained(d)
-    proc = transformers.ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.1, 0.2, 0.3], image_std=[0.5, 0.5, 0.5])
+    proc = transformers.ViTImageProcessor(
+        size={"height": 32, "width": 32}, image_mean=[0.1, 0.2, 0.3], image_std=[0.5, 0.5, 0.5]
+    )
     proc.save_pretrained(d)
     _folder(tmp_path / "train", per_class=1)
     model = vltrim.cli.load_any(str(d))
     data = make_data(str(tmp_path / "train"), model, "train", None, str(d), task="classification")
     assert isinstance(data.processor, ModelImageProcessor)
-    want = torch.as_tensor(proc(images=Image.open(tmp_path / "train" / "cat" / "0.png").convert("RGB"), return_tensors="pt")["pixel_values"][0])
+    want = torch.as_tensor(
+        proc(images=Image.open(tmp_path / "train" / "cat" / "0.png").convert("RGB"), return_tensors="pt")[
+            "pixel_values"
+        ][0]
+    )
     assert torch.allclose(data[0]["pixel_values"], want)
     proc.size = {"height": 24, "width": 24}
     proc.save_pretrained(d)
@@ -238,7 +321,18 @@ def test_a_tokenizer_that_does_not_fit_is_refused_before_any_work(tmp_path):
     src = _bert_dir(tmp_path)
     big = _vocab(tmp_path / "big", 200)
     (tmp_path / "not-read-yet.jsonl").write_text("{not json")  # reading it would fail otherwise
-    r = _invoke(src, "--out", tmp_path / "o", "--tokenizer", big, "--data", tmp_path / "not-read-yet.jsonl", "--retrain-steps", "1", *QUICK)
+    r = _invoke(
+        src,
+        "--out",
+        tmp_path / "o",
+        "--tokenizer",
+        big,
+        "--data",
+        tmp_path / "not-read-yet.jsonl",
+        "--retrain-steps",
+        "1",
+        *QUICK,
+    )
     assert r.exit_code == 2 and "205 tokens" in r.output and "64 rows" in r.output and "big" in r.output
     pairs = _manifest(tmp_path)
     r = _invoke("tiny:CLIPModel", "--out", tmp_path / "o", "--eval-data", pairs, "--tokenizer", big, *QUICK)
@@ -248,7 +342,16 @@ def test_a_tokenizer_that_does_not_fit_is_refused_before_any_work(tmp_path):
 def test_no_hub_access_a_missing_tokenizer_fails_fast_naming_the_path(tmp_path):
     pairs = _manifest(tmp_path)
     start = time.perf_counter()
-    r = _invoke("tiny:CLIPModel", "--out", tmp_path / "o", "--eval-data", pairs, "--tokenizer", "no-org/no-such-tokenizer", *QUICK)
+    r = _invoke(
+        "tiny:CLIPModel",
+        "--out",
+        tmp_path / "o",
+        "--eval-data",
+        pairs,
+        "--tokenizer",
+        "no-org/no-such-tokenizer",
+        *QUICK,
+    )
     assert r.exit_code == 2 and "no-org/no-such-tokenizer" in r.output and "never downloads" in r.output
     assert time.perf_counter() - start < 20
     d = tmp_path / "clip"
@@ -267,8 +370,20 @@ def test_retrieval_from_an_image_folder_uses_class_prompts(tmp_path):
     d = tmp_path / "clip"
     tiny_model("CLIPModel").save_pretrained(d)
     _vocab(d, 40)
-    r = _invoke(d, "--out", tmp_path / "o", "--task", "retrieval", "--data", tmp_path / "train", "--eval-data", tmp_path / "train",
-                "--retrain-steps", "1", *QUICK)
+    r = _invoke(
+        d,
+        "--out",
+        tmp_path / "o",
+        "--task",
+        "retrieval",
+        "--data",
+        tmp_path / "train",
+        "--eval-data",
+        tmp_path / "train",
+        "--retrain-steps",
+        "1",
+        *QUICK,
+    )
     assert r.exit_code == 0, r.output
     assert "zero_shot_top1" in r.output
 
@@ -280,24 +395,52 @@ def test_hf_saved_datasets_for_each_task(tmp_path):
     datasets = pytest.importorskip("datasets", reason="the 'datasets' package is not installed: hf:DIR cannot be read")
     images = [Image.fromarray(np.full((36, 30, 3), c, np.uint8)) for c in list(COLOURS.values()) * 2]
     feats = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["cat", "dog", "fox"])})
-    datasets.Dataset.from_dict({"image": images, "label": [0, 1, 2] * 2}, features=feats).save_to_disk(str(tmp_path / "cls"))
-    r = _invoke("tiny:ViTForImageClassification", "--out", tmp_path / "a", "--data", f"hf:{tmp_path / 'cls'}", "--eval-data",
-                f"hf:{tmp_path / 'cls'}", "--retrain-steps", "1", *QUICK)
+    datasets.Dataset.from_dict({"image": images, "label": [0, 1, 2] * 2}, features=feats).save_to_disk(
+        str(tmp_path / "cls")
+    )
+    r = _invoke(
+        "tiny:ViTForImageClassification",
+        "--out",
+        tmp_path / "a",
+        "--data",
+        f"hf:{tmp_path / 'cls'}",
+        "--eval-data",
+        f"hf:{tmp_path / 'cls'}",
+        "--retrain-steps",
+        "1",
+        *QUICK,
+    )
     assert r.exit_code == 0, r.output
     assert json.loads((tmp_path / "a" / "config.json").read_text())["id2label"]["2"] == "fox"
-    text = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": _sentences(8)}),
-                                 "test": datasets.Dataset.from_dict({"text": _sentences(4, 1), "label": [0, 1, 0, 1]})})
+    text = datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_dict({"text": _sentences(8)}),
+            "test": datasets.Dataset.from_dict({"text": _sentences(4, 1), "label": [0, 1, 0, 1]}),
+        }
+    )
     text.save_to_disk(str(tmp_path / "text"))
     src = _bert_dir(tmp_path)
-    r = _invoke(src, "--out", tmp_path / "b", "--data", f"hf:{tmp_path / 'text'}", "--eval-data", f"hf:{tmp_path / 'text'}",
-                "--retrain-steps", "1", *QUICK)
+    r = _invoke(
+        src,
+        "--out",
+        tmp_path / "b",
+        "--data",
+        f"hf:{tmp_path / 'text'}",
+        "--eval-data",
+        f"hf:{tmp_path / 'text'}",
+        "--retrain-steps",
+        "1",
+        *QUICK,
+    )
     assert r.exit_code == 0, r.output
     assert "cosine_to_teacher" in r.output
     d = tmp_path / "clip"
     tiny_model("CLIPModel").save_pretrained(d)
     _vocab(d, 40)
-    pairs = datasets.Dataset.from_dict({"image": images, "caption": ["w1 w2", "w3", "w4 w5 w6"] * 2}, features=datasets.Features(
-        {"image": datasets.Image(), "caption": datasets.Value("string")}))
+    pairs = datasets.Dataset.from_dict(
+        {"image": images, "caption": ["w1 w2", "w3", "w4 w5 w6"] * 2},
+        features=datasets.Features({"image": datasets.Image(), "caption": datasets.Value("string")}),
+    )
     pairs.save_to_disk(str(tmp_path / "pairs"))
     r = _invoke(d, "--out", tmp_path / "c", "--eval-data", f"hf:{tmp_path / 'pairs'}", *QUICK)
     assert r.exit_code == 0, r.output
@@ -321,10 +464,25 @@ def test_hf_data_without_the_datasets_package_names_it(tmp_path, monkeypatch):
 def test_recipe_takes_the_command_line_spellings(tmp_path):
     _folder(tmp_path / "train", per_class=1)
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(f"task: classification\ndata: {tmp_path / 'train'}\nretrain-steps: 1\nretrain_lr: 0.001\n"
-                      "batch-size: 4\nlatency-batch: 0\nalign: 1\n")
-    r = runner.invoke(app, ["compress", "tiny:ViTForImageClassification", "--out", str(tmp_path / "o"), "--recipe", str(recipe),
-                            "--work-dir", str(tmp_path / "w"), "--target", "0.3"])
+    recipe.write_text(
+        f"task: classification\ndata: {tmp_path / 'train'}\nretrain-steps: 1\nretrain_lr: 0.001\n"
+        "batch-size: 4\nlatency-batch: 0\nalign: 1\n"
+    )
+    r = runner.invoke(
+        app,
+        [
+            "compress",
+            "tiny:ViTForImageClassification",
+            "--out",
+            str(tmp_path / "o"),
+            "--recipe",
+            str(recipe),
+            "--work-dir",
+            str(tmp_path / "w"),
+            "--target",
+            "0.3",
+        ],
+    )
     assert r.exit_code == 0, r.output
     settings = json.loads((tmp_path / "w" / "run.json").read_text())["settings"]
     assert settings["retrain_lr"] == 0.001 and settings["retrain_steps"] == 1 and settings["task"] == "classification"
@@ -336,12 +494,30 @@ def test_recipe_takes_the_command_line_spellings(tmp_path):
 def test_python_inputs_dataloader_and_hf_dataset_train_and_evaluate():
     datasets = pytest.importorskip("datasets", reason="the 'datasets' package is not installed")
     g = torch.Generator().manual_seed(0)
-    hf = datasets.Dataset.from_dict({"pixel_values": torch.randn(8, 3, 32, 32, generator=g).numpy(), "label": [0, 1, 2, 3, 4, 0, 1, 2],
-                                     "note": ["raw text is dropped"] * 8})
-    res = vltrim.compress(tiny_model("ViTForImageClassification"), "l1", 0.3, task="classification", train_data=hf,
-                          eval_data=DataLoader(hf, batch_size=4), retrain_steps=2, align=1, latency_batch=0, progress=False)
+    hf = datasets.Dataset.from_dict(
+        {
+            "pixel_values": torch.randn(8, 3, 32, 32, generator=g).numpy(),
+            "label": [0, 1, 2, 3, 4, 0, 1, 2],
+            "note": ["raw text is dropped"] * 8,
+        }
+    )
+    res = vltrim.compress(
+        tiny_model("ViTForImageClassification"),
+        "l1",
+        0.3,
+        task="classification",
+        train_data=hf,
+        eval_data=DataLoader(hf, batch_size=4),
+        retrain_steps=2,
+        align=1,
+        latency_batch=0,
+        progress=False,
+    )
     assert {"before", "after"} <= set(res.report) and 0 <= res.report["after"]["top1"] <= 1
-    with pytest.raises(TypeError, match="train_data takes a map-style dataset of dict items, a torch DataLoader or a Hugging Face datasets.Dataset"):
+    with pytest.raises(
+        TypeError,
+        match="train_data takes a map-style dataset of dict items, a torch DataLoader or a Hugging Face datasets.Dataset",
+    ):
         as_dataset(42, "train_data")
 
 
@@ -350,16 +526,40 @@ def test_python_data_tokenized_for_another_vocabulary_is_refused_before_any_work
     the largest id and the table's rows) before the search, instead of an IndexError deep in the embedding."""
     model = tiny_model("BertModel")
     rows = model.get_input_embeddings().num_embeddings
-    items = [{"input_ids": torch.tensor([1, 2, rows + 7]), "attention_mask": torch.ones(3, dtype=torch.long),
-              "teacher_embedding": torch.ones(model.config.hidden_size)}] * 4
+    items = [
+        {
+            "input_ids": torch.tensor([1, 2, rows + 7]),
+            "attention_mask": torch.ones(3, dtype=torch.long),
+            "teacher_embedding": torch.ones(model.config.hidden_size),
+        }
+    ] * 4
     calls = []
     monkeypatch.setattr(sys.modules["vltrim.compress"], "_run", lambda *a: calls.append(a))
-    with pytest.raises(ValueError, match=rf"eval_data: items \[0, 3\] hold token id {rows + 7}, but BertModel's token embedding table has {rows} rows"):
-        vltrim.compress(model, "l1", 0.3, task="sentence-embedding", eval_data=items, retrain_steps=0, latency_batch=0,
-                        progress=False)
+    with pytest.raises(
+        ValueError,
+        match=rf"eval_data: items \[0, 3\] hold token id {rows + 7}, but BertModel's token embedding table has {rows} rows",
+    ):
+        vltrim.compress(
+            model,
+            "l1",
+            0.3,
+            task="sentence-embedding",
+            eval_data=items,
+            retrain_steps=0,
+            latency_batch=0,
+            progress=False,
+        )
     assert not calls
-    vltrim.compress(model, "l1", 0.3, task="sentence-embedding", eval_data=items[:0] + [{**items[0], "input_ids": torch.tensor([1, 2, 3])}] * 4,
-                    retrain_steps=0, latency_batch=0, progress=False)
+    vltrim.compress(
+        model,
+        "l1",
+        0.3,
+        task="sentence-embedding",
+        eval_data=items[:0] + [{**items[0], "input_ids": torch.tensor([1, 2, 3])}] * 4,
+        retrain_steps=0,
+        latency_batch=0,
+        progress=False,
+    )
     assert len(calls) == 1  # ids inside the table pass the check
 
 
@@ -367,18 +567,28 @@ def test_hf_image_column_of_file_paths(tmp_path):
     datasets = pytest.importorskip("datasets", reason="the 'datasets' package is not installed")
     for i, c in enumerate(COLOURS.values()):
         _png(tmp_path / "img" / f"{i}.png", c, (48, 32))
-    ds = datasets.Dataset.from_dict({"image": [str(tmp_path / "img" / f"{i % 3}.png") for i in range(6)], "label": [0, 1, 2] * 2})
+    ds = datasets.Dataset.from_dict(
+        {"image": [str(tmp_path / "img" / f"{i % 3}.png") for i in range(6)], "label": [0, 1, 2] * 2}
+    )
     ds.save_to_disk(str(tmp_path / "paths"))
-    r = _invoke("tiny:ViTForImageClassification", "--out", tmp_path / "a", "--eval-data", f"hf:{tmp_path / 'paths'}", *QUICK)
+    r = _invoke(
+        "tiny:ViTForImageClassification", "--out", tmp_path / "a", "--eval-data", f"hf:{tmp_path / 'paths'}", *QUICK
+    )
     assert r.exit_code == 0, r.output
     assert "top1" in r.output
     datasets.Dataset.from_dict({"image": ["nowhere.png"] * 2, "label": [0, 1]}).save_to_disk(str(tmp_path / "bad"))
-    r = _invoke("tiny:ViTForImageClassification", "--out", tmp_path / "b", "--eval-data", f"hf:{tmp_path / 'bad'}", *QUICK)
+    r = _invoke(
+        "tiny:ViTForImageClassification", "--out", tmp_path / "b", "--eval-data", f"hf:{tmp_path / 'bad'}", *QUICK
+    )
     assert r.exit_code == 2 and "nowhere.png" in r.output and "does not exist" in r.output
 
 
 def test_a_hub_name_as_the_model_says_vltrim_never_downloads(tmp_path):
     start = time.perf_counter()
     r = _invoke("sentence-transformers/all-MiniLM-L6-v2", "--out", tmp_path / "o", *QUICK)
-    assert r.exit_code == 2 and "never downloads" in r.output and "hf download sentence-transformers/all-MiniLM-L6-v2" in r.output
+    assert (
+        r.exit_code == 2
+        and "never downloads" in r.output
+        and "hf download sentence-transformers/all-MiniLM-L6-v2" in r.output
+    )
     assert time.perf_counter() - start < 5  # no retries against an unreachable hub

@@ -1,4 +1,5 @@
 """vltrim.compress: search -> subnet -> retrain with KD -> report, for training-based and data-free methods."""
+
 from __future__ import annotations
 
 import pytest
@@ -14,8 +15,16 @@ FAST = dict(batch_size=32, latency_batch=2, progress=False)
 def test_upop_compress_end_to_end():
     model = tiny_model("CLIPModel")
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    res = vltrim.compress(model, "upop", target=0.4, train_data=SyntheticCaptions("train", 96),
-                          eval_data=SyntheticCaptions("val", 48), search_steps=8, retrain_steps=4, **FAST)
+    res = vltrim.compress(
+        model,
+        "upop",
+        target=0.4,
+        train_data=SyntheticCaptions("train", 96),
+        eval_data=SyntheticCaptions("val", 48),
+        search_steps=8,
+        retrain_steps=4,
+        **FAST,
+    )
     assert vltrim.count_params(res.model) == res.plan.achieved["model_params_after"]
     assert {"before", "after_search", "after", "plan", "speed"} <= set(res.report)
     assert res.report["speed"]["params_ratio"] > 1.3 and res.plan.method == "upop"

@@ -1,4 +1,5 @@
 """Per-unit costs are exact: removing units changes counted params and flop-counter MACs by exactly their cost."""
+
 from __future__ import annotations
 
 import vltrim

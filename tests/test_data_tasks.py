@@ -1,4 +1,5 @@
 """Built-in data, tokenizer, manifest loaders, retrieval metrics and the training loop."""
+
 from __future__ import annotations
 
 import json
@@ -62,7 +63,13 @@ def test_retrieval_metrics_and_zero_shot_are_in_range():
     assert set(m) >= {"i2t_R@1", "t2i_R@1", "i2t_R@10", "mean_R@1"} and all(0 <= v <= 1 for v in m.values())
     assert m["i2t_R@1"] <= m["i2t_R@5"] <= m["i2t_R@10"]
     prompts = tokenizer(16)([f"a photo of a {s}" for s in ("circle", "square", "triangle", "cross")])
-    shape_data = [{"pixel_values": x["pixel_values"], "label": torch.tensor(["circle", "square", "triangle", "cross"].index(ATTRIBUTES[int(x["label"])][1]))} for x in data]
+    shape_data = [
+        {
+            "pixel_values": x["pixel_values"],
+            "label": torch.tensor(["circle", "square", "triangle", "cross"].index(ATTRIBUTES[int(x["label"])][1])),
+        }
+        for x in data
+    ]
     assert 0 <= zero_shot_accuracy(model, shape_data, prompts) <= 1
 
 
@@ -110,7 +117,10 @@ SHAPES = ("circle", "square", "triangle", "cross")
 
 def _shape_images(n: int, split: str = "train") -> list[dict[str, torch.Tensor]]:
     data = SyntheticCaptions(split, n)
-    return [{"pixel_values": x["pixel_values"], "label": torch.tensor(SHAPES.index(ATTRIBUTES[int(x["label"])][1]))} for x in data]
+    return [
+        {"pixel_values": x["pixel_values"], "label": torch.tensor(SHAPES.index(ATTRIBUTES[int(x["label"])][1]))}
+        for x in data
+    ]
 
 
 def test_class_prompts_caption_each_image_with_its_class():
@@ -123,7 +133,9 @@ def test_class_prompts_caption_each_image_with_its_class():
         item = data[i]
         assert torch.equal(item["input_ids"], tok([f"a photo of a {SHAPES[int(item['label'])]}"])["input_ids"][0])
     with pytest.raises(IndexError, match="outside the 2 classes"):
-        ClassPrompts(_shape_images(16), SHAPES[:2], tok)[next(i for i in range(16) if _shape_images(16)[i]["label"] >= 2)]
+        ClassPrompts(_shape_images(16), SHAPES[:2], tok)[
+            next(i for i in range(16) if _shape_images(16)[i]["label"] >= 2)
+        ]
     with pytest.raises(ValueError, match="template"):
         ClassPrompts(_shape_images(4), SHAPES, tok, template="no slot")
 

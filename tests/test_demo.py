@@ -1,4 +1,5 @@
 """End to end on the shipped reference teacher: `vltrim demo` with a few fine-tune steps."""
+
 from __future__ import annotations
 
 import json
@@ -17,7 +18,9 @@ def test_reference_teacher_ships_with_the_package():
 
 
 def test_demo_end_to_end(tmp_path):
-    r = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--search-steps", "4", "--retrain-steps", "2", "--train-size", "256"])
+    r = CliRunner().invoke(
+        app, ["demo", "--out", str(tmp_path), "--search-steps", "4", "--retrain-steps", "2", "--train-size", "256"]
+    )
     assert r.exit_code == 0, r.output
     res = json.loads((tmp_path / "results.json").read_text())
     assert res["method"] == "upop" and res["search_steps"] == 4 and res["fine_tune_steps"] == 2

@@ -1,4 +1,5 @@
 """Distillation losses: zero at the teacher, positive away from it, layer mapping, head-averaged attention."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """The multi-process path (what `accelerate launch` runs): 2 CPU processes reach one plan and the same weights."""
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,17 @@ def _free_port() -> int:
 
 def test_upop_search_on_two_processes_agrees(tmp_path):
     script = Path(__file__).parent / "_ddp_search.py"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
-           str(script), str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(_free_port()),
+        str(script),
+        str(tmp_path),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -1,16 +1,23 @@
 """Invariant 1: binary masks and the physically pruned model compute the same function (fp32, atol 1e-5)."""
+
 from __future__ import annotations
 
 import pytest
 import torch
+from conftest import max_diff, random_plan, run
 
 import vltrim
 from vltrim.adapters import get_adapter
 
-from conftest import max_diff, random_plan, run
-
 ATOL = 1e-5
-KIND_SETS = [{"heads"}, {"head_dims"}, {"neurons"}, {"layers"}, {"heads", "neurons", "layers"}, {"head_dims", "neurons", "layers"}]
+KIND_SETS = [
+    {"heads"},
+    {"head_dims"},
+    {"neurons"},
+    {"layers"},
+    {"heads", "neurons", "layers"},
+    {"head_dims", "neurons", "layers"},
+]
 
 
 @pytest.mark.parametrize("kinds", KIND_SETS, ids=lambda k: "+".join(sorted(k)))

@@ -1,4 +1,5 @@
 """`vltrim export DIR --format onnx`: dynamic axes, parity with torch, onnxruntime timing, --int8, clear errors."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -15,8 +16,12 @@ from vltrim.zoo import tiny_model
 runner = CliRunner()
 HAS_ONNX = all(importlib.util.find_spec(m) for m in ("onnx", "onnxscript"))
 HAS_ORT = importlib.util.find_spec("onnxruntime") is not None
-needs_onnx = pytest.mark.skipif(not HAS_ONNX, reason="onnx and onnxscript are not installed (pip install 'vltrim[export]')")
-needs_ort = pytest.mark.skipif(not (HAS_ONNX and HAS_ORT), reason="onnxruntime is not installed (pip install 'vltrim[export]')")
+needs_onnx = pytest.mark.skipif(
+    not HAS_ONNX, reason="onnx and onnxscript are not installed (pip install 'vltrim[export]')"
+)
+needs_ort = pytest.mark.skipif(
+    not (HAS_ONNX and HAS_ORT), reason="onnxruntime is not installed (pip install 'vltrim[export]')"
+)
 
 
 def _flat(text: str) -> str:
@@ -48,7 +53,9 @@ def test_pruned_clip_exports_with_dynamic_axes_parity_speed_and_int8(tmp_path):
 @needs_onnx
 def test_cli_exports_a_distilled_factorised_bert_and_prints_the_diff(tmp_path):
     m = tiny_model("BertModel")
-    res = vltrim.compress(m, [("distill", {"layers": 1}), ("lowrank", {"target": 0.3})], retrain_steps=0, latency_batch=0, progress=False)
+    res = vltrim.compress(
+        m, [("distill", {"layers": 1}), ("lowrank", {"target": 0.3})], retrain_steps=0, latency_batch=0, progress=False
+    )
     d = vltrim.save(res, tmp_path / "m")
     out = tmp_path / "onnx" / "bert.onnx"
     r = runner.invoke(app, ["export", str(d), "--format", "onnx", "--out", str(out), "--rounds", "2"])
@@ -68,7 +75,9 @@ def test_without_onnxruntime_parity_uses_onnx_reference_and_nothing_is_timed(tmp
     assert r.exit_code == 0, r.output
     assert "onnx.reference" in _flat(r.output) and "not timed: onnxruntime is not installed" in _flat(r.output)
     got = ex.export(d, out=tmp_path / "v.onnx")
-    assert got["parity"]["runtime"] == "onnx.reference" and got["parity"]["max_abs_diff"] < 1e-4 and got["latency"] is None
+    assert (
+        got["parity"]["runtime"] == "onnx.reference" and got["parity"]["max_abs_diff"] < 1e-4 and got["latency"] is None
+    )
 
 
 def test_export_errors_name_the_directory_or_option(tmp_path):

@@ -1,6 +1,7 @@
 """Fuzzed data inputs (issue 7): images of every storage kind, bad manifests, unreadable files, hidden folders,
 and every form of train_data / eval_data. Each case asserts the clear error type and that its message names
 the file / row / field / option, or asserts the correct result."""
+
 from __future__ import annotations
 
 import json
@@ -49,8 +50,12 @@ def _truncate(path: Path) -> Path:
 def test_deep_images_load_like_their_8bit_version(tmp_path, kind):
     """16-bit, 32-bit integer and float greyscale images are neither saturated nor black: within 1/255 of 8-bit."""
     Image.fromarray(GRADIENT).save(tmp_path / "g8.png")
-    arr = {"uint16 png": GRADIENT.astype(np.uint16) * 257, "int32 tiff": GRADIENT.astype(np.int32) * 257,
-           "float [0,1] tiff": GRADIENT.astype(np.float32) / 255, "float 0..255 tiff": GRADIENT.astype(np.float32)}[kind]
+    arr = {
+        "uint16 png": GRADIENT.astype(np.uint16) * 257,
+        "int32 tiff": GRADIENT.astype(np.int32) * 257,
+        "float [0,1] tiff": GRADIENT.astype(np.float32) / 255,
+        "float 0..255 tiff": GRADIENT.astype(np.float32),
+    }[kind]
     path = tmp_path / ("deep.png" if "png" in kind else "deep.tif")
     Image.fromarray(arr).save(path)
     ref, got = load_image(tmp_path / "g8.png", 32, **RAW), load_image(path, 32, **RAW)
@@ -132,8 +137,13 @@ def test_bad_captions_name_the_file_and_row(tmp_path, caption):
 
 
 def test_missing_caption_or_image_key_and_non_object_rows(tmp_path):
-    for bad, field in [({"image": "img/0.png"}, "caption"), ({"caption": "x"}, "image"), ({"image": None, "caption": "x"}, "image"),
-                       ([1, 2], "JSON object"), ('"just text"', "JSON object")]:
+    for bad, field in [
+        ({"image": "img/0.png"}, "caption"),
+        ({"caption": "x"}, "image"),
+        ({"image": None, "caption": "x"}, "image"),
+        ([1, 2], "JSON object"),
+        ('"just text"', "JSON object"),
+    ]:
         path = _manifest(tmp_path, [GOOD, GOOD, bad])
         with pytest.raises(ValueError, match=rf"m\.jsonl row 3.*{field}"):
             read_manifest(path)
@@ -224,7 +234,10 @@ class Stream(IterableDataset):
 
 
 def _texts(n: int = 6, length: int = 4) -> list[dict[str, torch.Tensor]]:
-    return [{"input_ids": torch.arange(length) + i, "attention_mask": torch.ones(length, dtype=torch.long)} for i in range(n)]
+    return [
+        {"input_ids": torch.arange(length) + i, "attention_mask": torch.ones(length, dtype=torch.long)}
+        for i in range(n)
+    ]
 
 
 def test_own_datasets_and_lists_pass_through_unchanged():
@@ -233,7 +246,9 @@ def test_own_datasets_and_lists_pass_through_unchanged():
     items = _texts()
     assert as_dataset(items, "eval_data") == (items, None)
     teacher = tiny_model("BertModel")
-    sent = SentenceDistillData(["a red circle", "a big blue square in the top left"], tokenizer(16), teacher, max_length=16)
+    sent = SentenceDistillData(
+        ["a red circle", "a big blue square in the top left"], tokenizer(16), teacher, max_length=16
+    )
     assert as_dataset(sent, "train_data")[0] is sent
     assert as_dataset(DataLoader(sent, batch_size=4), "train_data") == (sent, 4)  # its own collate pads texts
 
@@ -262,14 +277,22 @@ def test_dataloader_gives_its_dataset_batch_size_and_collate():
 
 def test_hugging_face_datasets_become_tensors():
     datasets = pytest.importorskip("datasets")
-    hf = datasets.Dataset.from_dict({"input_ids": [[1, 2, 3], [4, 5, 6], [7, 8, 9]], "attention_mask": [[1, 1, 1]] * 3,
-                                     "text": ["a", "b", "c"], "label": [0, 1, 0]})
+    hf = datasets.Dataset.from_dict(
+        {
+            "input_ids": [[1, 2, 3], [4, 5, 6], [7, 8, 9]],
+            "attention_mask": [[1, 1, 1]] * 3,
+            "text": ["a", "b", "c"],
+            "label": [0, 1, 0],
+        }
+    )
     data, hint = as_dataset(hf, "train_data")
     item = data[np.int64(1)]
     assert hint is None and len(data) == 3 and set(item) == {"input_ids", "attention_mask", "label"}  # raw text dropped
     assert torch.equal(item["input_ids"], torch.tensor([4, 5, 6])) and item["label"].dtype == torch.long
     assert as_dataset(DataLoader(hf, batch_size=2), "train_data")[1] == 2
-    with pytest.raises(TypeError, match=r"train_data is a Hugging Face DatasetDict with splits \['test', 'train'\].*data\['train'\]"):
+    with pytest.raises(
+        TypeError, match=r"train_data is a Hugging Face DatasetDict with splits \['test', 'train'\].*data\['train'\]"
+    ):
         as_dataset(datasets.DatasetDict({"train": hf, "test": hf}), "train_data")
     with pytest.raises(TypeError, match="train_data is an IterableDataset, which cannot be indexed"):
         as_dataset(hf.to_iterable_dataset(), "train_data")
@@ -291,14 +314,25 @@ BAD_INPUTS = {
     "TensorDataset": (TensorDataset(torch.zeros(4, 3)), "item 0 is a tuple.*TensorDataset"),
     "list of strings": (["a photo", "a cat"], "item 0 is a str; items must be dicts"),
     "tensor": (torch.zeros(4, 3), "item 0 is a Tensor"),
-    "ragged items": (_texts(2) + [{"input_ids": torch.arange(7), "attention_mask": torch.ones(7, dtype=torch.long)}],
-                     r"field 'input_ids' has shape \(4,\) in item 0 but \(7,\) in item 2"),
-    "items missing a field": (Items([{"a": torch.zeros(1), "b": torch.zeros(1)}, {"a": torch.zeros(1)}]), "item 1 lacks field 'b'"),
+    "ragged items": (
+        _texts(2) + [{"input_ids": torch.arange(7), "attention_mask": torch.ones(7, dtype=torch.long)}],
+        r"field 'input_ids' has shape \(4,\) in item 0 but \(7,\) in item 2",
+    ),
+    "items missing a field": (
+        Items([{"a": torch.zeros(1), "b": torch.zeros(1)}, {"a": torch.zeros(1)}]),
+        "item 1 lacks field 'b'",
+    ),
     "raw text field": (Items([{"text": "a", "label": 0}] * 2), "field 'text' of a batch is a list, not a tensor"),
     "list field": (Items([{"input_ids": [1, 2]}] * 2), "field 'input_ids' of a batch is a list"),
     "keyed, not positional": (Items({"x": 1}), r"Items\[0\] failed \(KeyError"),
-    "collate_fn that fails": (DataLoader(_texts(), batch_size=2, collate_fn=lambda items: 1 / 0), r"items \[0, 5\] cannot be batched.*ZeroDivisionError"),
-    "collate_fn returning tuples": (DataLoader(_texts(), batch_size=2, collate_fn=lambda items: (1, 2)), "a batch is a tuple, not a dict"),
+    "collate_fn that fails": (
+        DataLoader(_texts(), batch_size=2, collate_fn=lambda items: 1 / 0),
+        r"items \[0, 5\] cannot be batched.*ZeroDivisionError",
+    ),
+    "collate_fn returning tuples": (
+        DataLoader(_texts(), batch_size=2, collate_fn=lambda items: (1, 2)),
+        "a batch is a tuple, not a dict",
+    ),
 }
 
 
@@ -310,7 +344,9 @@ def test_wrong_data_is_a_type_error_naming_the_option(case):
     assert str(e.value).startswith("train_data")
 
 
-@pytest.mark.parametrize("empty", [[], Items([]), DataLoader(Items([]), batch_size=2)], ids=["list", "Dataset", "DataLoader"])
+@pytest.mark.parametrize(
+    "empty", [[], Items([]), DataLoader(Items([]), batch_size=2)], ids=["list", "Dataset", "DataLoader"]
+)
 def test_empty_data_is_a_value_error_naming_the_option(empty):
     with pytest.raises(ValueError, match=r"eval_data is empty \(0 items\)"):
         as_dataset(empty, "eval_data")
@@ -370,12 +406,19 @@ def test_evaluators_batch_with_the_datasets_collate():
 
 def test_classification_and_sentence_evaluation_use_collate_and_name_a_missing_label():
     model = tiny_model("ViTForImageClassification")
-    images = [{"pixel_values": torch.randn(3, 32, 32), "label": torch.tensor(i % 3), "extra": torch.zeros(1)} for i in range(6)]
+    images = [
+        {"pixel_values": torch.randn(3, 32, 32), "label": torch.tensor(i % 3), "extra": torch.zeros(1)}
+        for i in range(6)
+    ]
     data, _ = as_dataset(DataLoader(images, batch_size=2, collate_fn=_strip_label), "eval_data")
     model.train()
     assert 0 <= evaluate_classification(model, data)["top1"] <= 1 and model.training
     with pytest.raises(ValueError, match="classification needs a class 'label'"):
         evaluate_classification(model, [{"pixel_values": torch.randn(3, 32, 32)}])
     teacher = tiny_model("BertModel")
-    sent = SentenceDistillData(["a red circle", "a big blue square in the top left"], tokenizer(16), teacher, max_length=16)
-    assert evaluate_embeddings(teacher, as_dataset(DataLoader(sent, batch_size=2), "eval_data")[0])["cosine_to_teacher"] == pytest.approx(1.0, abs=1e-5)
+    sent = SentenceDistillData(
+        ["a red circle", "a big blue square in the top left"], tokenizer(16), teacher, max_length=16
+    )
+    assert evaluate_embeddings(teacher, as_dataset(DataLoader(sent, batch_size=2), "eval_data")[0])[
+        "cosine_to_teacher"
+    ] == pytest.approx(1.0, abs=1e-5)

@@ -1,5 +1,6 @@
 """Saved directories and plan files under abuse: checksums catch edits, every bad input is a clear error
 naming the file (and field), saves never leave a directory that loads while being wrong."""
+
 from __future__ import annotations
 
 import hashlib
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from conftest import random_plan, run, tamper_weights
 
 import vltrim
 from vltrim import io
@@ -18,8 +19,6 @@ from vltrim.io import MissingModelFileError, ModelDirError
 from vltrim.reference import ASSET
 from vltrim.structure.plan import read_plans
 from vltrim.zoo import tiny_model
-
-from conftest import random_plan, run, tamper_weights
 
 
 def _state_equal(a, b) -> bool:
@@ -135,13 +134,20 @@ def test_old_directory_without_checksums_loads_with_a_warning(saved):
         vltrim.load(d, verify=False)
 
 
-@pytest.mark.parametrize("text", [
-    "not json", "[]", '{"format": "other"}',
-    '{"format": "vltrim.model_dir", "version": 2, "algorithm": "sha256", "files": {}}',
-    '{"format": "vltrim.model_dir", "version": 1, "algorithm": "md5", "files": {}}',
-    '{"format": "vltrim.model_dir", "version": 1, "algorithm": "sha256", "files": {"config.json": "abc"}}',
-    '{"format": "vltrim.model_dir", "version": 1, "algorithm": "sha256", "files": {"config.json": "' + "0" * 64 + '"}}',
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "not json",
+        "[]",
+        '{"format": "other"}',
+        '{"format": "vltrim.model_dir", "version": 2, "algorithm": "sha256", "files": {}}',
+        '{"format": "vltrim.model_dir", "version": 1, "algorithm": "md5", "files": {}}',
+        '{"format": "vltrim.model_dir", "version": 1, "algorithm": "sha256", "files": {"config.json": "abc"}}',
+        '{"format": "vltrim.model_dir", "version": 1, "algorithm": "sha256", "files": {"config.json": "'
+        + "0" * 64
+        + '"}}',
+    ],
+)
 def test_malformed_checksum_file(saved, text):
     small, d = saved
     (d / "vltrim.json").write_text(text)
@@ -167,14 +173,17 @@ def test_reference_asset_verifies_without_warning():
 
 
 # ---- config.json ------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("raw,words", [
-    (None, ("config.json", "line")),  # truncated
-    (b"\xff\xfe{\x00", ("config.json", "UTF-8")),
-    (b"[1, 2]", ("config.json", "object", "list")),
-    (b'"clip"', ("config.json", "object")),
-    (b"", ("config.json",)),
-    (b"[" * 100000, ("config.json", "nested too deeply")),
-])
+@pytest.mark.parametrize(
+    "raw,words",
+    [
+        (None, ("config.json", "line")),  # truncated
+        (b"\xff\xfe{\x00", ("config.json", "UTF-8")),
+        (b"[1, 2]", ("config.json", "object", "list")),
+        (b'"clip"', ("config.json", "object")),
+        (b"", ("config.json",)),
+        (b"[" * 100000, ("config.json", "nested too deeply")),
+    ],
+)
 def test_unreadable_config(saved, raw, words):
     _, d = saved
     f = d / "config.json"
@@ -183,15 +192,18 @@ def test_unreadable_config(saved, raw, words):
     _raises(ModelDirError, d, *words, verify=False)
 
 
-@pytest.mark.parametrize("tower,key,value,words", [
-    ("vision_config", "hidden_act", 5, ("vision_config.hidden_act", "str")),
-    ("vision_config", "layer_norm_eps", "x", ("vision_config.layer_norm_eps",)),
-    ("text_config", "hidden_size", "64", ("text_config.hidden_size", "int")),
-    ("text_config", "num_hidden_layers", 1.5, ("text_config.num_hidden_layers",)),
-    ("vision_config", "hidden_act", "no_such_act", ("valid CLIPModel", "no_such_act")),
-    ("text_config", "num_attention_heads", 0, ("valid CLIPModel",)),
-    ("text_config", "num_attention_heads", 3, ("valid CLIPModel",)),
-])
+@pytest.mark.parametrize(
+    "tower,key,value,words",
+    [
+        ("vision_config", "hidden_act", 5, ("vision_config.hidden_act", "str")),
+        ("vision_config", "layer_norm_eps", "x", ("vision_config.layer_norm_eps",)),
+        ("text_config", "hidden_size", "64", ("text_config.hidden_size", "int")),
+        ("text_config", "num_hidden_layers", 1.5, ("text_config.num_hidden_layers",)),
+        ("vision_config", "hidden_act", "no_such_act", ("valid CLIPModel", "no_such_act")),
+        ("text_config", "num_attention_heads", 0, ("valid CLIPModel",)),
+        ("text_config", "num_attention_heads", 3, ("valid CLIPModel",)),
+    ],
+)
 def test_config_with_wrong_values(saved, tower, key, value, words):
     _, d = saved
     _edit_json(d / "config.json", lambda c: c[tower].update({key: value}))
@@ -286,12 +298,19 @@ def test_incomplete_directory(saved, name):
 
 
 # ---- plan files ---------------------------------------------------------------------------------------------
-GOOD = {"format": "vltrim.plan", "version": 1, "model_class": "CLIPModel", "method": "m",
-        "groups": {"text.layers.0.mlp.neurons": {"kind": "neurons", "size": 96, "keep": [0, 1, 2]}}}
+GOOD = {
+    "format": "vltrim.plan",
+    "version": 1,
+    "model_class": "CLIPModel",
+    "method": "m",
+    "groups": {"text.layers.0.mlp.neurons": {"kind": "neurons", "size": 96, "keep": [0, 1, 2]}},
+}
 
 
 def _group(**kw):
-    return json.dumps({**GOOD, "groups": {"text.layers.0.mlp.neurons": {**GOOD["groups"]["text.layers.0.mlp.neurons"], **kw}}})
+    return json.dumps(
+        {**GOOD, "groups": {"text.layers.0.mlp.neurons": {**GOOD["groups"]["text.layers.0.mlp.neurons"], **kw}}}
+    )
 
 
 BAD_PLANS = {
@@ -347,9 +366,21 @@ def test_bad_plan_files(tmp_path, label):
     assert str(f) in str(info.value) and "Traceback" not in str(info.value)
 
 
-FIELD_WORDS = {"keep floats": "keep", "keep bools": "keep", "keep strings": "keep", "keep int": "keep", "kind unknown": "kind",
-               "size bool": "size", "groups list": "groups", "model_class int": "model_class", "settings list": "settings",
-               "5000 digits": "5000 digits", "infinity": "Infinity", "nan": "NaN", "chains": "read_plans"}
+FIELD_WORDS = {
+    "keep floats": "keep",
+    "keep bools": "keep",
+    "keep strings": "keep",
+    "keep int": "keep",
+    "kind unknown": "kind",
+    "size bool": "size",
+    "groups list": "groups",
+    "model_class int": "model_class",
+    "settings list": "settings",
+    "5000 digits": "5000 digits",
+    "infinity": "Infinity",
+    "nan": "NaN",
+    "chains": "read_plans",
+}
 
 
 @pytest.mark.parametrize("label", sorted(FIELD_WORDS))
@@ -360,7 +391,9 @@ def test_bad_plan_messages_name_the_field(tmp_path, label):
         vltrim.Plan.load(f)
 
 
-@pytest.mark.parametrize("label", ["infinity", "5000 digits", "deep", "non-utf8", "keep floats", "groups list", "truncated"])
+@pytest.mark.parametrize(
+    "label", ["infinity", "5000 digits", "deep", "non-utf8", "keep floats", "groups list", "truncated"]
+)
 def test_bad_plan_json_in_a_directory(saved, label):
     _, d = saved
     text = BAD_PLANS[label]
@@ -369,10 +402,18 @@ def test_bad_plan_json_in_a_directory(saved, label):
     _raises(vltrim.PlanError, d, "plan.json", verify=False)
 
 
-@pytest.mark.parametrize("plans,words", [
-    ("missing", ("plans", "missing")), ([], ("empty",)), (None, ("NoneType",)), ({}, ("dict",)), ("x", ("str",)),
-    ([{}], ("plan 1 of 1", "not a vltrim plan")), ([GOOD, 3], ("plan 2 of 2",)),
-])
+@pytest.mark.parametrize(
+    "plans,words",
+    [
+        ("missing", ("plans", "missing")),
+        ([], ("empty",)),
+        (None, ("NoneType",)),
+        ({}, ("dict",)),
+        ("x", ("str",)),
+        ([{}], ("plan 1 of 1", "not a vltrim plan")),
+        ([GOOD, 3], ("plan 2 of 2",)),
+    ],
+)
 def test_bad_plan_chains(tmp_path, plans, words):
     f = tmp_path / "plan.json"
     d = {"format": "vltrim.plans"} if plans == "missing" else {"format": "vltrim.plans", "plans": plans}
@@ -400,18 +441,21 @@ def _loop() -> dict:
     return d
 
 
-@pytest.mark.parametrize("field,value,words", [
-    ("achieved", {"params_removed": float("nan")}, ("achieved", "params_removed", "nan")),
-    ("achieved", {"params_removed": float("inf")}, ("achieved", "params_removed", "inf")),
-    ("target", {"target": float("-inf")}, ("target",)),
-    ("achieved", {"x": torch.tensor(0.5)}, ("achieved", "'x'", "Tensor")),
-    ("achieved", {"x": _Opaque()}, ("achieved", "_Opaque")),
-    ("target", {"units": {"heads"}}, ("target", "units", "set")),
-    ("achieved", {1: 0.5}, ("achieved", "key 1")),
-    ("settings", _loop(), ("settings", "contains itself")),
-    ("achieved", [1, 2], ("achieved", "object")),
-    ("settings", {"deep": json.loads("[" * 500 + "]" * 500)}, ("settings", "deeper than")),
-])
+@pytest.mark.parametrize(
+    "field,value,words",
+    [
+        ("achieved", {"params_removed": float("nan")}, ("achieved", "params_removed", "nan")),
+        ("achieved", {"params_removed": float("inf")}, ("achieved", "params_removed", "inf")),
+        ("target", {"target": float("-inf")}, ("target",)),
+        ("achieved", {"x": torch.tensor(0.5)}, ("achieved", "'x'", "Tensor")),
+        ("achieved", {"x": _Opaque()}, ("achieved", "_Opaque")),
+        ("target", {"units": {"heads"}}, ("target", "units", "set")),
+        ("achieved", {1: 0.5}, ("achieved", "key 1")),
+        ("settings", _loop(), ("settings", "contains itself")),
+        ("achieved", [1, 2], ("achieved", "object")),
+        ("settings", {"deep": json.loads("[" * 500 + "]" * 500)}, ("settings", "deeper than")),
+    ],
+)
 def test_save_with_malformed_metadata_writes_nothing(tmp_path, field, value, words):
     small = _small()
     setattr(vltrim.plans_of(small)[0], field, value)

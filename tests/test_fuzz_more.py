@@ -2,6 +2,7 @@
 type, data the model cannot take (found before any search), labels out of range, malformed run records and
 checkpoints, paths and devices of the wrong kind, recipe and manifest edge cases. Each case asserts the error
 type and that the message names the option / file / field, or asserts the correct behaviour."""
+
 from __future__ import annotations
 
 import json
@@ -52,9 +53,16 @@ def cli_refused(args: list, *words: str) -> str:
 
 # ---- options: numpy scalars accepted, wrong types refused naming the option ---------------------------------
 def test_numpy_scalars_are_accepted_as_numbers():
-    res = vltrim.compress(tiny_model("CLIPModel"), target=np.float32(0.5), align=np.int64(8), seed=np.int64(3),
-                          batch_size=np.int32(4), train_data=ITEMS, **{**FAST, "retrain_steps": np.int64(1)},
-                          retrain_lr=np.float32(1e-4))
+    res = vltrim.compress(
+        tiny_model("CLIPModel"),
+        target=np.float32(0.5),
+        align=np.int64(8),
+        seed=np.int64(3),
+        batch_size=np.int32(4),
+        train_data=ITEMS,
+        **{**FAST, "retrain_steps": np.int64(1)},
+        retrain_lr=np.float32(1e-4),
+    )
     assert res.plan.achieved["params_removed"] == pytest.approx(0.5, abs=0.05)
     assert integer("n", np.int16(5)) == 5 and type(integer("n", np.int16(5))) is int
     assert number("x", np.float32(0.25)) == 0.25
@@ -63,9 +71,20 @@ def test_numpy_scalars_are_accepted_as_numbers():
             integer("n", bad)
 
 
-@pytest.mark.parametrize("option,value", [("target", "0.5"), ("max_ratio", "0.5"), ("units", 5), ("method", {"l1"}),
-                                          ("task", ["retrieval"]), ("metric", None), ("allocation", 3), ("seed", 2**40),
-                                          ("seed", -1)])
+@pytest.mark.parametrize(
+    "option,value",
+    [
+        ("target", "0.5"),
+        ("max_ratio", "0.5"),
+        ("units", 5),
+        ("method", {"l1"}),
+        ("task", ["retrieval"]),
+        ("metric", None),
+        ("allocation", 3),
+        ("seed", 2**40),
+        ("seed", -1),
+    ],
+)
 def test_options_of_the_wrong_type_name_the_option(option, value, monkeypatch):
     no_run(monkeypatch)
     with pytest.raises(ValueError, match=option):
@@ -80,14 +99,21 @@ def test_work_dir_of_the_wrong_type_and_whole_float_align(tmp_path):
 
 
 # ---- data the model cannot take: refused before any work, naming the option ---------------------------------
-@pytest.mark.parametrize("label,fields,words", [
-    ("float ids", dict(input_ids=lambda v: v.float()), ["train_data", "input_ids", "integers"]),
-    ("uint8 pixels", dict(pixel_values=torch.zeros(3, 32, 32, dtype=torch.uint8)), ["train_data", "pixel_values", "uint8"]),
-    ("wrong image size", dict(pixel_values=torch.zeros(3, 64, 64)), ["train_data", "CLIPModel", "64"]),
-    ("one channel", dict(pixel_values=torch.zeros(1, 32, 32)), ["train_data", "channels"]),
-    ("ids beyond vocab", dict(input_ids=lambda v: v + 1000), ["train_data", "token embedding table has 64 rows"]),
-    ("2-d labels", dict(label=torch.tensor([1, 2])), ["train_data", "label"]),
-])
+@pytest.mark.parametrize(
+    "label,fields,words",
+    [
+        ("float ids", dict(input_ids=lambda v: v.float()), ["train_data", "input_ids", "integers"]),
+        (
+            "uint8 pixels",
+            dict(pixel_values=torch.zeros(3, 32, 32, dtype=torch.uint8)),
+            ["train_data", "pixel_values", "uint8"],
+        ),
+        ("wrong image size", dict(pixel_values=torch.zeros(3, 64, 64)), ["train_data", "CLIPModel", "64"]),
+        ("one channel", dict(pixel_values=torch.zeros(1, 32, 32)), ["train_data", "channels"]),
+        ("ids beyond vocab", dict(input_ids=lambda v: v + 1000), ["train_data", "token embedding table has 64 rows"]),
+        ("2-d labels", dict(label=torch.tensor([1, 2])), ["train_data", "label"]),
+    ],
+)
 def test_train_data_the_model_cannot_take_fails_before_work(label, fields, words, monkeypatch):
     no_run(monkeypatch)
     with pytest.raises((TypeError, ValueError)) as e:
@@ -115,7 +141,9 @@ def test_classification_labels_outside_the_models_classes(option, label, monkeyp
     data = {"train_data": images([0, 1, 2, 3]), "eval_data": images([0, 1, 2, 3])}
     data[option] = images([0, 1, 2, label])
     with pytest.raises(ValueError, match=f"{option}.*'label' {label} is outside the model's 5 classes"):
-        vltrim.compress(tiny_model("ViTForImageClassification"), task="classification", **data, **{**FAST, "retrain_steps": 1})
+        vltrim.compress(
+            tiny_model("ViTForImageClassification"), task="classification", **data, **{**FAST, "retrain_steps": 1}
+        )
 
 
 def test_classification_evaluation_refuses_bad_labels_instead_of_scoring_zero():
@@ -152,8 +180,17 @@ def test_a_damaged_checkpoint_is_named_when_resuming(tmp_path, name, content):
     train(model, ITEMS, contrastive_loss, 3, batch_size=4, progress=False, output_dir=tmp_path, checkpoint_every=2)
     (tmp_path / "checkpoint-2" / name).write_bytes(content)
     with pytest.raises(CheckpointError, match="checkpoint-2"):
-        train(tiny_model("CLIPModel"), ITEMS, contrastive_loss, 3, batch_size=4, progress=False, output_dir=tmp_path,
-              checkpoint_every=2, resume=True)
+        train(
+            tiny_model("CLIPModel"),
+            ITEMS,
+            contrastive_loss,
+            3,
+            batch_size=4,
+            progress=False,
+            output_dir=tmp_path,
+            checkpoint_every=2,
+            resume=True,
+        )
 
 
 # ---- files, paths and devices -------------------------------------------------------------------------------------
@@ -221,10 +258,13 @@ def image_dir(tmp_path):
     return tmp_path
 
 
-@pytest.mark.parametrize("text,words", [
-    ("image,caption,image\na.png,x,b.png\n", ["header", "'image'", "twice"]),
-    ("image,caption\na.png,a red, round ball\n", ["row 1", "more cell", "quoted"]),
-])
+@pytest.mark.parametrize(
+    "text,words",
+    [
+        ("image,caption,image\na.png,x,b.png\n", ["header", "'image'", "twice"]),
+        ("image,caption\na.png,a red, round ball\n", ["row 1", "more cell", "quoted"]),
+    ],
+)
 def test_csv_manifests_that_would_be_read_wrongly(image_dir, text, words):
     (image_dir / "m.csv").write_text(text)
     with pytest.raises(ValueError) as e:
@@ -241,7 +281,9 @@ def test_manifest_and_folder_arguments_of_the_wrong_type(image_dir):
         ImageCaptionManifest(image_dir / "m.jsonl", None, image_size=16)
     with pytest.raises(TypeError, match="path"):
         ImageCaptionManifest(None, word_tokenizer(), image_size=16)
-    assert ImageCaptionManifest(image_dir / "m.jsonl", word_tokenizer(), image_size=np.int64(16))[0]["pixel_values"].shape == (3, 16, 16)
+    assert ImageCaptionManifest(image_dir / "m.jsonl", word_tokenizer(), image_size=np.int64(16))[0][
+        "pixel_values"
+    ].shape == (3, 16, 16)
     with pytest.raises(FileNotFoundError, match="is a file"):
         ImageFolder(image_dir / "a.png", 16)
     with pytest.raises(ValueError, match="image_size"):
@@ -267,7 +309,11 @@ def test_cli_plan_and_data_paths_name_their_option(tmp_path):
     cli_refused(BASE + ["--out", tmp_path / "o", "--plan", tmp_path], "--plan", "is a directory")
     (tmp_path / "bad.json").write_text("{not json")
     cli_refused(BASE + ["--out", tmp_path / "o", "--plan", tmp_path / "bad.json"], "--plan", "bad.json")
-    cli_refused(BASE + ["--out", tmp_path / "o", "--data", tmp_path / "none.jsonl", "--retrain-steps", "1"], "--data", "none.jsonl")
+    cli_refused(
+        BASE + ["--out", tmp_path / "o", "--data", tmp_path / "none.jsonl", "--retrain-steps", "1"],
+        "--data",
+        "none.jsonl",
+    )
     cli_refused(BASE + ["--out", tmp_path / "o", "--seed", "99999999999999999999"], "--seed")
     assert not (tmp_path / "o").exists()
 
@@ -290,7 +336,9 @@ def test_applying_a_plan_twice_says_the_model_already_has_it():
         vltrim.apply_plan(vltrim.apply_plan(m, p), p)
 
 
-@pytest.mark.parametrize("target,words", [("0.5", ["target", "str"]), (None, ["target"]), (float("nan"), ["target"]), (1.5, ["target"])])
+@pytest.mark.parametrize(
+    "target,words", [("0.5", ["target", "str"]), (None, ["target"]), (float("nan"), ["target"]), (1.5, ["target"])]
+)
 def test_plan_refuses_a_bad_target_by_name(target, words):
     from vltrim.zoo import tiny_model
 

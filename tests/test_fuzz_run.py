@@ -1,28 +1,38 @@
 """Runs that must refuse or survive: changed-option resumes, kills while a checkpoint is written, mixed
 precision, non-finite training, bad options found before any work, the caller's model left as it was."""
+
 from __future__ import annotations
 
 import math
 
 import pytest
 import torch
+from conftest import max_diff, run
 from torch.utils.data import DataLoader, Dataset
 
 import vltrim
 from vltrim.data import SyntheticCaptions
-from vltrim.train import loop
-from vltrim.train.loop import TrainingDivergedError, checkpoints, latest_checkpoint, train
-from vltrim.train.run_record import ResumeMismatchError
 from vltrim.masks import masked
 from vltrim.methods import get_method
 from vltrim.tasks import contrastive_loss
+from vltrim.train import loop
+from vltrim.train.loop import TrainingDivergedError, checkpoints, latest_checkpoint, train
+from vltrim.train.run_record import ResumeMismatchError
 from vltrim.zoo import tiny_model
 
-from conftest import max_diff, run
-
 DATA = SyntheticCaptions("train", 64)
-RUN = dict(method="upop", target=0.4, train_data=DATA, search_steps=6, retrain_steps=2, batch_size=16, latency_batch=0,
-           progress=False, checkpoint_every=2, method_settings={"interval": 2})
+RUN = dict(
+    method="upop",
+    target=0.4,
+    train_data=DATA,
+    search_steps=6,
+    retrain_steps=2,
+    batch_size=16,
+    latency_batch=0,
+    progress=False,
+    checkpoint_every=2,
+    method_settings={"interval": 2},
+)
 
 
 class Kill(Exception):
@@ -47,7 +57,9 @@ class KilledAfter(Dataset):
 
 def killed_run(work, **changes):
     with pytest.raises(Kill):
-        vltrim.compress(tiny_model("CLIPModel"), **{**RUN, "train_data": KilledAfter(DATA, 16 * 5), **changes}, work_dir=work)
+        vltrim.compress(
+            tiny_model("CLIPModel"), **{**RUN, "train_data": KilledAfter(DATA, 16 * 5), **changes}, work_dir=work
+        )
     assert latest_checkpoint(work / "search").name == "checkpoint-4"
 
 
@@ -57,8 +69,17 @@ def same_weights(a, b) -> bool:
 
 
 # ---- 1. resume refuses changed options --------------------------------------------------------------
-@pytest.mark.parametrize("change", [dict(target=0.3), dict(search_steps=4), dict(batch_size=8), dict(seed=1),
-                                    dict(train_data=SyntheticCaptions("train", 48)), dict(model_seed=1)])
+@pytest.mark.parametrize(
+    "change",
+    [
+        dict(target=0.3),
+        dict(search_steps=4),
+        dict(batch_size=8),
+        dict(seed=1),
+        dict(train_data=SyntheticCaptions("train", 48)),
+        dict(model_seed=1),
+    ],
+)
 def test_resume_with_changed_options_is_refused_naming_them(tmp_path, change):
     killed_run(tmp_path)
     change = dict(change)
@@ -75,7 +96,9 @@ def test_resume_with_same_options_matches_an_uninterrupted_run_and_override_acce
     resumed = vltrim.compress(tiny_model("CLIPModel"), **RUN, work_dir=tmp_path / "b", resume=True)
     assert resumed.plan.keep == full.plan.keep and same_weights(full.model, resumed.model)
     killed_run(tmp_path / "c")
-    over = vltrim.compress(tiny_model("CLIPModel"), **{**RUN, "retrain_steps": 3}, work_dir=tmp_path / "c", resume=True, override=True)
+    over = vltrim.compress(
+        tiny_model("CLIPModel"), **{**RUN, "retrain_steps": 3}, work_dir=tmp_path / "c", resume=True, override=True
+    )
     assert over.plan.keep == full.plan.keep  # the search was resumed; only the retraining changed
 
 
@@ -84,8 +107,24 @@ def test_cli_resume_refuses_changed_target_and_override_continues(tmp_path):
 
     from vltrim.cli import app
 
-    args = ["compress", "tiny:CLIPModel", "--method", "upop", "--data", "builtin", "--search-steps", "4", "--batch-size", "16",
-            "--latency-batch", "0", "--work-dir", str(tmp_path / "w"), "--checkpoint-every", "2"]
+    args = [
+        "compress",
+        "tiny:CLIPModel",
+        "--method",
+        "upop",
+        "--data",
+        "builtin",
+        "--search-steps",
+        "4",
+        "--batch-size",
+        "16",
+        "--latency-batch",
+        "0",
+        "--work-dir",
+        str(tmp_path / "w"),
+        "--checkpoint-every",
+        "2",
+    ]
     assert CliRunner().invoke(app, [*args, "--target", "0.3", "--out", str(tmp_path / "a")]).exit_code == 0
     r = CliRunner().invoke(app, [*args, "--target", "0.5", "--out", str(tmp_path / "b"), "--resume"])
     assert r.exit_code == 2 and "target" in r.output and "--override" in r.output and not (tmp_path / "b").exists()
@@ -121,7 +160,10 @@ def test_plain_rerun_in_the_same_work_dir_starts_afresh(tmp_path):
     with pytest.warns(UserWarning, match="afresh"):
         again = vltrim.compress(tiny_model("CLIPModel"), **RUN, work_dir=tmp_path)
     assert again.plan.keep == first.plan.keep and same_weights(first.model, again.model)
-    steps = [int(line.split('"step": ')[1].split(",")[0]) for line in (tmp_path / "search" / "log.jsonl").read_text().splitlines()]
+    steps = [
+        int(line.split('"step": ')[1].split(",")[0])
+        for line in (tmp_path / "search" / "log.jsonl").read_text().splitlines()
+    ]
     assert steps == sorted(steps)  # one run's log, not two appended
 
 
@@ -135,8 +177,16 @@ def test_bf16_compress_returns_the_plain_model_equal_to_its_reload(tmp_path):
 
 
 def test_bf16_search_masked_equals_sliced():
-    res = get_method("upop").run(tiny_model("CLIPModel"), 0.4, train_data=DATA, steps=4, interval=2, batch_size=16,
-                                 progress=False, mixed_precision="bf16")
+    res = get_method("upop").run(
+        tiny_model("CLIPModel"),
+        0.4,
+        train_data=DATA,
+        steps=4,
+        interval=2,
+        batch_size=16,
+        progress=False,
+        mixed_precision="bf16",
+    )
     inputs = vltrim.get_adapter(res.model).reference_inputs(res.model, 2)
     with masked(res.model, res.plan):
         soft = run(res.model, inputs)
@@ -144,13 +194,38 @@ def test_bf16_search_masked_equals_sliced():
 
 
 # ---- 5. non-finite training stops; bad options fail before any work ------------------------------------
-@pytest.mark.parametrize("option,value", [("lr", math.nan), ("lr", math.inf), ("lr", -1e-4), ("retrain_lr", math.nan),
-                                          ("kd_weight", math.nan), ("kd_weight", math.inf), ("kd_weight", -1.0),
-                                          ("batch_size", -1), ("batch_size", 0), ("search_steps", -3), ("retrain_steps", -1),
-                                          ("latency_batch", -1), ("grad_accum", 0), ("eval_every", -1), ("checkpoint_every", 2),
-                                          ("resume", True), ("resume", "no"), ("mixed_precision", "fp8"), ("target", 1.5),
-                                          ("target", math.nan), ("align", 0), ("units", "rows"), ("allocation", "most"),
-                                          ("retrain_schedule", "linear"), ("method", "nope"), ("task", "nope"), ("seed", 1.5)])
+@pytest.mark.parametrize(
+    "option,value",
+    [
+        ("lr", math.nan),
+        ("lr", math.inf),
+        ("lr", -1e-4),
+        ("retrain_lr", math.nan),
+        ("kd_weight", math.nan),
+        ("kd_weight", math.inf),
+        ("kd_weight", -1.0),
+        ("batch_size", -1),
+        ("batch_size", 0),
+        ("search_steps", -3),
+        ("retrain_steps", -1),
+        ("latency_batch", -1),
+        ("grad_accum", 0),
+        ("eval_every", -1),
+        ("checkpoint_every", 2),
+        ("resume", True),
+        ("resume", "no"),
+        ("mixed_precision", "fp8"),
+        ("target", 1.5),
+        ("target", math.nan),
+        ("align", 0),
+        ("units", "rows"),
+        ("allocation", "most"),
+        ("retrain_schedule", "linear"),
+        ("method", "nope"),
+        ("task", "nope"),
+        ("seed", 1.5),
+    ],
+)
 def test_bad_options_fail_before_any_work(option, value):
     calls = {"n": 0}
 
@@ -172,7 +247,9 @@ def test_method_setting_typos_and_bad_values_fail_before_any_work():
     with pytest.raises(ValueError, match="intervall"):
         vltrim.compress(tiny_model("CLIPModel"), **{**RUN, "checkpoint_every": 0, "method_settings": {"intervall": 2}})
     with pytest.raises(ValueError, match="saliency"):
-        vltrim.compress(tiny_model("CLIPModel"), **{**RUN, "checkpoint_every": 0, "method_settings": {"saliency": "magic"}})
+        vltrim.compress(
+            tiny_model("CLIPModel"), **{**RUN, "checkpoint_every": 0, "method_settings": {"saliency": "magic"}}
+        )
 
 
 def test_a_loss_that_turns_nan_stops_training_naming_the_step():
@@ -193,7 +270,10 @@ def test_a_loss_that_turns_nan_stops_training_naming_the_step():
 
 def test_huge_lr_diverges_with_a_clear_error():
     with pytest.raises(TrainingDivergedError, match="step"):
-        vltrim.compress(tiny_model("CLIPModel"), **{**RUN, "checkpoint_every": 0, "lr": 1e30, "search_steps": 20, "method_settings": {"interval": 2}})
+        vltrim.compress(
+            tiny_model("CLIPModel"),
+            **{**RUN, "checkpoint_every": 0, "lr": 1e30, "search_steps": 20, "method_settings": {"interval": 2}},
+        )
 
 
 # ---- fp16 models, task fit, unsupported and meta models ------------------------------------------------------
@@ -207,11 +287,20 @@ def test_fp16_model_is_searched_in_fp32_and_returned_in_fp16():
         train(tiny_model("CLIPModel").half(), DATA, contrastive_loss, steps=1, batch_size=8, progress=False)
 
 
-@pytest.mark.parametrize("name,task", [("CLIPModel", "classification"), ("CLIPModel", "sentence-embedding"),
-                                       ("BertModel", "retrieval"), ("ViTModel", "classification")])
+@pytest.mark.parametrize(
+    "name,task",
+    [
+        ("CLIPModel", "classification"),
+        ("CLIPModel", "sentence-embedding"),
+        ("BertModel", "retrieval"),
+        ("ViTModel", "classification"),
+    ],
+)
 def test_task_that_does_not_fit_the_model(name, task):
     with pytest.raises(ValueError, match=f"task '{task}' needs .*{name} is not one"):
-        vltrim.compress(tiny_model(name), "l1", 0.3, task=task, train_data=DATA, retrain_steps=1, progress=False, latency_batch=0)
+        vltrim.compress(
+            tiny_model(name), "l1", 0.3, task=task, train_data=DATA, retrain_steps=1, progress=False, latency_batch=0
+        )
 
 
 def test_unsupported_and_meta_models_are_refused():
@@ -243,5 +332,13 @@ def test_a_dataloader_gives_its_dataset_batch_size_and_collate():
         seen.append(len(items))
         return torch.utils.data.default_collate(items)
 
-    vltrim.compress(tiny_model("CLIPModel"), **{**RUN, "checkpoint_every": 0, "batch_size": None, "train_data": DataLoader(DATA, batch_size=8, collate_fn=collate)})
+    vltrim.compress(
+        tiny_model("CLIPModel"),
+        **{
+            **RUN,
+            "checkpoint_every": 0,
+            "batch_size": None,
+            "train_data": DataLoader(DATA, batch_size=8, collate_fn=collate),
+        },
+    )
     assert seen.count(8) == 6 + 2  # every search and retrain step took one batch of the loader's size

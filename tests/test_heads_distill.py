@@ -1,4 +1,5 @@
 """The `heads` method (Michel et al.'s expected |dL/d head-mask|) and the `distill` layer-dropping student."""
+
 from __future__ import annotations
 
 import importlib
@@ -6,6 +7,8 @@ import importlib
 import pytest
 import torch
 import transformers as tf
+from conftest import max_diff, run
+from test_quality_levers import sentence_data
 
 import vltrim
 from vltrim import masks
@@ -18,9 +21,6 @@ from vltrim.methods.heads import head_scores, ranking, round_targets
 from vltrim.tasks import embedding_loss, get_task
 from vltrim.train.distill import kept_teacher_layers, layer_map
 from vltrim.zoo import TINY, TINY_TEXT, TINY_VISION, tiny_model
-
-from conftest import max_diff, run
-from test_quality_levers import sentence_data
 
 retrieval_loss = get_task("retrieval").loss
 FAST = dict(latency_batch=0, progress=False, batch_size=8)
@@ -35,16 +35,23 @@ def no_dropout(model):
 
 def deep_clip(vision: int = 6, text: int = 4) -> torch.nn.Module:
     torch.manual_seed(0)
-    cfg = tf.CLIPConfig(vision_config=dict(TINY_VISION, num_hidden_layers=vision),
-                        text_config=dict(TINY_TEXT, num_hidden_layers=text), projection_dim=32)
+    cfg = tf.CLIPConfig(
+        vision_config=dict(TINY_VISION, num_hidden_layers=vision),
+        text_config=dict(TINY_TEXT, num_hidden_layers=text),
+        projection_dim=32,
+    )
     return tf.CLIPModel(cfg).eval()
 
 
 def deep(name: str, layers: int = 5) -> torch.nn.Module:
     torch.manual_seed(0)
     if name == "BertModel":
-        return tf.BertModel(tf.BertConfig(**dict(TINY, num_hidden_layers=layers, vocab_size=64, max_position_embeddings=32))).eval()
-    return tf.ViTForImageClassification(tf.ViTConfig(**dict(TINY_VISION, num_hidden_layers=layers, num_labels=5))).eval()
+        return tf.BertModel(
+            tf.BertConfig(**dict(TINY, num_hidden_layers=layers, vocab_size=64, max_position_embeddings=32))
+        ).eval()
+    return tf.ViTForImageClassification(
+        tf.ViTConfig(**dict(TINY_VISION, num_hidden_layers=layers, num_labels=5))
+    ).eval()
 
 
 # ---- heads: importance ---------------------------------------------------------------------------------------
@@ -57,7 +64,9 @@ def by_hand_head_grads(model, data, batch_size: int, seed: int, num_batches: int
     def hook(m):
         return lambda _mod, args: ((args[0].unflatten(-1, (heads, -1)) * m[:, None]).flatten(-2),)
 
-    handles = [layer.attention.output.dense.register_forward_pre_hook(hook(m)) for layer, m in zip(model.encoder.layer, ms)]
+    handles = [
+        layer.attention.output.dense.register_forward_pre_hook(hook(m)) for layer, m in zip(model.encoder.layer, ms)
+    ]
     total = [torch.zeros(heads, dtype=torch.float64) for _ in ms]
     try:
         for i in range(num_batches):
@@ -89,7 +98,9 @@ def test_head_scores_match_a_by_hand_computation():
 def test_ranking_normalises_per_layer_and_protects_the_top_head():
     r = ranking({"a": torch.tensor([3.0, 4.0, 0.0]), "b": torch.tensor([1.0, 2.0, 2.0])}, {"b": [2]})
     assert r["a"].tolist() == [0.6, torch.inf, 0.0]  # L2-normalised, the top head +inf
-    assert r["b"][0] == pytest.approx(1 / 5**0.5) and r["b"][1] == torch.inf and r["b"][2] == -torch.inf  # norm over remaining
+    assert (
+        r["b"][0] == pytest.approx(1 / 5**0.5) and r["b"][1] == torch.inf and r["b"][2] == -torch.inf
+    )  # norm over remaining
 
 
 def test_heads_plan_protects_top_heads_meets_target_and_leaves_model_alone():
@@ -111,8 +122,9 @@ def test_heads_plan_protects_top_heads_meets_target_and_leaves_model_alone():
 
 def test_heads_plan_masked_equals_sliced():
     model = tiny_model("CLIPModel")
-    plan = vltrim.plan(model, "heads", 0.4, data=SyntheticCaptions("train", 32), loss_fn=retrieval_loss, num_batches=1,
-                       batch_size=8)
+    plan = vltrim.plan(
+        model, "heads", 0.4, data=SyntheticCaptions("train", 32), loss_fn=retrieval_loss, num_batches=1, batch_size=8
+    )
     inputs = get_adapter(model).reference_inputs(model, batch_size=2)
     with masks.masked(model, plan):
         want = run(model, inputs)
@@ -143,22 +155,41 @@ def test_heads_bad_options_name_them():
     model, data = tiny_model("BertModel"), sentence_data(tiny_model("BertModel"))
     with pytest.raises(ValueError, match="calibration data"):
         vltrim.plan(model, "heads", 0.3)
-    for opts, word in [({"units": "head_dims"}, "units"), ({"rounds": 0}, "rounds"), ({"schedule": "cubic"}, "schedule"),
-                       ({"num_batches": 0}, "num_batches")]:
+    for opts, word in [
+        ({"units": "head_dims"}, "units"),
+        ({"rounds": 0}, "rounds"),
+        ({"schedule": "cubic"}, "schedule"),
+        ({"num_batches": 0}, "num_batches"),
+    ]:
         with pytest.raises(ValueError, match=word):
             vltrim.plan(model, "heads", 0.3, data=data, loss_fn=embedding_loss, **opts)
 
 
 def test_heads_through_compress():
-    res = vltrim.compress(tiny_model("CLIPModel"), "heads", 0.3, train_data=SyntheticCaptions("train", 32), retrain_steps=1,
-                          method_settings={"num_batches": 2}, **FAST)
+    res = vltrim.compress(
+        tiny_model("CLIPModel"),
+        "heads",
+        0.3,
+        train_data=SyntheticCaptions("train", 32),
+        retrain_steps=1,
+        method_settings={"num_batches": 2},
+        **FAST,
+    )
     assert res.plan.method == "heads" and res.plan.achieved["params_removed"] >= 0.3
-    assert set(res.plan.kinds.values()) == {"heads"} and "scores_table" not in res.report  # the CLI saves that as MoPE's
+    assert (
+        set(res.plan.kinds.values()) == {"heads"} and "scores_table" not in res.report
+    )  # the CLI saves that as MoPE's
 
 
 # ---- distill: the layer-dropping student -----------------------------------------------------------------------
-@pytest.mark.parametrize("layers, want", [(3, {"vision": 3, "text": 3}), ({"vision": 2, "text": 1}, {"vision": 2, "text": 1}),
-                                          ({"text": 2}, {"vision": 6, "text": 2})])
+@pytest.mark.parametrize(
+    "layers, want",
+    [
+        (3, {"vision": 3, "text": 3}),
+        ({"vision": 2, "text": 1}, {"vision": 2, "text": 1}),
+        ({"text": 2}, {"vision": 6, "text": 2}),
+    ],
+)
 def test_student_keeps_evenly_spread_teacher_layers(layers, want):
     teacher = deep_clip(6, 4)
     small = vltrim.student(teacher, layers=layers)
@@ -189,8 +220,14 @@ def test_student_of_unimodal_models_saves_and_loads_bit_exactly(name, tmp_path):
 
 def test_student_bad_layers_name_the_option():
     teacher = deep_clip(6, 4)
-    for layers, words in [(0, "layers .*>= 1"), (5, "text tower has 4 layers"), ({"audio": 2}, "unknown tower 'audio'.*text, vision"),
-                          ({"vision": 7}, "vision tower has 6"), ("6", "layers"), ({"vision": 2, "text": -1}, "layers .*text")]:
+    for layers, words in [
+        (0, "layers .*>= 1"),
+        (5, "text tower has 4 layers"),
+        ({"audio": 2}, "unknown tower 'audio'.*text, vision"),
+        ({"vision": 7}, "vision tower has 6"),
+        ("6", "layers"),
+        ({"vision": 2, "text": -1}, "layers .*text"),
+    ]:
         with pytest.raises(ValueError, match=words):
             vltrim.student(teacher, layers=layers)
 
@@ -200,7 +237,9 @@ def test_distill_method_chooses_layers_from_target_and_records_achieved():
     assert layers_for_target(teacher, 0.5) == {"vision": 3, "text": 2}
     assert layers_for_target(teacher, 0.95) == {"vision": 1, "text": 1}  # at least one layer per tower
     plan = vltrim.plan(teacher, "distill", 0.5)
-    assert plan.keep == {"vision.layers": [1, 3, 5], "text.layers": [1, 3]} and plan.achieved["params_removed"] == pytest.approx(0.5)
+    assert plan.keep == {"vision.layers": [1, 3, 5], "text.layers": [1, 3]} and plan.achieved[
+        "params_removed"
+    ] == pytest.approx(0.5)
     assert plan.achieved["model_params_after"] == vltrim.count_params(vltrim.apply_plan(teacher, plan))
     assert student_plan(teacher, {"vision": 3}).target == {"layers": {"vision": 3}}
 
@@ -216,8 +255,15 @@ def test_distill_through_compress_uses_hidden_state_kd(monkeypatch):
     real = mod.hidden_kd
     monkeypatch.setattr(mod, "hidden_kd", spy)
     teacher = tiny_model("CLIPModel")
-    res = vltrim.compress(teacher, "distill", 0.5, train_data=SyntheticCaptions("train", 32), retrain_steps=2,
-                          method_settings={"layers": 1}, **FAST)
+    res = vltrim.compress(
+        teacher,
+        "distill",
+        0.5,
+        train_data=SyntheticCaptions("train", 32),
+        retrain_steps=2,
+        method_settings={"layers": 1},
+        **FAST,
+    )
     assert res.plan.keep == {"vision.layers": [1], "text.layers": [1]}
     assert len(seen) == 2 and seen[0] == {"vision": [1], "text": [1]}
     assert [len(t.layers) for t in get_adapter(res.model).towers(res.model)] == [1, 1]

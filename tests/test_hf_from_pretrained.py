@@ -1,6 +1,7 @@
 """A vltrim directory is a Hugging Face model directory: AutoModel.from_pretrained(out, trust_remote_code=True) gives
 exactly vltrim.load(out) for every supported class and plan step; mismatches fail loudly; tokenizer files are kept;
 files are world-readable."""
+
 from __future__ import annotations
 
 import json
@@ -67,8 +68,16 @@ def test_class_specific_auto_classes():
     assert "AutoModelForZeroShotImageClassification" in hf.auto_classes(transformers.CLIPModel)
 
 
-@pytest.mark.parametrize("name,step", [("CLIPModel", "layers"), ("ViTForImageClassification", "layers"),
-                                       ("CLIPModel", "factorize"), ("BertModel", "factorize"), ("SiglipModel", "sparsify")])
+@pytest.mark.parametrize(
+    "name,step",
+    [
+        ("CLIPModel", "layers"),
+        ("ViTForImageClassification", "layers"),
+        ("CLIPModel", "factorize"),
+        ("BertModel", "factorize"),
+        ("SiglipModel", "sparsify"),
+    ],
+)
 def test_layer_dropped_factorised_sparsified(tmp_path, name, step):
     out = _saved(tmp_path, name, step)
     _assert_same(vltrim.load(out), transformers.AutoModel.from_pretrained(out, trust_remote_code=True))
@@ -80,12 +89,14 @@ def test_chain_and_loading_options(tmp_path):
     model = vltrim.apply_plan(model, vltrim.plan(model, "lowrank", target=0.2))
     vltrim.save(model, tmp_path / "c")
     ref = vltrim.load(tmp_path / "c")
-    got, info = transformers.AutoModel.from_pretrained(tmp_path / "c", trust_remote_code=True, output_loading_info=True,
-                                                       output_hidden_states=True)
+    got, info = transformers.AutoModel.from_pretrained(
+        tmp_path / "c", trust_remote_code=True, output_loading_info=True, output_hidden_states=True
+    )
     _assert_same(ref, got)
     assert not any(info.values()) and got.config.output_hidden_states
-    half = transformers.AutoModel.from_pretrained(tmp_path / "c", trust_remote_code=True, dtype="bfloat16",
-                                                  attn_implementation="eager")
+    half = transformers.AutoModel.from_pretrained(
+        tmp_path / "c", trust_remote_code=True, dtype="bfloat16", attn_implementation="eager"
+    )
     assert {p.dtype for p in half.parameters()} == {torch.bfloat16} and half.config._attn_implementation == "eager"
     # a loaded model goes on through vltrim: plan, apply, save (plans name the transformers class)
     sliced = transformers.AutoModel.from_pretrained(_saved(tmp_path, "CLIPModel", "slice"), trust_remote_code=True)
@@ -99,9 +110,14 @@ def test_chain_and_loading_options(tmp_path):
         got.save_pretrained(tmp_path / "f", push_to_hub=True)
 
 
-@pytest.mark.parametrize("kwargs,match", [({"ignore_mismatched_sizes": True}, "strictly"),
-                                          ({"projection_dim": 16}, "projection_dim"),
-                                          ({"device_map": {"a": "cpu", "b": "cpu"}}, "one device")])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"ignore_mismatched_sizes": True}, "strictly"),
+        ({"projection_dim": 16}, "projection_dim"),
+        ({"device_map": {"a": "cpu", "b": "cpu"}}, "one device"),
+    ],
+)
 def test_options_that_would_change_the_model_are_refused(tmp_path, kwargs, match):
     out = _saved(tmp_path, "CLIPModel", "slice")
     with pytest.raises((ValueError, TypeError), match=match):
@@ -162,17 +178,23 @@ def _hf_source(folder, st_layout: str = ""):
     model = tiny_model("BertModel")
     model.save_pretrained(folder / st_layout)
     vocab = folder / "v.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b", "c"] + [f"w{i}" for i in range(56)]))
+    vocab.write_text(
+        "\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b", "c"] + [f"w{i}" for i in range(56)])
+    )
     transformers.BertTokenizerFast(vocab_file=str(vocab)).save_pretrained(folder / st_layout)
     vocab.rename(folder / st_layout / "vocab.txt")  # older saves hold these too
     (folder / st_layout / "special_tokens_map.json").write_text('{"unk_token": "[UNK]"}')
     (folder / st_layout / "pytorch_model.bin").write_bytes(b"weights are never copied")
     (folder / st_layout / "sentence_bert_config.json").write_text('{"max_seq_length": 32}')
-    mods = [{"idx": 0, "name": "0", "path": st_layout, "type": "sentence_transformers.models.Transformer"},
-            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    mods = [
+        {"idx": 0, "name": "0", "path": st_layout, "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]
     (folder / "modules.json").write_text(json.dumps(mods))
     (folder / "1_Pooling").mkdir()
-    (folder / "1_Pooling" / "config.json").write_text('{"word_embedding_dimension": 64, "pooling_mode_mean_tokens": true}')
+    (folder / "1_Pooling" / "config.json").write_text(
+        '{"word_embedding_dimension": 64, "pooling_mode_mean_tokens": true}'
+    )
     return model
 
 
@@ -182,10 +204,22 @@ def test_tokenizer_and_sentence_transformers_files_are_copied(tmp_path, layout):
     out = tmp_path / "out"
     vltrim.save(vltrim.apply_plan(model, random_plan(model, {"neurons"})), out, source=tmp_path / "src")
     names = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
-    assert {"tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json", "modules.json",
-            "sentence_bert_config.json", "1_Pooling/config.json"} <= names and "pytorch_model.bin" not in names
-    assert not any(n.startswith("0_Transformer") for n in names) and json.loads((out / "modules.json").read_text())[0]["path"] == ""
-    assert json.loads((out / "plan.json").read_text())["model_class"] == "BertModel"  # model.safetensors is the pruned one
+    assert {
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "vocab.txt",
+        "special_tokens_map.json",
+        "modules.json",
+        "sentence_bert_config.json",
+        "1_Pooling/config.json",
+    } <= names and "pytorch_model.bin" not in names
+    assert (
+        not any(n.startswith("0_Transformer") for n in names)
+        and json.loads((out / "modules.json").read_text())[0]["path"] == ""
+    )
+    assert (
+        json.loads((out / "plan.json").read_text())["model_class"] == "BertModel"
+    )  # model.safetensors is the pruned one
     src_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "src" / layout)
     assert transformers.AutoTokenizer.from_pretrained(out)("a b c")["input_ids"] == src_tok("a b c")["input_ids"]
     vltrim.load(out)  # checksums still hold
@@ -193,11 +227,14 @@ def test_tokenizer_and_sentence_transformers_files_are_copied(tmp_path, layout):
 
 def test_cli_compress_copies_the_source_files(tmp_path):
     _hf_source(tmp_path / "src")
-    r = CliRunner().invoke(app, ["compress", str(tmp_path / "src"), "--out", str(tmp_path / "o"), "--method", "random",
-                                 "--target", "0.3"])
+    r = CliRunner().invoke(
+        app, ["compress", str(tmp_path / "src"), "--out", str(tmp_path / "o"), "--method", "random", "--target", "0.3"]
+    )
     assert r.exit_code == 0, r.output
     assert (tmp_path / "o" / "tokenizer.json").is_file() and (tmp_path / "o" / "1_Pooling" / "config.json").is_file()
-    _assert_same(vltrim.load(tmp_path / "o"), transformers.AutoModel.from_pretrained(tmp_path / "o", trust_remote_code=True))
+    _assert_same(
+        vltrim.load(tmp_path / "o"), transformers.AutoModel.from_pretrained(tmp_path / "o", trust_remote_code=True)
+    )
 
 
 def test_source_must_be_a_directory(tmp_path):
@@ -224,7 +261,9 @@ def test_saved_files_are_readable_as_the_umask_allows(tmp_path, umask, file_mode
 def test_sentence_transformers_loads_the_pruned_encoder(tmp_path):
     """SentenceTransformer(out, trust_remote_code=True) on a pruned tiny BERT saved with its source's files gives
     the embeddings of the pruned encoder + mean pooling (the source's pooling config), exactly."""
-    st = pytest.importorskip("sentence_transformers", reason="sentence-transformers not installed (extra: sentence-transformers)")
+    st = pytest.importorskip(
+        "sentence_transformers", reason="sentence-transformers not installed (extra: sentence-transformers)"
+    )
     from test_cli_tasks import _bert_dir
 
     src = _bert_dir(tmp_path)
@@ -233,7 +272,9 @@ def test_sentence_transformers_loads_the_pruned_encoder(tmp_path):
     vltrim.save(vltrim.apply_plan(model, vltrim.plan(model, "l1", 0.5)), out, source=src)
     sents = ["w1 w2 w3", "w4 w5 w6 w7 w8 w9"]
     got = st.SentenceTransformer(str(out), trust_remote_code=True, device="cpu").encode(sents, convert_to_tensor=True)
-    batch = transformers.AutoTokenizer.from_pretrained(out)(sents, padding=True, truncation=True, max_length=24, return_tensors="pt")
+    batch = transformers.AutoTokenizer.from_pretrained(out)(
+        sents, padding=True, truncation=True, max_length=24, return_tensors="pt"
+    )
     with torch.no_grad():
         hidden = vltrim.load(out).eval()(**batch).last_hidden_state
     mask = batch["attention_mask"].unsqueeze(-1).float()
@@ -281,7 +322,9 @@ def test_auto_processor_and_zero_shot_pipeline_on_a_saved_clip(tmp_path):
     finally:
         transformers.utils.logging.get_logger("transformers").removeHandler(handler)
     assert not [m for m in logged if "not supported" in m]
-    assert {r["label"]: r["score"] for r in got} == pytest.approx({"cat": want[0].item(), "dog": want[1].item()}, abs=1e-6)
+    assert {r["label"]: r["score"] for r in got} == pytest.approx(
+        {"cat": want[0].item(), "dog": want[1].item()}, abs=1e-6
+    )
 
 
 def test_feature_extraction_pipeline_on_a_saved_bert(tmp_path):

@@ -1,16 +1,15 @@
 """Invariant 2: save -> load round-trips bit-exactly; loading is strict; bad plans leave models untouched."""
+
 from __future__ import annotations
 
 import json
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from conftest import random_plan, run, tamper_weights
 
 import vltrim
 from vltrim.zoo import tiny_model
-
-from conftest import random_plan, run, tamper_weights
 
 
 def _state_equal(a, b) -> bool:
@@ -57,10 +56,12 @@ def test_loading_is_strict(tmp_path, tamper):
 def _bad_plans(model):
     good = random_plan(model, {"neurons"})
     name = next(iter(good.keep))
+
     def with_keep(idx):
         p = vltrim.Plan.from_dict(good.to_dict())
         p.keep[name] = idx
         return p
+
     other = tiny_model("ViTModel")
     yield "other model", random_plan(other, {"neurons"})
     yield "out of range", with_keep([0, good.sizes[name]])
@@ -89,7 +90,9 @@ def test_bad_plans_raise_and_leave_model_untouched():
         assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules()), label
 
 
-@pytest.mark.parametrize("text", ["not json", "{}", '{"format": "vltrim.plan", "version": 99}', '{"format": "vltrim.plan", "version": 1}'])
+@pytest.mark.parametrize(
+    "text", ["not json", "{}", '{"format": "vltrim.plan", "version": 99}', '{"format": "vltrim.plan", "version": 1}']
+)
 def test_malformed_plan_files(tmp_path, text):
     f = tmp_path / "plan.json"
     f.write_text(text)
@@ -103,7 +106,10 @@ def test_plan_json_round_trip(tmp_path):
     plan.save(tmp_path / "p.json")
     again = vltrim.Plan.load(tmp_path / "p.json")
     assert again.to_dict() == json.loads(json.dumps(plan.to_dict()))
-    assert torch.equal(vltrim.apply_plan(model, again).encoder.layer[0].output.dense.weight, vltrim.apply_plan(model, plan).encoder.layer[0].output.dense.weight)
+    assert torch.equal(
+        vltrim.apply_plan(model, again).encoder.layer[0].output.dense.weight,
+        vltrim.apply_plan(model, plan).encoder.layer[0].output.dense.weight,
+    )
 
 
 def test_unsupported_model_is_a_clear_error(tmp_path):

@@ -1,5 +1,6 @@
 """The factorize plan step and the `lowrank` method: factorised == truncated dense, save/load bit-exact and strict,
 chains, global target met exactly, clear errors, and the data-aware SVD beating plain SVD on its calibration data."""
+
 from __future__ import annotations
 
 import copy
@@ -7,6 +8,7 @@ import json
 
 import pytest
 import torch
+from conftest import max_diff, random_plan, run
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -16,8 +18,6 @@ from vltrim.methods import get_method
 from vltrim.structure.factorize import FactorizedLinear
 from vltrim.structure.plan import Plan, PlanError
 from vltrim.zoo import tiny_model
-
-from conftest import max_diff, random_plan, run
 
 MODELS = ["CLIPModel", "BertModel", "ViTForImageClassification"]
 
@@ -33,7 +33,11 @@ def _truncated_dense(model: nn.Module, plan: Plan) -> nn.Module:
     lins = get_adapter(dense).linears(dense)
     for name, r in plan.factorize.items():
         w = lins[name].weight.detach().double()
-        s = torch.tensor(plan.factor_scales[name], dtype=torch.float64) if name in plan.factor_scales else torch.ones(w.shape[1], dtype=torch.float64)
+        s = (
+            torch.tensor(plan.factor_scales[name], dtype=torch.float64)
+            if name in plan.factor_scales
+            else torch.ones(w.shape[1], dtype=torch.float64)
+        )
         u, sv, vh = torch.linalg.svd(w * s, full_matrices=False)
         with torch.no_grad():
             lins[name].weight.copy_(((u[:, :r] * sv[:r]) @ vh[:r] / s).float())
@@ -55,7 +59,9 @@ def test_factorised_equals_truncated_dense(name):
     model = tiny_model(name)
     plan = vltrim.plan(model, method="lowrank", target=0.3)
     small = vltrim.apply_plan(model, plan)
-    assert plan.factorize and all(isinstance(get_adapter(small).linears(small)[n], FactorizedLinear) for n in plan.factorize)
+    assert plan.factorize and all(
+        isinstance(get_adapter(small).linears(small)[n], FactorizedLinear) for n in plan.factorize
+    )
     x = _inputs(model)
     assert max_diff(run(small, x), run(_truncated_dense(model, plan), x)) < 1e-5
     assert max_diff(run(small, x), run(model, x)) > 1e-3  # the truncation really changed the function
@@ -144,8 +150,12 @@ def test_slicing_a_factorised_linear_later_is_refused():
     model = tiny_model("BertModel")
     small = vltrim.apply_plan(model, _manual(model, {"text.layers.0.mlp.fc2": 16}))
     assert "text.layers.0.mlp.neurons" not in {g.name for g in vltrim.inspect(small)}
-    keep = Plan("BertModel", {"text.layers.0.mlp.neurons": list(range(64))}, {"text.layers.0.mlp.neurons": 96},
-                {"text.layers.0.mlp.neurons": "neurons"})
+    keep = Plan(
+        "BertModel",
+        {"text.layers.0.mlp.neurons": list(range(64))},
+        {"text.layers.0.mlp.neurons": 96},
+        {"text.layers.0.mlp.neurons": "neurons"},
+    )
     with pytest.raises(PlanError, match=r"text\.layers\.0\.mlp\.fc2.*factorised"):
         vltrim.apply_plan(small, keep)
     with pytest.raises(PlanError, match="already factorised"):
@@ -155,7 +165,9 @@ def test_slicing_a_factorised_linear_later_is_refused():
 
 
 # ---- the global mode meets its target -------------------------------------------------------------
-@pytest.mark.parametrize("name,target,align", [("CLIPModel", 0.3, 8), ("BertModel", 0.5, 8), ("ViTForImageClassification", 0.2, 4)])
+@pytest.mark.parametrize(
+    "name,target,align", [("CLIPModel", 0.3, 8), ("BertModel", 0.5, 8), ("ViTForImageClassification", 0.2, 4)]
+)
 def test_global_mode_meets_target_within_one_step(name, target, align):
     model = tiny_model(name)
     plan = vltrim.plan(model, method="lowrank", target=target, align=align)
@@ -192,13 +204,16 @@ def test_energy_mode_keeps_energy():
 
 
 # ---- errors ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize("ranks,match", [
-    ({"text.layers.0.attn.q": 64}, r"'text\.layers\.0\.attn\.q' \(64x64\) at rank 64"),
-    ({"text.layers.0.attn.q": 0}, r"'text\.layers\.0\.attn\.q' \(64x64\) at rank 0"),
-    ({"text.layers.0.mlp.fc1": 40}, r"'text\.layers\.0\.mlp\.fc1' \(96x64\) at rank 40.*saves no parameters"),
-    ({"text.layers.9.mlp.fc1": 8}, r"'text\.layers\.9\.mlp\.fc1', which this BertModel does not have"),
-    ({"text.layers.0.mlp.fc9": 8}, r"'text\.layers\.0\.mlp\.fc9', which this BertModel does not have"),
-])
+@pytest.mark.parametrize(
+    "ranks,match",
+    [
+        ({"text.layers.0.attn.q": 64}, r"'text\.layers\.0\.attn\.q' \(64x64\) at rank 64"),
+        ({"text.layers.0.attn.q": 0}, r"'text\.layers\.0\.attn\.q' \(64x64\) at rank 0"),
+        ({"text.layers.0.mlp.fc1": 40}, r"'text\.layers\.0\.mlp\.fc1' \(96x64\) at rank 40.*saves no parameters"),
+        ({"text.layers.9.mlp.fc1": 8}, r"'text\.layers\.9\.mlp\.fc1', which this BertModel does not have"),
+        ({"text.layers.0.mlp.fc9": 8}, r"'text\.layers\.0\.mlp\.fc9', which this BertModel does not have"),
+    ],
+)
 def test_bad_ranks_name_the_layer(ranks, match):
     model = tiny_model("BertModel")
     before = copy.deepcopy(model.state_dict())
@@ -215,13 +230,22 @@ def test_recorded_shape_must_match():
         vltrim.apply_plan(model, plan)
 
 
-@pytest.mark.parametrize("settings,match", [
-    (dict(target=0.0), "target"), (dict(target=1.0), "target"), (dict(target=1.5), "target"),
-    (dict(mode="energy", energy=0.0), "energy"), (dict(mode="energy", energy=1.01), "energy"),
-    (dict(mode="energy"), "energy"), (dict(energy=0.5), "energy"), (dict(mode="svd"), "mode"),
-    (dict(align=0), "align"), (dict(weighted=True), "weighted=True needs calibration data"),
-    (dict(target=0.99, align=32), "not reachable"),
-])
+@pytest.mark.parametrize(
+    "settings,match",
+    [
+        (dict(target=0.0), "target"),
+        (dict(target=1.0), "target"),
+        (dict(target=1.5), "target"),
+        (dict(mode="energy", energy=0.0), "energy"),
+        (dict(mode="energy", energy=1.01), "energy"),
+        (dict(mode="energy"), "energy"),
+        (dict(energy=0.5), "energy"),
+        (dict(mode="svd"), "mode"),
+        (dict(align=0), "align"),
+        (dict(weighted=True), "weighted=True needs calibration data"),
+        (dict(target=0.99, align=32), "not reachable"),
+    ],
+)
 def test_bad_options_are_clear(settings, match):
     model = tiny_model("ViTModel")
     target = settings.pop("target", 0.3)
@@ -234,7 +258,11 @@ def test_plan_json_round_trip_and_old_files(tmp_path):
     plan = vltrim.plan(model, method="lowrank", target=0.3, data=_inputs(model, 2))
     plan.save(tmp_path / "p.json")
     back = Plan.load(tmp_path / "p.json")
-    assert (back.factorize, back.factor_shapes, back.factor_scales) == (plan.factorize, plan.factor_shapes, plan.factor_scales)
+    assert (back.factorize, back.factor_shapes, back.factor_scales) == (
+        plan.factorize,
+        plan.factor_shapes,
+        plan.factor_scales,
+    )
     old = json.loads(random_plan(model, {"neurons"}).to_json())
     assert "factorize" not in old and Plan.from_dict(old).factorize == {}
     bad = dict(json.loads(plan.to_json()), factorize={"vision.layers.0.mlp.fc1": {"rank": -1}})
@@ -257,7 +285,11 @@ def _linear_inputs(model: nn.Module, x: dict) -> dict[str, torch.Tensor]:
     """Inputs of every block Linear of ``model`` on ``x`` (tokens x features)."""
     seen, hooks = {}, []
     for n, m in get_adapter(model).linears(model).items():
-        hooks.append(m.register_forward_pre_hook(lambda _m, a, n=n: seen.__setitem__(n, a[0].detach().reshape(-1, a[0].shape[-1]))))
+        hooks.append(
+            m.register_forward_pre_hook(
+                lambda _m, a, n=n: seen.__setitem__(n, a[0].detach().reshape(-1, a[0].shape[-1]))
+            )
+        )
     run(model, x)
     for h in hooks:
         h.remove()
@@ -282,8 +314,13 @@ def test_data_aware_svd_has_lower_output_error_on_calibration_data():
     for label, plan in (("plain", plain), ("weighted", weighted)):
         small = vltrim.apply_plan(model, plan)
         slins = get_adapter(small).linears(small)
-        errors[label] = sum(float(((slins[n].dense_weight() - lins[n].weight).detach() @ xs[n].T).norm() / (lins[n].weight.detach() @ xs[n].T).norm())
-                            for n in plan.factorize)
+        errors[label] = sum(
+            float(
+                ((slins[n].dense_weight() - lins[n].weight).detach() @ xs[n].T).norm()
+                / (lins[n].weight.detach() @ xs[n].T).norm()
+            )
+            for n in plan.factorize
+        )
         errors[label + "_model"] = max_diff(run(small, calib), run(model, calib))
     assert errors["weighted"] < 0.8 * errors["plain"], errors
     assert errors["weighted_model"] < errors["plain_model"], errors

@@ -1,5 +1,6 @@
 """The sparsify plan step and the `magnitude` method: the pattern holds exactly, apply is reproducible, save/load is
 bit-exact and refuses weights that break the pattern, chains, zeros survive retraining, clear errors."""
+
 from __future__ import annotations
 
 import json
@@ -7,6 +8,7 @@ import json
 import pytest
 import torch
 import transformers as tf
+from conftest import flat_outputs, max_diff, random_plan, run
 from safetensors.torch import load_file, save_file
 
 import vltrim
@@ -16,8 +18,6 @@ from vltrim.methods.magnitude import global_counts, sparsity_schedule
 from vltrim.structure.plan import Plan, PlanError
 from vltrim.structure.sparsify import freeze_zeros, pattern_problem, prune_mask, to_semi_structured
 from vltrim.zoo import tiny_model
-
-from conftest import flat_outputs, max_diff, random_plan, run
 
 MODELS = ["CLIPModel", "BertModel", "ViTForImageClassification"]
 
@@ -56,7 +56,9 @@ def test_global_unstructured_exact_counts(name):
     total = sum(m.weight.numel() for m in lins.values())
     assert set(plan.sparsify) == set(lins)  # every block Linear of every tower
     for n, e in plan.sparsify.items():
-        assert e["pattern"] == "unstructured" and _zeros(lins[n].weight) == round(e["sparsity"] * lins[n].weight.numel())
+        assert e["pattern"] == "unstructured" and _zeros(lins[n].weight) == round(
+            e["sparsity"] * lins[n].weight.numel()
+        )
     zeros = sum(_zeros(m.weight) for m in lins.values())
     assert zeros == round(0.6 * total) == plan.achieved["zero_weights"]
     assert plan.achieved["sparsity"] == zeros / total
@@ -87,7 +89,7 @@ def test_layer_scope_same_share_per_linear():
     model = tiny_model("BertModel")
     plan = vltrim.plan(model, method="magnitude", target=0.3, scope="layer")
     small = vltrim.apply_plan(model, plan)
-    for n, m in _lins(small).items():
+    for _n, m in _lins(small).items():
         assert _zeros(m.weight) == round(0.3 * m.weight.numel())
 
 
@@ -150,7 +152,9 @@ def test_keep_then_sparsify_chain_round_trips(tmp_path):
     vltrim.save(small, tmp_path / "m")
     back = vltrim.load(tmp_path / "m")
     assert _state_equal(small, back) and len(vltrim.plans_of(back)) == 2
-    assert all(_zeros(m.weight) == round(plan.sparsify[n]["sparsity"] * m.weight.numel()) for n, m in _lins(back).items())
+    assert all(
+        _zeros(m.weight) == round(plan.sparsify[n]["sparsity"] * m.weight.numel()) for n, m in _lins(back).items()
+    )
 
 
 def test_slicing_or_factorising_a_sparsified_linear_is_refused():
@@ -220,14 +224,17 @@ def test_plan_json_sparsify_key_only_when_present():
     assert "sparsified" in plan.summary()
 
 
-@pytest.mark.parametrize("entry, msg", [
-    ({"pattern": "1:4", "sparsity": 0.5}, "pattern"),
-    ({"pattern": "unstructured", "sparsity": 0}, "sparsity"),
-    ({"pattern": "unstructured", "sparsity": 1.5}, "sparsity"),
-    ({"pattern": "2:4", "sparsity": 0.3}, "0.5 for the 2:4"),
-    ({"pattern": "unstructured"}, "exactly pattern and sparsity"),
-    ("half", "object"),
-])
+@pytest.mark.parametrize(
+    "entry, msg",
+    [
+        ({"pattern": "1:4", "sparsity": 0.5}, "pattern"),
+        ({"pattern": "unstructured", "sparsity": 0}, "sparsity"),
+        ({"pattern": "unstructured", "sparsity": 1.5}, "sparsity"),
+        ({"pattern": "2:4", "sparsity": 0.3}, "0.5 for the 2:4"),
+        ({"pattern": "unstructured"}, "exactly pattern and sparsity"),
+        ("half", "object"),
+    ],
+)
 def test_malformed_sparsify_entries(entry, msg):
     d = json.loads(vltrim.plan(tiny_model("BertModel"), method="magnitude", target=0.5).to_json())
     d["sparsify"]["text.layers.0.attn.q"] = entry
@@ -237,25 +244,41 @@ def test_malformed_sparsify_entries(entry, msg):
 
 def test_plan_naming_unknown_linear_is_refused():
     model = tiny_model("BertModel")
-    plan = Plan("BertModel", {}, {}, {}, sparsify={"text.layers.9.mlp.fc1": {"pattern": "unstructured", "sparsity": 0.5}})
+    plan = Plan(
+        "BertModel", {}, {}, {}, sparsify={"text.layers.9.mlp.fc1": {"pattern": "unstructured", "sparsity": 0.5}}
+    )
     with pytest.raises(PlanError, match="text.layers.9.mlp.fc1"):
         vltrim.apply_plan(model, plan)
 
 
 # ---- bad options -----------------------------------------------------------------------------------
-@pytest.mark.parametrize("kw, option", [
-    ({"target": 0.0}, "target"), ({"target": 1.0}, "target"), ({"target": 1.5}, "target"), ({"target": -0.2}, "target"),
-    ({"pattern": "4:8"}, "pattern"), ({"scope": "tower"}, "scope"), ({"rounds": 0}, "rounds"),
-    ({"rounds": 2, "step": 3}, "step"),
-])
+@pytest.mark.parametrize(
+    "kw, option",
+    [
+        ({"target": 0.0}, "target"),
+        ({"target": 1.0}, "target"),
+        ({"target": 1.5}, "target"),
+        ({"target": -0.2}, "target"),
+        ({"pattern": "4:8"}, "pattern"),
+        ({"scope": "tower"}, "scope"),
+        ({"rounds": 0}, "rounds"),
+        ({"rounds": 2, "step": 3}, "step"),
+    ],
+)
 def test_bad_options_name_the_option(kw, option):
     with pytest.raises(ValueError, match=option):
         vltrim.plan(tiny_model("BertModel"), method="magnitude", **kw)
 
 
 def test_two_four_needs_in_features_divisible_by_4():
-    cfg = tf.BertConfig(hidden_size=64, intermediate_size=98, num_hidden_layers=1, num_attention_heads=4, vocab_size=64,
-                        max_position_embeddings=32)
+    cfg = tf.BertConfig(
+        hidden_size=64,
+        intermediate_size=98,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        vocab_size=64,
+        max_position_embeddings=32,
+    )
     model = tf.BertModel(cfg).eval()
     with pytest.raises(ValueError, match=r"2:4.*'text.layers.0.mlp.fc2'.*in_features=98"):
         vltrim.plan(model, method="magnitude", pattern="2:4")

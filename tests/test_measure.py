@@ -1,4 +1,5 @@
 """Invariant 5: latency is measured (median, IQR, threads, device), and compare() times both models in one run."""
+
 from __future__ import annotations
 
 import vltrim
@@ -23,4 +24,5 @@ def test_compare_gives_ratios_of_one_run():
     lo, hi = c["speedup_quartiles"]  # the spread of the paired ratios, shown beside the median
     assert lo <= c["speedup"] <= hi
     from vltrim.report import speedup_text
+
     assert speedup_text(c) == f"{c['speedup']:.2f}x (rounds {lo:.2f}-{hi:.2f})"

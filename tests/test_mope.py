@@ -1,9 +1,13 @@
 """MoPE-CLIP: fast scoring equals naive scoring; width-then-depth plans meet their target, equal their masked
 model, survive save/load; bad calibration data fails clearly."""
+
 from __future__ import annotations
 
 import pytest
 import torch
+from conftest import max_diff, run
+from test_quality_levers import TEXTS
+from test_tasks_more import shape_data
 
 import vltrim
 from vltrim.data import ClassPrompts, SyntheticCaptions
@@ -14,16 +18,16 @@ from vltrim.methods.mope import fast_errors, layer_ablations, make_probe, naive_
 from vltrim.tasks import SentenceDistillData
 from vltrim.zoo import tiny_model
 
-from conftest import max_diff, run
-from test_quality_levers import TEXTS
-from test_tasks_more import shape_data
-
 
 def calib(name: str):
     """(model, task, calibration data) for each kind of probe."""
     model = tiny_model(name)
     if name == "BertModel":
-        return model, "sentence-embedding", SentenceDistillData(TEXTS, tokenizer(16), tiny_model(name, seed=1), max_length=16)
+        return (
+            model,
+            "sentence-embedding",
+            SentenceDistillData(TEXTS, tokenizer(16), tiny_model(name, seed=1), max_length=16),
+        )
     if name == "ViTForImageClassification":
         return model, "classification", shape_data("val", 24)
     if name == "SiglipModel":  # zero-shot with class prompts
@@ -33,8 +37,18 @@ def calib(name: str):
     return model, "retrieval", SyntheticCaptions("val", 24)
 
 
-@pytest.mark.parametrize("name,k", [("CLIPModel", 3), ("CLIPModel", 1), ("BertModel", 3), ("BertModel", 1),
-                                    ("ViTForImageClassification", 3), ("SiglipModel", 3), ("VisionTextDualEncoderModel", 3)])
+@pytest.mark.parametrize(
+    "name,k",
+    [
+        ("CLIPModel", 3),
+        ("CLIPModel", 1),
+        ("BertModel", 3),
+        ("BertModel", 1),
+        ("ViTForImageClassification", 3),
+        ("SiglipModel", 3),
+        ("VisionTextDualEncoderModel", 3),
+    ],
+)
 def test_fast_scoring_equals_naive(name, k):
     model, task, data = calib(name)
     probe = make_probe(task, data, batch_size=10)  # uneven chunks: 10 + 10 + 4
@@ -49,7 +63,9 @@ def test_fast_scoring_equals_naive(name, k):
 @pytest.mark.parametrize("depth_share,rounds", [(0.0, 1), (0.5, 1), (1.0, 1), (0.0, 3), (0.5, 2)])
 def test_width_then_depth_meets_target_and_equals_masked(tmp_path, depth_share, rounds):
     model, task, data = calib("BertModel")
-    plan = get_method("mope").search(model, 0.5, data=data, task=task, depth_share=depth_share, group_size=16, rounds=rounds)
+    plan = get_method("mope").search(
+        model, 0.5, data=data, task=task, depth_share=depth_share, group_size=16, rounds=rounds
+    )
     groups = {g.name: g for g in vltrim.inspect(model)}
     got = plan.achieved["params_removed"]
     biggest = max(g.align_step(8) * g.cost_per_unit("params") for g in groups.values() if g.kind.value != "layers")
@@ -80,7 +96,9 @@ def test_rounds_keep_earlier_cuts_and_rescore_the_rest():
         assert set(kept) <= set(half.keep.get(name, kept)), name
     rescored = {(r["group"], r["units"]): r["error"] for r in mope.last_table}
     first = {(r["group"], r["units"]): r["error"] for r in one_shot_table}
-    assert any(rescored[k] != first[k] for k in rescored if k in first)  # kept modules were scored again, on another model
+    assert any(
+        rescored[k] != first[k] for k in rescored if k in first
+    )  # kept modules were scored again, on another model
     with pytest.raises(ValueError, match="rounds"):
         mope.search(model, 0.5, data=data, task=task, rounds=0)
 
@@ -95,12 +113,15 @@ def test_mope_keeps_the_modules_whose_removal_hurts():
     assert dropped == {min(range(2), key=lambda i: errors[i])}
 
 
-@pytest.mark.parametrize("data,err,words", [
-    ([], ValueError, ["calib_data", "empty"]),
-    ([{"pixel_values": torch.zeros(3, 32, 32)}] * 4, ValueError, ["label"]),
-    ([{"input_ids": torch.zeros(4, dtype=torch.long)}] * 4, ValueError, ["teacher_embedding"]),
-    ("data.jsonl", TypeError, ["calib_data"]),
-])
+@pytest.mark.parametrize(
+    "data,err,words",
+    [
+        ([], ValueError, ["calib_data", "empty"]),
+        ([{"pixel_values": torch.zeros(3, 32, 32)}] * 4, ValueError, ["label"]),
+        ([{"input_ids": torch.zeros(4, dtype=torch.long)}] * 4, ValueError, ["teacher_embedding"]),
+        ("data.jsonl", TypeError, ["calib_data"]),
+    ],
+)
 def test_bad_calibration_data_is_refused(data, err, words):
     task = "classification" if data and isinstance(data, list) and "pixel_values" in data[0] else "sentence-embedding"
     with pytest.raises(err) as e:
@@ -134,25 +155,65 @@ def test_hidden_state_distillation_maps_across_dropped_layers():
 def test_compress_with_mope_reports_and_saves_the_table(tmp_path):
     from vltrim.methods.mope import save_table
 
-    res = vltrim.compress(tiny_model("CLIPModel"), "mope", 0.5, train_data=SyntheticCaptions("train", 32), eval_data=SyntheticCaptions("val", 16),
-                          retrain_steps=2, batch_size=16, depth_share=0.3, latency_batch=0, progress=False, method_settings={"group_size": 16})
+    res = vltrim.compress(
+        tiny_model("CLIPModel"),
+        "mope",
+        0.5,
+        train_data=SyntheticCaptions("train", 32),
+        eval_data=SyntheticCaptions("val", 16),
+        retrain_steps=2,
+        batch_size=16,
+        depth_share=0.3,
+        latency_batch=0,
+        progress=False,
+        method_settings={"group_size": 16},
+    )
     assert res.plan.method == "mope" and res.plan.settings["depth_share"] == 0.3
     rows = res.report["scores_table"]
     assert {r["kind"] for r in rows} == {"heads", "neurons", "layers"}
     csv_file, png = save_table(rows, tmp_path)
-    assert csv_file.read_text().splitlines()[0] == "group,modality,kind,layer,units,error,cost" and png.stat().st_size > 1000
+    assert (
+        csv_file.read_text().splitlines()[0] == "group,modality,kind,layer,units,error,cost"
+        and png.stat().st_size > 1000
+    )
     with pytest.raises(ValueError, match="heads,neurons"):
-        vltrim.compress(tiny_model("CLIPModel"), "mope", 0.5, train_data=SyntheticCaptions("train", 32), units="head_dims,neurons",
-                        retrain_steps=0, latency_batch=0, progress=False)
+        vltrim.compress(
+            tiny_model("CLIPModel"),
+            "mope",
+            0.5,
+            train_data=SyntheticCaptions("train", 32),
+            units="head_dims,neurons",
+            retrain_steps=0,
+            latency_batch=0,
+            progress=False,
+        )
     with pytest.raises(ValueError, match="depth_share"):
-        vltrim.compress(tiny_model("CLIPModel"), "mope", 0.5, train_data=SyntheticCaptions("train", 32), depth_share=1.5,
-                        retrain_steps=0, latency_batch=0, progress=False)
+        vltrim.compress(
+            tiny_model("CLIPModel"),
+            "mope",
+            0.5,
+            train_data=SyntheticCaptions("train", 32),
+            depth_share=1.5,
+            retrain_steps=0,
+            latency_batch=0,
+            progress=False,
+        )
 
 
 def test_one_tower_only():
-    plan = get_method("mope").search(tiny_model("CLIPModel"), 0.4, data=SyntheticCaptions("val", 24), depth_share=0.5,
-                                     modalities=["vision"], group_size=16)
-    assert plan.keep and all(name.startswith("vision.") for name in plan.keep) and plan.settings["modalities"] == ["vision"]
+    plan = get_method("mope").search(
+        tiny_model("CLIPModel"),
+        0.4,
+        data=SyntheticCaptions("val", 24),
+        depth_share=0.5,
+        modalities=["vision"],
+        group_size=16,
+    )
+    assert (
+        plan.keep
+        and all(name.startswith("vision.") for name in plan.keep)
+        and plan.settings["modalities"] == ["vision"]
+    )
 
 
 def test_cli_mope_writes_the_table_next_to_the_model(tmp_path):
@@ -160,8 +221,25 @@ def test_cli_mope_writes_the_table_next_to_the_model(tmp_path):
 
     from vltrim.cli import app
 
-    r = CliRunner().invoke(app, ["compress", "tiny:CLIPModel", "--out", str(tmp_path / "m"), "--method", "mope", "--target", "0.4",
-                                 "--depth-share", "0.5", "--data", "builtin", "--latency-batch", "0"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "compress",
+            "tiny:CLIPModel",
+            "--out",
+            str(tmp_path / "m"),
+            "--method",
+            "mope",
+            "--target",
+            "0.4",
+            "--depth-share",
+            "0.5",
+            "--data",
+            "builtin",
+            "--latency-batch",
+            "0",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert (tmp_path / "m" / "mope.csv").exists() and (tmp_path / "m" / "mope.png").exists()
     plan = vltrim.Plan.load(tmp_path / "m" / "plan.json")
@@ -178,18 +256,25 @@ def test_fast_scoring_skips_what_an_ablation_cannot_change():
     last = len(t.layers) - 1
     b = t.block(t.layers[last])
     calls = {"block0": 0, "q": 0, "fc1": 0, "last": 0}
-    hooks = [t.layers[0].register_forward_hook(lambda *_: calls.__setitem__("block0", calls["block0"] + 1)),
-             b.attn.q.register_forward_hook(lambda *_: calls.__setitem__("q", calls["q"] + 1)),
-             b.fc1.register_forward_hook(lambda *_: calls.__setitem__("fc1", calls["fc1"] + 1)),
-             t.layers[last].register_forward_hook(lambda *_: calls.__setitem__("last", calls["last"] + 1))]
-    heads, ffn = [a for a in width_ablations(model, prunable_groups(model, "heads,neurons"), 16, 8) if a.layer == last], []
+    hooks = [
+        t.layers[0].register_forward_hook(lambda *_: calls.__setitem__("block0", calls["block0"] + 1)),
+        b.attn.q.register_forward_hook(lambda *_: calls.__setitem__("q", calls["q"] + 1)),
+        b.fc1.register_forward_hook(lambda *_: calls.__setitem__("fc1", calls["fc1"] + 1)),
+        t.layers[last].register_forward_hook(lambda *_: calls.__setitem__("last", calls["last"] + 1)),
+    ]
+    heads, ffn = (
+        [a for a in width_ablations(model, prunable_groups(model, "heads,neurons"), 16, 8) if a.layer == last],
+        [],
+    )
     ffn = [a for a in heads if a.kind == "neurons"]
     heads = [a for a in heads if a.kind == "heads"]
     fast_errors(model, probe, heads + ffn + [layer_ablations(model)[last]], ablation_batch=1)
     for h in hooks:
         h.remove()
     assert calls["block0"] == 1  # the clean pass only
-    assert calls["q"] == 1 + 2  # clean pass + recording for heads and for FFN groups (FFN ablations reuse the attention)
+    assert (
+        calls["q"] == 1 + 2
+    )  # clean pass + recording for heads and for FFN groups (FFN ablations reuse the attention)
     assert calls["fc1"] == 1 + 2 + len(heads)  # head ablations change fc1's input; FFN ablations reuse fc1's output
     assert calls["last"] == 1 + 2 + len(heads) + len(ffn)  # the layer's own removal skips it
 
@@ -197,7 +282,9 @@ def test_fast_scoring_skips_what_an_ablation_cannot_change():
 def _student_teacher_batch():
     teacher = tiny_model("CLIPModel")
     groups = vltrim.inspect(teacher)
-    plan = vltrim.Plan.from_keep("CLIPModel", groups, {g.name: list(range(g.size // 2)) for g in groups if g.kind.value == "neurons"})
+    plan = vltrim.Plan.from_keep(
+        "CLIPModel", groups, {g.name: list(range(g.size // 2)) for g in groups if g.kind.value == "neurons"}
+    )
     data = SyntheticCaptions("val", 8)
     return vltrim.apply_plan(teacher, plan), teacher, {k: torch.stack([data[i][k] for i in range(8)]) for k in data[0]}
 
@@ -209,9 +296,13 @@ def test_final_embedding_distillation_by_hand():
 
     student, teacher, batch = _student_teacher_batch()
     with torch.no_grad():
-        kl = similarity_kl(student(**{k: batch[k] for k in ("pixel_values", "input_ids", "attention_mask")}).logits_per_image,
-                           teacher(**{k: batch[k] for k in ("pixel_values", "input_ids", "attention_mask")}).logits_per_image)
-        dist = sum((f(student, batch) - f(teacher, batch)).pow(2).sum(-1).mean() for f in (image_embeds, text_embeds)) / 2
+        kl = similarity_kl(
+            student(**{k: batch[k] for k in ("pixel_values", "input_ids", "attention_mask")}).logits_per_image,
+            teacher(**{k: batch[k] for k in ("pixel_values", "input_ids", "attention_mask")}).logits_per_image,
+        )
+        dist = (
+            sum((f(student, batch) - f(teacher, batch)).pow(2).sum(-1).mean() for f in (image_embeds, text_embeds)) / 2
+        )
         got = similarity_kd_loss(student, teacher, batch, embed_weight=0.7)
         assert dist > 0 and abs(got.item() - (kl + 0.7 * dist).item()) < 1e-5
         assert abs(similarity_kd_loss(student, teacher, batch).item() - kl.item()) < 1e-6
@@ -236,22 +327,42 @@ def test_pretraining_stage_on_unlabelled_pairs(tmp_path):
     image), retrained by distillation alone (task_weight 0); mope's defaults add hidden and embedding KD."""
     data = SyntheticCaptions("train", 32)
     pairs = [{k: v for k, v in data[i].items() if k != "label"} for i in range(len(data))]
-    res = vltrim.compress(tiny_model("CLIPModel"), "mope", 0.4, train_data=pairs, retrain_steps=2, batch_size=16, task_weight=0.0,
-                          latency_batch=0, progress=False, method_settings={"group_size": 16}, work_dir=tmp_path / "w")
+    res = vltrim.compress(
+        tiny_model("CLIPModel"),
+        "mope",
+        0.4,
+        train_data=pairs,
+        retrain_steps=2,
+        batch_size=16,
+        task_weight=0.0,
+        latency_batch=0,
+        progress=False,
+        method_settings={"group_size": 16},
+        work_dir=tmp_path / "w",
+    )
     assert {n.split(".")[0] for n in res.plan.keep} == {"vision", "text"}
     import json
 
     run = json.loads((tmp_path / "w" / "run.json").read_text())
-    assert run["settings"]["task_weight"] == 0.0 and run["settings"]["kd_embed"] == 1.0 and run["settings"]["kd_hidden"] == 1.0
+    assert (
+        run["settings"]["task_weight"] == 0.0
+        and run["settings"]["kd_embed"] == 1.0
+        and run["settings"]["kd_hidden"] == 1.0
+    )
 
 
-@pytest.mark.parametrize("opts,words", [
-    ({"kd_embed": 1.0}, ["kd_embed", "sentence-embedding"]),
-    ({"task_weight": 0.0}, ["task_weight", "no training loss"]),
-    ({"task_weight": -1.0}, ["task_weight"]),
-])
+@pytest.mark.parametrize(
+    "opts,words",
+    [
+        ({"kd_embed": 1.0}, ["kd_embed", "sentence-embedding"]),
+        ({"task_weight": 0.0}, ["task_weight", "no training loss"]),
+        ({"task_weight": -1.0}, ["task_weight"]),
+    ],
+)
 def test_loss_weights_the_task_cannot_use_are_refused(opts, words):
     model, task, data = calib("BertModel")
     with pytest.raises(ValueError) as e:
-        vltrim.compress(model, "l1", 0.5, task=task, train_data=data, retrain_steps=1, latency_batch=0, progress=False, **opts)
+        vltrim.compress(
+            model, "l1", 0.5, task=task, train_data=data, retrain_steps=1, latency_batch=0, progress=False, **opts
+        )
     assert all(w in str(e.value) for w in words), str(e.value)

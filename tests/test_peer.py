@@ -1,12 +1,13 @@
 """The Torch-Pruning peer of the benchmarks (benchmarks/peer.py): its configurations build on a tiny BERT, remove the
 asked share of prunable params, and the plan made from its decision gives exactly Torch-Pruning's own pruned model."""
+
 import copy
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from transformers import BertConfig, BertModel, ViTConfig, ViTModel, VisionTextDualEncoderModel
+from transformers import BertConfig, BertModel, VisionTextDualEncoderModel, ViTConfig, ViTModel
 
 pytest.importorskip("torch_pruning", reason="the peer extra is not installed: pip install -e '.[peer]'")
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
@@ -17,15 +18,30 @@ import vltrim  # noqa: E402
 
 def tiny_bert() -> BertModel:
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=1024,
-                     max_position_embeddings=32)
+    cfg = BertConfig(
+        vocab_size=100,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=1024,
+        max_position_embeddings=32,
+    )
     return BertModel(cfg).eval()
 
 
 def tiny_dual_encoder() -> VisionTextDualEncoderModel:
     torch.manual_seed(0)
-    vit = ViTModel(ViTConfig(image_size=28, patch_size=4, num_channels=1, hidden_size=64, num_hidden_layers=2,
-                             num_attention_heads=2, intermediate_size=1024))
+    vit = ViTModel(
+        ViTConfig(
+            image_size=28,
+            patch_size=4,
+            num_channels=1,
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=1024,
+        )
+    )
     return VisionTextDualEncoderModel(vision_model=vit, text_model=tiny_bert()).eval()
 
 
@@ -41,7 +57,10 @@ def ids(i: int) -> torch.Tensor:
 
 
 TEXT = [{"input_ids": ids(i)} for i in range(32)]
-PAIRS = [{"input_ids": ids(i), "pixel_values": torch.randn(1, 28, 28, generator=torch.Generator().manual_seed(i))} for i in range(32)]
+PAIRS = [
+    {"input_ids": ids(i), "pixel_values": torch.randn(1, 28, 28, generator=torch.Generator().manual_seed(i))}
+    for i in range(32)
+]
 
 
 def tp_pruned(model, cfg: "peer.PeerConfig", ratio: float, data: list):
@@ -99,12 +118,16 @@ def test_peer_on_a_dual_encoder_prunes_both_towers_as_torch_pruning_does(name):
 
 def test_peer_is_a_method_of_compress():
     model = tiny_bert()
-    plan = vltrim.plan(model, method="peer", target=0.3, data=TEXT, loss_fn=loss_fn, batch_size=8, **peer.PEER["taylor-global"])
+    plan = vltrim.plan(
+        model, method="peer", target=0.3, data=TEXT, loss_fn=loss_fn, batch_size=8, **peer.PEER["taylor-global"]
+    )
     assert plan.method == "peer" and plan.settings["global_pruning"] is True
 
 
 def test_peer_refuses_unknown_settings_and_unreachable_targets():
     with pytest.raises(ValueError, match="importance"):
         peer.PeerConfig(importance="hessian")
-    with pytest.raises(RuntimeError, match="cannot remove"):  # global head-dim pruning keeps every head dim here: 0.6 is out of reach
+    with pytest.raises(
+        RuntimeError, match="cannot remove"
+    ):  # global head-dim pruning keeps every head dim here: 0.6 is out of reach
         peer.peer_plan(tiny_bert(), 0.95, peer.PeerConfig(), TEXT, loss_fn, batch_size=8)

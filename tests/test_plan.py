@@ -1,4 +1,5 @@
 """Invariants 3 and 4: plans meet their target within one alignment step; kept widths are aligned."""
+
 from __future__ import annotations
 
 import pytest
@@ -79,9 +80,15 @@ def test_unreachable_and_invalid_targets():
 
 def test_plan_records_target_and_method():
     plan = vltrim.plan(tiny_model("CLIPModel"), "l1", target=0.5, metric="macs", align=8)
-    assert plan.method == "l1" and plan.target == {"target": 0.5, "metric": "macs", "align": 8,
-                                                  "allocation": "uniform", "max_ratio": MAX_RATIO,  # l1's default
-                                                  "normalize": "kind", "ranking": "score"}
+    assert plan.method == "l1" and plan.target == {
+        "target": 0.5,
+        "metric": "macs",
+        "align": 8,
+        "allocation": "uniform",
+        "max_ratio": MAX_RATIO,  # l1's default
+        "normalize": "kind",
+        "ranking": "score",
+    }
     assert plan.achieved["macs_removed"] >= 0.5
     assert {g.split(".")[0] for g in plan.keep} == {"vision", "text"}  # one ranking over both modalities
 

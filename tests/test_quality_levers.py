@@ -1,5 +1,6 @@
 """What the real-weights work added: the search LR schedule, seeded random, dynamic padding, taylor's scores,
 allocation (uniform / per-modality / capped) and learning curves in compress reports."""
+
 from __future__ import annotations
 
 import json
@@ -40,9 +41,19 @@ def test_lr_factor_constant_vs_cosine():
 def test_upop_search_lr_follows_its_schedule(tmp_path, schedule):
     """UPop searches at a constant LR by default (its masks change most at the end); 'cosine' decays it."""
     teacher = tiny_model("BertModel")
-    res = get_method("upop").run(teacher, 0.3, train_data=sentence_data(teacher), loss_fn=embedding_loss, steps=20,
-                                        interval=5, lr=1e-3, batch_size=8, progress=False, output_dir=tmp_path,
-                                        **({} if schedule == "constant" else {"schedule": schedule}))
+    res = get_method("upop").run(
+        teacher,
+        0.3,
+        train_data=sentence_data(teacher),
+        loss_fn=embedding_loss,
+        steps=20,
+        interval=5,
+        lr=1e-3,
+        batch_size=8,
+        progress=False,
+        output_dir=tmp_path,
+        **({} if schedule == "constant" else {"schedule": schedule}),
+    )
     lrs = [json.loads(line)["lr"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert res.plan.settings["schedule"] == schedule
     if schedule == "constant":
@@ -54,8 +65,20 @@ def test_upop_search_lr_follows_its_schedule(tmp_path, schedule):
 # ---- random honours the seed -------------------------------------------------------------------------------
 def test_compress_seed_reaches_random():
     model = tiny_model("BertModel")
-    plans = [vltrim.compress(model, "random", 0.4, task="sentence-embedding", train_data=None, retrain_steps=0,
-                             latency_batch=0, progress=False, seed=s).plan for s in (1, 2, 1)]
+    plans = [
+        vltrim.compress(
+            model,
+            "random",
+            0.4,
+            task="sentence-embedding",
+            train_data=None,
+            retrain_steps=0,
+            latency_batch=0,
+            progress=False,
+            seed=s,
+        ).plan
+        for s in (1, 2, 1)
+    ]
     assert plans[0].keep == plans[2].keep and plans[0].keep != plans[1].keep
     assert plans[0].settings["seed"] == 1 and plans[1].settings["seed"] == 2
 
@@ -132,8 +155,17 @@ def test_taylor_through_compress_needs_and_uses_data():
     teacher = tiny_model("BertModel")
     with pytest.raises(ValueError, match="calibration data"):
         vltrim.plan(teacher, "taylor", target=0.3)
-    res = vltrim.compress(teacher, "taylor", 0.3, task="sentence-embedding", train_data=sentence_data(teacher),
-                          retrain_steps=0, latency_batch=0, progress=False, batch_size=8)
+    res = vltrim.compress(
+        teacher,
+        "taylor",
+        0.3,
+        task="sentence-embedding",
+        train_data=sentence_data(teacher),
+        retrain_steps=0,
+        latency_batch=0,
+        progress=False,
+        batch_size=8,
+    )
     assert res.plan.method == "taylor" and res.plan.achieved["params_removed"] >= 0.3
 
 
@@ -161,7 +193,9 @@ def _shares(groups, keep):
 def test_uniform_allocation_cuts_every_group_alike():
     model = tiny_model("CLIPModel")
     groups = prunable_groups(model, "neurons")
-    scores = {g.name: torch.rand(g.size) + (100.0 if i else 0.0) for i, g in enumerate(groups)}  # one group looks useless
+    scores = {
+        g.name: torch.rand(g.size) + (100.0 if i else 0.0) for i, g in enumerate(groups)
+    }  # one group looks useless
     glob = _shares(groups, select(groups, scores, Budget(0.5, "params", 1, "global")))
     uni = _shares(groups, select(groups, scores, Budget(0.5, "params", 1, "uniform")))
     assert max(glob.values()) - min(glob.values()) > 0.5  # global takes it from the low-scored group
@@ -252,24 +286,49 @@ def test_modality_normalisation_keeps_one_towers_ranking_and_ignores_a_towers_sc
 def test_ranking_settings_are_checked_before_any_work():
     teacher = tiny_model("BertModel")
     data = sentence_data(teacher)
-    for bad, match in ((dict(ranking="per_cost", normalize="kind"), "per_cost"), (dict(normalize="layer"), "normalize"),
-                       (dict(ranking="cost"), "ranking")):
+    for bad, match in (
+        (dict(ranking="per_cost", normalize="kind"), "per_cost"),
+        (dict(normalize="layer"), "normalize"),
+        (dict(ranking="cost"), "ranking"),
+    ):
         with pytest.raises(ValueError, match=match):
             Budget(0.4, **bad)
         for method in ("taylor", "upop"):
             with pytest.raises(ValueError, match=match):
-                vltrim.compress(teacher, method, 0.4, task="sentence-embedding", train_data=data, retrain_steps=0,
-                                latency_batch=0, progress=False, method_settings=bad)
+                vltrim.compress(
+                    teacher,
+                    method,
+                    0.4,
+                    task="sentence-embedding",
+                    train_data=data,
+                    retrain_steps=0,
+                    latency_batch=0,
+                    progress=False,
+                    method_settings=bad,
+                )
 
 
 @pytest.mark.parametrize("method", ["l1", "random", "upop"])
 def test_every_ranking_method_takes_allocation(method):
     teacher = tiny_model("BertModel")
-    res = vltrim.compress(teacher, method, 0.4, task="sentence-embedding", train_data=sentence_data(teacher),
-                          search_steps=6, retrain_steps=0, allocation="uniform", latency_batch=0, progress=False,
-                          batch_size=8, method_settings={"interval": 3} if method == "upop" else None)
+    res = vltrim.compress(
+        teacher,
+        method,
+        0.4,
+        task="sentence-embedding",
+        train_data=sentence_data(teacher),
+        search_steps=6,
+        retrain_steps=0,
+        allocation="uniform",
+        latency_batch=0,
+        progress=False,
+        batch_size=8,
+        method_settings={"interval": 3} if method == "upop" else None,
+    )
     shares = [1 - len(k) / res.plan.sizes[n] for n, k in res.plan.keep.items()]
-    assert res.plan.target["allocation"] == "uniform" and len(res.plan.keep) == len(prunable_groups(teacher, "head_dims,neurons"))
+    assert res.plan.target["allocation"] == "uniform" and len(res.plan.keep) == len(
+        prunable_groups(teacher, "head_dims,neurons")
+    )
     assert max(shares) - min(shares) <= 0.25  # tiny groups: one aligned chunk of 8 is a large share
 
 
@@ -277,9 +336,22 @@ def test_every_ranking_method_takes_allocation(method):
 def test_compress_curve_points():
     teacher = tiny_model("BertModel")
     data = sentence_data(teacher)
-    res = vltrim.compress(teacher, "upop", 0.3, task="sentence-embedding", train_data=data, eval_data=data, search_steps=4,
-                          retrain_steps=5, eval_every=2, latency_batch=0, progress=False, batch_size=8,
-                          method_settings={"interval": 2}, evaluate_before=False)
+    res = vltrim.compress(
+        teacher,
+        "upop",
+        0.3,
+        task="sentence-embedding",
+        train_data=data,
+        eval_data=data,
+        search_steps=4,
+        retrain_steps=5,
+        eval_every=2,
+        latency_batch=0,
+        progress=False,
+        batch_size=8,
+        method_settings={"interval": 2},
+        evaluate_before=False,
+    )
     curve = res.report["curve"]
     assert [(p["retrain_step"], p["total_steps"]) for p in curve] == [(0, 4), (2, 6), (4, 8), (5, 9)]
     assert curve[-1]["cosine_to_teacher"] == pytest.approx(res.report["after"]["cosine_to_teacher"])

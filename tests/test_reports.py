@@ -1,4 +1,5 @@
 """Reports that stand alone: report.json, the model card, widths.png, `vltrim report` and `vltrim measure` (tiny models)."""
+
 from __future__ import annotations
 
 import json
@@ -33,8 +34,17 @@ def _data(n: int) -> SyntheticCaptions:
 @pytest.fixture(scope="module")
 def retrained(tmp_path_factory):
     """A tiny CLIP cut by l1, retrained 2 steps, evaluated, saved as a CompressResult."""
-    res = vltrim.compress(tiny_model("CLIPModel"), "l1", 0.4, train_data=_data(32), eval_data=_data(16), retrain_steps=2,
-                          batch_size=16, latency_batch=1, progress=False)
+    res = vltrim.compress(
+        tiny_model("CLIPModel"),
+        "l1",
+        0.4,
+        train_data=_data(32),
+        eval_data=_data(16),
+        retrain_steps=2,
+        batch_size=16,
+        latency_batch=1,
+        progress=False,
+    )
     out = tmp_path_factory.mktemp("r") / "m"
     vltrim.save(res, out)
     return res, out
@@ -45,15 +55,29 @@ def test_report_json_and_card_carry_everything(retrained):
     rep = json.loads((out / "report.json").read_text())
     assert rep["format"] == "vltrim.report" and rep["method"] == "l1" and rep["target"] == 0.4
     assert {"before", "after_search", "after"} <= set(rep) and "mean_R@1" in rep["after"]
-    assert rep["source"]["class"] == "CLIPModel" and rep["source"]["params"] > rep["model"]["params"] == vltrim.count_params(res.model)
+    assert rep["source"]["class"] == "CLIPModel" and rep["source"]["params"] > rep["model"][
+        "params"
+    ] == vltrim.count_params(res.model)
     assert rep["model"]["macs"] < rep["source"]["macs"]
     assert rep["data"]["train"] == {"type": "SyntheticCaptions", "items": 32} and rep["data"]["eval"]["items"] == 16
     assert rep["settings"]["batch_size"] == 16 and rep["retrain_steps"] == 2 and rep["plans"][0]["method"] == "l1"
-    assert rep["speed"]["b"]["latency_ms"] > 0 and rep["machine"]["cpu"] and rep["machine"]["torch"] == torch.__version__
+    assert (
+        rep["speed"]["b"]["latency_ms"] > 0 and rep["machine"]["cpu"] and rep["machine"]["torch"] == torch.__version__
+    )
     assert not any(w.startswith(NOT_RETRAINED) for w in rep["warnings"])
     card = (out / "README.md").read_text()
-    for part in ("## Method and settings", "## Data and steps", "## Quality", "after search", "after retraining", "## Cost",
-                 "latency measured on", "MACs", "![kept widths per layer](widths.png)", "vltrim.load"):
+    for part in (
+        "## Method and settings",
+        "## Data and steps",
+        "## Quality",
+        "after search",
+        "after retraining",
+        "## Cost",
+        "latency measured on",
+        "MACs",
+        "![kept widths per layer](widths.png)",
+        "vltrim.load",
+    ):
         assert part in card, part
     assert "WARNING" not in card
     assert (out / "widths.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -85,11 +109,21 @@ def test_factorised_model_has_no_widths_plot(tmp_path):
 
 
 def test_chain_report_lists_every_stage_and_widths_follow_dropped_layers(tmp_path):
-    res = vltrim.compress(tiny_model("CLIPModel"), [("distill", {"layers": 1}), ("heads", {"target": 0.3, "num_batches": 1})],
-                          train_data=_data(16), retrain_steps=1, batch_size=8, latency_batch=0, progress=False)
+    res = vltrim.compress(
+        tiny_model("CLIPModel"),
+        [("distill", {"layers": 1}), ("heads", {"target": 0.3, "num_batches": 1})],
+        train_data=_data(16),
+        retrain_steps=1,
+        batch_size=8,
+        latency_batch=0,
+        progress=False,
+    )
     vltrim.save(res, tmp_path / "m")
     rep = json.loads((tmp_path / "m" / "report.json").read_text())
-    assert [s["method"] for s in rep["stages"]] == ["distill", "heads"] and [p["method"] for p in rep["plans"]] == ["distill", "heads"]
+    assert [s["method"] for s in rep["stages"]] == ["distill", "heads"] and [p["method"] for p in rep["plans"]] == [
+        "distill",
+        "heads",
+    ]
     assert all("settings" in s for s in rep["stages"]) and rep["data"]["train"]["items"] == 16
     card = (tmp_path / "m" / "README.md").read_text()
     assert "stage 1 (distill)" in card and "stage 2 (heads)" in card and "layers=" in card
@@ -103,7 +137,10 @@ def test_chain_report_lists_every_stage_and_widths_follow_dropped_layers(tmp_pat
 
 def _actual_widths(model) -> dict[str, list[tuple[int, int]]]:
     ad = vltrim.get_adapter(model)
-    return {t.name: [(t.block(lay).attn.num_heads, t.block(lay).fc1.out_features) for lay in t.layers] for t in ad.towers(model)}
+    return {
+        t.name: [(t.block(lay).attn.num_heads, t.block(lay).fc1.out_features) for lay in t.layers]
+        for t in ad.towers(model)
+    }
 
 
 def test_layer_widths_map_later_plans_to_original_layers():
@@ -112,8 +149,12 @@ def test_layer_widths_map_later_plans_to_original_layers():
     groups = vltrim.inspect(m)
     drop = Plan.from_keep("BertModel", groups, {"text.layers": [1]}, method="manual")
     small = vltrim.apply_plan(m, drop)
-    cut = Plan.from_keep("BertModel", vltrim.inspect(small), {"text.layers.0.mlp.neurons": list(range(40)),
-                                                             "text.layers.0.attn.heads": [0, 2]}, method="manual")
+    cut = Plan.from_keep(
+        "BertModel",
+        vltrim.inspect(small),
+        {"text.layers.0.mlp.neurons": list(range(40)), "text.layers.0.attn.heads": [0, 2]},
+        method="manual",
+    )
     smaller = vltrim.apply_plan(small, cut)
     rows = layer_widths(smaller, vltrim.plans_of(smaller))["text"]
     assert rows[0] == {"layer": 0, "dropped": True}
@@ -121,9 +162,15 @@ def test_layer_widths_map_later_plans_to_original_layers():
 
 
 def test_widths_png_of_many_layers_has_readable_ticks(tmp_path):
-    widths = {"vision": [{"layer": i, "heads": [8 if i % 3 else 12, 12], "head_dims": [64, 64], "neurons": [1024 + 64 * i, 3072]}
-                         if i % 5 else {"layer": i, "dropped": True} for i in range(24)],
-              "text": [{"layer": i, "heads": [8, 8], "head_dims": [48, 64], "neurons": [2048, 2048]} for i in range(12)]}
+    widths = {
+        "vision": [
+            {"layer": i, "heads": [8 if i % 3 else 12, 12], "head_dims": [64, 64], "neurons": [1024 + 64 * i, 3072]}
+            if i % 5
+            else {"layer": i, "dropped": True}
+            for i in range(24)
+        ],
+        "text": [{"layer": i, "heads": [8, 8], "head_dims": [48, 64], "neurons": [2048, 2048]} for i in range(12)],
+    }
     file = plot_widths(widths, tmp_path / "w.png", title="24 + 12 layers")
     assert file.read_bytes()[:4] == b"\x89PNG"
 
@@ -133,7 +180,7 @@ def _overlaps(fig, ax) -> list[tuple[str, str]]:
     fig.canvas.draw()
     r = fig.canvas.get_renderer()
     boxes = [(t.get_text(), t.get_window_extent(r)) for t in ax.get_xticklabels() if t.get_text() and t.get_visible()]
-    return [(a, b) for i, (a, ba) in enumerate(boxes) for b, bb in boxes[i + 1:] if ba.overlaps(bb)]
+    return [(a, b) for i, (a, ba) in enumerate(boxes) for b, bb in boxes[i + 1 :] if ba.overlaps(bb)]
 
 
 @pytest.mark.parametrize("low, high", [(1_234_567, 5_432_100), (40_000_000, 151_277_313), (12_000, 90_000)])
@@ -145,8 +192,17 @@ def test_benchmark_line_plot_tick_labels_do_not_overlap(tmp_path, monkeypatch, l
     from machine import line_plot
 
     xs = [low + (high - low) * k / 7 for k in range(8)]
-    line_plot({"upop": [(x, 0.5 + k / 20) for k, x in enumerate(xs)], "l1": [(x * 0.97, 0.4 + k / 20) for k, x in enumerate(xs)]},
-              (0.8, "teacher"), "parameters", "mean R@1", tmp_path / "p.png", "t")
+    line_plot(
+        {
+            "upop": [(x, 0.5 + k / 20) for k, x in enumerate(xs)],
+            "l1": [(x * 0.97, 0.4 + k / 20) for k, x in enumerate(xs)],
+        },
+        (0.8, "teacher"),
+        "parameters",
+        "mean R@1",
+        tmp_path / "p.png",
+        "t",
+    )
     fig = plt.gcf()
     assert (tmp_path / "p.png").is_file() and _overlaps(fig, fig.axes[0]) == []
     plt.close("all")
@@ -184,8 +240,27 @@ def test_edited_report_is_flagged_but_the_model_still_loads(retrained, tmp_path)
 
 def test_cli_compress_records_the_source_and_data_and_report_prints_it(tmp_path):
     out = tmp_path / "c"
-    r = runner.invoke(app, ["compress", "tiny:CLIPModel", "--out", str(out), "--target", "0.4", "--data", "builtin",
-                            "--eval-data", "builtin", "--retrain-steps", "1", "--batch-size", "16", "--latency-batch", "0"])
+    r = runner.invoke(
+        app,
+        [
+            "compress",
+            "tiny:CLIPModel",
+            "--out",
+            str(out),
+            "--target",
+            "0.4",
+            "--data",
+            "builtin",
+            "--eval-data",
+            "builtin",
+            "--retrain-steps",
+            "1",
+            "--batch-size",
+            "16",
+            "--latency-batch",
+            "0",
+        ],
+    )
     assert r.exit_code == 0, r.output
     rep = json.loads((out / "report.json").read_text())
     assert rep["source"]["name"] == "tiny:CLIPModel" and rep["data_given"] == {"train": "builtin", "eval": "builtin"}

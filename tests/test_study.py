@@ -1,5 +1,6 @@
 """vltrim.study: one row per cell + the original, resumable cell by cell, options checked before any work, the
 Pareto front, and the `vltrim study` command."""
+
 from __future__ import annotations
 
 import csv
@@ -18,13 +19,29 @@ from vltrim.zoo import TINY_TEXT, TINY_VISION, tiny_model
 
 study_module = importlib.import_module("vltrim.study")  # `vltrim.study` is the function
 TRAIN, EVAL = SyntheticCaptions("train", 32), SyntheticCaptions("val", 24)
-FAST = dict(retrain_steps=1, batch_size=16, latency_batches=(1, 4), latency_rounds=2, latency_warmup=0, min_round_s=0.0, progress=False)
+FAST = dict(
+    retrain_steps=1,
+    batch_size=16,
+    latency_batches=(1, 4),
+    latency_rounds=2,
+    latency_warmup=0,
+    min_round_s=0.0,
+    progress=False,
+)
 
 
 def _study(out, methods=("l1", "distill"), ratios=(0.25, 0.5), model=None, **kw):
     opts = {**FAST, **kw}
-    return vltrim.study(model if model is not None else tiny_model("CLIPModel"), task="retrieval", train_data=TRAIN, eval_data=EVAL,
-                        methods=list(methods), ratios=list(ratios), out=out, **opts)
+    return vltrim.study(
+        model if model is not None else tiny_model("CLIPModel"),
+        task="retrieval",
+        train_data=TRAIN,
+        eval_data=EVAL,
+        methods=list(methods),
+        ratios=list(ratios),
+        out=out,
+        **opts,
+    )
 
 
 class Killed(BaseException):
@@ -55,14 +72,28 @@ def test_results_have_one_row_per_cell_and_the_original(tmp_path):
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["cell"] for r in rows] == names
-    for key in ("metric", "metric_vs_teacher", "params", "macs", "latency_b1_ms", "speedup_b1", "latency_b4_ms", "speedup_b4",
-                "retrain_steps", "wall_s", "pareto"):
+    for key in (
+        "metric",
+        "metric_vs_teacher",
+        "params",
+        "macs",
+        "latency_b1_ms",
+        "speedup_b1",
+        "latency_b4_ms",
+        "speedup_b4",
+        "retrain_steps",
+        "wall_s",
+        "pareto",
+    ):
         assert key in rows[0]
     by = {r["cell"]: r for r in res.rows}
     assert by["original"]["speedup_b1"] == 1.0 and by["original"]["metric_vs_teacher"] == 1.0
     assert by["l1-0.75"]["metric"] is None and "not reachable" in by["l1-0.75"]["achieved"]
     assert by["l1-0.5"]["params"] < by["original"]["params"] and by["l1-0.5"]["retrain_steps"] == 1
-    assert by["2of4-0.5"]["params"] == by["original"]["params"] and by["2of4-0.5"]["nonzero_params"] < by["original"]["nonzero_params"]
+    assert (
+        by["2of4-0.5"]["params"] == by["original"]["params"]
+        and by["2of4-0.5"]["nonzero_params"] < by["original"]["nonzero_params"]
+    )
     assert by["distill-0.5"]["macs"] < by["original"]["macs"]
     assert all(by[c]["latency_b4_ms"] > 0 for c in names if c != "l1-0.75")
     md = (out / "results.md").read_text()
@@ -118,23 +149,34 @@ def test_another_settings_study_in_out_is_refused_unless_override(tmp_path, monk
     assert calls == []
 
 
-@pytest.mark.parametrize("opts,words", [
-    ({"ratios": [0]}, ["ratios", "(0, 1)"]),
-    ({"ratios": [1.5]}, ["ratios", "(0, 1)"]),
-    ({"ratios": []}, ["ratios", "empty"]),
-    ({"ratios": [0.5, 0.5]}, ["ratios", "more than once"]),
-    ({"methods": ["nope"]}, ["methods", "unknown method 'nope'", "2:4", "upop", "magnitude"]),
-    ({"methods": []}, ["methods", "empty"]),
-    ({"latency_batches": [0]}, ["latency_batches"]),
-    ({"eval_data": None}, ["eval_data"]),
-    ({"compress_options": {"target": 0.3}}, ["compress_options", "target"]),
-    ({"method_settings": {"lowrank": {"mode": "energy"}}}, ["method_settings", "lowrank"]),
-    ({"method_settings": {"l1": {"bogus": 1}}}, ["l1 at ratio 0.5", "bogus"]),
-    ({"retrain_steps": -1}, ["retrain_steps"]),
-])
+@pytest.mark.parametrize(
+    "opts,words",
+    [
+        ({"ratios": [0]}, ["ratios", "(0, 1)"]),
+        ({"ratios": [1.5]}, ["ratios", "(0, 1)"]),
+        ({"ratios": []}, ["ratios", "empty"]),
+        ({"ratios": [0.5, 0.5]}, ["ratios", "more than once"]),
+        ({"methods": ["nope"]}, ["methods", "unknown method 'nope'", "2:4", "upop", "magnitude"]),
+        ({"methods": []}, ["methods", "empty"]),
+        ({"latency_batches": [0]}, ["latency_batches"]),
+        ({"eval_data": None}, ["eval_data"]),
+        ({"compress_options": {"target": 0.3}}, ["compress_options", "target"]),
+        ({"method_settings": {"lowrank": {"mode": "energy"}}}, ["method_settings", "lowrank"]),
+        ({"method_settings": {"l1": {"bogus": 1}}}, ["l1 at ratio 0.5", "bogus"]),
+        ({"retrain_steps": -1}, ["retrain_steps"]),
+    ],
+)
 def test_bad_options_fail_before_any_work_naming_the_option(tmp_path, opts, words):
-    args = dict(model=tiny_model("CLIPModel"), task="retrieval", train_data=TRAIN, eval_data=EVAL, methods=["l1"], ratios=[0.5],
-                out=tmp_path / "s", **FAST)
+    args = dict(
+        model=tiny_model("CLIPModel"),
+        task="retrieval",
+        train_data=TRAIN,
+        eval_data=EVAL,
+        methods=["l1"],
+        ratios=[0.5],
+        out=tmp_path / "s",
+        **FAST,
+    )
     args.update(opts)
     with pytest.raises((ValueError, TypeError)) as e:
         vltrim.study(**args)
@@ -145,7 +187,9 @@ def test_bad_options_fail_before_any_work_naming_the_option(tmp_path, opts, word
 
 def test_2_4_on_a_model_whose_linear_widths_are_not_multiples_of_4_is_refused(tmp_path):
     odd = dict(hidden_size=62, num_attention_heads=2, intermediate_size=90)
-    model = tf.CLIPModel(tf.CLIPConfig(vision_config={**TINY_VISION, **odd}, text_config={**TINY_TEXT, **odd}, projection_dim=32)).eval()
+    model = tf.CLIPModel(
+        tf.CLIPConfig(vision_config={**TINY_VISION, **odd}, text_config={**TINY_TEXT, **odd}, projection_dim=32)
+    ).eval()
     with pytest.raises(ValueError, match=r"methods: '2:4' cannot run on this CLIPModel: .*in_features=62"):
         _study(tmp_path / "s", methods=("l1", "2:4"), model=model)
     assert not (tmp_path / "s").exists()
@@ -163,12 +207,20 @@ def test_an_out_that_is_a_file_or_someone_elses_directory_is_refused(tmp_path):
 
 def test_compress_options_reach_every_cell_and_budget_options_only_methods_that_take_them(tmp_path):
     # align=1 makes l1 at 75% reachable on the tiny model; magnitude takes no align and must not be refused for it
-    res = _study(tmp_path / "s", methods=("magnitude", "l1"), ratios=(0.75,), latency_batches=(),
-                 compress_options={"align": 1, "kd_weight": 0.5})
+    res = _study(
+        tmp_path / "s",
+        methods=("magnitude", "l1"),
+        ratios=(0.75,),
+        latency_batches=(),
+        compress_options={"align": 1, "kd_weight": 0.5},
+    )
     by = {r["cell"]: r for r in res.rows}
     assert by["l1-0.75"]["metric"] is not None and by["l1-0.75"]["achieved"].startswith("75.")
     assert "75.0% of block-Linear weights zero" in by["magnitude-0.75"]["achieved"]
-    assert json.loads((tmp_path / "s" / "study.json").read_text())["settings"]["compress_options"] == {"align": 1, "kd_weight": 0.5}
+    assert json.loads((tmp_path / "s" / "study.json").read_text())["settings"]["compress_options"] == {
+        "align": 1,
+        "kd_weight": 0.5,
+    }
 
 
 def test_pareto_front_on_a_hand_made_table():
@@ -186,15 +238,39 @@ def test_pareto_front_on_a_hand_made_table():
 
 def test_cli_study_smoke_and_option_errors(tmp_path):
     out = tmp_path / "cli"
-    r = CliRunner().invoke(app, ["study", "tiny:CLIPModel", "--data", "builtin", "--methods", "l1,2:4", "--ratios", "0.5",
-                                 "--retrain-steps", "1", "--out", str(out), "--latency-batches", "1,4", "--latency-rounds", "1"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "study",
+            "tiny:CLIPModel",
+            "--data",
+            "builtin",
+            "--methods",
+            "l1,2:4",
+            "--ratios",
+            "0.5",
+            "--retrain-steps",
+            "1",
+            "--out",
+            str(out),
+            "--latency-batches",
+            "1,4",
+            "--latency-rounds",
+            "1",
+        ],
+    )
     assert r.exit_code == 0, r.output
     with open(out / "results.csv") as f:
         assert [row["cell"] for row in csv.DictReader(f)] == ["original", "l1-0.5", "2of4-0.5"]
     assert (out / "metric_vs_latency_b4.png").exists() and (out / "models" / "l1-0.5" / "plan.json").exists()
-    for args, word in [(["--ratios", "0,1.5"], "--ratios"), (["--ratios", "a"], "--ratios"), (["--methods", "foo"], "--methods"),
-                       (["--methods", ","], "--methods"), (["--latency-batches", "0"], "--latency-batches"),
-                       (["--data", "missing.jsonl"], "--eval-data")]:
+    for args, word in [
+        (["--ratios", "0,1.5"], "--ratios"),
+        (["--ratios", "a"], "--ratios"),
+        (["--methods", "foo"], "--methods"),
+        (["--methods", ","], "--methods"),
+        (["--latency-batches", "0"], "--latency-batches"),
+        (["--data", "missing.jsonl"], "--eval-data"),
+    ]:
         base = {"--data": "builtin", "--out": str(tmp_path / "bad")}
         base.update(dict(zip(args[::2], args[1::2])))
         r = CliRunner().invoke(app, ["study", "tiny:CLIPModel", *[x for kv in base.items() for x in kv]])

@@ -1,4 +1,5 @@
 """Classification (ViT/DeiT) and sentence-embedding distillation (BERT) through vltrim.compress and UPop."""
+
 from __future__ import annotations
 
 import pytest
@@ -18,14 +19,26 @@ FAST = dict(batch_size=16, latency_batch=2, progress=False)
 def shape_data(split: str, n: int) -> list[dict[str, torch.Tensor]]:
     """Built-in images labelled by their shape (5 labels for the tiny classifiers' 5 outputs; 4 used)."""
     d = SyntheticCaptions(split, n)
-    return [{"pixel_values": d.pixel_values[i], "label": torch.tensor(SHAPES.index(ATTRIBUTES[int(d.labels[i])][1]))} for i in range(n)]
+    return [
+        {"pixel_values": d.pixel_values[i], "label": torch.tensor(SHAPES.index(ATTRIBUTES[int(d.labels[i])][1]))}
+        for i in range(n)
+    ]
 
 
 @pytest.mark.parametrize("name", ["ViTForImageClassification", "DeiTForImageClassificationWithTeacher"])
 def test_classification_compress_with_upop(name):
     model = tiny_model(name)
-    res = vltrim.compress(model, "upop", target=0.3, task="classification", train_data=shape_data("train", 64),
-                          eval_data=shape_data("val", 32), search_steps=4, retrain_steps=2, **FAST)
+    res = vltrim.compress(
+        model,
+        "upop",
+        target=0.3,
+        task="classification",
+        train_data=shape_data("train", 64),
+        eval_data=shape_data("val", 32),
+        search_steps=4,
+        retrain_steps=2,
+        **FAST,
+    )
     assert 0 <= res.report["after"]["top1"] <= 1 and res.plan.achieved["params_removed"] >= 0.3
 
 
@@ -42,8 +55,18 @@ def test_sentence_embedding_distillation():
     texts = SyntheticCaptions("train", 64).captions
     data = SentenceDistillData(texts, tokenizer(16), teacher, max_length=16)
     assert evaluate_embeddings(teacher, data)["cosine_to_teacher"] == pytest.approx(1.0, abs=1e-5)
-    res = vltrim.compress(teacher, "upop", target=0.4, task="sentence-embedding", train_data=data, eval_data=data,
-                          search_steps=6, retrain_steps=10, lr=1e-3, **FAST)
+    res = vltrim.compress(
+        teacher,
+        "upop",
+        target=0.4,
+        task="sentence-embedding",
+        train_data=data,
+        eval_data=data,
+        search_steps=6,
+        retrain_steps=10,
+        lr=1e-3,
+        **FAST,
+    )
     assert {"before", "after_search", "after"} <= set(res.report) and res.plan.achieved["params_removed"] >= 0.4
 
 

@@ -1,4 +1,5 @@
 """The training loop: deterministic batches, JSONL logs, checkpoints, and kill + resume -> the same plan."""
+
 from __future__ import annotations
 
 import json
@@ -56,7 +57,17 @@ def test_kill_and_resume_reach_the_same_plan_and_weights(tmp_path):
 
 def test_jsonl_log_and_grad_accum(tmp_path):
     model, data = tiny_model("CLIPModel"), SyntheticCaptions("train", 64)
-    losses = train(model, data, contrastive_loss, steps=4, batch_size=8, grad_accum=2, output_dir=tmp_path, log_every=2, progress=False)
+    losses = train(
+        model,
+        data,
+        contrastive_loss,
+        steps=4,
+        batch_size=8,
+        grad_accum=2,
+        output_dir=tmp_path,
+        log_every=2,
+        progress=False,
+    )
     rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [2, 4] and len(losses) == 4
     assert all({"loss", "lr", "elapsed_s"} <= set(r) for r in rows)

@@ -1,8 +1,10 @@
 """UPop search: progressive schedule, binary final masks, searched model == extracted subnet, saliency."""
+
 from __future__ import annotations
 
 import pytest
 import torch
+from conftest import max_diff, run
 
 import vltrim
 from vltrim.data import SyntheticCaptions
@@ -11,8 +13,6 @@ from vltrim.methods import get_method
 from vltrim.methods.upop import progressive_share, update_steps
 from vltrim.structure.select import Budget
 from vltrim.zoo import tiny_model
-
-from conftest import max_diff, run
 
 
 def test_schedule():
@@ -26,7 +26,9 @@ def test_schedule():
 def searched():
     model = tiny_model("CLIPModel")
     data = SyntheticCaptions("train", 128)
-    return model, get_method("upop").run(model, 0.4, train_data=data, steps=12, interval=4, lr=1e-3, batch_size=32, progress=False)
+    return model, get_method("upop").run(
+        model, 0.4, train_data=data, steps=12, interval=4, lr=1e-3, batch_size=32, progress=False
+    )
 
 
 def test_final_masks_are_binary_and_match_the_plan(searched):
@@ -49,7 +51,9 @@ def test_searched_model_equals_extracted_subnet(searched):
     subnet = vltrim.apply_plan(res.model, res.plan)
     assert max_diff(searched_out, run(subnet, inputs)) < 1e-5
     # the weights trained during the search: the original model was not changed, the copy was
-    assert not torch.equal(model.vision_model.encoder.layers[0].mlp.fc1.weight, res.model.vision_model.encoder.layers[0].mlp.fc1.weight)
+    assert not torch.equal(
+        model.vision_model.encoder.layers[0].mlp.fc1.weight, res.model.vision_model.encoder.layers[0].mlp.fc1.weight
+    )
 
 
 def test_one_ranking_spans_both_towers(searched):
@@ -66,8 +70,17 @@ def test_saliency_prunes_dead_neurons_first():
         fc1.weight[dead] = 0
         fc1.bias[dead] = 0
         fc2.weight[:, dead] = 0
-    res = get_method("upop").run(model, 0.1, train_data=SyntheticCaptions("train", 64), steps=4, interval=2, lr=1e-7,
-                                 batch_size=32, units="neurons", progress=False)
+    res = get_method("upop").run(
+        model,
+        0.1,
+        train_data=SyntheticCaptions("train", 64),
+        steps=4,
+        interval=2,
+        lr=1e-7,
+        batch_size=32,
+        units="neurons",
+        progress=False,
+    )
     kept = set(res.plan.keep["vision.layers.0.mlp.neurons"])
     assert not kept & set(dead)
 

@@ -1,6 +1,7 @@
 """vltrim: make vision-language and unimodal Transformers smaller and really faster.
 
 A Plan is data: methods produce plans, adapters apply them. See README for the workflow."""
+
 from __future__ import annotations
 
 from .adapters import UnsupportedModelError, get_adapter, supported_classes

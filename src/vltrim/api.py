@@ -1,4 +1,5 @@
 """Public entry points: inspect a model, make a plan, apply it."""
+
 from __future__ import annotations
 
 import copy
@@ -48,8 +49,9 @@ def base_config(model: nn.Module):
     return getattr(model, BASE_CONFIG_ATTR, model.config)
 
 
-def apply_plan(model: nn.Module, plan: Plan, inplace: bool = False, *, compute_factors: bool = True,
-               zero_weights: bool = True) -> nn.Module:
+def apply_plan(
+    model: nn.Module, plan: Plan, inplace: bool = False, *, compute_factors: bool = True, zero_weights: bool = True
+) -> nn.Module:
     """A physically smaller model of the same class computing what ``masked(model, plan)`` computes, with the
     plan's Linears factorised (rank-r truncated SVD, see structure/factorize.py).
 
@@ -88,12 +90,16 @@ def _check_no_factorised_slices(adapter, model: nn.Module, plan: Plan) -> None:
         for n in adapter.group_linears(name):
             if n in done or n in sparse:
                 what, step = ("factorised", "factorize") if n in done else ("sparsified", "sparsify")
-                raise PlanError(f"plan slices {name!r}, but {n!r} was {what} by an earlier plan and cannot be "
-                                f"sliced; in a chain, apply keep plans before {step} plans")
+                raise PlanError(
+                    f"plan slices {name!r}, but {n!r} was {what} by an earlier plan and cannot be "
+                    f"sliced; in a chain, apply keep plans before {step} plans"
+                )
     hit = sorted(set(plan.factorize) & sparse)
     if hit:
-        raise PlanError(f"plan factorises {hit[0]!r}, which an earlier plan sparsified (its zeros would be lost); "
-                        "in a chain, apply factorize plans before sparsify plans")
+        raise PlanError(
+            f"plan factorises {hit[0]!r}, which an earlier plan sparsified (its zeros would be lost); "
+            "in a chain, apply factorize plans before sparsify plans"
+        )
 
 
 def _dense_linears(adapter, model: nn.Module) -> tuple[dict[str, nn.Module], dict[str, tuple[int, int]], set[str]]:

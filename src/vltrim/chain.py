@@ -17,30 +17,64 @@ distillation map each student layer to the teacher layer it came from through ev
 With ``work_dir``: work_dir/run.json records the whole chain (a resume with another chain is refused), stage i works in
 work_dir/stage-i-<method>/ (its own run.json, search/ and retrain/ logs and checkpoints), and a finished stage
 saves its model there (result/), so ``resume=True`` continues after the last finished stage from its exact weights."""
+
 from __future__ import annotations
 
 import copy
 import inspect
+from collections.abc import Iterator
 from contextlib import contextmanager
 from types import SimpleNamespace
-from typing import Any, Iterator
+from typing import Any
 
 from torch import nn
 
 from .api import plans_of
 from .checks import kept_modes, text
-from .compress import (HALF, CompressResult, _run, compress, data_summary, finished, keep_result, run_settings,
-                       shared_checked, stage_checked, try_data)
+from .compress import (
+    HALF,
+    CompressResult,
+    _run,
+    compress,
+    data_summary,
+    finished,
+    keep_result,
+    run_settings,
+    shared_checked,
+    stage_checked,
+    try_data,
+)
 from .measure import compare, count_params, machine
 from .methods import get_method
 from .structure.plan import Plan
 from .train.run_record import check_resume, model_fingerprint
 
-STAGE_OPTIONS = ("target", "metric", "align", "units", "allocation", "max_ratio", "depth_share", "search_steps", "retrain_steps",
-                 "kd_weight", "kd_hidden", "kd_embed", "kd_attention", "task_weight", "lr", "retrain_lr", "retrain_schedule",
-                 "method_settings")
+STAGE_OPTIONS = (
+    "target",
+    "metric",
+    "align",
+    "units",
+    "allocation",
+    "max_ratio",
+    "depth_share",
+    "search_steps",
+    "retrain_steps",
+    "kd_weight",
+    "kd_hidden",
+    "kd_embed",
+    "kd_attention",
+    "task_weight",
+    "lr",
+    "retrain_lr",
+    "retrain_schedule",
+    "method_settings",
+)
 METHOD_OPTIONS = ("method_settings", "depth_share")  # settings of one method: per stage only in a chain
-STEP_ORDER = ("keep", "factorize", "sparsify")  # the plan step each method makes (a method's ``plan_step``; default keep)
+STEP_ORDER = (
+    "keep",
+    "factorize",
+    "sparsify",
+)  # the plan step each method makes (a method's ``plan_step``; default keep)
 
 
 def run_chain(o: dict[str, Any]) -> CompressResult:
@@ -60,11 +94,15 @@ def checked_chain(o: dict[str, Any]) -> tuple[SimpleNamespace, list[SimpleNamesp
         raise ValueError("method: an empty chain; give one method name or a list of at least one stage")
     for k in METHOD_OPTIONS:
         if o[k] not in (None, {}):
-            raise ValueError(f"{k}: a chain takes it per stage (it is a setting of one method), e.g. "
-                             f"method=[(\"distill\", {{\"layers\": 2}}), (\"mope\", {{\"depth_share\": 0.5}})]")
+            raise ValueError(
+                f"{k}: a chain takes it per stage (it is a setting of one method), e.g. "
+                f'method=[("distill", {{"layers": 2}}), ("mope", {{"depth_share": 0.5}})]'
+            )
     if o["plan"] is not None:
-        raise ValueError("plan: a chain searches one plan per stage; apply a single plan without a chain (method=<name>), "
-                         "or reload a saved chain with vltrim.load")
+        raise ValueError(
+            "plan: a chain searches one plan per stage; apply a single plan without a chain (method=<name>), "
+            "or reload a saved chain with vltrim.load"
+        )
     specs = [stage_spec(s, i) for i, s in enumerate(chain, 1)]
     check_order(specs, plans_of(o["model"]))
     shared_checked(o)
@@ -83,7 +121,12 @@ def stage_spec(stage: Any, i: int) -> tuple[str, dict[str, Any]]:
     no compress option); a key that is an option of the whole chain (data, work_dir, ...) is refused."""
     if isinstance(stage, str):
         return stage, {"method_settings": {}}
-    if not (isinstance(stage, (tuple, list)) and len(stage) == 2 and isinstance(stage[0], str) and isinstance(stage[1], dict)):
+    if not (
+        isinstance(stage, (tuple, list))
+        and len(stage) == 2
+        and isinstance(stage[0], str)
+        and isinstance(stage[1], dict)
+    ):
         raise TypeError(f"method[{i - 1}]: a chain stage is a method name or (name, {{options}}), got {stage!r}")
     name, given = stage
     where = f"stage {i} ({name})"
@@ -131,15 +174,20 @@ def plan_step(plan: Plan) -> str:
 
 def check_order(specs: list[tuple[str, dict[str, Any]]], done: list[Plan]) -> None:
     """ValueError unless the stages (after the plans the model already has) keep, then factorize, then sparsify."""
-    prev = max(((f"the model's own plan {j}", plan_step(p)) for j, p in enumerate(done, 1)),
-               key=lambda x: STEP_ORDER.index(x[1]), default=None)
+    prev = max(
+        ((f"the model's own plan {j}", plan_step(p)) for j, p in enumerate(done, 1)),
+        key=lambda x: STEP_ORDER.index(x[1]),
+        default=None,
+    )
     for i, (name, _) in enumerate(specs, 1):
         with in_stage(i, name):
             step = getattr(get_method(text("method", name)), "plan_step", "keep")
         if prev is not None and STEP_ORDER.index(step) < STEP_ORDER.index(prev[1]):
-            raise ValueError(f"method: stage {i} ({name}) makes a {step} plan after {prev[0]} made a {prev[1]} plan, "
-                             "whose Linears it could not slice or factorise: order a chain keep (distill, heads, l1, ...), "
-                             "then factorize (lowrank), then sparsify (magnitude)")
+            raise ValueError(
+                f"method: stage {i} ({name}) makes a {step} plan after {prev[0]} made a {prev[1]} plan, "
+                "whose Linears it could not slice or factorise: order a chain keep (distill, heads, l1, ...), "
+                "then factorize (lowrank), then sparsify (magnitude)"
+            )
         prev = (f"stage {i} ({name})", step)
 
 
@@ -150,8 +198,12 @@ def _run_chain(model: nn.Module, o: SimpleNamespace, stages: list[SimpleNamespac
         check_resume(o.work_dir, chain_settings(model, stages), o.resume, o.override)
     dtype = next(model.parameters()).dtype
     teacher = copy.deepcopy(model).float() if dtype in HALF else model  # every stage trains in fp32
-    report: dict[str, Any] = {"method": [s.method for s in stages], "target": [s.target for s in stages], "task": o.task.name,
-                              "data": data_summary(o)}
+    report: dict[str, Any] = {
+        "method": [s.method for s in stages],
+        "target": [s.target for s in stages],
+        "task": o.task.name,
+        "data": data_summary(o),
+    }
     if o.eval_data is not None and o.evaluate_before:
         report["before"] = o.task.evaluate(model, o.eval_data)
     net, rows = teacher, []
@@ -159,12 +211,15 @@ def _run_chain(model: nn.Module, o: SimpleNamespace, stages: list[SimpleNamespac
         net, row = _stage(net, teacher, s, i, last=i == len(stages))
         rows.append({"stage": i, **row})
     small = net.to(dtype).eval()
-    plans = plans_of(small)[len(plans_of(model)):]
+    plans = plans_of(small)[len(plans_of(model)) :]
     report["stages"] = rows
     if o.eval_data is not None:
         report["after"] = o.task.evaluate(small, o.eval_data) if dtype in HALF else rows[-1]["after"]
-    report.update(plan=[p.achieved for p in plans], params=count_params(small),
-                  speed=compare(model, small, batch_size=o.latency_batch) if o.latency_batch > 0 else None)
+    report.update(
+        plan=[p.achieved for p in plans],
+        params=count_params(small),
+        speed=compare(model, small, batch_size=o.latency_batch) if o.latency_batch > 0 else None,
+    )
     if report["speed"] is not None:
         report["machine"] = machine()
     return CompressResult(small, plans[-1], report, plans)
@@ -179,7 +234,9 @@ def chain_settings(model: nn.Module, stages: list[SimpleNamespace]) -> dict[str,
     return out
 
 
-def _stage(net: nn.Module, teacher: nn.Module, s: SimpleNamespace, i: int, last: bool) -> tuple[nn.Module, dict[str, Any]]:
+def _stage(
+    net: nn.Module, teacher: nn.Module, s: SimpleNamespace, i: int, last: bool
+) -> tuple[nn.Module, dict[str, Any]]:
     """Stage ``i`` on ``net``: its model and report row (loaded from its work dir when a resumed run finished it)."""
     s.work_dir = s.work_dir / f"stage-{i}-{s.method}" if s.work_dir is not None else None
     s.evaluate_before, s.latency_batch = False, 0  # the chain evaluates the original once and times the end result

@@ -1,13 +1,15 @@
 """Option checks shared by the API, the training loop and the CLI: every bad value fails before any work,
 with a message that names the option and the value it got."""
+
 from __future__ import annotations
 
 import math
 import numbers
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -54,7 +56,9 @@ def text(name: str, value: Any) -> str:
 def path(name: str, value: Any) -> Path:
     """A file-system path option (str or os.PathLike, not empty) as a Path."""
     if not isinstance(value, (str, os.PathLike)) or str(value) == "":
-        raise TypeError(f"{name} must be a path (a non-empty str or pathlib.Path), got {value!r} ({type(value).__name__})")
+        raise TypeError(
+            f"{name} must be a path (a non-empty str or pathlib.Path), got {value!r} ({type(value).__name__})"
+        )
     return Path(value)
 
 
@@ -94,8 +98,10 @@ def usable_model(model: Any, option: str = "model") -> None:
         raise TypeError(f"{option} must be a torch nn.Module, got {type(model).__name__}")
     get_adapter(model)
     if any(p.is_meta for p in model.parameters()):
-        raise ValueError(f"{option} ({type(model).__name__}) has weights on the meta device (e.g. loaded with "
-                         "init_empty_weights or device_map='meta'): load real weights first")
+        raise ValueError(
+            f"{option} ({type(model).__name__}) has weights on the meta device (e.g. loaded with "
+            "init_empty_weights or device_map='meta'): load real weights first"
+        )
 
 
 @contextmanager

@@ -1,11 +1,11 @@
 """`vltrim` command line: demo, inspect, measure, compress, study, report, export."""
+
 from __future__ import annotations
 
 import json
 import typing
 from collections import defaultdict
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -13,7 +13,11 @@ from rich.table import Table
 from rich.text import Text
 from typer.core import TyperCommand
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Make vision-language and unimodal Transformers smaller and really faster.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Make vision-language and unimodal Transformers smaller and really faster.",
+)
 out_console = Console()
 
 MODEL_HELP = "a vltrim model directory, a Hugging Face model directory, 'reference' (the built-in CLIP teacher) or 'tiny:<Class>'"
@@ -34,14 +38,19 @@ def load_any(spec: str):
     path = model_directory(spec) or path  # a sentence-transformers pipeline: its transformer folder
     if (path / "config.json").exists():
         return model_class(_architecture(path)).from_pretrained(path).eval()
-    hint = ("" if path.exists() or "/" not in spec or spec.startswith(("/", ".")) else
-            f"; vltrim never downloads: fetch a Hub model first (hf download {spec} --local-dir DIR) and pass DIR")
+    hint = (
+        ""
+        if path.exists() or "/" not in spec or spec.startswith(("/", "."))
+        else f"; vltrim never downloads: fetch a Hub model first (hf download {spec} --local-dir DIR) and pass DIR"
+    )
     raise typer.BadParameter(f"{spec!r} is not {MODEL_HELP}{hint}")
 
 
 def source_dir(spec: str) -> Path | None:
     """The model directory ``spec`` names (HF or vltrim), whose tokenizer files ``save`` copies; None otherwise."""
-    return Path(spec) if Path(spec).is_dir() else None  # a directory always wins over 'reference' / 'tiny:' (io.is_named_model)
+    return (
+        Path(spec) if Path(spec).is_dir() else None
+    )  # a directory always wins over 'reference' / 'tiny:' (io.is_named_model)
 
 
 def _architecture(path: Path) -> str:
@@ -52,9 +61,11 @@ def _architecture(path: Path) -> str:
     cfg = read_json(file, error=typer.BadParameter, allow_nonfinite=True)
     archs = cfg.get("architectures") if isinstance(cfg, dict) else None
     if not (isinstance(archs, list) and archs and isinstance(archs[0], str)):
-        raise typer.BadParameter(f"{path} has no plan.json, so it is not a vltrim model directory, and {file} names no "
-                                 "'architectures', so it is no transformers save_pretrained directory either: "
-                                 "load the model in Python and use the API")
+        raise typer.BadParameter(
+            f"{path} has no plan.json, so it is not a vltrim model directory, and {file} names no "
+            "'architectures', so it is no transformers save_pretrained directory either: "
+            "load the model in Python and use the API"
+        )
     return archs[0]
 
 
@@ -73,7 +84,9 @@ def demo(
     method: str = typer.Option("upop", help="compression method"),
     target: float = typer.Option(0.5, help="fraction of prunable params to remove"),
     search_steps: int = typer.Option(100, help="training steps of the search (methods that train while pruning: upop)"),
-    retrain_steps: int = typer.Option(50, help="fine-tuning steps of the pruned model, with distillation from the teacher"),
+    retrain_steps: int = typer.Option(
+        50, help="fine-tuning steps of the pruned model, with distillation from the teacher"
+    ),
     train_size: int = typer.Option(8000, help="built-in training pairs for fine-tuning"),
 ) -> None:
     """Compress the built-in CLIP teacher 2x with UPop, fine-tune briefly, and print teacher vs compressed."""
@@ -81,11 +94,20 @@ def demo(
 
     try:
         _check_demo_options(out, target, search_steps, retrain_steps, train_size)
-        r = run_demo(out, method=method, target=target, search_steps=search_steps, retrain_steps=retrain_steps, train_size=train_size)
+        r = run_demo(
+            out,
+            method=method,
+            target=target,
+            search_steps=search_steps,
+            retrain_steps=retrain_steps,
+            train_size=train_size,
+        )
     except USER_ERRORS as e:
         _fail(e)
     out_console.print(results_table(r))
-    out_console.print(f"saved to {out}/ (config.json, plan.json, model.safetensors, README.md, report.json, widths.png, results.json)")
+    out_console.print(
+        f"saved to {out}/ (config.json, plan.json, model.safetensors, README.md, report.json, widths.png, results.json)"
+    )
 
 
 def _check_demo_options(out: Path, target: float, search_steps: int, retrain_steps: int, train_size: int) -> None:
@@ -101,7 +123,10 @@ def _check_demo_options(out: Path, target: float, search_steps: int, retrain_ste
 
 
 @app.command()
-def inspect(model: str = typer.Argument(..., help=MODEL_HELP), all_groups: bool = typer.Option(False, "--all", help="one row per group")) -> None:
+def inspect(
+    model: str = typer.Argument(..., help=MODEL_HELP),
+    all_groups: bool = typer.Option(False, "--all", help="one row per group"),
+) -> None:
     """List the prunable groups: modality, unit kind, sizes and exact per-unit costs."""
     from . import api
 
@@ -124,7 +149,14 @@ def inspect(model: str = typer.Argument(..., help=MODEL_HELP), all_groups: bool 
             agg[(g.modality, g.kind.value)].append(g)
         span = lambda vals: f"{min(vals):,}" if min(vals) == max(vals) else f"{min(vals):,}-{max(vals):,}"  # noqa: E731
         for (mod, kind), gs in agg.items():
-            tab.add_row(mod, kind, str(len(gs)), str(sum(g.size for g in gs)), span([g.params_per_unit for g in gs]), span([g.macs_per_unit for g in gs]))
+            tab.add_row(
+                mod,
+                kind,
+                str(len(gs)),
+                str(sum(g.size for g in gs)),
+                span([g.params_per_unit for g in gs]),
+                span([g.macs_per_unit for g in gs]),
+            )
     out_console.print(tab)
 
 
@@ -134,12 +166,13 @@ def measure_cmd(
     batch_size: int = typer.Option(1, help="batch of the reference input"),
     device: str = typer.Option("cpu", help="cpu or cuda"),
     rounds: int = typer.Option(15, help="timing rounds (median reported)"),
-    as_json: bool = typer.Option(False, "--json", help="print the measurement as JSON (with the machine) instead of a table"),
+    as_json: bool = typer.Option(
+        False, "--json", help="print the measurement as JSON (with the machine) instead of a table"
+    ),
 ) -> None:
     """Params, MACs and median latency on the model's reference input, with the machine they were measured on."""
-    from .measure import machine, measure
-
     from .checks import device as checked_device
+    from .measure import machine, measure
 
     try:
         dev = checked_device("--device", device)
@@ -153,14 +186,25 @@ def measure_cmd(
     tab = Table(title=f"{type(m).__name__}: {model}")
     tab.add_column("")
     tab.add_column("value", justify="right")
-    for k, v in (("params", f"{r['params']:,}"), ("MACs", f"{r['macs']:,}"), ("latency ms (median)", f"{r['latency_ms']:.3f}"),
-                 ("latency IQR ms", f"{r['latency_iqr_ms']:.3f}"), ("batch size", str(r["batch_size"])), ("rounds", str(r["rounds"])),
-                 ("device", r["device"]), ("threads", str(r["threads"])), ("dtype", r["dtype"])):
+    for k, v in (
+        ("params", f"{r['params']:,}"),
+        ("MACs", f"{r['macs']:,}"),
+        ("latency ms (median)", f"{r['latency_ms']:.3f}"),
+        ("latency IQR ms", f"{r['latency_iqr_ms']:.3f}"),
+        ("batch size", str(r["batch_size"])),
+        ("rounds", str(r["rounds"])),
+        ("device", r["device"]),
+        ("threads", str(r["threads"])),
+        ("dtype", r["dtype"]),
+    ):
         tab.add_row(k, v)
     out_console.print(tab)
     mach = r["machine"]
-    out_console.print(f"machine: {mach['gpu'] or mach['cpu']}, {mach['cores']} cores; torch {mach['torch']}, "
-                      f"transformers {mach['transformers']}", highlight=False)
+    out_console.print(
+        f"machine: {mach['gpu'] or mach['cpu']}, {mach['cores']} cores; torch {mach['torch']}, "
+        f"transformers {mach['transformers']}",
+        highlight=False,
+    )
 
 
 @app.command("report")
@@ -189,11 +233,20 @@ def _print_report(rep: dict, checked: bool | None, directory: Path) -> None:
     from .report import NOT_RETRAINED, WIDTHS_PNG, sections
 
     if checked is False:
-        out_console.print(Panel(Text(f"report.json in {directory} does not match the checksum vltrim.json recorded at save "
-                                     "time: it was edited after saving"), style="bold red"))
+        out_console.print(
+            Panel(
+                Text(
+                    f"report.json in {directory} does not match the checksum vltrim.json recorded at save "
+                    "time: it was edited after saving"
+                ),
+                style="bold red",
+            )
+        )
     for w in rep.get("warnings", []):
         loud = w.startswith(NOT_RETRAINED)
-        out_console.print(Panel(Text(w), title="WARNING", style="bold red") if loud else Text("note: " + w, style="yellow"))
+        out_console.print(
+            Panel(Text(w), title="WARNING", style="bold red") if loud else Text("note: " + w, style="yellow")
+        )
     for s in sections(rep):
         tab = Table(title=s.title, title_justify="left", show_header=any(s.headers))
         for i, h in enumerate(s.headers):
@@ -211,8 +264,14 @@ def _print_report(rep: dict, checked: bool | None, directory: Path) -> None:
 def export_cmd(
     directory: Path = typer.Argument(..., help="a vltrim model directory"),
     fmt: str = typer.Option("onnx", "--format", help="output format: onnx"),
-    out: Optional[Path] = typer.Option(None, help="file to write (default: DIRECTORY/model.onnx); --int8 adds <name>.int8.onnx beside it"),
-    int8: bool = typer.Option(False, "--int8", help="also write a dynamically int8-quantised copy (onnxruntime) and report its cosine to the fp32 model"),
+    out: Path | None = typer.Option(
+        None, help="file to write (default: DIRECTORY/model.onnx); --int8 adds <name>.int8.onnx beside it"
+    ),
+    int8: bool = typer.Option(
+        False,
+        "--int8",
+        help="also write a dynamically int8-quantised copy (onnxruntime) and report its cosine to the fp32 model",
+    ),
     batch_size: int = typer.Option(2, help="batch of the example input (at least 2; the batch axis is dynamic)"),
     rounds: int = typer.Option(10, help="timing rounds of torch vs onnxruntime (median reported)"),
     atol: float = typer.Option(1e-4, help="parity tolerance: max abs diff to torch, times max(1, largest output)"),
@@ -243,12 +302,20 @@ def _print_export(r: dict) -> None:
     add("inputs", axes(r["inputs"]))
     add("outputs", axes(r["outputs"]))
     add("parity vs torch", f"max abs diff {p['max_abs_diff']:.3g} ({p['runtime']}, inputs {axes(p['shapes'])})")
-    add("latency", f"torch {lat['torch_ms']:.3f} ms, onnxruntime {lat['onnxruntime_ms']:.3f} ms: torch / onnxruntime "
-        f"{lat['ratio']:.2f}x (inputs {axes(lat['batch'])}, {lat['threads']} threads)" if lat else "not timed: onnxruntime is not installed (pip install 'vltrim[export]')")
+    add(
+        "latency",
+        f"torch {lat['torch_ms']:.3f} ms, onnxruntime {lat['onnxruntime_ms']:.3f} ms: torch / onnxruntime "
+        f"{lat['ratio']:.2f}x (inputs {axes(lat['batch'])}, {lat['threads']} threads)"
+        if lat
+        else "not timed: onnxruntime is not installed (pip install 'vltrim[export]')",
+    )
     if q:
         add("int8 file", f"{q['file']} ({q['bytes']:,} bytes, fp32 {q['fp32_bytes']:,})")
         add("int8 cosine to fp32", f"{q['cosine']:.5f} (lowest over outputs)")
-        add("int8 latency", f"onnxruntime {q['onnxruntime_ms']:.3f} ms vs torch fp32 {q['torch_ms']:.3f} ms: {q['ratio']:.2f}x")
+        add(
+            "int8 latency",
+            f"onnxruntime {q['onnxruntime_ms']:.3f} ms vs torch fp32 {q['torch_ms']:.3f} ms: {q['ratio']:.2f}x",
+        )
     out_console.print(tab)
     out_console.print(f"max abs diff vs torch: {p['max_abs_diff']:.3g}", highlight=False)
 
@@ -256,7 +323,6 @@ def _print_export(r: dict) -> None:
 def _check_cli_options(o: dict, out: Path) -> None:
     """What can be checked before the model and data are loaded: counts, rates, flags and paths."""
     from .checks import choice, integer, number
-
     from .compress import MAX_SEED
 
     for k in ("search_steps", "retrain_steps", "latency_batch", "checkpoint_every"):
@@ -279,7 +345,9 @@ def _check_cli_options(o: dict, out: Path) -> None:
         raise typer.BadParameter("--override only applies to --resume")
     from .io import check_save_destination
 
-    check_save_destination(out)  # a file, or a directory of files vltrim did not write, is refused now, not after the run
+    check_save_destination(
+        out
+    )  # a file, or a directory of files vltrim did not write, is refused now, not after the run
 
 
 def _check_task_options(o: dict) -> None:
@@ -293,10 +361,36 @@ def _check_task_options(o: dict) -> None:
         number("--retrain-lr", o["retrain_lr"])
 
 
-RECIPE_KEYS = ("method", "target", "metric", "align", "units", "data", "eval_data", "tokenizer", "search_steps",
-               "retrain_steps", "kd_weight", "lr", "batch_size", "latency_batch", "grad_accum", "mixed_precision",
-               "work_dir", "checkpoint_every", "resume", "allocation", "max_ratio", "seed", "override", "depth_share", "task_weight",
-               "kd_attention", "task", "retrain_lr")
+RECIPE_KEYS = (
+    "method",
+    "target",
+    "metric",
+    "align",
+    "units",
+    "data",
+    "eval_data",
+    "tokenizer",
+    "search_steps",
+    "retrain_steps",
+    "kd_weight",
+    "lr",
+    "batch_size",
+    "latency_batch",
+    "grad_accum",
+    "mixed_precision",
+    "work_dir",
+    "checkpoint_every",
+    "resume",
+    "allocation",
+    "max_ratio",
+    "seed",
+    "override",
+    "depth_share",
+    "task_weight",
+    "kd_attention",
+    "task",
+    "retrain_lr",
+)
 
 
 def apply_recipe(ctx: typer.Context, recipe: Path | None, values: dict) -> dict:
@@ -314,7 +408,9 @@ def apply_recipe(ctx: typer.Context, recipe: Path | None, values: dict) -> dict:
         raise typer.BadParameter(f"recipe {recipe} has unknown keys {unknown}; allowed: {', '.join(RECIPE_KEYS)}")
     for k, v in loaded.items():
         v = _recipe_value(recipe, k, v)  # checked even where the command line wins: a bad recipe is refused
-        if getattr(ctx.get_parameter_source(k), "name", None) != "COMMANDLINE":  # typer ships its own ParameterSource enum
+        if (
+            getattr(ctx.get_parameter_source(k), "name", None) != "COMMANDLINE"
+        ):  # typer ships its own ParameterSource enum
             values[k] = v
     return values
 
@@ -326,19 +422,24 @@ def _recipe_keys(recipe: Path, loaded: dict) -> dict:
     for k, v in loaded.items():
         name = k.lstrip("-").replace("-", "_") if isinstance(k, str) else k
         if name in out:
-            raise typer.BadParameter(f"recipe {recipe}: {name!r} is given twice (as {k!r} and in another spelling); keep one")
+            raise typer.BadParameter(
+                f"recipe {recipe}: {name!r} is given twice (as {k!r} and in another spelling); keep one"
+            )
         out[name] = v
     return out
 
 
 def _read_recipe(recipe: Path, yaml):
     """The recipe's YAML, parsed; a missing, non-UTF-8 or malformed file, or a key given twice, is one clear error."""
+
     class Loader(yaml.SafeLoader):
         def construct_mapping(self, node, deep=False):
             keys = [self.construct_object(k, deep=deep) for k, _ in node.value]
             twice = next((k for i, k in enumerate(keys) if k in keys[:i]), None)
             if twice is not None:
-                raise typer.BadParameter(f"recipe {recipe}: {twice!r} is given twice (line {node.start_mark.line + 1}); keep one")
+                raise typer.BadParameter(
+                    f"recipe {recipe}: {twice!r} is given twice (line {node.start_mark.line + 1}); keep one"
+                )
             return super().construct_mapping(node, deep=deep)
 
     try:
@@ -349,7 +450,9 @@ def _read_recipe(recipe: Path, yaml):
         raise typer.BadParameter(f"cannot read recipe {recipe}: {e.strerror or e}") from None
     except yaml.YAMLError as e:
         where = f" at line {e.problem_mark.line + 1}" if getattr(e, "problem_mark", None) else ""
-        raise typer.BadParameter(f"recipe {recipe} is not valid YAML{where}: {getattr(e, 'problem', None) or e}") from None
+        raise typer.BadParameter(
+            f"recipe {recipe} is not valid YAML{where}: {getattr(e, 'problem', None) or e}"
+        ) from None
 
 
 def _recipe_types() -> dict[str, tuple[type, bool]]:
@@ -369,8 +472,11 @@ def _recipe_value(recipe: Path, key: str, value):
         if not optional:
             raise typer.BadParameter(f"recipe {recipe}: {key} is empty; give a value or remove the key")
         return None
-    ok = {bool: lambda v: isinstance(v, bool), int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-          float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)}.get(kind, lambda v: isinstance(v, str))
+    ok = {
+        bool: lambda v: isinstance(v, bool),
+        int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+        float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    }.get(kind, lambda v: isinstance(v, str))
     if not ok(value):
         want = {bool: "true or false", int: "an integer", float: "a number"}.get(kind, "a string")
         raise typer.BadParameter(f"recipe {recipe}: {key} must be {want}, got {value!r} ({type(value).__name__})")
@@ -382,7 +488,9 @@ def make_data(spec: str, model, split: str, tokenizer: str | None, model_spec: s
     'builtin', manifests, image folders, sentence files, hf:DIR)."""
     from .data.sources import DataSource
 
-    return DataSource(model, model_spec, task, tokenizer).open(spec, "--data" if split == "train" else "--eval-data", split)
+    return DataSource(model, model_spec, task, tokenizer).open(
+        spec, "--data" if split == "train" else "--eval-data", split
+    )
 
 
 def cli_data(o: dict, m, model_spec: str) -> tuple:
@@ -408,7 +516,9 @@ def _plan_option(file: Path | None):
     if file is None:
         return None
     if not file.is_file():
-        raise typer.BadParameter(f"--plan {file} " + ("is a directory; give its plan.json" if file.is_dir() else "does not exist"))
+        raise typer.BadParameter(
+            f"--plan {file} " + ("is a directory; give its plan.json" if file.is_dir() else "does not exist")
+        )
     try:
         return Plan.load(file)
     except PlanError as e:
@@ -421,7 +531,9 @@ def _method_settings(items: list[str] | None) -> dict:
     for item in items or []:
         key, eq, value = item.partition("=")
         if not eq or not key.strip():
-            raise typer.BadParameter(f"--set {item!r}: give KEY=VALUE, e.g. --set pattern=2:4 or --set layers='{{\"vision\": 2}}'")
+            raise typer.BadParameter(
+                f"--set {item!r}: give KEY=VALUE, e.g. --set pattern=2:4 or --set layers='{{\"vision\": 2}}'"
+            )
         try:
             out[key.strip()] = json.loads(value)
         except json.JSONDecodeError:
@@ -431,8 +543,23 @@ def _method_settings(items: list[str] | None) -> dict:
 
 THEN = "--then"
 STAGES_KEY = "vltrim.stages"  # ctx.meta key: the argument lists after each --then
-STAGE_PARAMS = ("target", "metric", "align", "units", "allocation", "max_ratio", "depth_share", "search_steps", "retrain_steps",
-                "kd_weight", "kd_attention", "task_weight", "lr", "retrain_lr", "settings")  # `compress` options a --then stage may set
+STAGE_PARAMS = (
+    "target",
+    "metric",
+    "align",
+    "units",
+    "allocation",
+    "max_ratio",
+    "depth_share",
+    "search_steps",
+    "retrain_steps",
+    "kd_weight",
+    "kd_attention",
+    "task_weight",
+    "lr",
+    "retrain_lr",
+    "settings",
+)  # `compress` options a --then stage may set
 
 
 def split_then(args: list[str]) -> list[list[str]]:
@@ -443,7 +570,7 @@ def split_then(args: list[str]) -> list[list[str]]:
         if a == THEN:
             parts.append([])
         elif a.startswith(THEN + "="):
-            parts.append([a[len(THEN) + 1:]])
+            parts.append([a[len(THEN) + 1 :]])
         else:
             parts[-1].append(a)
     return parts
@@ -485,15 +612,20 @@ def _cli_stage(command: TyperCommand, part: list[str], i: int) -> tuple[str, dic
         sub = command.make_context(THEN, ["<model>", "--out", "<out>", *part[1:]])
     except Exception as e:  # click's usage errors (no such option, bad value), from typer's bundled click
         raise typer.BadParameter(f"{where}: {e.format_message() if hasattr(e, 'format_message') else e}") from None
-    given = {n: v for n, v in sub.params.items() if n not in ("model", "out")
-             and getattr(sub.get_parameter_source(n), "name", None) == "COMMANDLINE"}
+    given = {
+        n: v
+        for n, v in sub.params.items()
+        if n not in ("model", "out") and getattr(sub.get_parameter_source(n), "name", None) == "COMMANDLINE"
+    }
     if "method" in given:
         raise typer.BadParameter(f"{where}: a stage's method is the name after {THEN}; drop --method there")
     shared = sorted(_option(n) for n in set(given) - set(STAGE_PARAMS))
     if shared:
-        raise typer.BadParameter(f"{where}: {', '.join(shared)} {'applies' if len(shared) == 1 else 'apply'} to the whole "
-                                 f"chain: give {'it' if len(shared) == 1 else 'them'} before the first {THEN} (a stage takes "
-                                 f"{', '.join(_option(n) for n in STAGE_PARAMS)}; its method is the name after {THEN})")
+        raise typer.BadParameter(
+            f"{where}: {', '.join(shared)} {'applies' if len(shared) == 1 else 'apply'} to the whole "
+            f"chain: give {'it' if len(shared) == 1 else 'them'} before the first {THEN} (a stage takes "
+            f"{', '.join(_option(n) for n in STAGE_PARAMS)}; its method is the name after {THEN})"
+        )
     settings = _method_settings(given.pop("settings", None))
     return part[0], {**given, "method_settings": settings}
 
@@ -503,42 +635,75 @@ def compress(
     ctx: typer.Context,
     model: str = typer.Argument(..., help=MODEL_HELP),
     out: Path = typer.Option(..., help="output directory for the compressed model"),
-    method: str = typer.Option("l1", help="compression method (l1, taylor, random, upop, mope, heads, distill, lowrank, magnitude); "
-                               "'--then NAME [--target ... --set ...]' chains another method on the result (stage options follow it)"),
+    method: str = typer.Option(
+        "l1",
+        help="compression method (l1, taylor, random, upop, mope, heads, distill, lowrank, magnitude); "
+        "'--then NAME [--target ... --set ...]' chains another method on the result (stage options follow it)",
+    ),
     target: float = typer.Option(0.5, help="fraction of prunable cost to remove, in (0, 1)"),
     metric: str = typer.Option("params", help="params or macs"),
     align: int = typer.Option(8, help="kept widths are multiples of this (1 = any width)"),
-    units: Optional[str] = typer.Option(None, help="unit kinds: head_dims or heads, and neurons (default: the method's; mope: heads,neurons)"),
-    allocation: Optional[str] = typer.Option(None, help="where the cut falls: global (one ranking), uniform (every group alike) or modality; default: the method's"),
-    max_ratio: Optional[float] = typer.Option(None, help="at most this share of any one group's units is removed; default: the method's"),
+    units: str | None = typer.Option(
+        None, help="unit kinds: head_dims or heads, and neurons (default: the method's; mope: heads,neurons)"
+    ),
+    allocation: str | None = typer.Option(
+        None,
+        help="where the cut falls: global (one ranking), uniform (every group alike) or modality; default: the method's",
+    ),
+    max_ratio: float | None = typer.Option(
+        None, help="at most this share of any one group's units is removed; default: the method's"
+    ),
     seed: int = typer.Option(0, help="seed of the search (random scores, calibration, batch order) and retraining"),
-    depth_share: Optional[float] = typer.Option(None, help="mope: the part of the cut that comes from whole layers (0: width only, 1: depth only)"),
-    plan_file: Optional[Path] = typer.Option(None, "--plan", help="apply this plan.json instead of searching"),
-    task: Optional[str] = typer.Option(None, help="retrieval (image-text), classification (image classifier) or sentence-embedding "
-                                       "(text encoder): the loss that retrains and the metric that judges; default: the one that fits the model"),
-    data: Optional[str] = typer.Option(None, help="training data: retrieval: 'builtin', an image-caption manifest (.jsonl/.csv) or an "
-                                       "image folder; classification: an image folder root/<class>/<images>; sentence-embedding: "
-                                       "sentences (.txt one per line, .jsonl/.csv with a 'text' field); any task: hf:DIR (datasets.save_to_disk)"),
-    eval_data: Optional[str] = typer.Option(None, help="evaluation data, same forms as --data"),
-    tokenizer: Optional[str] = typer.Option(None, help="local tokenizer directory, or 'builtin' (the reference model's); default: the "
-                                            "model directory's ('builtin' for reference); never downloaded"),
+    depth_share: float | None = typer.Option(
+        None, help="mope: the part of the cut that comes from whole layers (0: width only, 1: depth only)"
+    ),
+    plan_file: Path | None = typer.Option(None, "--plan", help="apply this plan.json instead of searching"),
+    task: str | None = typer.Option(
+        None,
+        help="retrieval (image-text), classification (image classifier) or sentence-embedding "
+        "(text encoder): the loss that retrains and the metric that judges; default: the one that fits the model",
+    ),
+    data: str | None = typer.Option(
+        None,
+        help="training data: retrieval: 'builtin', an image-caption manifest (.jsonl/.csv) or an "
+        "image folder; classification: an image folder root/<class>/<images>; sentence-embedding: "
+        "sentences (.txt one per line, .jsonl/.csv with a 'text' field); any task: hf:DIR (datasets.save_to_disk)",
+    ),
+    eval_data: str | None = typer.Option(None, help="evaluation data, same forms as --data"),
+    tokenizer: str | None = typer.Option(
+        None,
+        help="local tokenizer directory, or 'builtin' (the reference model's); default: the "
+        "model directory's ('builtin' for reference); never downloaded",
+    ),
     search_steps: int = typer.Option(300, help="training steps of a training-based search (upop)"),
     retrain_steps: int = typer.Option(0, help="retraining steps of the compressed model (needs --data)"),
     kd_weight: float = typer.Option(1.0, help="weight of distillation from the original model"),
-    kd_attention: Optional[float] = typer.Option(None, help="weight of attention-map distillation (MSE of every block's attention to its teacher block's; runs attention eager while training); default: the method's (0)"),
-    task_weight: float = typer.Option(1.0, help="weight of the task loss; 0: distillation only (MoPE's pre-training stage on unlabelled image-text pairs)"),
+    kd_attention: float | None = typer.Option(
+        None,
+        help="weight of attention-map distillation (MSE of every block's attention to its teacher block's; runs attention eager while training); default: the method's (0)",
+    ),
+    task_weight: float = typer.Option(
+        1.0,
+        help="weight of the task loss; 0: distillation only (MoPE's pre-training stage on unlabelled image-text pairs)",
+    ),
     lr: float = typer.Option(1e-4, help="learning rate of the search"),
-    retrain_lr: Optional[float] = typer.Option(None, help="learning rate of retraining (default 2e-4)"),
+    retrain_lr: float | None = typer.Option(None, help="learning rate of retraining (default 2e-4)"),
     batch_size: int = typer.Option(64, help="training batch size"),
     latency_batch: int = typer.Option(1, help="batch size for the before/after latency comparison (0: no timing)"),
     grad_accum: int = typer.Option(1, help="micro-batches per optimizer step"),
     mixed_precision: str = typer.Option("no", help="no, bf16 or fp16"),
-    work_dir: Optional[Path] = typer.Option(None, help="logs (log.jsonl) and checkpoints of search and retrain"),
+    work_dir: Path | None = typer.Option(None, help="logs (log.jsonl) and checkpoints of search and retrain"),
     checkpoint_every: int = typer.Option(0, help="checkpoint every N steps (needs --work-dir)"),
     resume: bool = typer.Option(False, help="continue from the latest checkpoints in --work-dir"),
-    override: bool = typer.Option(False, help="with --resume: continue even though options, data or model differ from the checkpoints' run.json"),
-    recipe: Optional[Path] = typer.Option(None, help="YAML file with any of these options (command-line options win)"),
-    settings: Optional[list[str]] = typer.Option(None, "--set", help="a setting of the method, KEY=VALUE, repeatable (e.g. --set pattern=2:4, --set layers=2, --set mode=energy --set energy=0.9)"),
+    override: bool = typer.Option(
+        False, help="with --resume: continue even though options, data or model differ from the checkpoints' run.json"
+    ),
+    recipe: Path | None = typer.Option(None, help="YAML file with any of these options (command-line options win)"),
+    settings: list[str] | None = typer.Option(
+        None,
+        "--set",
+        help="a setting of the method, KEY=VALUE, repeatable (e.g. --set pattern=2:4, --set layers=2, --set mode=energy --set energy=0.9)",
+    ),
 ) -> None:
     """Compress a model (search or --plan), optionally retrain it, save it and compare it with the original.
     '--then NAME [stage options]' chains another method on the result (the options before the first --then are
@@ -547,12 +712,40 @@ def compress(
     from .compress import compress as run_compress
 
     try:
-        o = apply_recipe(ctx, recipe, dict(method=method, target=target, metric=metric, align=align, units=units, data=data,
-                         eval_data=eval_data, tokenizer=tokenizer, search_steps=search_steps, retrain_steps=retrain_steps,
-                         kd_weight=kd_weight, lr=lr, batch_size=batch_size, latency_batch=latency_batch, grad_accum=grad_accum,
-                         mixed_precision=mixed_precision, work_dir=work_dir, checkpoint_every=checkpoint_every, resume=resume,
-                         allocation=allocation, max_ratio=max_ratio, seed=seed, override=override, depth_share=depth_share,
-                         task_weight=task_weight, kd_attention=kd_attention, task=task, retrain_lr=retrain_lr))
+        o = apply_recipe(
+            ctx,
+            recipe,
+            dict(
+                method=method,
+                target=target,
+                metric=metric,
+                align=align,
+                units=units,
+                data=data,
+                eval_data=eval_data,
+                tokenizer=tokenizer,
+                search_steps=search_steps,
+                retrain_steps=retrain_steps,
+                kd_weight=kd_weight,
+                lr=lr,
+                batch_size=batch_size,
+                latency_batch=latency_batch,
+                grad_accum=grad_accum,
+                mixed_precision=mixed_precision,
+                work_dir=work_dir,
+                checkpoint_every=checkpoint_every,
+                resume=resume,
+                allocation=allocation,
+                max_ratio=max_ratio,
+                seed=seed,
+                override=override,
+                depth_share=depth_share,
+                task_weight=task_weight,
+                kd_attention=kd_attention,
+                task=task,
+                retrain_lr=retrain_lr,
+            ),
+        )
         _check_cli_options(o, out)
         ms = _method_settings(settings)
         chain = cli_stages(ctx, o["method"], ms, o["depth_share"])
@@ -560,18 +753,45 @@ def compress(
             raise typer.BadParameter(f"--plan applies one saved plan; it cannot start a chain ({THEN})")
         m = load_any(model)
         task_name, train_ds, eval_ds = cli_data(o, m, model)
-        one = {} if chain is not None else dict(depth_share=o["depth_share"], method_settings=ms)  # a chain has them per stage
-        res = run_compress(m, chain or o["method"], o["target"], train_data=train_ds, eval_data=eval_ds, search_steps=o["search_steps"],
-                           retrain_steps=o["retrain_steps"], kd_weight=o["kd_weight"], lr=o["lr"], batch_size=o["batch_size"],
-                           metric=o["metric"], align=o["align"], units=o["units"], latency_batch=o["latency_batch"],
-                           grad_accum=o["grad_accum"], mixed_precision=o["mixed_precision"], work_dir=o["work_dir"],
-                           checkpoint_every=o["checkpoint_every"], resume=o["resume"], allocation=o["allocation"],
-                           max_ratio=o["max_ratio"], seed=o["seed"], override=o["override"], kd_attention=o["kd_attention"],
-                           task_weight=o["task_weight"], plan=_plan_option(plan_file), task=task_name,
-                           **({"retrain_lr": o["retrain_lr"]} if o["retrain_lr"] is not None else {}), **one)
+        one = (
+            {} if chain is not None else dict(depth_share=o["depth_share"], method_settings=ms)
+        )  # a chain has them per stage
+        res = run_compress(
+            m,
+            chain or o["method"],
+            o["target"],
+            train_data=train_ds,
+            eval_data=eval_ds,
+            search_steps=o["search_steps"],
+            retrain_steps=o["retrain_steps"],
+            kd_weight=o["kd_weight"],
+            lr=o["lr"],
+            batch_size=o["batch_size"],
+            metric=o["metric"],
+            align=o["align"],
+            units=o["units"],
+            latency_batch=o["latency_batch"],
+            grad_accum=o["grad_accum"],
+            mixed_precision=o["mixed_precision"],
+            work_dir=o["work_dir"],
+            checkpoint_every=o["checkpoint_every"],
+            resume=o["resume"],
+            allocation=o["allocation"],
+            max_ratio=o["max_ratio"],
+            seed=o["seed"],
+            override=o["override"],
+            kd_attention=o["kd_attention"],
+            task_weight=o["task_weight"],
+            plan=_plan_option(plan_file),
+            task=task_name,
+            **({"retrain_lr": o["retrain_lr"]} if o["retrain_lr"] is not None else {}),
+            **one,
+        )
         report = res.report
         report.update(source_model=model, data_given={"train": o["data"], "eval": o["eval_data"]})
-        io.save(res, out, source=source_dir(model))  # with report.json, widths.png (and mope.csv / mope.png) and the card
+        io.save(
+            res, out, source=source_dir(model)
+        )  # with report.json, widths.png (and mope.csv / mope.png) and the card
     except USER_ERRORS as e:
         _fail(e)
     from .report import speedup_text
@@ -582,11 +802,21 @@ def compress(
         tab.add_column(col)
     for key in _metric_keys(report):
         if "before" in report and key in report["before"]:
-            tab.add_row(key, f"{report['before'][key]:.3f}", f"{report['after'][key]:.3f}", f"{report['after'][key] / max(report['before'][key], 1e-9):.1%}")
+            tab.add_row(
+                key,
+                f"{report['before'][key]:.3f}",
+                f"{report['after'][key]:.3f}",
+                f"{report['after'][key] / max(report['before'][key], 1e-9):.1%}",
+            )
     if c is not None:
         tab.add_row("params", f"{c['a']['params']:,}", f"{c['b']['params']:,}", f"{c['params_ratio']:.2f}x")
         tab.add_row("MACs", f"{c['a']['macs']:,}", f"{c['b']['macs']:,}", f"{c['macs_ratio']:.2f}x")
-        tab.add_row(f"latency ms ({c['device']}, {c['threads']} thr, batch {c['batch_size']})", f"{c['a']['latency_ms']:.3f}", f"{c['b']['latency_ms']:.3f}", speedup_text(c))
+        tab.add_row(
+            f"latency ms ({c['device']}, {c['threads']} thr, batch {c['batch_size']})",
+            f"{c['a']['latency_ms']:.3f}",
+            f"{c['b']['latency_ms']:.3f}",
+            speedup_text(c),
+        )
     out_console.print(tab)
     out_console.print(f"saved to {out}/ (with report.json); reload with vltrim.load('{out}')")
 
@@ -627,20 +857,39 @@ def _front_codes(front: str) -> str:
 @app.command("study")
 def study_cmd(
     model: str = typer.Argument(..., help=MODEL_HELP),
-    out: Path = typer.Option(Path("study"), help="study directory: cells/, models/, results.csv/.md/.json and PNG plots (a rerun skips finished cells)"),
+    out: Path = typer.Option(
+        Path("study"),
+        help="study directory: cells/, models/, results.csv/.md/.json and PNG plots (a rerun skips finished cells)",
+    ),
     task: str = typer.Option("retrieval", help="the task whose loss retrains and whose metric judges every cell"),
-    data: Optional[str] = typer.Option(None, help="training data: 'builtin' or an image-caption manifest (.jsonl/.csv)"),
-    eval_data: Optional[str] = typer.Option(None, help="evaluation data, same forms as --data (default with --data builtin: its held-out split)"),
-    tokenizer: Optional[str] = typer.Option(None, help="tokenizer directory for a manifest (default: the model directory)"),
-    methods: str = typer.Option("magnitude,2:4,heads,lowrank,distill,l1,upop", help="methods, comma-separated; '2:4' is magnitude with the 2:4 pattern (one cell, 50%)"),
-    ratios: str = typer.Option("0.25,0.5,0.75", help="ratios in (0, 1), comma-separated: magnitude's sparsity, distill's share of layers dropped, else the share of prunable params removed"),
+    data: str | None = typer.Option(None, help="training data: 'builtin' or an image-caption manifest (.jsonl/.csv)"),
+    eval_data: str | None = typer.Option(
+        None, help="evaluation data, same forms as --data (default with --data builtin: its held-out split)"
+    ),
+    tokenizer: str | None = typer.Option(
+        None, help="tokenizer directory for a manifest (default: the model directory)"
+    ),
+    methods: str = typer.Option(
+        "magnitude,2:4,heads,lowrank,distill,l1,upop",
+        help="methods, comma-separated; '2:4' is magnitude with the 2:4 pattern (one cell, 50%)",
+    ),
+    ratios: str = typer.Option(
+        "0.25,0.5,0.75",
+        help="ratios in (0, 1), comma-separated: magnitude's sparsity, distill's share of layers dropped, else the share of prunable params removed",
+    ),
     retrain_steps: int = typer.Option(100, help="retraining steps of every cell (the same budget for all)"),
-    search_steps: Optional[int] = typer.Option(None, help="search steps of training-based searches (upop); default: --retrain-steps"),
+    search_steps: int | None = typer.Option(
+        None, help="search steps of training-based searches (upop); default: --retrain-steps"
+    ),
     batch_size: int = typer.Option(64, help="training batch size"),
     seed: int = typer.Option(0, help="seed of every cell's search and retraining"),
-    latency_batches: str = typer.Option("1,32", help="batch sizes timed (all models in one interleaved run per batch), comma-separated"),
+    latency_batches: str = typer.Option(
+        "1,32", help="batch sizes timed (all models in one interleaved run per batch), comma-separated"
+    ),
     latency_rounds: int = typer.Option(15, help="timing rounds per batch (median reported)"),
-    override: bool = typer.Option(False, help="reuse an --out holding a study of other settings: its cells are recomputed"),
+    override: bool = typer.Option(
+        False, help="reuse an --out holding a study of other settings: its cells are recomputed"
+    ),
 ) -> None:
     """Compress a model with every method at every ratio, time all of them in one run, and chart metric vs cost."""
     from .checks import integer
@@ -657,30 +906,66 @@ def study_cmd(
         integer("--latency-rounds", latency_rounds, 1)
         check_out(out, "--out")
         if eval_data is None and data != "builtin":
-            raise typer.BadParameter("--eval-data is needed: every cell is judged on it (it defaults to the held-out split only with --data builtin)")
+            raise typer.BadParameter(
+                "--eval-data is needed: every cell is judged on it (it defaults to the held-out split only with --data builtin)"
+            )
         m = load_any(model)
         train_ds = make_data(data, m, "train", tokenizer, model, task) if data else None
         eval_ds = make_data(eval_data or "builtin", m, "val", tokenizer, model, task)
-        res = study(m, task=task, train_data=train_ds, eval_data=eval_ds, methods=ms, ratios=rs, retrain_steps=retrain_steps,
-                    search_steps=search_steps, out=out, seed=seed, batch_size=batch_size, latency_batches=bs,
-                    latency_rounds=latency_rounds, override=override)
+        res = study(
+            m,
+            task=task,
+            train_data=train_ds,
+            eval_data=eval_ds,
+            methods=ms,
+            ratios=rs,
+            retrain_steps=retrain_steps,
+            search_steps=search_steps,
+            out=out,
+            seed=seed,
+            batch_size=batch_size,
+            latency_batches=bs,
+            latency_rounds=latency_rounds,
+            override=override,
+        )
     except USER_ERRORS as e:
         _fail(e)
     big = max(bs) if bs else None
-    tab = Table(title=f"{type(m).__name__}: {res.settings['metric']} vs cost ({res.settings['retrain_steps']} retrain steps per cell)")
-    for col in ("method", "ratio", res.settings["metric"], "of teacher", "params", "MACs",
-                *([f"speedup b{min(bs)}", f"speedup b{big}"] if bs and big != min(bs) else [f"speedup b{big}"] if bs else []), "Pareto"):
+    tab = Table(
+        title=f"{type(m).__name__}: {res.settings['metric']} vs cost ({res.settings['retrain_steps']} retrain steps per cell)"
+    )
+    for col in (
+        "method",
+        "ratio",
+        res.settings["metric"],
+        "of teacher",
+        "params",
+        "MACs",
+        *([f"speedup b{min(bs)}", f"speedup b{big}"] if bs and big != min(bs) else [f"speedup b{big}"] if bs else []),
+        "Pareto",
+    ):
         tab.add_column(col, justify="left" if col in ("method", "Pareto") else "right")
     for r in res.rows:
         speed = [r.get(f"speedup_b{b}") for b in dict.fromkeys([min(bs), big])] if bs else []
-        tab.add_row(r["method"], "-" if r["ratio"] is None else f"{r['ratio']:g}", "-" if r["metric"] is None else f"{r['metric']:.4f}",
-                    "-" if r["metric_vs_teacher"] is None else f"{r['metric_vs_teacher']:.1%}",
-                    _short(r["params"]), _short(r["macs"]),
-                    *("-" if v is None else f"{v:.2f}x" for v in speed), _front_codes(r["pareto"]))
+        tab.add_row(
+            r["method"],
+            "-" if r["ratio"] is None else f"{r['ratio']:g}",
+            "-" if r["metric"] is None else f"{r['metric']:.4f}",
+            "-" if r["metric_vs_teacher"] is None else f"{r['metric_vs_teacher']:.1%}",
+            _short(r["params"]),
+            _short(r["macs"]),
+            *("-" if v is None else f"{v:.2f}x" for v in speed),
+            _front_codes(r["pareto"]),
+        )
     out_console.print(tab)
-    out_console.print("Pareto: on the front of the metric vs tN = latency at batch N, p = params, m = MACs", highlight=False)
-    out_console.print(f"written to {out}/: " + ", ".join(p.name for p in res.files.values()) + ", cells/, models/ "
-                      "(results.md: every column, what each ratio means, the machine)", highlight=False)
+    out_console.print(
+        "Pareto: on the front of the metric vs tN = latency at batch N, p = params, m = MACs", highlight=False
+    )
+    out_console.print(
+        f"written to {out}/: " + ", ".join(p.name for p in res.files.values()) + ", cells/, models/ "
+        "(results.md: every column, what each ratio means, the machine)",
+        highlight=False,
+    )
 
 
 if __name__ == "__main__":

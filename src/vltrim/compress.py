@@ -1,4 +1,5 @@
 """`vltrim.compress`: search a plan, extract the subnet, retrain it with distillation, report before/after."""
+
 from __future__ import annotations
 
 import copy
@@ -6,11 +7,12 @@ import inspect
 import json
 import shutil
 import time
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -24,20 +26,26 @@ from .measure import compare, count_params, machine
 from .methods import get_method
 from .methods.common import prunable_groups
 from .structure.plan import Plan
-from .structure.sparsify import freeze_zeros, sparsified
 from .structure.select import ALLOCATION, MAX_RATIO, Budget
+from .structure.sparsify import freeze_zeros, sparsified
 from .tasks import Task, get_task
 from .train import train
 from .train.distill import attention_kd, attention_maps, hidden_kd, layer_outputs
 from .train.loop import SCHEDULES
 from .train.run_record import check_resume, model_fingerprint
 
-
 MODEL_KEYS = ("pixel_values", "input_ids", "attention_mask", "token_type_ids")
 
 
-def task_loss(task: Task, teacher: nn.Module | None, kd_weight: float = 1.0, kd_hidden: float = 0.0, kd_embed: float = 0.0,
-              task_weight: float = 1.0, kd_attention: float = 0.0) -> Callable[[nn.Module, Any], torch.Tensor]:
+def task_loss(
+    task: Task,
+    teacher: nn.Module | None,
+    kd_weight: float = 1.0,
+    kd_hidden: float = 0.0,
+    kd_embed: float = 0.0,
+    task_weight: float = 1.0,
+    kd_attention: float = 0.0,
+) -> Callable[[nn.Module, Any], torch.Tensor]:
     """The training loss of a compressed model: ``task_weight`` x the task loss (0: distillation only, e.g. MoPE's
     pre-training stage on unlabelled pairs) + ``kd_weight`` x the task's distillation from ``teacher`` (logits /
     similarity KL, + ``kd_embed`` x each tower's final-embedding distance where the task has towers) + ``kd_hidden`` x uni-modal
@@ -80,8 +88,9 @@ def _takes(fn: Callable) -> Callable[[str], bool]:
     return lambda k: anything or k in params
 
 
-def _search_inputs(method: Any, data: Dataset | None, loss: Callable, batch_size: int, seed: int, task: str,
-                   progress: bool) -> dict[str, Any]:
+def _search_inputs(
+    method: Any, data: Dataset | None, loss: Callable, batch_size: int, seed: int, task: str, progress: bool
+) -> dict[str, Any]:
     """What a one-shot method takes besides the budget: calibration data and loss (required by ``needs_data``,
     else passed when the method takes data, e.g. lowrank's data-aware SVD), and the seed, task and progress flag."""
     takes = _takes(method.search)
@@ -97,11 +106,15 @@ def _budget_options(method: Any, o: Any, searches: bool) -> dict[str, Any]:
     """metric, align, units, allocation and max_ratio for the method, only those it takes; one set away from its
     default that the method does not take (magnitude has no metric, lowrank no allocation) is refused."""
     takes = _takes(method.run if searches else method.search)
-    given = dict(metric=o["metric"], align=o["align"], units=o["units"], allocation=o["allocation"], max_ratio=o["max_ratio"])
+    given = dict(
+        metric=o["metric"], align=o["align"], units=o["units"], allocation=o["allocation"], max_ratio=o["max_ratio"]
+    )
     unused = [k for k, v in given.items() if not takes(k) and v not in (None, "params", 8) and k != "units"]
     if unused:
-        raise ValueError(f"{', '.join(unused)}: {method.name} does not take {'it' if len(unused) == 1 else 'them'} "
-                         f"(it would be ignored); leave {'it' if len(unused) == 1 else 'them'} at the default")
+        raise ValueError(
+            f"{', '.join(unused)}: {method.name} does not take {'it' if len(unused) == 1 else 'them'} "
+            f"(it would be ignored); leave {'it' if len(unused) == 1 else 'them'} at the default"
+        )
     return {k: v for k, v in given.items() if takes(k) and v is not None}
 
 
@@ -109,15 +122,21 @@ def _budget_options(method: Any, o: Any, searches: bool) -> dict[str, Any]:
 class CompressResult:
     model: nn.Module  # the compressed, retrained model
     plan: Plan  # the last plan applied (the only one of a one-stage, one-round run)
-    report: dict[str, Any] = field(default_factory=dict)  # metric before/after, params, MACs, latency; per round and stage
-    plans: list[Plan] = field(default_factory=list)  # every plan this run applied, in order (prune-retrain rounds, chains)
+    report: dict[str, Any] = field(
+        default_factory=dict
+    )  # metric before/after, params, MACs, latency; per round and stage
+    plans: list[Plan] = field(
+        default_factory=list
+    )  # every plan this run applied, in order (prune-retrain rounds, chains)
 
     def __post_init__(self) -> None:
         if not self.plans:
             self.plans = [self.plan]
 
 
-Stage = str | tuple[str, dict[str, Any]]  # a chain entry: a method name, or (name, its own compress options and settings)
+Stage = (
+    str | tuple[str, dict[str, Any]]
+)  # a chain entry: a method name, or (name, its own compress options and settings)
 
 
 def compress(
@@ -252,7 +271,9 @@ def stage_checked(o: dict[str, Any]) -> None:
     if o["allocation"] is not None:
         text("allocation", o["allocation"])
     if o["units"] is not None and not isinstance(o["units"], (str, list, tuple)):
-        raise ValueError(f"units must be a string like 'head_dims,neurons', got {o['units']!r} ({type(o['units']).__name__})")
+        raise ValueError(
+            f"units must be a string like 'head_dims,neurons', got {o['units']!r} ({type(o['units']).__name__})"
+        )
     for k in ("lr", "retrain_lr"):
         o[k] = number(k, o[k])
     o["kd_weight"] = number("kd_weight", o["kd_weight"], low_open=False)
@@ -290,14 +311,24 @@ def _check_loss_weights(o: dict[str, Any]) -> None:
     if o["kd_embed"] is not None:
         o["kd_embed"] = number("kd_embed", o["kd_embed"], low_open=False)
         if o["kd_embed"] and not task.embed_kd:
-            raise ValueError(f"kd_embed: the {task.name} task has no tower embeddings to distil apart from its own "
-                             f"distillation ({'its loss already matches the teacher embedding' if task.kd is None else 'logits KL'}); use 0")
+            raise ValueError(
+                f"kd_embed: the {task.name} task has no tower embeddings to distil apart from its own "
+                f"distillation ({'its loss already matches the teacher embedding' if task.kd is None else 'logits KL'}); use 0"
+            )
     else:
         o["kd_embed"] = getattr(o["m"], "kd_embed", 0.0) if task.embed_kd else 0.0
     o["task_weight"] = number("task_weight", o["task_weight"], low_open=False)
-    if o["task_weight"] == 0 and (task.kd is None or o["kd_weight"] == 0) and o["kd_hidden"] == 0 and o["kd_attention"] == 0:
-        hint = ("its loss is the distillation: keep task_weight > 0 or set kd_hidden / kd_attention > 0" if task.kd is None
-                else "set kd_weight, kd_hidden or kd_attention > 0")
+    if (
+        o["task_weight"] == 0
+        and (task.kd is None or o["kd_weight"] == 0)
+        and o["kd_hidden"] == 0
+        and o["kd_attention"] == 0
+    ):
+        hint = (
+            "its loss is the distillation: keep task_weight > 0 or set kd_hidden / kd_attention > 0"
+            if task.kd is None
+            else "set kd_weight, kd_hidden or kd_attention > 0"
+        )
         raise ValueError(f"task_weight=0 leaves no training loss for {task.name} ({hint})")
 
 
@@ -317,8 +348,29 @@ def try_data(model: nn.Module, o: dict[str, Any], stages: list[dict[str, Any]]) 
 
 MAX_SEED = 2**32 - 1  # numpy's seed range; larger seeds overflow torch's generators mid-run
 
-PASSED_BY_COMPRESS = {"model", "target", "task", "train_data", "data", "loss_fn", "steps", "lr", "batch_size", "seed", "progress", "metric",
-                      "align", "units", "allocation", "max_ratio", "grad_accum", "mixed_precision", "output_dir", "checkpoint_every", "resume"}
+PASSED_BY_COMPRESS = {
+    "model",
+    "target",
+    "task",
+    "train_data",
+    "data",
+    "loss_fn",
+    "steps",
+    "lr",
+    "batch_size",
+    "seed",
+    "progress",
+    "metric",
+    "align",
+    "units",
+    "allocation",
+    "max_ratio",
+    "grad_accum",
+    "mixed_precision",
+    "output_dir",
+    "checkpoint_every",
+    "resume",
+}
 
 
 def _check_budget_and_method(model: nn.Module, o: dict[str, Any]) -> None:
@@ -329,8 +381,13 @@ def _check_budget_and_method(model: nn.Module, o: dict[str, Any]) -> None:
         return
     o["target"] = number("target", o["target"], high=1.0)  # the type here; Budget says why 1 or 0 is no target
     o["max_ratio"] = number("max_ratio", o["max_ratio"], high=1.0) if o["max_ratio"] is not None else None
-    Budget(o["target"], o["metric"], o["align"], o["allocation"] or ALLOCATION,
-           MAX_RATIO if o["max_ratio"] is None else o["max_ratio"])
+    Budget(
+        o["target"],
+        o["metric"],
+        o["align"],
+        o["allocation"] or ALLOCATION,
+        MAX_RATIO if o["max_ratio"] is None else o["max_ratio"],
+    )
     params = inspect.signature(o["m"].run if o["searches"] else o["m"].search).parameters
     if o["units"] is None:  # the method's own unit kinds (upop & co: head_dims,neurons; mope: heads,neurons)
         o["units"] = params["units"].default if "units" in params else "head_dims,neurons"
@@ -338,16 +395,39 @@ def _check_budget_and_method(model: nn.Module, o: dict[str, Any]) -> None:
     known = {n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)} - PASSED_BY_COMPRESS
     unknown = sorted(set(o["method_settings"]) - known)
     if unknown:
-        raise ValueError(f"method_settings {unknown} are not settings of {o['method']} (or are compress options); "
-                         f"it takes {', '.join(sorted(known)) or 'none'}")
+        raise ValueError(
+            f"method_settings {unknown} are not settings of {o['method']} (or are compress options); "
+            f"it takes {', '.join(sorted(known)) or 'none'}"
+        )
     if hasattr(o["m"], "check_settings"):
         o["m"].check_settings(**({"steps": o["search_steps"]} if o["searches"] else {}), **o["method_settings"])
     o["budget_options"] = _budget_options(o["m"], o, o["searches"])
 
 
-RUN_KEYS = ("method", "target", "metric", "align", "units", "allocation", "max_ratio", "search_steps", "retrain_steps", "kd_weight",
-            "kd_hidden", "kd_embed", "kd_attention", "task_weight", "lr", "retrain_lr", "batch_size", "grad_accum", "mixed_precision",
-            "seed", "retrain_schedule", "method_settings")
+RUN_KEYS = (
+    "method",
+    "target",
+    "metric",
+    "align",
+    "units",
+    "allocation",
+    "max_ratio",
+    "search_steps",
+    "retrain_steps",
+    "kd_weight",
+    "kd_hidden",
+    "kd_embed",
+    "kd_attention",
+    "task_weight",
+    "lr",
+    "retrain_lr",
+    "batch_size",
+    "grad_accum",
+    "mixed_precision",
+    "seed",
+    "retrain_schedule",
+    "method_settings",
+)
 
 
 def report_settings(o: SimpleNamespace) -> dict[str, Any]:
@@ -358,23 +438,34 @@ def report_settings(o: SimpleNamespace) -> dict[str, Any]:
 
 def data_summary(o: SimpleNamespace) -> dict[str, Any]:
     """What the run trained, calibrated and evaluated on: each dataset's type, size and file or folder if it has one."""
+
     def one(ds: Any) -> dict[str, Any]:
         if ds is None:
             return {"type": None, "items": None}
         inner = getattr(ds, "dataset", ds)  # a DataLoader's or a wrapper's dataset
-        where = next((getattr(x, a) for x in (ds, inner) for a in ("path", "root", "source") if getattr(x, a, None)), None)
+        where = next(
+            (getattr(x, a) for x in (ds, inner) for a in ("path", "root", "source") if getattr(x, a, None)), None
+        )
         return {"type": type(inner).__name__, "items": len(ds), **({"source": str(where)} if where is not None else {})}
 
-    return {"train": one(o.train_data), "eval": one(o.eval_data), **({"calib": one(o.calib_data)} if o.calib_data is not None else {})}
+    return {
+        "train": one(o.train_data),
+        "eval": one(o.eval_data),
+        **({"calib": one(o.calib_data)} if o.calib_data is not None else {}),
+    }
 
 
 def run_settings(o: SimpleNamespace, fingerprint: str | None) -> dict[str, Any]:
     """What a checkpoint in work_dir depends on (``fingerprint``: of the model compressed): resuming with any of it
     changed mixes two runs."""
     out = {k: getattr(o, k) for k in RUN_KEYS}
-    out.update(task=o.task.name, model=fingerprint, train_data_size=len(o.train_data) if o.train_data is not None else 0,
-               calib_data_size=len(o.calib_data) if o.calib_data is not None else 0,
-               plan=o.plan.to_dict() if o.plan is not None else None)
+    out.update(
+        task=o.task.name,
+        model=fingerprint,
+        train_data_size=len(o.train_data) if o.train_data is not None else 0,
+        calib_data_size=len(o.calib_data) if o.calib_data is not None else 0,
+        plan=o.plan.to_dict() if o.plan is not None else None,
+    )
     return out
 
 
@@ -391,11 +482,19 @@ def _run(model: nn.Module, o: SimpleNamespace, teacher: nn.Module | None = None)
         check_resume(o.work_dir, run_settings(o, model_fingerprint(model)), o.resume, o.override)
     dtype = next(model.parameters()).dtype
     net = copy.deepcopy(model).float() if dtype in HALF else model  # training needs fp32 weights
-    loss = task_loss(t, net if teacher is None else teacher, o.kd_weight, o.kd_hidden, o.kd_embed, o.task_weight, o.kd_attention)
-    report: dict[str, Any] = {"method": o.method if o.plan is None else o.plan.method,
-                              "target": o.target if o.plan is None else o.plan.target.get("target"),
-                              "metric": o.metric, "task": t.name, "search_steps": o.search_steps if o.searches else 0,
-                              "retrain_steps": o.retrain_steps, "settings": report_settings(o), "data": data_summary(o)}
+    loss = task_loss(
+        t, net if teacher is None else teacher, o.kd_weight, o.kd_hidden, o.kd_embed, o.task_weight, o.kd_attention
+    )
+    report: dict[str, Any] = {
+        "method": o.method if o.plan is None else o.plan.method,
+        "target": o.target if o.plan is None else o.plan.target.get("target"),
+        "metric": o.metric,
+        "task": t.name,
+        "search_steps": o.search_steps if o.searches else 0,
+        "retrain_steps": o.retrain_steps,
+        "settings": report_settings(o),
+        "data": data_summary(o),
+    }
     if o.eval_data is not None and o.evaluate_before:
         report["before"] = t.evaluate(model, o.eval_data)
     small, plans, rows = net, [], []
@@ -413,8 +512,9 @@ def _run(model: nn.Module, o: SimpleNamespace, teacher: nn.Module | None = None)
     return CompressResult(small, plans[-1], report, plans)
 
 
-def _round(start: nn.Module, net: nn.Module, o: SimpleNamespace, loss: Callable, r: int, report: dict[str, Any]
-           ) -> tuple[nn.Module, Plan | None, dict[str, Any]]:
+def _round(
+    start: nn.Module, net: nn.Module, o: SimpleNamespace, loss: Callable, r: int, report: dict[str, Any]
+) -> tuple[nn.Module, Plan | None, dict[str, Any]]:
     """Round ``r`` of ``o.rounds`` on ``net`` (``start``: the model of round 1): plan, apply, retrain this round's share
     of retrain_steps; the model, its plan (None: an earlier round's cut already reached this round's) and its report row."""
     d, last = _round_dir(o, r), r == o.rounds
@@ -424,24 +524,48 @@ def _round(start: nn.Module, net: nn.Module, o: SimpleNamespace, loss: Callable,
         return small, (plans_of(small)[-1] if row["plan"] is not None else None), row
     started = time.perf_counter()
     plan, base = _plan(start, net, o, loss, r, report)
-    row: dict[str, Any] = {"round": r, "target": plan.target if plan is not None else None,  # as the plan records it
-                           "search_seconds": round(time.perf_counter() - started, 2)}
+    row: dict[str, Any] = {
+        "round": r,
+        "target": plan.target if plan is not None else None,  # as the plan records it
+        "search_seconds": round(time.perf_counter() - started, 2),
+    }
     small = apply_plan(base, plan) if plan is not None else net
     before, steps = _split(o.retrain_steps, o.rounds, r)
     tag = {"round": r} if o.rounds > 1 else {}
     if o.eval_data is not None:
         row["after_search"] = o.task.evaluate(small, o.eval_data)
-        row["curve"] = [{**tag, "retrain_step": before, "total_steps": report["search_steps"] + before, **row["after_search"]}]
+        row["curve"] = [
+            {**tag, "retrain_step": before, "total_steps": report["search_steps"] + before, **row["after_search"]}
+        ]
 
     def point(done: int, m: nn.Module) -> None:
         if o.eval_every and o.eval_data is not None and ((before + done) % o.eval_every == 0 or done == steps):
-            row["curve"].append({**tag, "retrain_step": before + done, "total_steps": report["search_steps"] + before + done,
-                                 **o.task.evaluate(m, o.eval_data)})
+            row["curve"].append(
+                {
+                    **tag,
+                    "retrain_step": before + done,
+                    "total_steps": report["search_steps"] + before + done,
+                    **o.task.evaluate(m, o.eval_data),
+                }
+            )
 
-    with freeze_zeros(small) if sparsified(small) else nullcontext():  # sparse weights keep their zeros while retraining
-        train(small, o.train_data, loss, steps, lr=o.retrain_lr, batch_size=o.batch_size, seed=o.seed + r,
-              desc="retrain" if o.rounds == 1 else f"retrain {r}/{o.rounds}", progress=o.progress,
-              schedule=o.retrain_schedule, after_step=point, **_loop(o, d, "retrain"))
+    with (
+        freeze_zeros(small) if sparsified(small) else nullcontext()
+    ):  # sparse weights keep their zeros while retraining
+        train(
+            small,
+            o.train_data,
+            loss,
+            steps,
+            lr=o.retrain_lr,
+            batch_size=o.batch_size,
+            seed=o.seed + r,
+            desc="retrain" if o.rounds == 1 else f"retrain {r}/{o.rounds}",
+            progress=o.progress,
+            schedule=o.retrain_schedule,
+            after_step=point,
+            **_loop(o, d, "retrain"),
+        )
     row.update(retrain_steps=steps, plan=plan.achieved if plan is not None else None, params=count_params(small))
     if not last:
         if o.eval_data is not None:
@@ -450,8 +574,9 @@ def _round(start: nn.Module, net: nn.Module, o: SimpleNamespace, loss: Callable,
     return small, plan, row
 
 
-def _plan(start: nn.Module, net: nn.Module, o: SimpleNamespace, loss: Callable, r: int, report: dict[str, Any]
-          ) -> tuple[Plan | None, nn.Module]:
+def _plan(
+    start: nn.Module, net: nn.Module, o: SimpleNamespace, loss: Callable, r: int, report: dict[str, Any]
+) -> tuple[Plan | None, nn.Module]:
     """Round ``r``'s plan and the model it applies to: ``o.plan`` as given, a training search's trained copy of
     ``net``, or a one-shot search of ``net``; in rounds, the method's ``round_target`` says what round r asks (None:
     nothing left to prune this round)."""
@@ -466,11 +591,24 @@ def _plan(start: nn.Module, net: nn.Module, o: SimpleNamespace, loss: Callable, 
             return None, net
         target, common = asked
     if o.searches:
-        res = m.run(net, target, train_data=o.train_data, loss_fn=loss, steps=o.search_steps, lr=o.lr, batch_size=o.batch_size,
-                    seed=o.seed, progress=o.progress, **common, **_loop(o, _round_dir(o, r), "search"))
+        res = m.run(
+            net,
+            target,
+            train_data=o.train_data,
+            loss_fn=loss,
+            steps=o.search_steps,
+            lr=o.lr,
+            batch_size=o.batch_size,
+            seed=o.seed,
+            progress=o.progress,
+            **common,
+            **_loop(o, _round_dir(o, r), "search"),
+        )
         return res.plan, res.model
     data = o.calib_data if o.calib_data is not None else o.train_data
-    plan = m.search(net, target, **common, **_search_inputs(m, data, loss, o.batch_size, o.seed + r - 1, o.task.name, o.progress))
+    plan = m.search(
+        net, target, **common, **_search_inputs(m, data, loss, o.batch_size, o.seed + r - 1, o.task.name, o.progress)
+    )
     if getattr(m, "last_table", None) is not None:
         report["scores_table"] = m.last_table
     if o.rounds > 1:
@@ -495,8 +633,13 @@ def _round_dir(o: SimpleNamespace, r: int) -> Path | None:
 def _loop(o: SimpleNamespace, d: Path | None, stage: str) -> dict[str, Any]:
     """The training loop's options for ``stage`` ('search' or 'retrain') logging into ``d`` / stage."""
     d = d / stage if d is not None else None
-    return dict(grad_accum=o.grad_accum, mixed_precision=o.mixed_precision, output_dir=d,
-                checkpoint_every=o.checkpoint_every if d is not None else 0, resume=o.resume and d is not None)
+    return dict(
+        grad_accum=o.grad_accum,
+        mixed_precision=o.mixed_precision,
+        output_dir=d,
+        checkpoint_every=o.checkpoint_every if d is not None else 0,
+        resume=o.resume and d is not None,
+    )
 
 
 def _summarise(report: dict[str, Any], rows: list[dict[str, Any]], evaluated: bool) -> None:

@@ -7,6 +7,7 @@ compared with the torch model's (max abs diff). With onnxruntime installed it ru
 torch (median of interleaved rounds); without it onnx's reference evaluator checks parity and nothing is timed.
 ``int8``: onnxruntime's dynamic quantisation (int8 weights of every MatMul, activations quantised at run time) of
 the exported, already pruned model, with the cosine of its outputs to the pruned fp32 torch model's."""
+
 from __future__ import annotations
 
 import contextlib
@@ -14,8 +15,9 @@ import importlib.util
 import io as _io
 import logging
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -30,8 +32,15 @@ class ExportError(RuntimeError):
     """An export that cannot run (a package missing) or whose result does not match the torch model."""
 
 
-def export(path: str | Path, format: str = "onnx", out: str | Path | None = None, int8: bool = False, batch_size: int = 2,
-           atol: float = 1e-4, rounds: int = 10) -> dict[str, Any]:
+def export(
+    path: str | Path,
+    format: str = "onnx",
+    out: str | Path | None = None,
+    int8: bool = False,
+    batch_size: int = 2,
+    atol: float = 1e-4,
+    rounds: int = 10,
+) -> dict[str, Any]:
     """Export the vltrim directory ``path`` to ``out`` (default: path/model.onnx); returns what was written and checked.
 
     Raises ExportError when the outputs differ from torch by more than ``atol`` x max(1, largest output magnitude)."""
@@ -40,7 +49,11 @@ def export(path: str | Path, format: str = "onnx", out: str | Path | None = None
 
     if format not in FORMATS:
         raise ValueError(f"--format {format!r} is not supported: vltrim export writes {', '.join(FORMATS)}")
-    batch_size, rounds, atol = integer("--batch-size", batch_size, 2), integer("--rounds", rounds, 1), number("--atol", atol)
+    batch_size, rounds, atol = (
+        integer("--batch-size", batch_size, 2),
+        integer("--rounds", rounds, 1),
+        number("--atol", atol),
+    )
     io._check_files(Path(path))  # noqa: SLF001 - "not a vltrim model directory" before anything else
     _require(["onnx", "onnxscript"] + (["onnxruntime"] if int8 else []), "--int8" if int8 else "ONNX export")
     model = io.load(path)
@@ -52,7 +65,12 @@ def export(path: str | Path, format: str = "onnx", out: str | Path | None = None
     names = _export(model, inputs, file)
     check = _parity_inputs(model, batch_size + 1)
     want = _torch_outputs(model, check, names)
-    result: dict[str, Any] = {"file": str(file), "format": format, "inputs": _dims(file, "inputs"), "outputs": _dims(file, "outputs")}
+    result: dict[str, Any] = {
+        "file": str(file),
+        "format": format,
+        "inputs": _dims(file, "inputs"),
+        "outputs": _dims(file, "outputs"),
+    }
     result["parity"] = _parity(file, check, want, atol)
     result["latency"] = _latency(model, file, inputs, rounds) if _has("onnxruntime") else None
     if int8:
@@ -83,7 +101,9 @@ class _Forward(nn.Module):
     def forward(self, pixel_values=None, input_ids=None, attention_mask=None, token_type_ids=None):  # noqa: D102
         from .adapters import get_adapter
 
-        given = dict(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        given = dict(
+            pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+        )
         out = get_adapter(self.model).forward(self.model, {k: v for k, v in given.items() if v is not None})
         return tuple(out[k] for k in self.outputs)
 
@@ -121,7 +141,9 @@ def _dynamic_shapes(inputs: dict[str, torch.Tensor]) -> dict[str, dict[int, Any]
 @contextlib.contextmanager
 def _quiet() -> Any:
     """The exporter's progress lines, warnings and logs kept off the terminal (its errors still raise)."""
-    logs = [logging.getLogger(n) for n in ("torch.onnx", "onnxscript", "onnx_ir", "")]  # "": onnxruntime's quantiser logs to root
+    logs = [
+        logging.getLogger(n) for n in ("torch.onnx", "onnxscript", "onnx_ir", "")
+    ]  # "": onnxruntime's quantiser logs to root
     levels = [log.level for log in logs]
     for log in logs:
         log.setLevel(logging.ERROR)
@@ -140,12 +162,23 @@ def _export(model: nn.Module, inputs: dict[str, torch.Tensor], file: Path) -> li
     big = sum(p.numel() * p.element_size() for p in model.parameters()) > SINGLE_FILE_BYTES
     try:
         with _quiet():
-            torch.onnx.export(_Forward(model, names).eval(), (), str(file), kwargs=inputs, input_names=list(inputs),
-                              output_names=names, dynamic_shapes=_dynamic_shapes(inputs), dynamo=True, external_data=big)
+            torch.onnx.export(
+                _Forward(model, names).eval(),
+                (),
+                str(file),
+                kwargs=inputs,
+                input_names=list(inputs),
+                output_names=names,
+                dynamic_shapes=_dynamic_shapes(inputs),
+                dynamo=True,
+                external_data=big,
+            )
     except Exception as e:  # the exporter raises many kinds; one line with its summary
         why = str(e).strip().splitlines()
-        raise ExportError(f"torch.onnx could not export {type(model).__name__} to {file}: {type(e).__name__}: "
-                          f"{next((ln for ln in why if 'summary' in ln.lower() or 'Error' in ln), why[0] if why else '')}") from e
+        raise ExportError(
+            f"torch.onnx could not export {type(model).__name__} to {file}: {type(e).__name__}: "
+            f"{next((ln for ln in why if 'summary' in ln.lower() or 'Error' in ln), why[0] if why else '')}"
+        ) from e
     return names
 
 
@@ -168,7 +201,7 @@ def _parity_inputs(model: nn.Module, batch_size: int) -> dict[str, torch.Tensor]
     for k in TEXT_KEYS:
         if k in inputs and inputs[k].shape[1] > 2:
             keep = max(2, inputs[k].shape[1] * 3 // 4)
-            inputs[k] = torch.cat([inputs[k][:, :keep - 1], inputs[k][:, -1:]], dim=1)
+            inputs[k] = torch.cat([inputs[k][:, : keep - 1], inputs[k][:, -1:]], dim=1)
     return inputs
 
 
@@ -206,41 +239,72 @@ def _parity(file: Path, inputs: dict[str, torch.Tensor], want: dict[str, torch.T
     diffs = {k: float((torch.from_numpy(g) - w).abs().max()) for (k, w), g in zip(want.items(), got)}
     scale = max(1.0, max(float(w.abs().max()) for w in want.values()))
     worst = max(diffs.values())
-    out = {"runtime": runtime, "max_abs_diff": worst, "by_output": diffs, "tolerance": atol * scale,
-           "shapes": {k: list(v.shape) for k, v in inputs.items()}}
+    out = {
+        "runtime": runtime,
+        "max_abs_diff": worst,
+        "by_output": diffs,
+        "tolerance": atol * scale,
+        "shapes": {k: list(v.shape) for k, v in inputs.items()},
+    }
     if worst > atol * scale:
-        raise ExportError(f"{file} does not match the torch model: max abs diff {worst:.3g} > {atol * scale:.3g} "
-                          f"(outputs {diffs}); do not use it")
+        raise ExportError(
+            f"{file} does not match the torch model: max abs diff {worst:.3g} > {atol * scale:.3g} "
+            f"(outputs {diffs}); do not use it"
+        )
     return out
 
 
 def _latency(model: nn.Module, file: Path, inputs: dict[str, torch.Tensor], rounds: int) -> dict[str, Any]:
     """Median ms of torch and onnxruntime on the export's inputs, timed in interleaved rounds; ratio = torch / onnxruntime."""
-    from .measure import _latency_stats, _runner as torch_runner, _time_rounds
+    from .measure import _latency_stats, _time_rounds
+    from .measure import _runner as torch_runner
 
     sess, feed = _session(file), {k: v.numpy() for k, v in inputs.items()}
     tt, to = _time_rounds([torch_runner(model, inputs), lambda: sess.run(None, feed)], rounds, 2, 0.05)
     t, o = _latency_stats(tt)["latency_ms"], _latency_stats(to)["latency_ms"]
-    return {"torch_ms": t, "onnxruntime_ms": o, "ratio": t / o, "batch": {k: list(v.shape) for k, v in inputs.items()},
-            "threads": torch.get_num_threads(), "rounds": rounds}
+    return {
+        "torch_ms": t,
+        "onnxruntime_ms": o,
+        "ratio": t / o,
+        "batch": {k: list(v.shape) for k, v in inputs.items()},
+        "threads": torch.get_num_threads(),
+        "rounds": rounds,
+    }
 
 
 # ---- int8 -------------------------------------------------------------------------------------------------------
-def _int8(model: nn.Module, file: Path, check: dict[str, torch.Tensor], want: dict[str, torch.Tensor],
-          inputs: dict[str, torch.Tensor], rounds: int) -> dict[str, Any]:
+def _int8(
+    model: nn.Module,
+    file: Path,
+    check: dict[str, torch.Tensor],
+    want: dict[str, torch.Tensor],
+    inputs: dict[str, torch.Tensor],
+    rounds: int,
+) -> dict[str, Any]:
     """Dynamic int8 quantisation of the exported model, its cosine to the pruned fp32 torch outputs and its speed."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     q = file.with_name(file.stem + ".int8.onnx")
     with _quiet():
-        quantize_dynamic(str(file), str(q), weight_type=QuantType.QInt8,
-                         use_external_data_format=(file.with_name(file.name + ".data")).exists())
+        quantize_dynamic(
+            str(file),
+            str(q),
+            weight_type=QuantType.QInt8,
+            use_external_data_format=(file.with_name(file.name + ".data")).exists(),
+        )
     got = _session(q).run(None, {k: v.numpy() for k, v in check.items()})
     cos = {k: _cosine(torch.from_numpy(g), w) for (k, w), g in zip(want.items(), got)}
     speed = _latency(model, q, inputs, rounds)
-    return {"file": str(q), "cosine": min(cos.values()), "cosine_by_output": cos, "bytes": q.stat().st_size,
-            "fp32_bytes": file.stat().st_size, "torch_ms": speed["torch_ms"], "onnxruntime_ms": speed["onnxruntime_ms"],
-            "ratio": speed["ratio"]}
+    return {
+        "file": str(q),
+        "cosine": min(cos.values()),
+        "cosine_by_output": cos,
+        "bytes": q.stat().st_size,
+        "fp32_bytes": file.stat().st_size,
+        "torch_ms": speed["torch_ms"],
+        "onnxruntime_ms": speed["onnxruntime_ms"],
+        "ratio": speed["ratio"],
+    }
 
 
 def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:

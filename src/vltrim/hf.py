@@ -7,6 +7,7 @@ every plan of plan.json applied, model.safetensors loaded strictly (a missing, e
 never a re-initialised weight), checksums verified. So ``AutoModel.from_pretrained(dir, trust_remote_code=True)``
 returns the pruned model bit for bit. ``copy_source_files`` keeps the tokenizer, processor and sentence-transformers
 files of the model a directory was compressed from."""
+
 from __future__ import annotations
 
 import copy
@@ -21,18 +22,39 @@ from torch import nn
 
 from .adapters import registered_class
 from .io import MODELING
+
 #: tokenizer and processor files copied from a source model directory (never weights)
-SOURCE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.txt",
-                "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model", "tokenizer.model",
-                "chat_template.jinja", "chat_template.json", "preprocessor_config.json", "processor_config.json",
-                "video_preprocessor_config.json")
+SOURCE_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "tokenizer.model",
+    "chat_template.jinja",
+    "chat_template.json",
+    "preprocessor_config.json",
+    "processor_config.json",
+    "video_preprocessor_config.json",
+)
 ST_MODULES = "modules.json"  # sentence-transformers: the pipeline of modules (transformer, pooling, ...)
 ST_FILES = ("sentence_bert_config.json", "config_sentence_transformers.json")
 #: config fields a caller may change when loading (runtime switches); any other change is refused
 RUNTIME_FIELDS = ("output_hidden_states", "output_attentions", "return_dict", "use_cache")
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "proxies", "revision", "subfolder", "token")
-_PASSED_BY_TRANSFORMERS = ("trust_remote_code", "_from_auto", "_from_pipeline", "code_revision", "low_cpu_mem_usage",
-                           "weights_only", "_commit_hash")
+_PASSED_BY_TRANSFORMERS = (
+    "trust_remote_code",
+    "_from_auto",
+    "_from_pipeline",
+    "code_revision",
+    "low_cpu_mem_usage",
+    "weights_only",
+    "_commit_hash",
+)
 
 
 # ---- what save writes -----------------------------------------------------------------------------------
@@ -113,16 +135,32 @@ class VltrimPretrainedMixin:
         """The pruned model of a vltrim directory (local or on the Hub), as an instance of this class."""
         return from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs)
 
-    def save_pretrained(self, save_directory: str | os.PathLike, is_main_process: bool = True, state_dict: Any = None,
-                        safe_serialization: bool = True, push_to_hub: bool = False, **kwargs: Any) -> None:
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        is_main_process: bool = True,
+        state_dict: Any = None,
+        safe_serialization: bool = True,
+        push_to_hub: bool = False,
+        **kwargs: Any,
+    ) -> None:
         """``vltrim.save(self, save_directory)``; options transformers' saving has but vltrim cannot honour are refused."""
         from .io import save
 
-        bad = sorted(kwargs) + [n for n, v in (("state_dict", state_dict is not None), ("safe_serialization",
-                                not safe_serialization), ("push_to_hub", push_to_hub)) if v]
+        bad = sorted(kwargs) + [
+            n
+            for n, v in (
+                ("state_dict", state_dict is not None),
+                ("safe_serialization", not safe_serialization),
+                ("push_to_hub", push_to_hub),
+            )
+            if v
+        ]
         if bad:
-            raise TypeError(f"{type(self).__name__}.save_pretrained saves with vltrim.save and does not support "
-                            f"{', '.join(bad)}; upload the saved directory with huggingface_hub to publish it")
+            raise TypeError(
+                f"{type(self).__name__}.save_pretrained saves with vltrim.save and does not support "
+                f"{', '.join(bad)}; upload the saved directory with huggingface_hub to publish it"
+            )
         if is_main_process:
             save(self, save_directory)
 
@@ -138,8 +176,10 @@ def from_pretrained(cls: type, name_or_path: str | os.PathLike, *model_args: Any
     folder = resolve_folder(name_or_path, o["hub"])
     model = load(folder, device=o["device"], verify=o["verify"])
     if not issubclass(cls, type(model)):
-        raise ModelDirError(f"{folder / PLAN} holds a {type(model).__name__}, but {cls.__name__} in {folder / MODELING} "
-                            f"loads a {registered_class_of(cls).__name__}: config.json's auto_map is from another model")
+        raise ModelDirError(
+            f"{folder / PLAN} holds a {type(model).__name__}, but {cls.__name__} in {folder / MODELING} "
+            f"loads a {registered_class_of(cls).__name__}: config.json's auto_map is from another model"
+        )
     model.__class__ = cls
     _apply_config(model, o["config"], o["runtime"], folder)
     if o["dtype"] is not None:
@@ -161,15 +201,21 @@ def _options(cls: type, kwargs: dict[str, Any]) -> dict[str, Any]:
     _check_peft(kwargs.pop("adapter_kwargs", None))
     _check_strict(kwargs.pop("ignore_mismatched_sizes", False), kwargs.pop("use_safetensors", None))
     config = kwargs.pop("config", None)
-    o = {"hub": {k: kwargs.pop(k) for k in _HUB_KWARGS if k in kwargs}, "config": config,
-         "info": kwargs.pop("output_loading_info", False), "verify": kwargs.pop("verify", True),
-         "dtype": _dtype(kwargs.pop("dtype", None), kwargs.pop("torch_dtype", None)),
-         "device": _device(kwargs.pop("device_map", None)),
-         "attn": kwargs.pop("attn_implementation", None) or getattr(config, "_attn_implementation_internal", None),
-         "runtime": {k: kwargs.pop(k) for k in RUNTIME_FIELDS if k in kwargs}}  # AutoModel passes attn inside config
+    o = {
+        "hub": {k: kwargs.pop(k) for k in _HUB_KWARGS if k in kwargs},
+        "config": config,
+        "info": kwargs.pop("output_loading_info", False),
+        "verify": kwargs.pop("verify", True),
+        "dtype": _dtype(kwargs.pop("dtype", None), kwargs.pop("torch_dtype", None)),
+        "device": _device(kwargs.pop("device_map", None)),
+        "attn": kwargs.pop("attn_implementation", None) or getattr(config, "_attn_implementation_internal", None),
+        "runtime": {k: kwargs.pop(k) for k in RUNTIME_FIELDS if k in kwargs},
+    }  # AutoModel passes attn inside config
     if kwargs:
-        raise TypeError(f"{cls.__name__}.from_pretrained got {', '.join(sorted(kwargs))}: a vltrim model's architecture "
-                        "comes from config.json and plan.json and cannot be changed when loading")
+        raise TypeError(
+            f"{cls.__name__}.from_pretrained got {', '.join(sorted(kwargs))}: a vltrim model's architecture "
+            "comes from config.json and plan.json and cannot be changed when loading"
+        )
     return o
 
 
@@ -197,16 +243,22 @@ def resolve_folder(name_or_path: str | os.PathLike, hub: dict[str, Any]) -> Path
 def _check_peft(adapter_kwargs: Any) -> None:
     """TypeError if transformers found a PEFT adapter to put on the model (vltrim loads the saved model only)."""
     if isinstance(adapter_kwargs, dict) and "_adapter_model_path" in adapter_kwargs:
-        raise TypeError("this directory holds a PEFT adapter config; load the vltrim model first, then the adapter with peft")
+        raise TypeError(
+            "this directory holds a PEFT adapter config; load the vltrim model first, then the adapter with peft"
+        )
 
 
 def _check_strict(ignore_mismatched_sizes: Any, use_safetensors: Any) -> None:
     """ValueError for options that would load something other than the saved weights."""
     if ignore_mismatched_sizes:
-        raise ValueError("ignore_mismatched_sizes=True is refused: a vltrim model loads strictly (every tensor with the "
-                         "shape config.json + plan.json give) and never re-initialises a weight")
+        raise ValueError(
+            "ignore_mismatched_sizes=True is refused: a vltrim model loads strictly (every tensor with the "
+            "shape config.json + plan.json give) and never re-initialises a weight"
+        )
     if use_safetensors is False:
-        raise ValueError("use_safetensors=False is refused: a vltrim directory holds its weights in model.safetensors only")
+        raise ValueError(
+            "use_safetensors=False is refused: a vltrim directory holds its weights in model.safetensors only"
+        )
 
 
 def _dtype(dtype: Any, torch_dtype: Any) -> torch.dtype | None:
@@ -246,9 +298,11 @@ def _apply_config(model: nn.Module, config: Any, runtime: dict[str, Any], folder
         changed = sorted(k for k in set(saved) | set(given) if saved.get(k) != given.get(k))
         other = [k for k in changed if k not in RUNTIME_FIELDS]
         if other:
-            raise ValueError(f"config= differs from {folder / CONFIG} in {', '.join(other[:5])}: a vltrim model's "
-                             "architecture comes from its directory; pass only runtime switches "
-                             f"({', '.join(RUNTIME_FIELDS)})")
+            raise ValueError(
+                f"config= differs from {folder / CONFIG} in {', '.join(other[:5])}: a vltrim model's "
+                "architecture comes from its directory; pass only runtime switches "
+                f"({', '.join(RUNTIME_FIELDS)})"
+            )
         runtime = {**{k: given[k] for k in changed}, **runtime}
     for k, v in runtime.items():
         setattr(model.config, k, v)
@@ -297,7 +351,7 @@ def _st_modules(src: Path) -> list[dict[str, Any]]:
     file = src / ST_MODULES
     mods = read_json(file, error=ModelDirError)
     if not isinstance(mods, list) or not all(isinstance(m, dict) and isinstance(m.get("path", ""), str) for m in mods):
-        raise ModelDirError(f"{file} must be a list of modules, each with a \"path\" string")
+        raise ModelDirError(f'{file} must be a list of modules, each with a "path" string')
     for m in mods:
         p = PurePosixPath(m.get("path", ""))
         if p.is_absolute() or ".." in p.parts or "\\" in str(p):

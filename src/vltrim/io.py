@@ -12,6 +12,7 @@ to get the pruned shapes (sliced groups and factorised Linears; no SVD is comput
 loads the weights strictly: every tensor must be there with its exact shape; last, every sparsified Linear must
 hold the pattern and sparsity its plan records. Every problem with a directory is a
 ``ModelDirError`` (or ``PlanError`` for plan.json's content) whose message names the file."""
+
 from __future__ import annotations
 
 import copy
@@ -30,9 +31,9 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from .adapters import UnsupportedModelError, class_name, get_adapter, model_class
+from .api import BASE_CONFIG_ATTR, PLANS_ATTR, apply_plan, base_config, plans_of
 from .checks import device as checked_device
 from .checks import path as checked_path
-from .api import BASE_CONFIG_ATTR, PLANS_ATTR, apply_plan, base_config, plans_of
 from .structure.plan import Plan, PlanError, dumps_plans, read_json, read_plans
 from .structure.sparsify import check_sparsity
 
@@ -41,8 +42,17 @@ MODELING = "modeling_vltrim.py"  # the class transformers' auto classes load (co
 CHECKED = (CONFIG, PLAN, WEIGHTS)  # files whose SHA-256 is recorded in vltrim.json (README.md is for people)
 CHECKSUMS_FORMAT, CHECKSUMS_VERSION = "vltrim.model_dir", 1
 REPORT = "report.json"  # with a compress result: the run's report; its SHA-256 is in vltrim.json's "reports", which load does not check
-REPORT_FILES = (REPORT, "widths.png", "mope.csv", "mope.png")  # written from a report; a save without one removes old ones
-EXPORTS = ("model.onnx", "model.onnx.data", "model.int8.onnx")  # `vltrim export`'s default files: a new save removes them
+REPORT_FILES = (
+    REPORT,
+    "widths.png",
+    "mope.csv",
+    "mope.png",
+)  # written from a report; a save without one removes old ones
+EXPORTS = (
+    "model.onnx",
+    "model.onnx.data",
+    "model.int8.onnx",
+)  # `vltrim export`'s default files: a new save removes them
 _DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
 
 
@@ -76,8 +86,12 @@ def save(model: Any, path: str | Path, card_extra: str = "", source: str | Path 
     check_save_destination(out)
     plans = plans_of(model) or [Plan(class_name(model), {}, {}, {}, method="none")]
     report = _report(model, plans, run, source)
-    texts = {CONFIG: hf.config_text(base_config(model), model), PLAN: dumps_plans(plans),
-             CARD: _card(model, plans, card_extra, report), MODELING: hf.modeling_source(model)}
+    texts = {
+        CONFIG: hf.config_text(base_config(model), model),
+        PLAN: dumps_plans(plans),
+        CARD: _card(model, plans, card_extra, report),
+        MODELING: hf.modeling_source(model),
+    }
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.resolve().parent / f".{out.resolve().name}.tmp-{secrets.token_hex(4)}"
     tmp.mkdir()
@@ -105,12 +119,16 @@ def _unpack(model: Any) -> tuple[nn.Module, dict[str, Any] | None]:
 
     if isinstance(model, CompressResult):
         if not isinstance(model.report, dict):
-            raise TypeError(f"the CompressResult's report must be a dict (as compress makes it), got {type(model.report).__name__}")
+            raise TypeError(
+                f"the CompressResult's report must be a dict (as compress makes it), got {type(model.report).__name__}"
+            )
         return model.model, model.report
     return model, None
 
 
-def _report(model: nn.Module, plans: list[Plan], run: dict[str, Any] | None, source: str | Path | None) -> dict[str, Any] | None:
+def _report(
+    model: nn.Module, plans: list[Plan], run: dict[str, Any] | None, source: str | Path | None
+) -> dict[str, Any] | None:
     """report.json's content for a run report (None without one)."""
     from .report import build_report
 
@@ -156,8 +174,10 @@ def check_save_destination(out: str | Path) -> None:
         return
     clash = sorted(n for n in (CONFIG, WEIGHTS, CARD, MODELING) if (out / n).exists())
     if clash:
-        raise ModelDirError(f"cannot save a model to {out}: it already holds {', '.join(clash)} that vltrim did not write "
-                            f"(no {PLAN}); saving would overwrite them. Choose a new or empty directory")
+        raise ModelDirError(
+            f"cannot save a model to {out}: it already holds {', '.join(clash)} that vltrim did not write "
+            f"(no {PLAN}); saving would overwrite them. Choose a new or empty directory"
+        )
 
 
 def _install(tmp: Path, out: Path) -> None:
@@ -182,8 +202,17 @@ def _checksums_text(folder: Path) -> str:
 
     files = {name: sha256_file(folder / name) for name in CHECKED}
     reports = {REPORT: sha256_file(folder / REPORT)} if (folder / REPORT).is_file() else {}
-    return json.dumps({"format": CHECKSUMS_FORMAT, "version": CHECKSUMS_VERSION, "written_by": f"vltrim {__version__}",
-                       "algorithm": "sha256", "files": files, **({"reports": reports} if reports else {})}, indent=1)
+    return json.dumps(
+        {
+            "format": CHECKSUMS_FORMAT,
+            "version": CHECKSUMS_VERSION,
+            "written_by": f"vltrim {__version__}",
+            "algorithm": "sha256",
+            "files": files,
+            **({"reports": reports} if reports else {}),
+        },
+        indent=1,
+    )
 
 
 def report_checksum_ok(path: Path) -> bool | None:
@@ -250,7 +279,7 @@ def named_model(name: Any, device: str | torch.device = "cpu") -> nn.Module | No
         return load_reference().to(device)
     from .zoo import tiny_model
 
-    return tiny_model(name[len("tiny:"):]).to(device)
+    return tiny_model(name[len("tiny:") :]).to(device)
 
 
 def _check_files(path: Path) -> None:
@@ -261,22 +290,28 @@ def _check_files(path: Path) -> None:
         raise ModelDirError(f"{path} is a file; vltrim.load takes the directory written by vltrim.save")
     folders = [n for n in (CONFIG, PLAN, WEIGHTS) if (path / n).is_dir()]
     if folders:
-        raise ModelDirError(f"{path / folders[0]} is a directory, not a file: {path} is not a vltrim model directory as saved")
+        raise ModelDirError(
+            f"{path / folders[0]} is a directory, not a file: {path} is not a vltrim model directory as saved"
+        )
     have = {n for n in (CONFIG, PLAN, WEIGHTS) if (path / n).is_file()}
     if PLAN not in have:
         raise MissingModelFileError(f"{path} has no {PLAN}: not a vltrim model directory ({_looks_like(path)})")
     missing = [n for n in (CONFIG, WEIGHTS) if n not in have]
     if missing:
-        raise MissingModelFileError(f"{path} has {PLAN} but no {' and no '.join(missing)}: the save is incomplete "
-                                    "(interrupted, or files moved); save the model again")
+        raise MissingModelFileError(
+            f"{path} has {PLAN} but no {' and no '.join(missing)}: the save is incomplete "
+            "(interrupted, or files moved); save the model again"
+        )
 
 
 def _looks_like(path: Path) -> str:
     """What a directory without plan.json seems to be, for the error message."""
     names = sorted(p.name for p in path.iterdir())
     if CONFIG in names:
-        return (f"it has {CONFIG} but no {PLAN}, like a Hugging Face model directory: load it with transformers' "
-                "from_pretrained, or pass it to vltrim's CLI as a model directory")
+        return (
+            f"it has {CONFIG} but no {PLAN}, like a Hugging Face model directory: load it with transformers' "
+            "from_pretrained, or pass it to vltrim's CLI as a model directory"
+        )
     if not names:
         return "it is empty"
     shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
@@ -286,15 +321,21 @@ def _looks_like(path: Path) -> str:
 def _verify(path: Path) -> None:
     """Compare each checked file's SHA-256 with vltrim.json; ModelDirError naming every file that differs."""
     if not (path / CHECKSUMS).is_file():
-        warnings.warn(f"{path} has no {CHECKSUMS} (saved by a vltrim that recorded no checksums): its files cannot be "
-                      "verified. Save it again to add one; pass verify=False to skip this check", UserWarning, stacklevel=3)
+        warnings.warn(
+            f"{path} has no {CHECKSUMS} (saved by a vltrim that recorded no checksums): its files cannot be "
+            "verified. Save it again to add one; pass verify=False to skip this check",
+            UserWarning,
+            stacklevel=3,
+        )
         return
     recorded = _read_checksums(path)
     changed = [n for n, digest in recorded.items() if sha256_file(path / n) != digest]
     if changed:
         verb = "does" if len(changed) == 1 else "do"
-        raise ModelDirError(f"{' and '.join(changed)} in {path} {verb} not match the checksum recorded at save time in "
-                            f"{CHECKSUMS} (edited or corrupted?); pass verify=False to load it anyway")
+        raise ModelDirError(
+            f"{' and '.join(changed)} in {path} {verb} not match the checksum recorded at save time in "
+            f"{CHECKSUMS} (edited or corrupted?); pass verify=False to load it anyway"
+        )
 
 
 def _read_checksums(path: Path) -> dict[str, str]:
@@ -303,13 +344,15 @@ def _read_checksums(path: Path) -> dict[str, str]:
     hint = "; pass verify=False to load without checking"
     d = read_json(file, error=ModelDirError)
     if not isinstance(d, dict) or d.get("format") != CHECKSUMS_FORMAT:
-        raise ModelDirError(f"{file} is not a vltrim checksum file (no \"format\": \"{CHECKSUMS_FORMAT}\"){hint}")
+        raise ModelDirError(f'{file} is not a vltrim checksum file (no "format": "{CHECKSUMS_FORMAT}"){hint}')
     if d.get("version") != CHECKSUMS_VERSION or d.get("algorithm") != "sha256":
-        raise ModelDirError(f"{file} has version {d.get('version')!r}, algorithm {d.get('algorithm')!r}; this vltrim "
-                            f"reads version {CHECKSUMS_VERSION}, sha256{hint}")
+        raise ModelDirError(
+            f"{file} has version {d.get('version')!r}, algorithm {d.get('algorithm')!r}; this vltrim "
+            f"reads version {CHECKSUMS_VERSION}, sha256{hint}"
+        )
     files = d.get("files")
     if not isinstance(files, dict) or not all(isinstance(v, str) and len(v) == 64 for v in files.values()):
-        raise ModelDirError(f"{file}: \"files\" must map file names to SHA-256 hex digests{hint}")
+        raise ModelDirError(f'{file}: "files" must map file names to SHA-256 hex digests{hint}')
     unlisted = [n for n in CHECKED if n not in files]
     if unlisted:
         raise ModelDirError(f"{file} records no checksum for {', '.join(unlisted)}{hint}")
@@ -342,20 +385,26 @@ def _build(path: Path, plans: list[Plan], dtype: torch.dtype) -> tuple[nn.Module
     d = _read_config(path)
     want = getattr(cls.config_class, "model_type", None)
     if want and d.get("model_type") not in (None, want):
-        raise ModelDirError(f"{path / PLAN} is for {cls.__name__} (model_type {want!r}) but {path / CONFIG} describes "
-                            f"model_type {d.get('model_type')!r}: one of them was replaced")
+        raise ModelDirError(
+            f"{path / PLAN} is for {cls.__name__} (model_type {want!r}) but {path / CONFIG} describes "
+            f"model_type {d.get('model_type')!r}: one of them was replaced"
+        )
     _check_types(d, _default_config(cls), f"{path / CONFIG}: ")
     try:
         cfg = cls.config_class.from_dict(d)
         model = cls(cfg).to(dtype)
     except Exception as e:  # transformers/torch raise many kinds for a bad config; the user needs one clear one
-        raise ModelDirError(f"{path / CONFIG} does not describe a valid {cls.__name__}: {type(e).__name__}: {e}") from None
+        raise ModelDirError(
+            f"{path / CONFIG} does not describe a valid {cls.__name__}: {type(e).__name__}: {e}"
+        ) from None
     cfg = copy.deepcopy(model.config)  # the unpruned config: dropping layers changes model.config's layer counts
     base_shapes = {k: list(t.shape) for k, t in model.state_dict().items()}
     for p in plans:
         if not p.empty:
             try:
-                model = apply_plan(model, p, inplace=True, compute_factors=False, zero_weights=False)  # weights from the file
+                model = apply_plan(
+                    model, p, inplace=True, compute_factors=False, zero_weights=False
+                )  # weights from the file
             except PlanError as e:
                 raise PlanError(f"{path / PLAN} does not fit the model described by {path / CONFIG}: {e}") from None
     return model, cfg, base_shapes
@@ -379,8 +428,10 @@ def _check_types(d: dict, default: dict, where: str) -> None:
         if isinstance(dv, dict) and isinstance(v, dict):
             _check_types(v, dv, f"{where}{key}.")
         elif not _same_json_type(v, dv):
-            raise ModelDirError(f"{where}{key} must be {type(dv).__name__} like {json.dumps(dv)[:40]}, "
-                                f"got {type(v).__name__} {json.dumps(v)[:40]}")
+            raise ModelDirError(
+                f"{where}{key} must be {type(dv).__name__} like {json.dumps(dv)[:40]}, "
+                f"got {type(v).__name__} {json.dumps(v)[:40]}"
+            )
 
 
 def _same_json_type(v: Any, dv: Any) -> bool:
@@ -408,22 +459,30 @@ def _stored_dtype(header: dict[str, tuple[str, list[int]]]) -> torch.dtype:
     return next((_DTYPES[dt] for dt, _ in header.values() if dt in _DTYPES), torch.float32)
 
 
-def _check_shapes(model: nn.Module, header: dict[str, tuple[str, list[int]]], base_shapes: dict[str, list[int]], path: Path) -> None:
+def _check_shapes(
+    model: nn.Module, header: dict[str, tuple[str, list[int]]], base_shapes: dict[str, list[int]], path: Path
+) -> None:
     """ModelDirError naming a tensor whose saved shape differs from the one config.json + plan.json give; it blames
     config.json when the tensor is one no plan changed, else plan.json."""
     state = model.state_dict()
-    wrong = [(k, header[k][1], list(t.shape)) for k, t in state.items() if k in header and header[k][1] != list(t.shape)]
+    wrong = [
+        (k, header[k][1], list(t.shape)) for k, t in state.items() if k in header and header[k][1] != list(t.shape)
+    ]
     if not wrong:
         return
     by_config = [w for w in wrong if base_shapes.get(w[0]) == w[2]]
     k, saved, built = (by_config or wrong)[0]
     more = f" (and {len(wrong) - 1} more tensors)" if len(wrong) > 1 else ""
     if by_config:
-        raise ModelDirError(f"{CONFIG} does not match {WEIGHTS} in {path}: tensor {k!r} has shape {saved} in {WEIGHTS} but "
-                            f"{built} in the model {CONFIG} describes{more}. Was {CONFIG} edited?")
-    raise ModelDirError(f"{PLAN} does not match {WEIGHTS} in {path}: tensor {k!r} has shape {saved} in {WEIGHTS} but "
-                        f"{built} in the model rebuilt from {CONFIG} and {PLAN}{more}. Was {PLAN} replaced by a plan "
-                        "for another model or target?")
+        raise ModelDirError(
+            f"{CONFIG} does not match {WEIGHTS} in {path}: tensor {k!r} has shape {saved} in {WEIGHTS} but "
+            f"{built} in the model {CONFIG} describes{more}. Was {CONFIG} edited?"
+        )
+    raise ModelDirError(
+        f"{PLAN} does not match {WEIGHTS} in {path}: tensor {k!r} has shape {saved} in {WEIGHTS} but "
+        f"{built} in the model rebuilt from {CONFIG} and {PLAN}{more}. Was {PLAN} replaced by a plan "
+        "for another model or target?"
+    )
 
 
 def _load_weights(model: nn.Module, path: Path, header: dict, device: str | torch.device) -> None:
@@ -435,8 +494,10 @@ def _load_weights(model: nn.Module, path: Path, header: dict, device: str | torc
         missing, extra = sorted(state - set(header)), sorted(set(header) - state)
         if not missing and not extra:
             raise ModelDirError(f"cannot load {path / WEIGHTS}: {e}") from None
-        raise ModelDirError(f"{WEIGHTS} in {path} does not match {CONFIG} and {PLAN}: "
-                            f"{_names('missing', missing)}{'; ' if missing and extra else ''}{_names('unexpected', extra)}") from None
+        raise ModelDirError(
+            f"{WEIGHTS} in {path} does not match {CONFIG} and {PLAN}: "
+            f"{_names('missing', missing)}{'; ' if missing and extra else ''}{_names('unexpected', extra)}"
+        ) from None
 
 
 def _check_sparse_patterns(model: nn.Module, path: Path) -> None:
@@ -447,8 +508,10 @@ def _check_sparse_patterns(model: nn.Module, path: Path) -> None:
     if bad:
         name, why = bad[0]
         more = f" (and {len(bad) - 1} more Linears)" if len(bad) > 1 else ""
-        raise ModelDirError(f"{path / WEIGHTS} does not hold the sparsity {PLAN} records for {name!r}: {why}{more}. "
-                            "Were the weights edited or retrained without keeping zeros (vltrim.structure.sparsify.freeze_zeros)?")
+        raise ModelDirError(
+            f"{path / WEIGHTS} does not hold the sparsity {PLAN} records for {name!r}: {why}{more}. "
+            "Were the weights edited or retrained without keeping zeros (vltrim.structure.sparsify.freeze_zeros)?"
+        )
 
 
 def _names(what: str, names: list[str]) -> str:

@@ -3,10 +3,11 @@
 A mask value of 0 for a unit gives exactly the function of the model with that unit sliced away; 1 is
 the identity. Values are read at every forward, so a method can update them in place (or train them:
 gradients flow to a mask tensor with ``requires_grad``)."""
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 from torch import nn
@@ -130,4 +131,13 @@ def masked(model: nn.Module, plan_or_values) -> Iterator[nn.Module]:
         handles.remove()
 
 
-__all__ = ["HandleGroup", "attach", "masked", "plan_masks", "mask_heads", "mask_head_dims", "mask_neurons", "mask_layers"]
+__all__ = [
+    "HandleGroup",
+    "attach",
+    "masked",
+    "plan_masks",
+    "mask_heads",
+    "mask_head_dims",
+    "mask_neurons",
+    "mask_layers",
+]

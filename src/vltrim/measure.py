@@ -1,11 +1,13 @@
 """Measure what users pay for: parameters, MACs (counted, not estimated) and wall-clock latency."""
+
 from __future__ import annotations
 
 import os
 import platform
 import statistics
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -23,7 +25,11 @@ def count_params(model: nn.Module) -> int:
 @contextmanager
 def eager_attention(model: nn.Module) -> Iterator[None]:
     """Temporarily route attention through plain matmuls: the flop counter does not see CPU SDPA kernels."""
-    cfgs = {id(m.config): m.config for m in model.modules() if hasattr(m, "config") and hasattr(m.config, "_attn_implementation")}
+    cfgs = {
+        id(m.config): m.config
+        for m in model.modules()
+        if hasattr(m, "config") and hasattr(m.config, "_attn_implementation")
+    }
     old = {k: c._attn_implementation for k, c in cfgs.items()}
     try:
         for c in cfgs.values():
@@ -91,16 +97,28 @@ def machine() -> dict[str, Any]:
             cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
     except OSError:
         pass
-    return {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None, "python": platform.python_version(),
-            "torch": torch.__version__, "transformers": transformers.__version__}
+    return {
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
 
 
 def _context(model: nn.Module, inputs: dict[str, Any]) -> dict[str, Any]:
     dev = _device(model)
     batch = next((v.shape[0] for v in inputs.values() if torch.is_tensor(v)), 1)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
-    return {"device": name, "threads": torch.get_num_threads(), "batch_size": int(batch), "dtype": str(next(model.parameters()).dtype)}
+    return {
+        "device": name,
+        "threads": torch.get_num_threads(),
+        "batch_size": int(batch),
+        "dtype": str(next(model.parameters()).dtype),
+    }
 
 
 def measure(
@@ -142,14 +160,18 @@ def _inputs(model: nn.Module, inputs: Any, batch_size: int) -> dict[str, Any]:
     if inputs is None:
         return get_adapter(model).reference_inputs(model, batch_size)
     if not isinstance(inputs, dict):
-        raise TypeError(f"inputs must be a dict of model inputs like {{'pixel_values': ...}}, got {type(inputs).__name__}")
+        raise TypeError(
+            f"inputs must be a dict of model inputs like {{'pixel_values': ...}}, got {type(inputs).__name__}"
+        )
     try:
         with torch.no_grad(), kept_modes(model):
             model.eval()
             get_adapter(model).forward(model, _to(inputs, _device(model)))
     except Exception as e:  # the model's own errors (shapes, keys) in one clear line
         why = (str(e).strip().splitlines() or [""])[0][:200]
-        raise ValueError(f"inputs do not fit {type(model).__name__} (keys {sorted(inputs)}): {type(e).__name__}: {why}") from None
+        raise ValueError(
+            f"inputs do not fit {type(model).__name__} (keys {sorted(inputs)}): {type(e).__name__}: {why}"
+        ) from None
     return inputs
 
 

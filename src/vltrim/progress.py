@@ -1,4 +1,5 @@
 """One look for every long step: a rich progress bar on a terminal, a line every 10% in logs."""
+
 from __future__ import annotations
 
 import time
@@ -16,7 +17,7 @@ class LogProgress:
     def __init__(self, enabled: bool) -> None:
         self.enabled, self.tasks = enabled, {}
 
-    def __enter__(self) -> "LogProgress":
+    def __enter__(self) -> LogProgress:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -30,7 +31,9 @@ class LogProgress:
         t = self.tasks[task]
         t["done"] += advance
         if self.enabled and (t["done"] >= t["next"] or t["done"] == t["total"]):
-            console.print(f"{t['desc']}: {t['done']}/{t['total']} {info} [{time.time() - t['t0']:.0f}s]", highlight=False)
+            console.print(
+                f"{t['desc']}: {t['done']}/{t['total']} {info} [{time.time() - t['t0']:.0f}s]", highlight=False
+            )
             t["next"] = t["done"] + max(1, t["total"] // 10)
 
 

@@ -2,6 +2,7 @@
 
 Its weights ship with the package (assets/reference_clip, written by benchmarks/train_reference.py);
 if they are missing it is trained once and cached, so `vltrim demo` always has a real teacher."""
+
 from __future__ import annotations
 
 import os
@@ -23,8 +24,14 @@ def reference_config() -> CLIPConfig:
     tok = tokenizer(MAX_LENGTH)
     tower = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4, hidden_act="gelu")
     vision = dict(tower, image_size=IMAGE_SIZE, patch_size=4)
-    text = dict(tower, vocab_size=len(tok), max_position_embeddings=MAX_LENGTH,
-                pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    text = dict(
+        tower,
+        vocab_size=len(tok),
+        max_position_embeddings=MAX_LENGTH,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
     return CLIPConfig(vision_config=vision, text_config=text, projection_dim=128)
 
 
@@ -41,7 +48,9 @@ def datasets(train_size: int = TRAIN_SIZE) -> dict[str, SyntheticCaptions]:
     }
 
 
-def train_reference(out: str | Path, steps: int = TRAIN_STEPS, train_size: int = TRAIN_SIZE, progress: bool = True) -> CLIPModel:
+def train_reference(
+    out: str | Path, steps: int = TRAIN_STEPS, train_size: int = TRAIN_SIZE, progress: bool = True
+) -> CLIPModel:
     """Train the reference teacher from scratch and save it to ``out``."""
     from .io import save
     from .tasks.retrieval import contrastive_loss, evaluate_retrieval
@@ -50,7 +59,16 @@ def train_reference(out: str | Path, steps: int = TRAIN_STEPS, train_size: int =
     torch.manual_seed(0)
     model = CLIPModel(reference_config())
     data = datasets(train_size)
-    train(model, data["train"], contrastive_loss, steps, lr=LR, batch_size=BATCH, desc="train reference teacher", progress=progress)
+    train(
+        model,
+        data["train"],
+        contrastive_loss,
+        steps,
+        lr=LR,
+        batch_size=BATCH,
+        desc="train reference teacher",
+        progress=progress,
+    )
     metrics = evaluate_retrieval(model, data["test"])
     card = "Reference teacher trained on vltrim's built-in image-caption data; test metrics:\n\n" + "\n".join(
         f"- {k}: {v:.3f}" for k, v in metrics.items()

@@ -6,15 +6,17 @@ reader of the directory alone needs: the source model, every plan's method and s
 params and MACs, the machine the latency was measured on, the kept widths per layer and tower, and warnings (loud
 when a pruned model was not retrained). ``sections`` turns it into titled tables, rendered as markdown in the model
 card (README.md) and with rich by `vltrim report`."""
+
 from __future__ import annotations
 
 import datetime
 import json
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from torch import nn
 
@@ -45,11 +47,18 @@ def model_card(model: nn.Module, plans: Sequence, extra: str = "", report: dict[
     pruned = any(not p.empty for p in plans)
     lines = [f"# {class_name(model)} {'compressed' if pruned else 'saved'} with vltrim", ""]
     if report is not None:
-        lines += [sections_markdown(report), f"The whole report: `{REPORT}` (print it with `vltrim report <this directory>`).", ""]
+        lines += [
+            sections_markdown(report),
+            f"The whole report: `{REPORT}` (print it with `vltrim report <this directory>`).",
+            "",
+        ]
     elif pruned:
-        lines += ["> Note: saved without a compression report (no report.json): the source model, data, metrics and "
-                  "whether the model was retrained after pruning are not recorded. Save a `vltrim.compress` result "
-                  "(`vltrim.save(result, out)`) to record them.", ""]
+        lines += [
+            "> Note: saved without a compression report (no report.json): the source model, data, metrics and "
+            "whether the model was retrained after pruning are not recorded. Save a `vltrim.compress` result "
+            "(`vltrim.save(result, out)`) to record them.",
+            "",
+        ]
     lines += [
         f"Parameters now: **{count_params(model):,}**.",
         "",
@@ -81,19 +90,32 @@ def model_card(model: nn.Module, plans: Sequence, extra: str = "", report: dict[
         lines += [f"## Plan {i}: `{p.method}`", ""]
         if "sparsity" in t and "target" not in t:
             how = f"{t.get('pattern')}, scope {t['scope']}" if "scope" in t else f"{t.get('pattern')}"
-            lines.append(f"Target: zero {_num(t['sparsity'], '.1%')} of block-Linear weights ({how}); zeros are stored, "
-                         "so params and MACs stay dense.")
+            lines.append(
+                f"Target: zero {_num(t['sparsity'], '.1%')} of block-Linear weights ({how}); zeros are stored, "
+                "so params and MACs stay dense."
+            )
         elif "energy" in t and "target" not in t:
-            lines.append(f"Target: keep {_num(t['energy'], '.1%')} of each Linear's squared singular values, align={t.get('align')}.")
+            lines.append(
+                f"Target: keep {_num(t['energy'], '.1%')} of each Linear's squared singular values, align={t.get('align')}."
+            )
         elif t:
-            lines.append(f"Target: remove {_num(t.get('target', 0), '.1%')} of prunable {t.get('metric', 'params')}, align={t.get('align')}.")
+            lines.append(
+                f"Target: remove {_num(t.get('target', 0), '.1%')} of prunable {t.get('metric', 'params')}, align={t.get('align')}."
+            )
         rows = []
         if "params_removed" in a:
             rows.append(["prunable params removed", _num(a["params_removed"], ".1%")])
             rows.append(["prunable MACs removed", _num(a.get("macs_removed"), ".1%")])
         if "model_params_before" in a:
-            rows.append(["model params", f"{_num(a['model_params_before'], ',')} -> {_num(a.get('model_params_after'), ',')}"])
-            rows.append(["model MACs (reference input)", f"{_num(a.get('model_macs_before'), ',')} -> {_num(a.get('model_macs_after'), ',')}"])
+            rows.append(
+                ["model params", f"{_num(a['model_params_before'], ',')} -> {_num(a.get('model_params_after'), ',')}"]
+            )
+            rows.append(
+                [
+                    "model MACs (reference input)",
+                    f"{_num(a.get('model_macs_before'), ',')} -> {_num(a.get('model_macs_after'), ',')}",
+                ]
+            )
         kinds = Counter(p.kinds.values())
         if kinds:
             rows.append(["groups pruned", ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))])
@@ -105,7 +127,12 @@ def model_card(model: nn.Module, plans: Sequence, extra: str = "", report: dict[
             if "nonzero_params" in a:
                 rows.append(["nonzero params", _num(a["nonzero_params"], ",")])
         if p.factorize:
-            rows.append(["Linears factorised", f"{len(p.factorize)} (ranks {min(p.factorize.values())}-{max(p.factorize.values())})"])
+            rows.append(
+                [
+                    "Linears factorised",
+                    f"{len(p.factorize)} (ranks {min(p.factorize.values())}-{max(p.factorize.values())})",
+                ]
+            )
         lines += [markdown_table(["", ""], rows), ""]
     if extra:
         lines += [extra, ""]
@@ -113,16 +140,24 @@ def model_card(model: nn.Module, plans: Sequence, extra: str = "", report: dict[
 
 
 # ---- the report of a saved model ------------------------------------------------------------------------------
-def build_report(model: nn.Module, plans: Sequence, run: dict[str, Any], source: str | Path | None = None) -> dict[str, Any]:
+def build_report(
+    model: nn.Module, plans: Sequence, run: dict[str, Any], source: str | Path | None = None
+) -> dict[str, Any]:
     """report.json's content: the run's report (``run``: `CompressResult.report`) and what the directory alone must tell."""
     from . import __version__
     from .measure import machine
 
     rep = {k: v for k, v in run.items() if k != "scores_table"}  # mope's table goes to mope.csv / mope.png
-    rep.update(format=REPORT_FORMAT, version=REPORT_VERSION, written_by=f"vltrim {__version__}",
-               saved_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-               source=_source(model, plans, run, source), model=_costs_now(model),
-               plans=[_plan_entry(p) for p in plans], widths=layer_widths(model, plans))
+    rep.update(
+        format=REPORT_FORMAT,
+        version=REPORT_VERSION,
+        written_by=f"vltrim {__version__}",
+        saved_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        source=_source(model, plans, run, source),
+        model=_costs_now(model),
+        plans=[_plan_entry(p) for p in plans],
+        widths=layer_widths(model, plans),
+    )
     rep.setdefault("machine", machine())
     rep["warnings"] = report_warnings(rep)
     return rep
@@ -141,9 +176,17 @@ def _source(model: nn.Module, plans: Sequence, run: dict[str, Any], source: str 
 
     first = plans[0].achieved if plans else {}
     speed = run.get("speed") or {}
-    name = run.get("source_model") or (str(source) if source is not None else None) or getattr(base_config(model), "_name_or_path", "")
-    return {"name": name or None, "class": class_name(model),
-            "params": speed.get("a", {}).get("params", first.get("model_params_before")), "macs": first.get("model_macs_before")}
+    name = (
+        run.get("source_model")
+        or (str(source) if source is not None else None)
+        or getattr(base_config(model), "_name_or_path", "")
+    )
+    return {
+        "name": name or None,
+        "class": class_name(model),
+        "params": speed.get("a", {}).get("params", first.get("model_params_before")),
+        "macs": first.get("model_macs_before"),
+    }
 
 
 def _costs_now(model: nn.Module) -> dict[str, Any]:
@@ -151,14 +194,25 @@ def _costs_now(model: nn.Module) -> dict[str, Any]:
     from .adapters import class_name, get_adapter
     from .measure import count_macs
 
-    return {"class": class_name(model), "params": count_params(model),
-            "macs": count_macs(model, get_adapter(model).reference_inputs(model, 1)), "macs_input": "reference input, batch 1"}
+    return {
+        "class": class_name(model),
+        "params": count_params(model),
+        "macs": count_macs(model, get_adapter(model).reference_inputs(model, 1)),
+        "macs_input": "reference input, batch 1",
+    }
 
 
 def _plan_entry(p: Any) -> dict[str, Any]:
     """One plan as report.json lists it: method, settings, target, what it achieved and what it changed."""
-    return {"method": p.method, "settings": p.settings, "target": p.target, "achieved": p.achieved,
-            "groups_sliced": len(p.keep), "linears_factorised": len(p.factorize), "linears_sparsified": len(p.sparsify)}
+    return {
+        "method": p.method,
+        "settings": p.settings,
+        "target": p.target,
+        "achieved": p.achieved,
+        "groups_sliced": len(p.keep),
+        "linears_factorised": len(p.factorize),
+        "linears_sparsified": len(p.sparsify),
+    }
 
 
 def steps_of(rep: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -179,13 +233,21 @@ def _total(rep: dict[str, Any], key: str) -> int:
 def report_warnings(rep: dict[str, Any]) -> list[str]:
     """What a reader must know first: no retraining after pruning (loud), no evaluation, a large metric drop."""
     out = []
-    pruned = any(p.get("groups_sliced") or p.get("linears_factorised") or p.get("linears_sparsified") for p in rep.get("plans", []))
+    pruned = any(
+        p.get("groups_sliced") or p.get("linears_factorised") or p.get("linears_sparsified")
+        for p in rep.get("plans", [])
+    )
     if pruned and _total(rep, "retrain_steps") == 0:
         searched = _total(rep, "search_steps")
-        how = (f"its weights trained only during the search ({searched} steps), not after the cut" if searched
-               else "the remaining weights were never trained after the cut")
-        out.append(f"{NOT_RETRAINED}: this model was pruned and {how}. Expect a large accuracy drop; retrain it "
-                   "(compress with retrain_steps / --retrain-steps and training data) before using it.")
+        how = (
+            f"its weights trained only during the search ({searched} steps), not after the cut"
+            if searched
+            else "the remaining weights were never trained after the cut"
+        )
+        out.append(
+            f"{NOT_RETRAINED}: this model was pruned and {how}. Expect a large accuracy drop; retrain it "
+            "(compress with retrain_steps / --retrain-steps and training data) before using it."
+        )
     if "after" not in rep:
         out.append("Not evaluated: no eval data was given, so the quality after compression is unknown.")
     kept = _kept_share(rep)
@@ -296,7 +358,9 @@ def plot_widths(widths: dict[str, list[dict[str, Any]]], file: str | Path, title
 
     towers = [t for t, rows in widths.items() if rows]
     most = max((len(widths[t]) for t in towers), default=1)
-    fig, axes = plt.subplots(len(towers) or 1, 1, figsize=(max(6.0, 0.5 * most + 2), 2.8 * max(len(towers), 1)), squeeze=False)
+    fig, axes = plt.subplots(
+        len(towers) or 1, 1, figsize=(max(6.0, 0.5 * most + 2), 2.8 * max(len(towers), 1)), squeeze=False
+    )
     for i, (ax, tower) in enumerate(zip(axes[:, 0], towers)):
         _width_panel(ax, tower, widths[tower], small=most > 12, legend=i == 0)
     if title:
@@ -318,7 +382,10 @@ def _width_panel(ax: Any, tower: str, rows: list[dict[str, Any]], small: bool, l
         (ka, oa), (kn, on) = _attention(r), r["neurons"]
         ax.bar(i - w / 2, ka / oa, width=w, color="tab:blue")
         ax.bar(i + w / 2, kn / on, width=w, color="tab:orange")
-        for x, y, text in ((i - w / 2, ka / oa, _attention_label(r)), (i + w / 2, kn / on, f"{kn}/{on}" if kn != on else "")):
+        for x, y, text in (
+            (i - w / 2, ka / oa, _attention_label(r)),
+            (i + w / 2, kn / on, f"{kn}/{on}" if kn != on else ""),
+        ):
             if text:
                 ax.text(x, y + 0.02, text, rotation=90, ha="center", va="bottom", fontsize=font)
     live = sum(not r.get("dropped") for r in rows)
@@ -334,9 +401,17 @@ def _width_panel(ax: Any, tower: str, rows: list[dict[str, Any]], small: bool, l
         return
     from matplotlib.patches import Patch
 
-    ax.legend(handles=[Patch(color="tab:blue", label="attention (heads x head dim)"), Patch(color="tab:orange", label="FFN neurons"),
-                       Patch(facecolor="none", edgecolor="0.55", hatch="///", label="layer dropped")],
-              fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    ax.legend(
+        handles=[
+            Patch(color="tab:blue", label="attention (heads x head dim)"),
+            Patch(color="tab:orange", label="FFN neurons"),
+            Patch(facecolor="none", edgecolor="0.55", hatch="///", label="layer dropped"),
+        ],
+        fontsize=7,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        frameon=False,
+    )
 
 
 def readable_axes(ax: Any, x_engineering: bool = True, y_engineering: bool = False, bins: int = 6) -> None:
@@ -365,8 +440,14 @@ def sections(rep: dict[str, Any]) -> list[Section]:
     """The report as titled tables: model, method and settings, data and steps, quality, cost, kept widths."""
     out = [_model_section(rep), _method_section(rep), _data_section(rep), _quality_section(rep), _cost_section(rep)]
     if widths_cut(rep.get("widths")):
-        out.append(Section("Kept widths", ["tower", "layers", "attention channels", "FFN neurons"], width_summary(rep["widths"]),
-                           f"per layer: {WIDTHS_PNG}"))
+        out.append(
+            Section(
+                "Kept widths",
+                ["tower", "layers", "attention channels", "FFN neurons"],
+                width_summary(rep["widths"]),
+                f"per layer: {WIDTHS_PNG}",
+            )
+        )
     return [s for s in out if s.rows]
 
 
@@ -384,10 +465,12 @@ def _fmt(v: Any) -> str:
 
 def _model_section(rep: dict[str, Any]) -> Section:
     src, now = rep.get("source") or {}, rep.get("model") or {}
-    rows = [["source model", src.get("name") or "not recorded (compressed in memory, saved without source=)"],
-            ["class", now.get("class") or src.get("class")],
-            ["task", rep.get("task")],
-            ["saved", f"{rep.get('saved_at', '-')} by {rep.get('written_by', '-')}"]]
+    rows = [
+        ["source model", src.get("name") or "not recorded (compressed in memory, saved without source=)"],
+        ["class", now.get("class") or src.get("class")],
+        ["task", rep.get("task")],
+        ["saved", f"{rep.get('saved_at', '-')} by {rep.get('written_by', '-')}"],
+    ]
     return Section("Model", ["", ""], [[k, _fmt(v)] for k, v in rows])
 
 
@@ -398,15 +481,35 @@ def _method_section(rep: dict[str, Any]) -> Section:
     plans, steps = rep.get("plans") or [], steps_of(rep)
     for i, (label, s) in enumerate(steps):
         method = s.get("method", rep.get("method"))
-        settings = plans[i]["settings"] if len(plans) == len(steps) else (s.get("settings") or {}).get("method_settings")
-        rows.append([label or "1", _fmt(method), _target(s.get("target", rep.get("target"))), _achieved(s.get("plan")),
-                     _fmt(s.get("search_steps", rep.get("search_steps"))), _fmt(s.get("retrain_steps", rep.get("retrain_steps")))])
+        settings = (
+            plans[i]["settings"] if len(plans) == len(steps) else (s.get("settings") or {}).get("method_settings")
+        )
+        rows.append(
+            [
+                label or "1",
+                _fmt(method),
+                _target(s.get("target", rep.get("target"))),
+                _achieved(s.get("plan")),
+                _fmt(s.get("search_steps", rep.get("search_steps"))),
+                _fmt(s.get("retrain_steps", rep.get("retrain_steps"))),
+            ]
+        )
         notes.append(f"{label or 'method'} settings: {_settings_text(settings)}")
     keys = ("metric", "units", "align", "allocation", "max_ratio")
-    for label, b in [(label, s.get("settings") or rep.get("settings") or {}) for label, s in (steps if rep.get("stages") else [("", rep)])]:
+    for label, b in [
+        (label, s.get("settings") or rep.get("settings") or {})
+        for label, s in (steps if rep.get("stages") else [("", rep)])
+    ]:
         if b:
-            notes.append(f"{label or 'method'} budget: " + ", ".join(f"{k} {b[k]}" for k in keys if b.get(k) is not None))
-    return Section("Method and settings", ["step", "method", "target", "achieved", "search steps", "retrain steps"], rows, "\n".join(notes))
+            notes.append(
+                f"{label or 'method'} budget: " + ", ".join(f"{k} {b[k]}" for k in keys if b.get(k) is not None)
+            )
+    return Section(
+        "Method and settings",
+        ["step", "method", "target", "achieved", "search steps", "retrain steps"],
+        rows,
+        "\n".join(notes),
+    )
 
 
 def _target(t: Any) -> str:
@@ -418,7 +521,11 @@ def _target(t: Any) -> str:
 def _achieved(a: Any) -> str:
     if not isinstance(a, dict):
         return _fmt(a)
-    parts = [f"{name} -{a[k]:.1%}" for k, name in (("params_removed", "params"), ("macs_removed", "MACs")) if isinstance(a.get(k), float)]
+    parts = [
+        f"{name} -{a[k]:.1%}"
+        for k, name in (("params_removed", "params"), ("macs_removed", "MACs"))
+        if isinstance(a.get(k), float)
+    ]
     if isinstance(a.get("sparsity"), float):
         parts.append(f"{a['sparsity']:.1%} zeros")
     return ", ".join(parts) or "-"
@@ -427,19 +534,42 @@ def _achieved(a: Any) -> str:
 def _settings_text(settings: Any) -> str:
     if not settings:
         return "-"
-    text = ", ".join(f"{k}={json.dumps(v, default=str)}" for k, v in settings.items()) if isinstance(settings, dict) else str(settings)
+    text = (
+        ", ".join(f"{k}={json.dumps(v, default=str)}" for k, v in settings.items())
+        if isinstance(settings, dict)
+        else str(settings)
+    )
     return text if len(text) <= 300 else text[:297] + "..."
 
 
 def _data_section(rep: dict[str, Any]) -> Section:
     data, given = rep.get("data") or {}, rep.get("data_given") or {}
-    rows = [[f"{k} data", _data_text({**v, "source": given.get(k) or v.get("source")} if isinstance(v, dict) else v)]
-            for k, v in data.items()]
+    rows = [
+        [f"{k} data", _data_text({**v, "source": given.get(k) or v.get("source")} if isinstance(v, dict) else v)]
+        for k, v in data.items()
+    ]
     s = rep.get("settings") or ((rep.get("stages") or [{}])[0].get("settings") or {})
-    rows += [[k.replace("_", " "), _fmt(s[k])] for k in ("batch_size", "lr", "retrain_lr", "kd_weight", "kd_hidden", "kd_embed",
-                                                          "kd_attention", "task_weight", "seed", "mixed_precision") if k in s]
+    rows += [
+        [k.replace("_", " "), _fmt(s[k])]
+        for k in (
+            "batch_size",
+            "lr",
+            "retrain_lr",
+            "kd_weight",
+            "kd_hidden",
+            "kd_embed",
+            "kd_attention",
+            "task_weight",
+            "seed",
+            "mixed_precision",
+        )
+        if k in s
+    ]
     if data or s:
-        rows += [["search steps (all steps)", _fmt(_total(rep, "search_steps"))], ["retrain steps (all steps)", _fmt(_total(rep, "retrain_steps"))]]
+        rows += [
+            ["search steps (all steps)", _fmt(_total(rep, "search_steps"))],
+            ["retrain steps (all steps)", _fmt(_total(rep, "retrain_steps"))],
+        ]
     return Section("Data and steps", ["", ""], rows)
 
 
@@ -462,8 +592,11 @@ def _quality_section(rep: dict[str, Any]) -> Section:
         cols += [f"{tag}after search", f"{tag}after retraining"]
         getters += [s.get("after_search") or {}, s.get("after") or {}]
     keys = list(dict.fromkeys([*before, *after]))
-    rows = [[k, _fmt(before.get(k)), *(_fmt(g.get(k)) for g in getters), _share(before.get(k), after.get(k))]
-            for k in keys if isinstance(after.get(k, before.get(k)), (int, float))]
+    rows = [
+        [k, _fmt(before.get(k)), *(_fmt(g.get(k)) for g in getters), _share(before.get(k), after.get(k))]
+        for k in keys
+        if isinstance(after.get(k, before.get(k)), (int, float))
+    ]
     return Section("Quality (task metric on the eval data)", ["metric", "before", *cols, "after / before"], rows)
 
 
@@ -474,12 +607,25 @@ def _share(a: Any, b: Any) -> str:
 def _cost_section(rep: dict[str, Any]) -> Section:
     """Params, MACs and latency, original vs compressed, with where the latency was measured."""
     sp, src, now = rep.get("speed"), rep.get("source") or {}, rep.get("model") or {}
-    rows = [["params", _fmt(src.get("params")), _fmt(now.get("params")), _ratio(src.get("params"), now.get("params"))],
-            ["MACs (reference input, batch 1)", _fmt(src.get("macs")), _fmt(now.get("macs")), _ratio(src.get("macs"), now.get("macs"))]]
+    rows = [
+        ["params", _fmt(src.get("params")), _fmt(now.get("params")), _ratio(src.get("params"), now.get("params"))],
+        [
+            "MACs (reference input, batch 1)",
+            _fmt(src.get("macs")),
+            _fmt(now.get("macs")),
+            _ratio(src.get("macs"), now.get("macs")),
+        ],
+    ]
     if sp:
         a, b = sp["a"], sp["b"]
-        rows.append([f"latency ms (batch {sp.get('batch_size')}, median of {sp.get('rounds')} rounds)",
-                     f"{a['latency_ms']:.3f}", f"{b['latency_ms']:.3f}", speedup_text(sp)])
+        rows.append(
+            [
+                f"latency ms (batch {sp.get('batch_size')}, median of {sp.get('rounds')} rounds)",
+                f"{a['latency_ms']:.3f}",
+                f"{b['latency_ms']:.3f}",
+                speedup_text(sp),
+            ]
+        )
         note = f"latency measured on {_machine_text(rep.get('machine'), sp)}"
     else:
         note = "latency not measured (latency_batch=0)" if "speed" in rep else ""
@@ -501,7 +647,11 @@ def _machine_text(m: Any, sp: dict[str, Any]) -> str:
     where = f"{sp.get('device')}, {sp.get('threads')} threads, {sp.get('dtype', 'float32')}"
     if not isinstance(m, dict):
         return where
-    host = m.get("gpu") if sp.get("device") not in (None, "cpu") and m.get("gpu") else f"{m.get('cpu')} ({m.get('cores')} cores)"
+    host = (
+        m.get("gpu")
+        if sp.get("device") not in (None, "cpu") and m.get("gpu")
+        else f"{m.get('cpu')} ({m.get('cores')} cores)"
+    )
     return f"{host}; {where}; torch {m.get('torch')}, transformers {m.get('transformers')}"
 
 
@@ -515,7 +665,11 @@ def sections_markdown(rep: dict[str, Any]) -> str:
         cells = [[str(v).replace("|", "\\|").replace("\n", " ") for v in r] for r in s.rows]
         lines += [f"## {s.title}", "", markdown_table(s.headers, cells), ""]
         if s.note:
-            note = s.note.replace(WIDTHS_PNG, f"![kept widths per layer]({WIDTHS_PNG})") if s.title == "Kept widths" else s.note
+            note = (
+                s.note.replace(WIDTHS_PNG, f"![kept widths per layer]({WIDTHS_PNG})")
+                if s.title == "Kept widths"
+                else s.note
+            )
             lines += ["\n".join(f"- {ln}" for ln in note.splitlines()) if "\n" in note else note, ""]
     return "\n".join(lines)
 
@@ -544,13 +698,24 @@ def _report_from_plans(plans: Sequence) -> dict[str, Any]:
     last = plans[-1].achieved if plans else {}
     entries = [_plan_entry(p) for p in plans]
     rep: dict[str, Any] = {
-        "source": {"class": plans[0].model_class if plans else None, "params": first.get("model_params_before"),
-                   "macs": first.get("model_macs_before")},
+        "source": {
+            "class": plans[0].model_class if plans else None,
+            "params": first.get("model_params_before"),
+            "macs": first.get("model_macs_before"),
+        },
         "model": {"params": last.get("model_params_after"), "macs": last.get("model_macs_after")},
-        "plans": entries, "stages": [{"stage": i, "method": p.method, "target": p.target, "plan": p.achieved}
-                                     for i, p in enumerate(plans, 1)],
+        "plans": entries,
+        "stages": [
+            {"stage": i, "method": p.method, "target": p.target, "plan": p.achieved} for i, p in enumerate(plans, 1)
+        ],
     }
-    rep["warnings"] = ["No report.json: this model was saved without a compression report (vltrim.save(model) or an older "
-                       "vltrim), so the source model, data, metrics and retraining are not recorded; shown: what plan.json "
-                       "holds."] if plans else []
+    rep["warnings"] = (
+        [
+            "No report.json: this model was saved without a compression report (vltrim.save(model) or an older "
+            "vltrim), so the source model, data, metrics and retraining are not recorded; shown: what plan.json "
+            "holds."
+        ]
+        if plans
+        else []
+    )
     return rep

@@ -14,6 +14,7 @@ What a ratio means per method: ``magnitude`` the share of block-Linear weights z
 dense); ``2:4`` is magnitude with the 2:4 pattern, one cell at its fixed 50% whatever the ratios; ``distill`` a
 student keeping round((1 - ratio) x layers) layers of every tower (at least 1; `vltrim.student`); every other
 method (heads, lowrank, l1, upop, taylor, random, mope) removes that share of its prunable params."""
+
 from __future__ import annotations
 
 import csv
@@ -25,9 +26,10 @@ import math
 import os
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -51,9 +53,27 @@ DEFAULT_RATIOS = (0.25, 0.5, 0.75)
 STUDY_FILE, CELLS, MODELS, ORIGINAL = "study.json", "cells", "models", "original"
 FORMAT, VERSION = "vltrim.study", 1
 # compress options the study sets itself (per cell or for all cells); the rest may go through compress_options
-OWN_OPTIONS = {"model", "method", "target", "task", "train_data", "eval_data", "retrain_steps", "search_steps", "seed",
-               "batch_size", "method_settings", "plan", "work_dir", "resume", "override", "checkpoint_every", "latency_batch",
-               "evaluate_before", "progress"}
+OWN_OPTIONS = {
+    "model",
+    "method",
+    "target",
+    "task",
+    "train_data",
+    "eval_data",
+    "retrain_steps",
+    "search_steps",
+    "seed",
+    "batch_size",
+    "method_settings",
+    "plan",
+    "work_dir",
+    "resume",
+    "override",
+    "checkpoint_every",
+    "latency_batch",
+    "evaluate_before",
+    "progress",
+}
 COMPRESS_SIGNATURE = inspect.signature(compress)
 BUDGET_OPTIONS = ("metric", "align", "units", "allocation", "max_ratio")  # passed only to the methods that take them
 
@@ -166,7 +186,9 @@ def check_out(out: Any, name: str = "out") -> Path:
     if out.exists() and not out.is_dir():
         raise StudyError(f"{name} {out} is a file, not a directory")
     if out.is_dir() and not (out / STUDY_FILE).exists() and any(out.iterdir()):
-        raise StudyError(f"{name} {out} holds files but no {STUDY_FILE}: it is not a vltrim study; choose a new or empty directory")
+        raise StudyError(
+            f"{name} {out} holds files but no {STUDY_FILE}: it is not a vltrim study; choose a new or empty directory"
+        )
     return out
 
 
@@ -182,8 +204,14 @@ def pareto_front(costs: Sequence[float], metrics: Sequence[float]) -> list[bool]
     n = len(costs)
     if len(metrics) != n:
         raise ValueError(f"costs and metrics differ in length ({n} vs {len(metrics)})")
-    return [not any(costs[j] <= costs[i] and metrics[j] >= metrics[i] and (costs[j] < costs[i] or metrics[j] > metrics[i])
-                    for j in range(n) if j != i) for i in range(n)]
+    return [
+        not any(
+            costs[j] <= costs[i] and metrics[j] >= metrics[i] and (costs[j] < costs[i] or metrics[j] > metrics[i])
+            for j in range(n)
+            if j != i
+        )
+        for i in range(n)
+    ]
 
 
 # ---- fingerprints, atomic files ---------------------------------------------------------------------------------
@@ -285,7 +313,9 @@ def _check(a: dict[str, Any]) -> dict[str, Any]:
     o["min_round_s"] = number("min_round_s", a["min_round_s"], low_open=False)
     o["override"], o["progress"] = flag("override", a["override"]), flag("progress", a["progress"])
     if a["eval_data"] is None:
-        raise ValueError(f"eval_data is needed: every cell is judged by the {o['task'].name} task's {o['task'].metric} on it")
+        raise ValueError(
+            f"eval_data is needed: every cell is judged by the {o['task'].name} task's {o['task'].metric} on it"
+        )
     o["train_data"], o["eval_data"] = a["train_data"], a["eval_data"]
     train = as_dataset(a["train_data"], "train_data")[0] if a["train_data"] is not None else None
     evald = as_dataset(a["eval_data"], "eval_data")[0]
@@ -300,18 +330,29 @@ def _check(a: dict[str, Any]) -> dict[str, Any]:
                     raise ValueError(f"methods: '2:4' cannot run on this {type(model).__name__}: {e}") from None
     o["out"] = check_out(a["out"])
     o["cells"] = cells_of(o["methods"], o["ratios"])
-    o["settings"] = {"format": FORMAT, "version": VERSION, "model_class": class_name(model), "model": model_fingerprint(model),
-                     "task": o["task"].name, "metric": o["task"].metric,
-                     "train_data": data_digest(train) if train is not None else None, "eval_data": data_digest(evald),
-                     "retrain_steps": o["retrain_steps"], "seed": o["seed"],
-                     "batch_size": o["batch_size"], "compress_options": o["compress_options"]}
+    o["settings"] = {
+        "format": FORMAT,
+        "version": VERSION,
+        "model_class": class_name(model),
+        "model": model_fingerprint(model),
+        "task": o["task"].name,
+        "metric": o["task"].metric,
+        "train_data": data_digest(train) if train is not None else None,
+        "eval_data": data_digest(evald),
+        "retrain_steps": o["retrain_steps"],
+        "seed": o["seed"],
+        "batch_size": o["batch_size"],
+        "compress_options": o["compress_options"],
+    }
     _check_existing(o)
     o["unreachable"] = {}
     for cell in o["cells"]:
         try:
             ns = _checked(_compress_call(model, o, cell, progress=False))
         except (ValueError, TypeError) as e:
-            raise (TypeError if isinstance(e, TypeError) else ValueError)(f"{cell.method} at ratio {cell.ratio:g}: {e}") from None
+            raise (TypeError if isinstance(e, TypeError) else ValueError)(
+                f"{cell.method} at ratio {cell.ratio:g}: {e}"
+            ) from None
         why = unreachable(model, ns)
         if why:
             o["unreachable"][cell.name] = why
@@ -344,17 +385,34 @@ def unreachable(model: nn.Module, o: Any) -> str | None:
 
             adapter = get_adapter(model)
             tokens = {t.name: t.tokens for t in adapter.towers(model)}
-            layers = [Layer(n, lin.out_features, lin.in_features, tokens[n.split(".layers.")[0]],
-                            torch.full((min(lin.out_features, lin.in_features),), 1.0 / min(lin.out_features, lin.in_features), dtype=torch.float64))
-                      for n, lin in adapter.linears(model).items() if isinstance(lin, nn.Linear)]
+            layers = [
+                Layer(
+                    n,
+                    lin.out_features,
+                    lin.in_features,
+                    tokens[n.split(".layers.")[0]],
+                    torch.full(
+                        (min(lin.out_features, lin.in_features),),
+                        1.0 / min(lin.out_features, lin.in_features),
+                        dtype=torch.float64,
+                    ),
+                )
+                for n, lin in adapter.linears(model).items()
+                if isinstance(lin, nn.Linear)
+            ]
             global_ranks(layers, Budget(o.target, metric, align))
         elif "units" in given and not _default(fn, "depth_share", given, 0.0):
             from .methods.common import prunable_groups
             from .structure.select import ALLOCATION, MAX_RATIO, select
 
             groups = prunable_groups(model, given["units"], _default(fn, "modalities", given, None))
-            budget = Budget(o.target, metric, align, _default(fn, "allocation", given, ALLOCATION) or ALLOCATION,
-                            _default(fn, "max_ratio", given, MAX_RATIO))
+            budget = Budget(
+                o.target,
+                metric,
+                align,
+                _default(fn, "allocation", given, ALLOCATION) or ALLOCATION,
+                _default(fn, "max_ratio", given, MAX_RATIO),
+            )
             select(groups, {g.name: torch.zeros(g.size) for g in groups}, budget)
     except ValueError as e:
         return str(e)
@@ -368,7 +426,9 @@ def _settings_per_method(settings: Any, methods: list[str]) -> dict[str, dict[st
         raise TypeError(f"method_settings must map a method name to a dict of its settings, got {settings!r}")
     extra = sorted(set(settings) - set(methods))
     if extra:
-        raise ValueError(f"method_settings names {', '.join(map(str, extra))}, not among methods ({', '.join(methods)})")
+        raise ValueError(
+            f"method_settings names {', '.join(map(str, extra))}, not among methods ({', '.join(methods)})"
+        )
     return {k: dict(v) for k, v in settings.items()}
 
 
@@ -380,9 +440,11 @@ def _compress_options(options: Any) -> dict[str, Any]:
     allowed = set(COMPRESS_SIGNATURE.parameters) - OWN_OPTIONS
     bad = sorted(set(options) - allowed)
     if bad:
-        raise ValueError(f"compress_options: {', '.join(map(str, bad))} "
-                         f"{'is' if len(bad) == 1 else 'are'} set by the study itself or not compress options; "
-                         f"allowed: {', '.join(sorted(allowed))}")
+        raise ValueError(
+            f"compress_options: {', '.join(map(str, bad))} "
+            f"{'is' if len(bad) == 1 else 'are'} set by the study itself or not compress options; "
+            f"allowed: {', '.join(sorted(allowed))}"
+        )
     return dict(options)
 
 
@@ -394,9 +456,20 @@ def _compress_call(model: nn.Module, o: dict[str, Any], cell: Cell, progress: bo
     anything = any(p.kind == p.VAR_KEYWORD for p in params.values())
     # a budget option (align=1, metric='macs') goes to the methods that take it; compress refuses it for the others
     options = {k: v for k, v in o["compress_options"].items() if k not in BUDGET_OPTIONS or anything or k in params}
-    kw = dict(task=o["task"].name, train_data=o["train_data"], eval_data=o["eval_data"], retrain_steps=o["retrain_steps"],
-              search_steps=o["search_steps"], seed=o["seed"], batch_size=o["batch_size"], latency_batch=0,
-              evaluate_before=False, progress=progress, **options, **args)
+    kw = dict(
+        task=o["task"].name,
+        train_data=o["train_data"],
+        eval_data=o["eval_data"],
+        retrain_steps=o["retrain_steps"],
+        search_steps=o["search_steps"],
+        seed=o["seed"],
+        batch_size=o["batch_size"],
+        latency_batch=0,
+        evaluate_before=False,
+        progress=progress,
+        **options,
+        **args,
+    )
     bound = COMPRESS_SIGNATURE.bind(model, **kw)
     bound.apply_defaults()
     return dict(bound.arguments)
@@ -407,14 +480,24 @@ def _cell_key(o: dict[str, Any], cell: Cell) -> dict[str, Any]:
     for training-based searches)."""
     args = cell.compress_args(o["method_settings"])
     searches = getattr(get_method(args["method"]), "needs_training", False)
-    return _plain({**o["settings"], "method": cell.method, "ratio": cell.ratio, "method_settings": args["method_settings"],
-                   **({"search_steps": o["search_steps"]} if searches else {})})
+    return _plain(
+        {
+            **o["settings"],
+            "method": cell.method,
+            "ratio": cell.ratio,
+            "method_settings": args["method_settings"],
+            **({"search_steps": o["search_steps"]} if searches else {}),
+        }
+    )
 
 
 def differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
     """'name: made with A, now B' for every setting that differs (missing on one side included)."""
-    return [f"{k}: made with {saved.get(k, '<not recorded>')!r}, now {now.get(k, '<not recorded>')!r}"
-            for k in sorted(set(saved) | set(now)) if saved.get(k, "<not recorded>") != now.get(k, "<not recorded>")]
+    return [
+        f"{k}: made with {saved.get(k, '<not recorded>')!r}, now {now.get(k, '<not recorded>')!r}"
+        for k in sorted(set(saved) | set(now))
+        if saved.get(k, "<not recorded>") != now.get(k, "<not recorded>")
+    ]
 
 
 def _check_existing(o: dict[str, Any]) -> None:
@@ -432,9 +515,12 @@ def _check_existing(o: dict[str, Any]) -> None:
         if c is not None and isinstance(c.get("key"), dict) and not diffs:
             diffs += [f"cell {cell.name}: {d}" for d in differences(c["key"], _cell_key(o, cell))]
     if diffs and not o["override"]:
-        raise StudyError(f"{out} holds a study made with other settings:\n  " + "\n  ".join(diffs[:20]) +
-                         "\nuse another out directory, rerun with the original settings, or pass override=True "
-                         "(CLI: --override) to recompute its cells with these")
+        raise StudyError(
+            f"{out} holds a study made with other settings:\n  "
+            + "\n  ".join(diffs[:20])
+            + "\nuse another out directory, rerun with the original settings, or pass override=True "
+            "(CLI: --override) to recompute its cells with these"
+        )
 
 
 def _run(model: nn.Module, o: dict[str, Any]) -> StudyResult:
@@ -445,7 +531,10 @@ def _run(model: nn.Module, o: dict[str, Any]) -> StudyResult:
         for name, why in o["unreachable"].items():
             console.print(f"study: cell {name} is not run: {why}", highlight=False, markup=False)
     out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / STUDY_FILE, json.dumps({"format": FORMAT, "version": VERSION, "settings": _plain(o["settings"])}, indent=1))
+    _write_atomic(
+        out / STUDY_FILE,
+        json.dumps({"format": FORMAT, "version": VERSION, "settings": _plain(o["settings"])}, indent=1),
+    )
     ref1 = get_adapter(model).reference_inputs(model, 1)
     records: dict[str, dict[str, Any]] = {}
     with bar(o["progress"]) as pb:
@@ -454,8 +543,13 @@ def _run(model: nn.Module, o: dict[str, Any]) -> StudyResult:
         pb.update(job, advance=1, info="original")
         for cell in o["cells"]:
             if cell.name in o["unreachable"]:
-                records[cell.name] = {"cell": cell.name, "method": cell.method, "ratio": cell.ratio, "metrics": {},
-                                      "achieved": f"not run: {o['unreachable'][cell.name]}"}
+                records[cell.name] = {
+                    "cell": cell.name,
+                    "method": cell.method,
+                    "ratio": cell.ratio,
+                    "metrics": {},
+                    "achieved": f"not run: {o['unreachable'][cell.name]}",
+                }
                 pb.update(job, advance=1, info=f"{cell.name} not reachable")
                 continue
             rec = _finished(o, cell)
@@ -478,8 +572,14 @@ def _original(model: nn.Module, o: dict[str, Any], ref1: dict[str, Any]) -> dict
     rec = _read(file)
     if rec is not None and rec.get("key") == key:
         return rec
-    rec = {"cell": ORIGINAL, "key": key, "metrics": o["task"].evaluate(model, as_dataset(o["eval_data"], "eval_data")[0]),
-           "params": count_params(model), "nonzero_params": _nonzero(model), "macs": count_macs(model, ref1)}
+    rec = {
+        "cell": ORIGINAL,
+        "key": key,
+        "metrics": o["task"].evaluate(model, as_dataset(o["eval_data"], "eval_data")[0]),
+        "params": count_params(model),
+        "nonzero_params": _nonzero(model),
+        "macs": count_macs(model, ref1),
+    }
     _write_atomic(file, json.dumps(rec, indent=1, default=str))
     return rec
 
@@ -504,16 +604,29 @@ def _run_cell(model: nn.Module, o: dict[str, Any], cell: Cell, ref1: dict[str, A
     except KeyboardInterrupt:
         raise
     except Exception as e:  # noqa: BLE001 - the cell is named; finished cells stay
-        raise StudyCellError(f"cell {cell.name} ({cell.method} at ratio {cell.ratio:g}) failed: {type(e).__name__}: {e}; "
-                             f"the cells finished before it are kept in {o['out'] / CELLS}, rerun to continue") from e
+        raise StudyCellError(
+            f"cell {cell.name} ({cell.method} at ratio {cell.ratio:g}) failed: {type(e).__name__}: {e}; "
+            f"the cells finished before it are kept in {o['out'] / CELLS}, rerun to continue"
+        ) from e
     wall = time.perf_counter() - started
     small = res.model
-    rec = {"cell": cell.name, "method": cell.method, "ratio": cell.ratio, "key": _cell_key(o, cell),
-           "metrics": res.report.get("after", {}), "params": count_params(small), "nonzero_params": _nonzero(small),
-           "macs": count_macs(small, ref1), "search_steps": res.report.get("search_steps", 0),
-           "retrain_steps": res.report.get("retrain_steps", o["retrain_steps"]), "wall_s": round(wall, 2),
-           "search_s": res.report.get("search_seconds"), "achieved": _achieved_text(model, cell, res.plan),
-           "plan_achieved": res.plan.achieved, "model_dir": f"{MODELS}/{cell.name}"}
+    rec = {
+        "cell": cell.name,
+        "method": cell.method,
+        "ratio": cell.ratio,
+        "key": _cell_key(o, cell),
+        "metrics": res.report.get("after", {}),
+        "params": count_params(small),
+        "nonzero_params": _nonzero(small),
+        "macs": count_macs(small, ref1),
+        "search_steps": res.report.get("search_steps", 0),
+        "retrain_steps": res.report.get("retrain_steps", o["retrain_steps"]),
+        "wall_s": round(wall, 2),
+        "search_s": res.report.get("search_seconds"),
+        "achieved": _achieved_text(model, cell, res.plan),
+        "plan_achieved": res.plan.achieved,
+        "model_dir": f"{MODELS}/{cell.name}",
+    }
     _write_atomic(o["out"] / CELLS / f"{cell.name}.json", json.dumps(rec, indent=1, default=str))
     return rec
 
@@ -528,8 +641,11 @@ def _achieved_text(model: nn.Module, cell: Cell, plan: Any) -> str:
         kept = plan.settings.get("layers", {})
         return "layers kept " + ", ".join(f"{t} {kept.get(t, d)}/{d}" for t, d in depth.items())
     if "params_removed" in a:
-        what = "block-Linear params (factorised)" if plan.factorize else \
-            f"prunable params ({', '.join(sorted(set(plan.kinds.values())))})"
+        what = (
+            "block-Linear params (factorised)"
+            if plan.factorize
+            else f"prunable params ({', '.join(sorted(set(plan.kinds.values())))})"
+        )
         return f"{a['params_removed']:.1%} of {what} removed"
     return ""
 
@@ -546,8 +662,10 @@ def _latency(model: nn.Module, o: dict[str, Any], pb: Any, job: int) -> dict[int
         try:
             models[cell.name] = vio.load(o["out"] / MODELS / cell.name, device=dev)
         except vio.ModelDirError as e:
-            raise StudyCellError(f"cell {cell.name}: its model does not load ({e}); delete {o['out'] / CELLS / cell.name}.json "
-                                 "and rerun to recompute it") from None
+            raise StudyCellError(
+                f"cell {cell.name}: its model does not load ({e}); delete {o['out'] / CELLS / cell.name}.json "
+                "and rerun to recompute it"
+            ) from None
     names = list(models)
     result: dict[int, dict[str, dict[str, float]]] = {}
     for b in o["latency_batches"]:
@@ -556,9 +674,13 @@ def _latency(model: nn.Module, o: dict[str, Any], pb: Any, job: int) -> dict[int
         with kept_modes(*models.values()):
             for m in models.values():
                 m.eval()
-            times = _time_rounds([_runner(models[n], inputs) for n in names], o["latency_rounds"], o["latency_warmup"], o["min_round_s"])
+            times = _time_rounds(
+                [_runner(models[n], inputs) for n in names], o["latency_rounds"], o["latency_warmup"], o["min_round_s"]
+            )
         base = times[0]
-        result[b] = {n: {**_latency_stats(t), "speedup": _median([x / y for x, y in zip(base, t)])} for n, t in zip(names, times)}
+        result[b] = {
+            n: {**_latency_stats(t), "speedup": _median([x / y for x, y in zip(base, t)])} for n, t in zip(names, times)
+        }
         pb.update(job, advance=1, info=f"latency, batch {b}")
     return result
 
@@ -569,21 +691,38 @@ def _median(xs: list[float]) -> float:
 
 
 # ---- results ------------------------------------------------------------------------------------------------------
-def _rows(o: dict[str, Any], records: dict[str, dict[str, Any]], lat: dict[int, dict[str, dict[str, float]]]) -> list[dict[str, Any]]:
+def _rows(
+    o: dict[str, Any], records: dict[str, dict[str, Any]], lat: dict[int, dict[str, dict[str, float]]]
+) -> list[dict[str, Any]]:
     key = o["task"].metric
     teacher = records[ORIGINAL]["metrics"].get(key)
     rows = []
     for name, rec in records.items():
         metric = rec["metrics"].get(key)
-        row = {"cell": name, "method": rec.get("method", ORIGINAL), "ratio": rec.get("ratio"), "achieved": rec.get("achieved", ""),
-               "metric": metric, "metric_vs_teacher": metric / teacher if metric is not None and teacher else None,
-               "params": rec.get("params"), "nonzero_params": rec.get("nonzero_params"), "macs": rec.get("macs")}
+        row = {
+            "cell": name,
+            "method": rec.get("method", ORIGINAL),
+            "ratio": rec.get("ratio"),
+            "achieved": rec.get("achieved", ""),
+            "metric": metric,
+            "metric_vs_teacher": metric / teacher if metric is not None and teacher else None,
+            "params": rec.get("params"),
+            "nonzero_params": rec.get("nonzero_params"),
+            "macs": rec.get("macs"),
+        }
         for b, per in lat.items():
             t = per.get(name, {})
-            row[f"latency_b{b}_ms"], row[f"latency_b{b}_iqr_ms"], row[f"speedup_b{b}"] = (t.get("latency_ms"), t.get("latency_iqr_ms"),
-                                                                                          t.get("speedup"))
-        row.update(search_steps=rec.get("search_steps"), retrain_steps=rec.get("retrain_steps"), wall_s=rec.get("wall_s"),
-                   cached=bool(rec.get("cached")))
+            row[f"latency_b{b}_ms"], row[f"latency_b{b}_iqr_ms"], row[f"speedup_b{b}"] = (
+                t.get("latency_ms"),
+                t.get("latency_iqr_ms"),
+                t.get("speedup"),
+            )
+        row.update(
+            search_steps=rec.get("search_steps"),
+            retrain_steps=rec.get("retrain_steps"),
+            wall_s=rec.get("wall_s"),
+            cached=bool(rec.get("cached")),
+        )
         rows.append(row)
     for cost, label in [*((f"latency_b{b}_ms", f"latency b{b}") for b in lat), ("params", "params"), ("macs", "MACs")]:
         ok = [r for r in rows if r["metric"] is not None and r[cost] is not None]
@@ -615,10 +754,24 @@ def _write_results(o: dict[str, Any], rows: list[dict[str, Any]], mach: dict[str
     files = {"csv": out / "results.csv", "md": out / "results.md", "json": out / "results.json"}
     _write_atomic(files["csv"], buf.getvalue())
     _write_atomic(files["md"], _markdown(o, rows, mach))
-    _write_atomic(files["json"], json.dumps({"settings": _plain(o["settings"]), "machine": mach, "metric": o["task"].metric,
-                                              "latency_batches": batches, "rows": rows}, indent=1, default=str))
+    _write_atomic(
+        files["json"],
+        json.dumps(
+            {
+                "settings": _plain(o["settings"]),
+                "machine": mach,
+                "metric": o["task"].metric,
+                "latency_batches": batches,
+                "rows": rows,
+            },
+            indent=1,
+            default=str,
+        ),
+    )
     plots = [("params", "params", "metric_vs_params"), ("macs", "MACs (batch 1)", "metric_vs_macs")]
-    plots += [(f"latency_b{b}_ms", f"latency ms, batch {b} (one interleaved run)", f"metric_vs_latency_b{b}") for b in batches]
+    plots += [
+        (f"latency_b{b}_ms", f"latency ms, batch {b} (one interleaved run)", f"metric_vs_latency_b{b}") for b in batches
+    ]
     for key, label, stem in plots:
         files[stem] = out / f"{stem}.png"
         _plot(rows, key, label, o["task"].metric, files[stem])
@@ -637,31 +790,50 @@ def _markdown(o: dict[str, Any], rows: list[dict[str, Any]], mach: dict[str, Any
     for b in batches:
         head += [f"latency b{b} ms", f"speedup b{b}"]
     head += ["search + retrain steps", "cell wall s", "Pareto front"]
-    lines = [f"# Compression study: {s['model_class']}, task {s['task']}", "",
-             f"Every cell is one `vltrim.compress` run with {s['retrain_steps']} retraining steps (seed {s['seed']}); "
-             f"training-based searches (upop) also search {o['search_steps']} steps. Metric: {metric} on "
-             f"{s['eval_data']['size']} evaluation items.", "",
-             "Ratio: magnitude = share of block-Linear weights zeroed (weights stay dense: params, MACs and CPU time do not "
-             "change); 2:4 = magnitude with the 2:4 pattern, one cell at its fixed 50% sparsity whatever the ratios; distill = "
-             "share of layers dropped (the student keeps round((1 - ratio) x layers) of every tower, at least 1); every other "
-             "method = share of prunable params removed. 'Pareto front': the costs on which no other row has both a lower "
-             "or equal cost and a higher or equal metric (one strictly better).", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = [
+        f"# Compression study: {s['model_class']}, task {s['task']}",
+        "",
+        f"Every cell is one `vltrim.compress` run with {s['retrain_steps']} retraining steps (seed {s['seed']}); "
+        f"training-based searches (upop) also search {o['search_steps']} steps. Metric: {metric} on "
+        f"{s['eval_data']['size']} evaluation items.",
+        "",
+        "Ratio: magnitude = share of block-Linear weights zeroed (weights stay dense: params, MACs and CPU time do not "
+        "change); 2:4 = magnitude with the 2:4 pattern, one cell at its fixed 50% sparsity whatever the ratios; distill = "
+        "share of layers dropped (the student keeps round((1 - ratio) x layers) of every tower, at least 1); every other "
+        "method = share of prunable params removed. 'Pareto front': the costs on which no other row has both a lower "
+        "or equal cost and a higher or equal metric (one strictly better).",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
     for r in rows:
-        cells = [r["method"], _fmt_ratio(r), r["achieved"] or "-", _f(r["metric"], ".4f"),
-                 _f(r["metric_vs_teacher"], ".1%"), _f(r["params"], ","), _f(r["macs"], ",")]
+        cells = [
+            r["method"],
+            _fmt_ratio(r),
+            r["achieved"] or "-",
+            _f(r["metric"], ".4f"),
+            _f(r["metric_vs_teacher"], ".1%"),
+            _f(r["params"], ","),
+            _f(r["macs"], ","),
+        ]
         for b in batches:
             cells += [_f(r.get(f"latency_b{b}_ms"), ".3f"), _f(r.get(f"speedup_b{b}"), ".2f", "x")]
         steps = "-" if r["cell"] == ORIGINAL or r["metric"] is None else f"{r['search_steps']} + {r['retrain_steps']}"
         cells += [steps, _f(r["wall_s"], ".1f"), r["pareto"] or "-"]
         lines.append("| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |")
     where = mach["gpu"] or f"{mach['cpu']}, {mach['cores']} cores, {mach['torch_threads']} torch threads"
-    lines += ["", f"Latency: every model reloaded from `models/<cell>/` and timed with the original in one interleaved run per "
-                  f"batch ({o['latency_rounds']} rounds, median; speedup = median over rounds of the original's time / the cell's "
-                  "in the same round). Compare ratios within this table, not absolute times across runs."
-              if batches else "Latency: not measured (latency_batches empty).",
-              "", f"Measured on: {where}; {mach['platform']}; torch {mach['torch']}, transformers {mach['transformers']}, "
-                  f"Python {mach['python']}.", ""]
+    lines += [
+        "",
+        f"Latency: every model reloaded from `models/<cell>/` and timed with the original in one interleaved run per "
+        f"batch ({o['latency_rounds']} rounds, median; speedup = median over rounds of the original's time / the cell's "
+        "in the same round). Compare ratios within this table, not absolute times across runs."
+        if batches
+        else "Latency: not measured (latency_batches empty).",
+        "",
+        f"Measured on: {where}; {mach['platform']}; torch {mach['torch']}, transformers {mach['transformers']}, "
+        f"Python {mach['python']}.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -683,17 +855,41 @@ def _plot(rows: list[dict[str, Any]], key: str, xlabel: str, metric: str, file: 
     methods = list(dict.fromkeys(r["method"] for r in pts if r["cell"] != ORIGINAL))
     for i, m in enumerate(methods):
         mine = [r for r in pts if r["method"] == m and r["cell"] != ORIGINAL]
-        ax.scatter([r[key] for r in mine], [r["metric"] for r in mine], marker=markers[i % len(markers)],
-                   color=colours[i % len(colours)], s=45, label=m, zorder=3)
+        ax.scatter(
+            [r[key] for r in mine],
+            [r["metric"] for r in mine],
+            marker=markers[i % len(markers)],
+            color=colours[i % len(colours)],
+            s=45,
+            label=m,
+            zorder=3,
+        )
         for r in mine:
-            ax.annotate(f"{r['ratio']:g}", (r[key], r["metric"]), textcoords="offset points", xytext=(4, 3), fontsize=7, color="0.3")
+            ax.annotate(
+                f"{r['ratio']:g}",
+                (r[key], r["metric"]),
+                textcoords="offset points",
+                xytext=(4, 3),
+                fontsize=7,
+                color="0.3",
+            )
     for r in pts:
         if r["cell"] == ORIGINAL:
             ax.scatter([r[key]], [r["metric"]], marker="*", s=220, color="black", label="original", zorder=4)
-    front = sorted((r for r in pts if _front_label(key) in r["pareto"].split(", ")), key=lambda r: (r[key], r["metric"]))
+    front = sorted(
+        (r for r in pts if _front_label(key) in r["pareto"].split(", ")), key=lambda r: (r[key], r["metric"])
+    )
     if front:
-        ax.plot([r[key] for r in front], [r["metric"] for r in front], drawstyle="steps-post", ls="--", color="0.45", lw=1.2,
-                label="Pareto front", zorder=2)
+        ax.plot(
+            [r[key] for r in front],
+            [r["metric"] for r in front],
+            drawstyle="steps-post",
+            ls="--",
+            color="0.45",
+            lw=1.2,
+            label="Pareto front",
+            zorder=2,
+        )
     ax.xaxis.set_major_locator(MaxNLocator(nbins=6))
     ax.yaxis.set_major_locator(MaxNLocator(nbins=6))
     if not key.startswith("latency"):
@@ -711,5 +907,5 @@ def _plot(rows: list[dict[str, Any]], key: str, xlabel: str, metric: str, file: 
 
 def _front_label(key: str) -> str:
     if key.startswith("latency_b"):
-        return f"latency b{key[len('latency_b'):-len('_ms')]}"
+        return f"latency b{key[len('latency_b') : -len('_ms')]}"
     return {"params": "params", "macs": "MACs"}[key]

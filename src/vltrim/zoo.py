@@ -1,4 +1,5 @@
 """Small random-init models of every supported class (for tests, examples and quick experiments)."""
+
 from __future__ import annotations
 
 import torch
@@ -31,9 +32,13 @@ def _dual() -> nn.Module:
 _BUILDERS = {
     "CLIPModel": lambda: tf.CLIPModel(_clip_cfg()),
     "CLIPVisionModel": lambda: tf.CLIPVisionModel(tf.CLIPVisionConfig(**TINY_VISION)),
-    "CLIPVisionModelWithProjection": lambda: tf.CLIPVisionModelWithProjection(tf.CLIPVisionConfig(**TINY_VISION, projection_dim=32)),
+    "CLIPVisionModelWithProjection": lambda: tf.CLIPVisionModelWithProjection(
+        tf.CLIPVisionConfig(**TINY_VISION, projection_dim=32)
+    ),
     "CLIPTextModel": lambda: tf.CLIPTextModel(tf.CLIPTextConfig(**TINY_TEXT)),
-    "CLIPTextModelWithProjection": lambda: tf.CLIPTextModelWithProjection(tf.CLIPTextConfig(**TINY_TEXT, projection_dim=32)),
+    "CLIPTextModelWithProjection": lambda: tf.CLIPTextModelWithProjection(
+        tf.CLIPTextConfig(**TINY_TEXT, projection_dim=32)
+    ),
     "SiglipModel": lambda: tf.SiglipModel(_siglip_cfg()),
     "SiglipVisionModel": lambda: tf.SiglipVisionModel(tf.SiglipVisionConfig(**TINY_VISION)),
     "SiglipTextModel": lambda: tf.SiglipTextModel(tf.SiglipTextConfig(**TINY_TEXT)),
@@ -41,7 +46,9 @@ _BUILDERS = {
     "ViTForImageClassification": lambda: tf.ViTForImageClassification(tf.ViTConfig(**TINY_VISION, num_labels=5)),
     "DeiTModel": lambda: tf.DeiTModel(tf.DeiTConfig(**TINY_VISION)),
     "DeiTForImageClassification": lambda: tf.DeiTForImageClassification(tf.DeiTConfig(**TINY_VISION, num_labels=5)),
-    "DeiTForImageClassificationWithTeacher": lambda: tf.DeiTForImageClassificationWithTeacher(tf.DeiTConfig(**TINY_VISION, num_labels=5)),
+    "DeiTForImageClassificationWithTeacher": lambda: tf.DeiTForImageClassificationWithTeacher(
+        tf.DeiTConfig(**TINY_VISION, num_labels=5)
+    ),
     "BertModel": lambda: tf.BertModel(_bert_cfg()),
     "BertForSequenceClassification": lambda: tf.BertForSequenceClassification(_bert_cfg(num_labels=3)),
     "VisionTextDualEncoderModel": _dual,

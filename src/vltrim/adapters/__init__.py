@@ -1,4 +1,5 @@
 """Adapters: one file per model family, registered for the model classes they handle."""
+
 from __future__ import annotations
 
 from torch import nn
@@ -64,5 +65,13 @@ def model_class(name: str) -> type:
 
 from . import hf_bert, hf_clip, hf_dual_encoder, hf_siglip, hf_vit  # noqa: E402,F401  (registration)
 
-__all__ = ["TransformerAdapter", "register", "get_adapter", "model_class", "registered_class", "class_name", "supported_classes",
-           "UnsupportedModelError"]
+__all__ = [
+    "TransformerAdapter",
+    "register",
+    "get_adapter",
+    "model_class",
+    "registered_class",
+    "class_name",
+    "supported_classes",
+    "UnsupportedModelError",
+]

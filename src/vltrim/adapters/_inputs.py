@@ -1,4 +1,5 @@
 """Deterministic reference inputs shared by the family adapters."""
+
 from __future__ import annotations
 
 import torch
@@ -15,7 +16,9 @@ def image_inputs(config, batch_size: int, seed: int = 0) -> dict[str, torch.Tens
     return {"pixel_values": torch.randn(batch_size, channels, size, size, generator=_gen(seed))}
 
 
-def text_inputs(config, batch_size: int, tokens: int, seed: int = 1, token_types: bool = False) -> dict[str, torch.Tensor]:
+def text_inputs(
+    config, batch_size: int, tokens: int, seed: int = 1, token_types: bool = False
+) -> dict[str, torch.Tensor]:
     """input_ids of ``tokens`` ids ending in the config's eos id (when it lies in the vocabulary)."""
     ids = torch.randint(0, config.vocab_size, (batch_size, tokens), generator=_gen(seed))
     eos = getattr(config, "eos_token_id", None)

@@ -1,4 +1,5 @@
 """Adapter base: a model family describes its towers; groups, costs, masks and slicing are generic."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -65,8 +66,10 @@ class TransformerAdapter:
         pre = f"{t.name}.layers.{i}"
         out = []
         if not _factorised(a.q, a.k, a.v, a.o):
-            out += [Group(f"{pre}.attn.heads", UnitKind.HEADS, t.modality, a.num_heads, hp, hm, a.head_dim),
-                    Group(f"{pre}.attn.head_dims", UnitKind.HEAD_DIMS, t.modality, a.head_dim, dp, dm, 1)]
+            out += [
+                Group(f"{pre}.attn.heads", UnitKind.HEADS, t.modality, a.num_heads, hp, hm, a.head_dim),
+                Group(f"{pre}.attn.head_dims", UnitKind.HEAD_DIMS, t.modality, a.head_dim, dp, dm, 1),
+            ]
         if not _factorised(b.fc1, b.fc2):
             out.append(Group(f"{pre}.mlp.neurons", UnitKind.NEURONS, t.modality, b.fc1.out_features, np_, nm, 1))
         return out
@@ -75,8 +78,11 @@ class TransformerAdapter:
         a = b.attn
         (_, hm), _ = attention_costs(a.q.in_features, a.num_heads, a.head_dim, t.tokens, t.tokens, a.q.bias is not None)
         dense = hm * a.num_heads + ffn_costs(b.fc1.in_features, t.tokens)[1] * b.fc1.out_features
-        saved = sum(f.in_features * f.out_features - f.rank * (f.in_features + f.out_features)
-                    for f in (a.q, a.k, a.v, a.o, b.fc1, b.fc2) if isinstance(f, FactorizedLinear))
+        saved = sum(
+            f.in_features * f.out_features - f.rank * (f.in_features + f.out_features)
+            for f in (a.q, a.k, a.v, a.o, b.fc1, b.fc2)
+            if isinstance(f, FactorizedLinear)
+        )
         return dense - t.tokens * saved
 
     # ---- Linear layers (the factorize step) ---------------------------------------------------
@@ -88,11 +94,21 @@ class TransformerAdapter:
             for i, layer in enumerate(t.layers):
                 b, pre = t.block(layer), f"{t.name}.layers.{i}"
                 a = b.attn
-                out.update({f"{pre}.attn.q": a.q, f"{pre}.attn.k": a.k, f"{pre}.attn.v": a.v, f"{pre}.attn.o": a.o,
-                            f"{pre}.mlp.fc1": b.fc1, f"{pre}.mlp.fc2": b.fc2})
+                out.update(
+                    {
+                        f"{pre}.attn.q": a.q,
+                        f"{pre}.attn.k": a.k,
+                        f"{pre}.attn.v": a.v,
+                        f"{pre}.attn.o": a.o,
+                        f"{pre}.mlp.fc1": b.fc1,
+                        f"{pre}.mlp.fc2": b.fc2,
+                    }
+                )
         return out
 
-    def factorize(self, model: nn.Module, name: str, rank: int, scales: list[float] | None = None, compute: bool = True) -> None:
+    def factorize(
+        self, model: nn.Module, name: str, rank: int, scales: list[float] | None = None, compute: bool = True
+    ) -> None:
         """Replace the dense Linear ``name`` by its rank-``rank`` FactorizedLinear (in place)."""
         lin = self.linears(model)[name]
         replace_module_(model, lin, factorize_linear(lin, rank, scales, compute))

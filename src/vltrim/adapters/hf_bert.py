@@ -1,4 +1,5 @@
 """BERT-like encoders (HF transformers v5): BertModel (MiniLM, sentence encoders) and classifiers."""
+
 from __future__ import annotations
 
 from torch import nn
@@ -14,7 +15,16 @@ REFERENCE_TOKENS = 128  # sequence length that MAC costs refer to (capped by max
 
 def bert_block(layer: nn.Module) -> BlockSpec:
     s = layer.attention.self
-    attn = AttentionSpec(s, s.query, s.key, s.value, layer.attention.output.dense, "num_attention_heads", "attention_head_size", "all_head_size")
+    attn = AttentionSpec(
+        s,
+        s.query,
+        s.key,
+        s.value,
+        layer.attention.output.dense,
+        "num_attention_heads",
+        "attention_head_size",
+        "all_head_size",
+    )
     return BlockSpec(attn, layer.intermediate.dense, layer.output.dense)
 
 

@@ -1,4 +1,5 @@
 """CLIP (HF transformers v5): CLIPModel and its vision / text towers, with or without projection."""
+
 from __future__ import annotations
 
 from torch import nn
@@ -19,7 +20,11 @@ from .base import TransformerAdapter
 def clip_block(layer: nn.Module) -> BlockSpec:
     """CLIP-style encoder layer: self_attn.{q,k,v,out}_proj, mlp.fc1/fc2 (SigLIP's too)."""
     a = layer.self_attn
-    return BlockSpec(AttentionSpec(a, a.q_proj, a.k_proj, a.v_proj, a.out_proj, "num_heads", "head_dim"), layer.mlp.fc1, layer.mlp.fc2)
+    return BlockSpec(
+        AttentionSpec(a, a.q_proj, a.k_proj, a.v_proj, a.out_proj, "num_heads", "head_dim"),
+        layer.mlp.fc1,
+        layer.mlp.fc2,
+    )
 
 
 def _unique(*objs) -> list:

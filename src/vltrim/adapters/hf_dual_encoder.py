@@ -1,4 +1,5 @@
 """VisionTextDualEncoderModel: any supported vision tower + any supported text tower, trained CLIP-style."""
+
 from __future__ import annotations
 
 from torch import nn
@@ -15,7 +16,10 @@ class DualEncoderAdapter(TransformerAdapter):
 
     def towers(self, model: nn.Module) -> list[Tower]:
         out = []
-        for name, sub, cfg in (("vision", model.vision_model, model.config.vision_config), ("text", model.text_model, model.config.text_config)):
+        for name, sub, cfg in (
+            ("vision", model.vision_model, model.config.vision_config),
+            ("text", model.text_model, model.config.text_config),
+        ):
             for t in get_adapter(sub).towers(sub):
                 t.name, t.modality = name, name
                 if all(cfg is not c for c in t.configs):

@@ -1,4 +1,5 @@
 """SigLIP (HF transformers v5): SiglipModel and its towers. Blocks are CLIP-shaped; pooling heads are kept whole."""
+
 from __future__ import annotations
 
 from transformers import SiglipModel, SiglipTextModel, SiglipVisionModel

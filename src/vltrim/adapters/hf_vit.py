@@ -1,4 +1,5 @@
 """ViT and DeiT (HF transformers v5): backbones and image classifiers."""
+
 from __future__ import annotations
 
 from torch import nn
@@ -19,7 +20,9 @@ from .base import TransformerAdapter
 def vit_block(layer: nn.Module) -> BlockSpec:
     a = layer.attention
     return BlockSpec(
-        AttentionSpec(a, a.q_proj, a.k_proj, a.v_proj, a.o_proj, "num_attention_heads", "head_dim"), layer.mlp.fc1, layer.mlp.fc2
+        AttentionSpec(a, a.q_proj, a.k_proj, a.v_proj, a.o_proj, "num_attention_heads", "head_dim"),
+        layer.mlp.fc1,
+        layer.mlp.fc2,
     )
 
 
@@ -30,7 +33,9 @@ def backbone(model: nn.Module) -> nn.Module:
     return model
 
 
-@register(ViTModel, ViTForImageClassification, DeiTModel, DeiTForImageClassification, DeiTForImageClassificationWithTeacher)
+@register(
+    ViTModel, ViTForImageClassification, DeiTModel, DeiTForImageClassification, DeiTForImageClassificationWithTeacher
+)
 class ViTAdapter(TransformerAdapter):
     """ViT (CLS token) and DeiT (CLS + distillation token): one vision tower."""
 

@@ -1,10 +1,30 @@
 """Data: built-in procedural image-caption set, word tokenizer, loaders for a user's own data, and
 `as_dataset`, which turns what users pass as train_data / eval_data into one checked form."""
+
 from .inputs import as_dataset
-from .manifest import ImageCaptionManifest, ImageFolder, ModelImageProcessor, load_image, read_manifest, resize_crop, verify_images
+from .manifest import (
+    ImageCaptionManifest,
+    ImageFolder,
+    ModelImageProcessor,
+    load_image,
+    read_manifest,
+    resize_crop,
+    verify_images,
+)
 from .prompts import ClassPrompts
 from .synthetic import SyntheticCaptions
 from .tokenizer import WordTokenizer
 
-__all__ = ["ClassPrompts", "ImageCaptionManifest", "ImageFolder", "ModelImageProcessor", "SyntheticCaptions", "WordTokenizer", "as_dataset",
-           "load_image", "read_manifest", "resize_crop", "verify_images"]
+__all__ = [
+    "ClassPrompts",
+    "ImageCaptionManifest",
+    "ImageFolder",
+    "ModelImageProcessor",
+    "SyntheticCaptions",
+    "WordTokenizer",
+    "as_dataset",
+    "load_image",
+    "read_manifest",
+    "resize_crop",
+    "verify_images",
+]

@@ -6,16 +6,19 @@ through unchanged, with their ``collate``); a torch ``DataLoader`` (its dataset,
 are used; its sampler, shuffling and workers are not: vltrim draws its own seeded batches); a Hugging Face
 ``datasets.Dataset`` (items become tensors; columns that do not, such as raw text, are dropped, as the HF
 Trainer does). Anything else fails at once, naming the option: checked on the first and last items."""
+
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate
 
-ITEM_HINT = "items must be dicts of tensors like {'input_ids': ..., 'attention_mask': ..., 'pixel_values': ..., 'label': ...}"
+ITEM_HINT = (
+    "items must be dicts of tensors like {'input_ids': ..., 'attention_mask': ..., 'pixel_values': ..., 'label': ...}"
+)
 Collate = Callable[[list[Any]], Any]
 INTEGER_FIELDS = ("input_ids", "token_type_ids")
 FLOAT_FIELDS = ("pixel_values",)
@@ -91,8 +94,10 @@ def _from_hf(hf: Any, option: str) -> HFData:
     first = hf.with_format("torch")[0]
     columns = [k for k, v in first.items() if torch.is_tensor(v)]
     if not columns:
-        raise TypeError(f"{option}: no column of the Hugging Face Dataset becomes a tensor (columns "
-                        f"{sorted(first)}); tokenize texts and preprocess images first")
+        raise TypeError(
+            f"{option}: no column of the Hugging Face Dataset becomes a tensor (columns "
+            f"{sorted(first)}); tokenize texts and preprocess images first"
+        )
     return HFData(hf, columns)
 
 
@@ -112,16 +117,24 @@ def _not_a_dataset(obj: Any, option: str) -> str | None:
     if obj is None:
         return f"{option} is None; pass a dataset of dict items (e.g. vltrim.data.ImageCaptionManifest) or a DataLoader"
     if isinstance(obj, (str, bytes, os.PathLike)):
-        return (f"{option} is {what} ({str(obj)[:80]!r}), not a dataset; load it first, e.g. "
-                "vltrim.data.ImageCaptionManifest(path, tokenizer, image_size) (the CLI's --data reads files)")
+        return (
+            f"{option} is {what} ({str(obj)[:80]!r}), not a dataset; load it first, e.g. "
+            "vltrim.data.ImageCaptionManifest(path, tokenizer, image_size) (the CLI's --data reads files)"
+        )
     if _is_hf(obj, "DatasetDict") or _is_hf(obj, "IterableDatasetDict"):
-        return f"{option} is a Hugging Face {type(obj).__name__} with splits {sorted(obj)}; pick one, e.g. data['train']"
+        return (
+            f"{option} is a Hugging Face {type(obj).__name__} with splits {sorted(obj)}; pick one, e.g. data['train']"
+        )
     if isinstance(obj, Mapping):
-        return (f"{option} is {what} (keys {sorted(map(str, obj))[:6]}), not a dataset; pass a dataset "
-                f"whose items are such dicts ({ITEM_HINT})")
+        return (
+            f"{option} is {what} (keys {sorted(map(str, obj))[:6]}), not a dataset; pass a dataset "
+            f"whose items are such dicts ({ITEM_HINT})"
+        )
     if isinstance(obj, IterableDataset) or not (hasattr(obj, "__len__") and hasattr(obj, "__getitem__")):
-        return (f"{option} is {what}, which cannot be indexed: vltrim needs a map-style dataset "
-                "(with __len__ and __getitem__), not an IterableDataset or a stream")
+        return (
+            f"{option} is {what}, which cannot be indexed: vltrim needs a map-style dataset "
+            "(with __len__ and __getitem__), not an IterableDataset or a stream"
+        )
     return None
 
 
@@ -138,8 +151,10 @@ def _item(data: Any, i: int, option: str) -> Any:
     try:
         return data[i]
     except (KeyError, IndexError, TypeError) as e:
-        raise TypeError(f"{option}: {type(data).__name__}[{i}] failed ({type(e).__name__}: {e}); vltrim needs a "
-                        f"map-style dataset indexed 0..len-1") from None
+        raise TypeError(
+            f"{option}: {type(data).__name__}[{i}] failed ({type(e).__name__}: {e}); vltrim needs a "
+            f"map-style dataset indexed 0..len-1"
+        ) from None
 
 
 def _check_dict_items(items: list[Any], idx: list[int], option: str) -> None:
@@ -151,11 +166,15 @@ def _check_dict_items(items: list[Any], idx: list[int], option: str) -> None:
     first, last = items[0], items[-1]
     for k, v in first.items():
         if k not in last:
-            raise TypeError(f"{option}: item {idx[-1]} lacks field {k!r} that item 0 has; every item needs the same fields")
+            raise TypeError(
+                f"{option}: item {idx[-1]} lacks field {k!r} that item 0 has; every item needs the same fields"
+            )
         a, b = getattr(v, "shape", None), getattr(last[k], "shape", None)
         if a is not None and b is not None and tuple(a) != tuple(b):
-            raise TypeError(f"{option}: field {k!r} has shape {tuple(a)} in item 0 but {tuple(b)} in item {idx[-1]}; "
-                            "pad every item to one length (e.g. padding='max_length') or pass a DataLoader whose collate_fn pads")
+            raise TypeError(
+                f"{option}: field {k!r} has shape {tuple(a)} in item 0 but {tuple(b)} in item {idx[-1]}; "
+                "pad every item to one length (e.g. padding='max_length') or pass a DataLoader whose collate_fn pads"
+            )
 
 
 def _check_batch(batch: Any, option: str) -> None:
@@ -164,8 +183,10 @@ def _check_batch(batch: Any, option: str) -> None:
         raise TypeError(f"{option}: a batch is {_a(batch)}, not a dict of tensors; {ITEM_HINT}")
     for k, v in batch.items():
         if not torch.is_tensor(v):
-            raise TypeError(f"{option}: field {k!r} of a batch is {_a(v)}, not a tensor "
-                            "(tokenize raw text; return tensors or numbers, not lists)")
+            raise TypeError(
+                f"{option}: field {k!r} of a batch is {_a(v)}, not a tensor "
+                "(tokenize raw text; return tensors or numbers, not lists)"
+            )
         _check_dtype(k, v, option)
 
 
@@ -173,11 +194,15 @@ def _check_dtype(key: str, v: torch.Tensor, option: str) -> None:
     """Token ids must be integers (a float id would be rounded or refused deep in an embedding), pixel values
     floats (uint8 0..255 images reach the model unnormalised: a silently wrong input)."""
     if key in INTEGER_FIELDS and (v.dtype.is_floating_point or v.dtype.is_complex or v.dtype == torch.bool):
-        raise TypeError(f"{option}: field {key!r} holds {str(v.dtype).replace('torch.', '')} values; token ids must be "
-                        "integers (torch.long): keep the tokenizer's output as it is")
+        raise TypeError(
+            f"{option}: field {key!r} holds {str(v.dtype).replace('torch.', '')} values; token ids must be "
+            "integers (torch.long): keep the tokenizer's output as it is"
+        )
     if key in FLOAT_FIELDS and not v.dtype.is_floating_point:
-        raise TypeError(f"{option}: field {key!r} holds {str(v.dtype).replace('torch.', '')} values; pixel values must be "
-                        "normalised floats (run the model's image processor, e.g. vltrim.data.load_image), not raw 0..255 pixels")
+        raise TypeError(
+            f"{option}: field {key!r} holds {str(v.dtype).replace('torch.', '')} values; pixel values must be "
+            "normalised floats (run the model's image processor, e.g. vltrim.data.load_image), not raw 0..255 pixels"
+        )
 
 
 def check_items(data: Any, option: str) -> None:
@@ -202,10 +227,14 @@ def check_items(data: Any, option: str) -> None:
 def _from_loader(loader: DataLoader, option: str) -> tuple[Any, int | None]:
     """A DataLoader's dataset (wrapped with its collate_fn when that is not torch's default) and its batch size."""
     if isinstance(loader.dataset, IterableDataset):
-        raise TypeError(f"{option} is a DataLoader over {_a(loader.dataset)}, which cannot be indexed: "
-                        "vltrim needs a map-style dataset (with __len__ and __getitem__)")
+        raise TypeError(
+            f"{option} is a DataLoader over {_a(loader.dataset)}, which cannot be indexed: "
+            "vltrim needs a map-style dataset (with __len__ and __getitem__)"
+        )
     if loader.batch_size is None and loader.batch_sampler is None:
-        raise TypeError(f"{option} is a DataLoader with batch_size=None (its items are whole batches); give it a batch_size")
+        raise TypeError(
+            f"{option} is a DataLoader with batch_size=None (its items are whole batches); give it a batch_size"
+        )
     custom = loader.collate_fn is not default_collate
     data = _map_style(loader.dataset, option, convert_hf=not custom)
     return (LoaderData(data, loader.collate_fn) if custom else data), loader.batch_size

@@ -15,15 +15,17 @@ at once with its name, not in the middle of a training run.
 Images are then resized as CLIP's processor does: the shorter side to the model's input size (bicubic, aspect
 ratio kept), then the centre square; or, given ``processor`` (the model's own Hugging Face image processor,
 wrapped in `ModelImageProcessor`), exactly as that processor prepares them."""
+
 from __future__ import annotations
 
 import csv
 import io
 import json
 import os
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,12 +60,16 @@ def _intensities(im: Image.Image, path: Path) -> np.ndarray:
     lo, hi = float(a.min()), float(a.max())
     if im.mode == "F":
         if lo < 0 or hi > 255:
-            raise ValueError(f"float image {path} has values in [{lo:g}, {hi:g}]; vltrim reads float images as "
-                             "intensities in [0, 1] (or 0..255 when the maximum is above 1): rescale it")
+            raise ValueError(
+                f"float image {path} has values in [{lo:g}, {hi:g}]; vltrim reads float images as "
+                "intensities in [0, 1] (or 0..255 when the maximum is above 1): rescale it"
+            )
         return a if hi <= 1 else a / 255.0
     if lo < 0 or hi > 65535:
-        raise ValueError(f"integer image {path} (mode {im.mode}) has values in [{lo:g}, {hi:g}], outside the "
-                         "16-bit range 0..65535 that vltrim reads it in: convert it to 8 or 16 bit")
+        raise ValueError(
+            f"integer image {path} (mode {im.mode}) has values in [{lo:g}, {hi:g}], outside the "
+            "16-bit range 0..65535 that vltrim reads it in: convert it to 8 or 16 bit"
+        )
     return a / 65535.0
 
 
@@ -73,8 +79,10 @@ def _as_rgb(im: Image.Image, path: Path) -> Image.Image:
         return Image.fromarray(_rgb8(im))
     if im.mode in SIXTEEN_BIT_MODES or im.mode == "F":
         return Image.fromarray(_intensities(im, path))
-    raise ValueError(f"image {path} has mode {im.mode!r}, which vltrim does not read; supported modes: "
-                     f"{', '.join(sorted(SUPPORTED_MODES))}")
+    raise ValueError(
+        f"image {path} has mode {im.mode!r}, which vltrim does not read; supported modes: "
+        f"{', '.join(sorted(SUPPORTED_MODES))}"
+    )
 
 
 def resize_crop(im: Image.Image, size: int) -> Image.Image:
@@ -108,7 +116,9 @@ def _rgb_for_processor(im: Image.Image, path: Path) -> Image.Image:
     return rgb
 
 
-Processor = Callable[[Image.Image], torch.Tensor]  # an RGB image -> normalised CHW pixel values (e.g. `ModelImageProcessor`)
+Processor = Callable[
+    [Image.Image], torch.Tensor
+]  # an RGB image -> normalised CHW pixel values (e.g. `ModelImageProcessor`)
 
 
 class ModelImageProcessor:
@@ -121,8 +131,14 @@ class ModelImageProcessor:
         return torch.as_tensor(self.processor(images=im, return_tensors="pt")["pixel_values"][0]).float()
 
 
-def image_tensor(im: Image.Image, where: str | Path, size: int, mean: Sequence[float] = CLIP_MEAN,
-                 std: Sequence[float] = CLIP_STD, processor: Processor | None = None) -> torch.Tensor:
+def image_tensor(
+    im: Image.Image,
+    where: str | Path,
+    size: int,
+    mean: Sequence[float] = CLIP_MEAN,
+    std: Sequence[float] = CLIP_STD,
+    processor: Processor | None = None,
+) -> torch.Tensor:
     """A PIL image as a normalised CHW float tensor: through ``processor`` when given, else resized and
     centre-cropped to size x size (`resize_crop`) and normalised with ``mean`` / ``std``."""
     if processor is not None:
@@ -131,8 +147,13 @@ def image_tensor(im: Image.Image, where: str | Path, size: int, mean: Sequence[f
     return (t - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
 
 
-def load_image(path: str | Path, size: int, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD,
-               processor: Processor | None = None) -> torch.Tensor:
+def load_image(
+    path: str | Path,
+    size: int,
+    mean: Sequence[float] = CLIP_MEAN,
+    std: Sequence[float] = CLIP_STD,
+    processor: Processor | None = None,
+) -> torch.Tensor:
     """An image file as a normalised CHW float tensor (see `image_tensor`): shorter side resized to ``size``
     (bicubic), centre-cropped to size x size; or the model's own ``processor``.
     16-bit, float and transparent images are converted by the rules in this module's docstring."""
@@ -210,8 +231,10 @@ def _decoded(path: Path) -> str:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
-        raise ValueError(f"manifest {path} is not UTF-8 text (line {line}, byte {e.start}: {data[e.start:e.start + 1]!r}); "
-                         "save it as UTF-8") from None
+        raise ValueError(
+            f"manifest {path} is not UTF-8 text (line {line}, byte {e.start}: {data[e.start : e.start + 1]!r}); "
+            "save it as UTF-8"
+        ) from None
 
 
 def _jsonl_rows(path: Path, text: str) -> list[tuple[int, Any]]:
@@ -240,8 +263,10 @@ def _csv_rows(path: Path, text: str) -> list[tuple[int, Any]]:
     extra = next(((n, line, r[None]) for n, (line, r) in enumerate(rows, 1) if r.get(None)), None)
     if extra:
         n, line, cells = extra
-        raise ValueError(f"{path} row {n} (line {line}) has {len(cells)} more cell(s) than the header ({cells[0][:40]!r}...): "
-                         "a caption with a comma must be quoted (\"a red, round ball\")")
+        raise ValueError(
+            f"{path} row {n} (line {line}) has {len(cells)} more cell(s) than the header ({cells[0][:40]!r}...): "
+            'a caption with a comma must be quoted ("a red, round ball")'
+        )
     return rows
 
 
@@ -255,8 +280,10 @@ def _field(path: Path, n: int, line: int, row: dict, key: str, what: str) -> str
         why = "is null" if path.suffix.lower() == ".jsonl" else "is missing (the row has too few cells)"
         raise ValueError(f"{where}: the {what} field '{key}' {why}")
     if not isinstance(v, str):
-        raise ValueError(f"{where}: the {what} field '{key}' must be a string, got {type(v).__name__} {str(v)[:60]!r}"
-                         + ("; one caption per row: repeat the image on several rows" if isinstance(v, list) else ""))
+        raise ValueError(
+            f"{where}: the {what} field '{key}' must be a string, got {type(v).__name__} {str(v)[:60]!r}"
+            + ("; one caption per row: repeat the image on several rows" if isinstance(v, list) else "")
+        )
     if not v.strip():
         raise ValueError(f"{where}: the {what} field '{key}' is empty")
     return v
@@ -276,8 +303,10 @@ def read_manifest(path: str | Path, image_key: str = "image", caption_key: str =
     out = []
     for n, (line, r) in enumerate(rows, 1):
         if not isinstance(r, dict):
-            raise ValueError(f"{path} row {n} (line {line}) must be a JSON object like "
-                             f'{{"{image_key}": ..., "{caption_key}": ...}}, got {type(r).__name__}')
+            raise ValueError(
+                f"{path} row {n} (line {line}) must be a JSON object like "
+                f'{{"{image_key}": ..., "{caption_key}": ...}}, got {type(r).__name__}'
+            )
         img = Path(_field(path, n, line, r, image_key, "image path"))
         caption = _field(path, n, line, r, caption_key, "caption")
         out.append((img if img.is_absolute() else path.parent / img, caption))
@@ -291,13 +320,25 @@ class ImageCaptionManifest(Dataset):
     Every image is checked when built (``check_images=False`` skips it for data known to be sound);
     ``processor``: the model's own image processor (see `load_image`), else resize + centre crop with ``mean`` / ``std``."""
 
-    def __init__(self, path: str | Path, tokenizer: Callable, image_size: int, max_length: int = 77,
-                 image_key: str = "image", caption_key: str = "caption", mean=CLIP_MEAN, std=CLIP_STD,
-                 check_images: bool = True, processor: Processor | None = None):
+    def __init__(
+        self,
+        path: str | Path,
+        tokenizer: Callable,
+        image_size: int,
+        max_length: int = 77,
+        image_key: str = "image",
+        caption_key: str = "caption",
+        mean=CLIP_MEAN,
+        std=CLIP_STD,
+        check_images: bool = True,
+        processor: Processor | None = None,
+    ):
         path, image_size = checked_path("path", path), integer("image_size", image_size, 1)
         if not callable(tokenizer):
-            raise TypeError(f"tokenizer must be callable like a Hugging Face tokenizer (texts -> input_ids, attention_mask), "
-                            f"got {type(tokenizer).__name__}")
+            raise TypeError(
+                f"tokenizer must be callable like a Hugging Face tokenizer (texts -> input_ids, attention_mask), "
+                f"got {type(tokenizer).__name__}"
+            )
         self.rows = read_manifest(path, image_key, caption_key)
         missing = [str(p) for p, _ in self.rows if not p.is_file()]
         if missing:
@@ -307,7 +348,9 @@ class ImageCaptionManifest(Dataset):
         self.captions = [c for _, c in self.rows]
         ids = {c: i for i, c in enumerate(dict.fromkeys(self.captions))}
         self.labels = torch.tensor([ids[c] for c in self.captions])
-        enc = tokenizer(self.captions, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
+        enc = tokenizer(
+            self.captions, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt"
+        )
         self.input_ids, self.attention_mask = enc["input_ids"], enc["attention_mask"]
         self.image_size, self.mean, self.std, self.processor = image_size, mean, std, processor
 
@@ -334,17 +377,32 @@ class ImageFolder(Dataset):
     Hidden folders and files (names starting with '.') are ignored; every image is checked when built;
     ``processor``: the model's own image processor (see `load_image`)."""
 
-    def __init__(self, root: str | Path, image_size: int, mean=CLIP_MEAN, std=CLIP_STD, check_images: bool = True,
-                 processor: Processor | None = None, classes: Sequence[str] | None = None):
+    def __init__(
+        self,
+        root: str | Path,
+        image_size: int,
+        mean=CLIP_MEAN,
+        std=CLIP_STD,
+        check_images: bool = True,
+        processor: Processor | None = None,
+        classes: Sequence[str] | None = None,
+    ):
         root, image_size = checked_path("root", root), integer("image_size", image_size, 1)
         if not root.is_dir():
-            raise FileNotFoundError(f"image folder {root} " + ("is a file, not a folder of class folders" if root.exists() else "does not exist"))
+            raise FileNotFoundError(
+                f"image folder {root} "
+                + ("is a file, not a folder of class folders" if root.exists() else "does not exist")
+            )
         folders = sorted(d.name for d in root.iterdir() if d.is_dir() and _visible(d))
         self.classes = list(folders if classes is None else classes)
         _check_folders(root, folders, self.classes)
         index = {name: c for c, name in enumerate(self.classes)}
-        self.items = [(f, index[name]) for name in folders for f in sorted((root / name).iterdir())
-                      if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file() and _visible(f)]
+        self.items = [
+            (f, index[name])
+            for name in folders
+            for f in sorted((root / name).iterdir())
+            if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file() and _visible(f)
+        ]
         if not self.items:
             raise ValueError(f"no images found under {root}/<class>/ (suffixes {sorted(IMAGE_SUFFIXES)})")
         if check_images:
@@ -356,7 +414,10 @@ class ImageFolder(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         f, c = self.items[i]
-        return {"pixel_values": load_image(f, self.image_size, self.mean, self.std, self.processor), "label": torch.tensor(c)}
+        return {
+            "pixel_values": load_image(f, self.image_size, self.mean, self.std, self.processor),
+            "label": torch.tensor(c),
+        }
 
 
 def _check_folders(root: Path, folders: list[str], classes: list[str]) -> None:
@@ -364,5 +425,7 @@ def _check_folders(root: Path, folders: list[str], classes: list[str]) -> None:
     unknown = [f for f in folders if f not in classes]
     if unknown:
         shown = ", ".join(classes[:8]) + (f", ... ({len(classes)} in all)" if len(classes) > 8 else "")
-        raise ValueError(f"image folder {root}: class folder(s) {unknown[:5]} are not among the classes {shown}; "
-                         "rename them, or remove them")
+        raise ValueError(
+            f"image folder {root}: class folder(s) {unknown[:5]} are not among the classes {shown}; "
+            "rename them, or remove them"
+        )

@@ -1,7 +1,8 @@
 """Labelled images as image-caption pairs, one prompt per class, for CLIP-style training and zero-shot."""
+
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch.utils.data import Dataset
@@ -17,15 +18,26 @@ class ClassPrompts(Dataset):
 
     captions_by_label = True  # every item's caption is class_texts[label]: evaluation embeds each prompt once
 
-    def __init__(self, images: Dataset, classes: Sequence[str], tokenizer: Callable, template: str = "a photo of a {}",
-                 max_length: int = 16):
+    def __init__(
+        self,
+        images: Dataset,
+        classes: Sequence[str],
+        tokenizer: Callable,
+        template: str = "a photo of a {}",
+        max_length: int = 16,
+    ):
         if "{}" not in template:
             raise ValueError(f"template must contain '{{}}' for the class name, got {template!r}")
         if not classes:
             raise ValueError("classes is empty")
         self.images, self.classes, self.template = images, list(classes), template
-        enc = tokenizer([template.format(c) for c in self.classes], padding="max_length", truncation=True,
-                        max_length=max_length, return_tensors="pt")
+        enc = tokenizer(
+            [template.format(c) for c in self.classes],
+            padding="max_length",
+            truncation=True,
+            max_length=max_length,
+            return_tensors="pt",
+        )
         self.class_texts = {k: torch.as_tensor(enc[k]) for k in PROMPT_KEYS if k in enc}
 
     def __len__(self) -> int:

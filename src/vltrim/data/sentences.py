@@ -1,5 +1,6 @@
 """Sentences from the files users have: .txt (one sentence per line), .jsonl or .csv (a 'text' or 'sentence'
 field, optional 'label'), for sentence-embedding distillation."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -24,13 +25,19 @@ def read_sentences(path: str | Path) -> Sentences:
     """The sentences (and labels, when every row has one) of a UTF-8 .txt / .jsonl / .csv file; errors name file and line."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"sentence file {path} does not exist" + (" (it is a directory)" if path.is_dir() else ""))
+        raise FileNotFoundError(
+            f"sentence file {path} does not exist" + (" (it is a directory)" if path.is_dir() else "")
+        )
     suffix = path.suffix.lower()
     if suffix not in SENTENCE_SUFFIXES:
         raise ValueError(f"sentence file {path.name}: give a .txt (one sentence per line), .jsonl or .csv file")
     text = _decoded(path)
     if suffix == ".txt":
-        return Sentences([line.strip() for line in text.splitlines() if line.strip()], None, None) if text.strip() else _empty(path)
+        return (
+            Sentences([line.strip() for line in text.splitlines() if line.strip()], None, None)
+            if text.strip()
+            else _empty(path)
+        )
     rows = _jsonl_rows(path, text) if suffix == ".jsonl" else _csv_rows(path, text)
     if not rows:
         _empty(path)
@@ -48,10 +55,14 @@ def _row(path: Path, n: int, line: int, row: Any) -> tuple[str, Any]:
     if isinstance(row, str):
         row = {"text": row}
     if not isinstance(row, dict):
-        raise ValueError(f"{where} must be a JSON object like {{\"text\": ..., \"label\": ...}} or a string, got {type(row).__name__}")
+        raise ValueError(
+            f'{where} must be a JSON object like {{"text": ..., "label": ...}} or a string, got {type(row).__name__}'
+        )
     key = next((k for k in TEXT_FIELDS if k in row), None)
     if key is None:
-        raise ValueError(f"{where} has no 'text' or 'sentence' field (has {sorted(str(k) for k in row if k is not None)})")
+        raise ValueError(
+            f"{where} has no 'text' or 'sentence' field (has {sorted(str(k) for k in row if k is not None)})"
+        )
     value = row[key]
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"{where}: the '{key}' field must be a non-empty string, got {str(value)[:60]!r}")
@@ -65,7 +76,9 @@ def _with_labels(path: Path, texts: list[str], labels: list[Any]) -> Sentences:
     if not any(given):
         return Sentences(texts, None, None)
     if not all(given):
-        raise ValueError(f"{path}: row {given.index(False) + 1} has no '{LABEL_FIELD}' but others do; label every row or none")
+        raise ValueError(
+            f"{path}: row {given.index(False) + 1} has no '{LABEL_FIELD}' but others do; label every row or none"
+        )
     if all(isinstance(lab, int) and not isinstance(lab, bool) and lab >= 0 for lab in labels):
         return Sentences(texts, labels, None)
     if path.suffix.lower() == ".csv" and all(str(lab).isdigit() for lab in labels):
@@ -74,4 +87,6 @@ def _with_labels(path: Path, texts: list[str], labels: list[Any]) -> Sentences:
         classes = sorted(set(labels))
         return Sentences(texts, [classes.index(lab) for lab in labels], classes)
     shown = sorted({repr(lab) for lab in labels})[:5]
-    raise ValueError(f"{path}: '{LABEL_FIELD}' values must all be class indices >= 0 or all class names (strings); got {', '.join(shown)}")
+    raise ValueError(
+        f"{path}: '{LABEL_FIELD}' values must all be class indices >= 0 or all class names (strings); got {', '.join(shown)}"
+    )

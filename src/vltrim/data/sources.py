@@ -13,20 +13,30 @@ input_ids, ...) are used as they are, else an image column, a text column and a 
 Images: the model's own image processor when its directory has preprocessor_config.json, else resized (shorter side)
 and centre-cropped to the model's input size (as CLIP's processor does). Tokenizers are read from local directories
 only (never downloaded), and one whose vocabulary does not fit the model's embedding table is refused."""
+
 from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from PIL import Image
 from torch import nn
 from torch.utils.data import Dataset
 
-from .manifest import CLIP_MEAN, CLIP_STD, ImageCaptionManifest, ImageFolder, ModelImageProcessor, _visible, image_tensor
+from .manifest import (
+    CLIP_MEAN,
+    CLIP_STD,
+    ImageCaptionManifest,
+    ImageFolder,
+    ModelImageProcessor,
+    _visible,
+    image_tensor,
+)
 from .prompts import ClassPrompts
 from .sentences import SENTENCE_SUFFIXES, read_sentences
 
@@ -38,10 +48,10 @@ CAPTION_LENGTH = 77  # CLIP's context
 EVAL_SPLITS = ("validation", "val", "valid", "test")
 FORMS = {
     "retrieval": "'builtin', an image-caption manifest (.jsonl / .csv with 'image' and 'caption' columns), an image "
-                 "folder root/<class>/<images>, or hf:DIR (a datasets.save_to_disk directory)",
+    "folder root/<class>/<images>, or hf:DIR (a datasets.save_to_disk directory)",
     "classification": "an image folder root/<class>/<images>, or hf:DIR (a datasets.save_to_disk directory with image and label columns)",
     "sentence-embedding": "a text file of sentences (.txt: one per line; .jsonl / .csv: a 'text' field, optional 'label'), "
-                          "or hf:DIR (a datasets.save_to_disk directory with a text column)",
+    "or hf:DIR (a datasets.save_to_disk directory with a text column)",
 }
 TEXT_COLUMNS = ("text", "sentence", "caption", "sentence1")
 IMAGE_COLUMNS = ("image", "img", "pixel_values")
@@ -80,7 +90,10 @@ def text_vocab_rows(model: nn.Module) -> int | None:
 
 
 def _dual(model: nn.Module) -> bool:
-    return getattr(model.config, "vision_config", None) is not None and getattr(model.config, "text_config", None) is not None
+    return (
+        getattr(model.config, "vision_config", None) is not None
+        and getattr(model.config, "text_config", None) is not None
+    )
 
 
 def text_length(model: nn.Module, directory: Path | None) -> int:
@@ -109,8 +122,14 @@ def _st_length(directory: Path | None) -> int | None:
 # ---------------------------------------------------------------- tokenizers
 
 
-def load_tokenizer(spec: str | None, model: nn.Module, model_spec: str, directory: Path | None, max_length: int,
-                   option: str = "--tokenizer") -> Callable:
+def load_tokenizer(
+    spec: str | None,
+    model: nn.Module,
+    model_spec: str,
+    directory: Path | None,
+    max_length: int,
+    option: str = "--tokenizer",
+) -> Callable:
     """'builtin' (the built-in word tokenizer; the default for the reference model), a local tokenizer directory, or
     (``spec`` None) the model's directory; never downloaded. Refused when its vocabulary exceeds the embedding table."""
     if spec == BUILTIN or (spec is None and model_spec == REFERENCE):
@@ -120,15 +139,25 @@ def load_tokenizer(spec: str | None, model: nn.Module, model_spec: str, director
     else:
         where = spec if spec is not None else directory
         if where is None:
-            raise ValueError(f"{model_spec} has no directory to read a tokenizer from: pass {option} DIR "
-                             f"(a local tokenizer directory{', or builtin' if model_spec == REFERENCE else ''})")
+            raise ValueError(
+                f"{model_spec} has no directory to read a tokenizer from: pass {option} DIR "
+                f"(a local tokenizer directory{', or builtin' if model_spec == REFERENCE else ''})"
+            )
         tok, source = _local_tokenizer(str(where), option if spec is not None else "the model directory"), str(where)
     check_vocabulary(tok, model, source, option)
     return tok
 
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "merges.txt", "tokenizer.model",
-                   "spiece.model", "sentencepiece.bpe.model")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
 
 
 def _local_tokenizer(where: str, option: str) -> Callable:
@@ -137,25 +166,33 @@ def _local_tokenizer(where: str, option: str) -> Callable:
     from transformers import AutoTokenizer
 
     if Path(where).is_dir() and not any((Path(where) / f).is_file() for f in TOKENIZER_FILES):
-        raise ValueError(f"{option} {where} has no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...): pass --tokenizer DIR "
-                         "(a local tokenizer directory, e.g. the original model's)")
+        raise ValueError(
+            f"{option} {where} has no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...): pass --tokenizer DIR "
+            "(a local tokenizer directory, e.g. the original model's)"
+        )
     try:
         return AutoTokenizer.from_pretrained(where, local_files_only=True)
     except Exception as e:  # noqa: BLE001 - transformers raises OSError, ValueError, EnvironmentError...
         if not Path(where).is_dir():
-            raise ValueError(f"{option} {where!r} is not a directory, and vltrim never downloads (no hub access): give a "
-                             "local tokenizer directory, e.g. the model's, fetched beforehand with `hf download NAME --local-dir DIR`") from None
+            raise ValueError(
+                f"{option} {where!r} is not a directory, and vltrim never downloads (no hub access): give a "
+                "local tokenizer directory, e.g. the model's, fetched beforehand with `hf download NAME --local-dir DIR`"
+            ) from None
         why = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise ValueError(f"{option} {where}: no tokenizer can be read there ({type(e).__name__}: {why}); "
-                         "pass --tokenizer DIR (a directory with tokenizer.json / vocab files)") from None
+        raise ValueError(
+            f"{option} {where}: no tokenizer can be read there ({type(e).__name__}: {why}); "
+            "pass --tokenizer DIR (a directory with tokenizer.json / vocab files)"
+        ) from None
 
 
 def check_vocabulary(tok: Any, model: nn.Module, source: str, option: str = "--tokenizer") -> None:
     """Refuse a tokenizer whose ids run past the model's token embedding table, naming both sizes."""
     rows, size = text_vocab_rows(model), _vocab_size(tok)
     if rows is not None and size is not None and size > rows:
-        raise ValueError(f"{option}: tokenizer {source} has a vocabulary of {size} tokens, but {type(model).__name__}'s "
-                         f"token embedding table has {rows} rows: its ids would index past the table. Use the model's own tokenizer")
+        raise ValueError(
+            f"{option}: tokenizer {source} has a vocabulary of {size} tokens, but {type(model).__name__}'s "
+            f"token embedding table has {rows} rows: its ids would index past the table. Use the model's own tokenizer"
+        )
 
 
 def check_token_ids(model: nn.Module, batch: dict[str, Any], option: str, items: Sequence[int]) -> None:
@@ -164,9 +201,11 @@ def check_token_ids(model: nn.Module, batch: dict[str, Any], option: str, items:
     rows, ids = text_vocab_rows(model), batch.get("input_ids") if isinstance(batch, dict) else None
     if rows is None or not torch.is_tensor(ids) or ids.numel() == 0 or int(ids.max()) < rows:
         return
-    raise ValueError(f"{option}: items {list(items)} hold token id {int(ids.max())}, but {type(model).__name__}'s token "
-                     f"embedding table has {rows} rows: the text was tokenized with a tokenizer whose vocabulary does not "
-                     "fit the model. Tokenize with the model's own tokenizer")
+    raise ValueError(
+        f"{option}: items {list(items)} hold token id {int(ids.max())}, but {type(model).__name__}'s token "
+        f"embedding table has {rows} rows: the text was tokenized with a tokenizer whose vocabulary does not "
+        "fit the model. Tokenize with the model's own tokenizer"
+    )
 
 
 def _vocab_size(tok: Any) -> int | None:
@@ -201,10 +240,14 @@ def _processor(directory: Path, size: int | None) -> ModelImageProcessor:
         proc = ModelImageProcessor(AutoImageProcessor.from_pretrained(str(directory), local_files_only=True))
         shape = tuple(proc(Image.new("RGB", (2 * (size or 32), size or 32))).shape)
     except Exception as e:  # noqa: BLE001
-        raise ValueError(f"{file} cannot be used as the model's image processor ({type(e).__name__}: "
-                         f"{(str(e).strip().splitlines() or [''])[0][:200]})") from None
+        raise ValueError(
+            f"{file} cannot be used as the model's image processor ({type(e).__name__}: "
+            f"{(str(e).strip().splitlines() or [''])[0][:200]})"
+        ) from None
     if size is not None and shape[-2:] != (size, size):
-        raise ValueError(f"{file} makes {shape[-2]}x{shape[-1]} images, but the model takes {size}x{size}: fix its size / crop_size")
+        raise ValueError(
+            f"{file} makes {shape[-2]}x{shape[-1]} images, but the model takes {size}x{size}: fix its size / crop_size"
+        )
     return proc
 
 
@@ -222,13 +265,17 @@ def use_classes(model: nn.Module, names: Sequence[str], source: str) -> list[str
     if own is not None:
         unknown = [n for n in names if n not in own]
         if unknown:
-            raise ValueError(f"{source}: classes {unknown[:5]} are not among the model's labels ({', '.join(own[:8])}"
-                             f"{', ...' if len(own) > 8 else ''}); name the class folders after the model's labels")
+            raise ValueError(
+                f"{source}: classes {unknown[:5]} are not among the model's labels ({', '.join(own[:8])}"
+                f"{', ...' if len(own) > 8 else ''}); name the class folders after the model's labels"
+            )
         return own
     n = getattr(model.config, "num_labels", None)
     if n is not None and len(names) > n:
-        raise ValueError(f"{source} has {len(names)} classes but the model has {n} labels (num_labels); "
-                         "use a model whose classifier has one output per class")
+        raise ValueError(
+            f"{source} has {len(names)} classes but the model has {n} labels (num_labels); "
+            "use a model whose classifier has one output per class"
+        )
     labels = list(names) + [f"LABEL_{i}" for i in range(len(names), n or len(names))]
     model.config.id2label = dict(enumerate(labels))
     model.config.label2id = {name: i for i, name in enumerate(labels)}
@@ -274,7 +321,9 @@ class DataSource:
         given = [s for s in specs if s is not None]
         for spec, option in zip(specs, options):
             if spec is not None and spec != BUILTIN and not spec.startswith(HF_PREFIX) and not Path(spec).exists():
-                raise FileNotFoundError(f"{option} {spec!r} does not exist; the {self.task} task takes {FORMS[self.task]}")
+                raise FileNotFoundError(
+                    f"{option} {spec!r} does not exist; the {self.task} task takes {FORMS[self.task]}"
+                )
         if self.task == "classification" and self.tokenizer_spec is not None:
             raise ValueError("--tokenizer: the classification task reads no text; drop it")
         if self.task != "classification" and (self.tokenizer_spec is not None or any(s != BUILTIN for s in given)):
@@ -293,8 +342,10 @@ class DataSource:
 
     def _builtin(self, option: str, split: str) -> Dataset:
         if self.task != "retrieval" or not _dual(self.model):
-            raise ValueError(f"{option} builtin is image-caption data for an image-text model (task retrieval); "
-                             f"{type(self.model).__name__} with task {self.task} takes {FORMS[self.task]}")
+            raise ValueError(
+                f"{option} builtin is image-caption data for an image-text model (task retrieval); "
+                f"{type(self.model).__name__} with task {self.task} takes {FORMS[self.task]}"
+            )
         return builtin_pairs(split, image_size(self.model), self.max_length)
 
     def _retrieval(self, path: Path, option: str) -> Dataset:
@@ -351,19 +402,25 @@ def builtin_pairs(split: str, size: int, max_length: int) -> Dataset:
 
 def load_hf(spec: str, option: str, split: str) -> Any:
     """``datasets.load_from_disk`` of hf:DIR; a DatasetDict gives the split for ``split`` ('train' or an eval split)."""
-    d = Path(spec[len(HF_PREFIX):])
+    d = Path(spec[len(HF_PREFIX) :])
     try:
         import datasets
     except ImportError:
-        raise ValueError(f"{option} {spec}: reading a saved Hugging Face dataset needs the 'datasets' package, "
-                         "which is not installed (pip install datasets)") from None
+        raise ValueError(
+            f"{option} {spec}: reading a saved Hugging Face dataset needs the 'datasets' package, "
+            "which is not installed (pip install datasets)"
+        ) from None
     if not d.is_dir():
-        raise FileNotFoundError(f"{option} {spec}: {d} is not a directory (give a directory written by datasets' save_to_disk)")
+        raise FileNotFoundError(
+            f"{option} {spec}: {d} is not a directory (give a directory written by datasets' save_to_disk)"
+        )
     try:
         ds = datasets.load_from_disk(str(d))
     except Exception as e:  # noqa: BLE001 - datasets raises FileNotFoundError, ValueError, pyarrow errors...
-        raise ValueError(f"{option} {spec}: {d} cannot be read by datasets.load_from_disk ({type(e).__name__}: "
-                         f"{(str(e).strip().splitlines() or [''])[0][:200]})") from None
+        raise ValueError(
+            f"{option} {spec}: {d} cannot be read by datasets.load_from_disk ({type(e).__name__}: "
+            f"{(str(e).strip().splitlines() or [''])[0][:200]})"
+        ) from None
     if isinstance(ds, datasets.DatasetDict):
         return _split(ds, d, option, split)
     return ds
@@ -373,8 +430,10 @@ def _split(ds: Any, d: Path, option: str, split: str) -> Any:
     wanted = ("train",) if split == "train" else EVAL_SPLITS
     name = next((s for s in wanted if s in ds), None)
     if name is None:
-        raise ValueError(f"{option} hf:{d} holds the splits {sorted(ds)}, none of them {' / '.join(wanted)}: "
-                         f"pick one with hf:{d}/SPLIT")
+        raise ValueError(
+            f"{option} hf:{d} holds the splits {sorted(ds)}, none of them {' / '.join(wanted)}: "
+            f"pick one with hf:{d}/SPLIT"
+        )
     return ds[name]
 
 
@@ -390,8 +449,10 @@ def _text_column(ds: Any, where: str) -> str:
     strings = [c for c, f in ds.features.items() if getattr(f, "dtype", None) in ("string", "large_string")]
     col = next((c for c in TEXT_COLUMNS if c in strings), None) or (strings[0] if len(strings) == 1 else None)
     if col is None:
-        raise ValueError(f"{where}: no text column (one of {', '.join(TEXT_COLUMNS)}, or a single string column) "
-                         f"among {ds.column_names}")
+        raise ValueError(
+            f"{where}: no text column (one of {', '.join(TEXT_COLUMNS)}, or a single string column) "
+            f"among {ds.column_names}"
+        )
     return col
 
 
@@ -400,8 +461,10 @@ def _image_column(ds: Any, where: str) -> str:
     images = [c for c, f in ds.features.items() if type(f).__name__ == "Image"]
     col = images[0] if images else next((c for c in IMAGE_COLUMNS if c in ds.column_names), None)
     if col is None:
-        raise ValueError(f"{where}: no image column (a datasets.Image feature, or one named {', '.join(IMAGE_COLUMNS)}) "
-                         f"among {ds.column_names}")
+        raise ValueError(
+            f"{where}: no image column (a datasets.Image feature, or one named {', '.join(IMAGE_COLUMNS)}) "
+            f"among {ds.column_names}"
+        )
     return col
 
 
@@ -426,17 +489,23 @@ def _pil(value: Any, where: str) -> Image.Image:
     file = value.get("path") if isinstance(value, dict) else value if isinstance(value, (str, Path)) else None
     if file:
         if not Path(file).is_file():
-            raise FileNotFoundError(f"{where}: image file {str(file)!r} does not exist (paths are read as they are: "
-                                    "absolute, or relative to the current directory)")
+            raise FileNotFoundError(
+                f"{where}: image file {str(file)!r} does not exist (paths are read as they are: "
+                "absolute, or relative to the current directory)"
+            )
         return Image.open(file)
-    raise TypeError(f"{where}: an image value is {type(value).__name__}, not an image (a datasets.Image column, or "
-                    "a column of image file paths)")
+    raise TypeError(
+        f"{where}: an image value is {type(value).__name__}, not an image (a datasets.Image column, or "
+        "a column of image file paths)"
+    )
 
 
 class HFImages(Dataset):
     """Rows of a Hugging Face dataset with an image and a class label as {'pixel_values', 'label'} items."""
 
-    def __init__(self, ds: Any, image: str, label: str, label_map: list[int] | None, images: dict[str, Any], where: str):
+    def __init__(
+        self, ds: Any, image: str, label: str, label_map: list[int] | None, images: dict[str, Any], where: str
+    ):
         self.ds, self.image, self.label, self.map, self.opts, self.where = ds, image, label, label_map, images, where
 
     def __len__(self) -> int:
@@ -445,14 +514,18 @@ class HFImages(Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         row = self.ds[int(i)]
         y = int(row[self.label])
-        return {"pixel_values": _image(row[self.image], f"{self.where} row {i}", self.opts),
-                "label": torch.tensor(self.map[y] if self.map is not None else y)}
+        return {
+            "pixel_values": _image(row[self.image], f"{self.where} row {i}", self.opts),
+            "label": torch.tensor(self.map[y] if self.map is not None else y),
+        }
 
 
 class HFPairs(Dataset):
     """Rows of a Hugging Face dataset with an image and a caption as image-caption pairs (identical captions share a label)."""
 
-    def __init__(self, ds: Any, image: str, text: str, tokenizer: Callable, max_length: int, images: dict[str, Any], where: str):
+    def __init__(
+        self, ds: Any, image: str, text: str, tokenizer: Callable, max_length: int, images: dict[str, Any], where: str
+    ):
         captions = list(ds[text])
         ids = {c: i for i, c in enumerate(dict.fromkeys(captions))}
         self.labels = torch.tensor([ids[c] for c in captions])
@@ -464,11 +537,21 @@ class HFPairs(Dataset):
         return len(self.ds)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {"pixel_values": _image(self.ds[int(i)][self.image], f"{self.where} row {i}", self.opts),
-                "input_ids": self.input_ids[i], "attention_mask": self.attention_mask[i], "label": self.labels[i]}
+        return {
+            "pixel_values": _image(self.ds[int(i)][self.image], f"{self.where} row {i}", self.opts),
+            "input_ids": self.input_ids[i],
+            "attention_mask": self.attention_mask[i],
+            "label": self.labels[i],
+        }
 
 
 def _image(value: Any, where: str, opts: dict[str, Any]) -> torch.Tensor:
     """One dataset image as the model's pixel values (its processor, or resize + centre crop and normalise)."""
-    return image_tensor(_pil(value, where), where, opts["image_size"], opts.get("mean", CLIP_MEAN), opts.get("std", CLIP_STD),
-                        opts.get("processor"))
+    return image_tensor(
+        _pil(value, where),
+        where,
+        opts["image_size"],
+        opts.get("mean", CLIP_MEAN),
+        opts.get("std", CLIP_STD),
+        opts.get("processor"),
+    )

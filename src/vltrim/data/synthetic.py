@@ -3,6 +3,7 @@
 Deterministic by (seed, split, index), generated in memory in seconds, no download. Each item carries a
 ``label``: the index of its attribute tuple, so retrieval counts any caption that describes the same
 scene as a hit (several images share a description)."""
+
 from __future__ import annotations
 
 import itertools
@@ -72,7 +73,13 @@ def render(label: int, rng: np.random.Generator, image_size: int = 32) -> np.nda
     """HxWx3 float image in [0, 1] of the scene ``label`` with random jitter, background and noise."""
     color, shape, size, position = ATTRIBUTES[label]
     s = image_size
-    centers = {"top left": (0.28, 0.28), "top right": (0.72, 0.28), "bottom left": (0.28, 0.72), "bottom right": (0.72, 0.72), "center": (0.5, 0.5)}
+    centers = {
+        "top left": (0.28, 0.28),
+        "top right": (0.72, 0.28),
+        "bottom left": (0.28, 0.72),
+        "bottom right": (0.72, 0.72),
+        "center": (0.5, 0.5),
+    }
     cx, cy = (np.array(centers[position]) + rng.uniform(-0.06, 0.06, 2)) * s
     r = (0.11 if size == "small" else 0.2) * s * rng.uniform(0.9, 1.1)
     yy, xx = np.mgrid[0:s, 0:s].astype(np.float32) + 0.5

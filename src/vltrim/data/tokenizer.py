@@ -1,4 +1,5 @@
 """A word-level tokenizer with the call signature of HF tokenizers (enough for the built-in data)."""
+
 from __future__ import annotations
 
 import json
@@ -26,7 +27,9 @@ class WordTokenizer:
         ids = [self.index.get(w, self.unk_token_id) for w in text.lower().split()][: n - 2]
         return [self.bos_token_id, *ids, self.eos_token_id]
 
-    def __call__(self, texts, max_length: int | None = None, return_tensors: str = "pt", **_) -> dict[str, torch.Tensor]:
+    def __call__(
+        self, texts, max_length: int | None = None, return_tensors: str = "pt", **_
+    ) -> dict[str, torch.Tensor]:
         texts = [texts] if isinstance(texts, str) else list(texts)
         n = max_length or self.max_length
         ids = torch.full((len(texts), n), self.pad_token_id, dtype=torch.long)
@@ -41,6 +44,6 @@ class WordTokenizer:
         Path(path).write_text(json.dumps({"vocab": self.vocab, "max_length": self.max_length}))
 
     @classmethod
-    def load(cls, path: str | Path) -> "WordTokenizer":
+    def load(cls, path: str | Path) -> WordTokenizer:
         d = json.loads(Path(path).read_text())
         return cls(d["vocab"][len(SPECIALS) :], d["max_length"])

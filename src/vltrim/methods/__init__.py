@@ -1,4 +1,5 @@
 """Compression methods: one file each, registered by name. A method returns a Plan; it never edits the model."""
+
 from __future__ import annotations
 
 from typing import Any, Protocol

@@ -1,8 +1,10 @@
 """Shared by score-based methods: pick the groups to prune, rank units globally, build the Plan."""
+
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -35,7 +37,9 @@ def parse_units(units: str | Iterable[str]) -> tuple[UnitKind, ...]:
     return kinds
 
 
-def prunable_groups(model: nn.Module, units: str | Iterable[str], modalities: Iterable[str] | None = None) -> list[Group]:
+def prunable_groups(
+    model: nn.Module, units: str | Iterable[str], modalities: Iterable[str] | None = None
+) -> list[Group]:
     kinds = parse_units(units)
     groups = [g for g in get_adapter(model).groups(model) if g.kind in kinds]
     if modalities is not None:
@@ -53,7 +57,11 @@ def coupled_parameters(model: nn.Module, group: Group) -> list[tuple[torch.Tenso
         parts = [(b.fc1.weight, 0), (b.fc1.bias, 0), (b.fc2.weight, 1)]
     elif group.kind in (UnitKind.HEADS, UnitKind.HEAD_DIMS):
         a = b.attn
-        parts = [(lin.weight, 0) for lin in (a.q, a.k, a.v)] + [(lin.bias, 0) for lin in (a.q, a.k, a.v)] + [(a.o.weight, 1)]
+        parts = (
+            [(lin.weight, 0) for lin in (a.q, a.k, a.v)]
+            + [(lin.bias, 0) for lin in (a.q, a.k, a.v)]
+            + [(a.o.weight, 1)]
+        )
     else:
         raise ValueError(f"{group.name}: per-weight importance covers heads, head_dims and neurons, not {group.kind}")
     return [(t, d) for t, d in parts if t is not None]
@@ -90,16 +98,27 @@ def weight_taylor(p: torch.Tensor) -> torch.Tensor:
 
 
 def plan_from_scores(
-    model: nn.Module, groups: list[Group], scores: dict[str, torch.Tensor], budget: Budget, method: str, settings: dict[str, Any]
+    model: nn.Module,
+    groups: list[Group],
+    scores: dict[str, torch.Tensor],
+    budget: Budget,
+    method: str,
+    settings: dict[str, Any],
 ) -> Plan:
     """Rank all units of ``groups`` by their scores made comparable as ``budget`` says, cut to ``budget``; record
     target and achievement."""
-    return plan_from_keep(model, groups, select(groups, ranked(groups, scores, budget), budget), budget, method, settings)
+    return plan_from_keep(
+        model, groups, select(groups, ranked(groups, scores, budget), budget), budget, method, settings
+    )
 
 
 def plan_from_keep(
-    model: nn.Module, groups: list[Group], keep: dict[str, list[int]], budget: Budget | dict[str, Any], method: str,
-    settings: dict[str, Any]
+    model: nn.Module,
+    groups: list[Group],
+    keep: dict[str, list[int]],
+    budget: Budget | dict[str, Any],
+    method: str,
+    settings: dict[str, Any],
 ) -> Plan:
     """A Plan for ``keep`` that records the target (a Budget, or a dict when the plan was asked for otherwise, e.g.
     a student's layer counts) and what it achieves (fractions and whole-model counts)."""
@@ -107,13 +126,24 @@ def plan_from_keep(
     adapter = get_adapter(model)
     ref = adapter.reference_inputs(model, 1)
     params, macs = count_params(model), count_macs(model, ref)
-    got.update(model_params_before=params, model_params_after=params - round(got["params_removed"] * got["prunable_params"]),
-               model_macs_before=macs, model_macs_after=macs - round(got["macs_removed"] * got["prunable_macs"]))
+    got.update(
+        model_params_before=params,
+        model_params_after=params - round(got["params_removed"] * got["prunable_params"]),
+        model_macs_before=macs,
+        model_macs_after=macs - round(got["macs_removed"] * got["prunable_macs"]),
+    )
     target = budget if isinstance(budget, dict) else budget.to_dict()
-    plan = Plan.from_keep(class_name(model), groups, keep, method=method, settings=settings, target=target, achieved=got)
-    if any(g.kind == UnitKind.LAYERS and g.name in keep for g in groups):  # a dropped block also takes its norms and biases
+    plan = Plan.from_keep(
+        class_name(model), groups, keep, method=method, settings=settings, target=target, achieved=got
+    )
+    if any(
+        g.kind == UnitKind.LAYERS and g.name in keep for g in groups
+    ):  # a dropped block also takes its norms and biases
         from ..api import apply_plan
 
         small = apply_plan(model, plan)
-        plan.achieved.update(model_params_after=count_params(small), model_macs_after=count_macs(small, adapter.reference_inputs(small, 1)))
+        plan.achieved.update(
+            model_params_after=count_params(small),
+            model_macs_after=count_macs(small, adapter.reference_inputs(small, 1)),
+        )
     return plan

@@ -7,6 +7,7 @@ the teacher layer it was copied from. Through `compress` the student is retraine
 logits / similarity KL and hidden-state MSE of every block to its source block (``kd_hidden``, 1 by default), and
 on request attention-map MSE of every block to its source block (``kd_attention``, as TinyBERT and EfficientVLM's
 first stage; 0 by default: it runs both models' attention eager while training, which is slower than SDPA)."""
+
 from __future__ import annotations
 
 import math
@@ -35,7 +36,9 @@ def tower_layers(model: nn.Module, layers: int | dict[str, int]) -> dict[str, in
         known = sorted({t.name for t in towers} | {t.modality for t in towers})
         unknown = sorted(str(k) for k in layers if k not in known)
         if unknown:
-            raise ValueError(f"layers: unknown tower {unknown[0]!r}; this {type(model).__name__} has towers {', '.join(known)}")
+            raise ValueError(
+                f"layers: unknown tower {unknown[0]!r}; this {type(model).__name__} has towers {', '.join(known)}"
+            )
         counts = {n: c for n, c in asked.items() if c is not None}
     else:
         counts = {t.name: layers for t in towers if len(t.layers)}
@@ -58,11 +61,15 @@ def student_plan(model: nn.Module, layers: int | dict[str, int], target: Budget 
     """Keep plan of the layer-dropping student: per tower the ``layers`` evenly spread layers of `layer_map`."""
     counts = tower_layers(model, layers)
     groups = {g.name: g for g in get_adapter(model).groups(model) if g.kind == UnitKind.LAYERS}
-    keep = {f"{n}.layers": layer_map(c, groups[f"{n}.layers"].size) for n, c in counts.items()
-            if c < groups[f"{n}.layers"].size}
+    keep = {
+        f"{n}.layers": layer_map(c, groups[f"{n}.layers"].size)
+        for n, c in counts.items()
+        if c < groups[f"{n}.layers"].size
+    }
     settings = {"layers": counts, "kept_layers": {n.rsplit(".", 1)[0]: k for n, k in keep.items()}}
-    return plan_from_keep(model, list(groups.values()), keep, target if target is not None else {"layers": counts},
-                          "distill", settings)
+    return plan_from_keep(
+        model, list(groups.values()), keep, target if target is not None else {"layers": counts}, "distill", settings
+    )
 
 
 def student(model: nn.Module, layers: int | dict[str, int] = 6) -> nn.Module:
@@ -73,8 +80,11 @@ def student(model: nn.Module, layers: int | dict[str, int] = 6) -> nn.Module:
 
 def layers_for_target(model: nn.Module, target: float) -> dict[str, int]:
     """Per tower, the layer count nearest to removing ``target`` of its layers' cost (at least 1)."""
-    return {t.name: max(1, math.floor(len(t.layers) * (1 - target) + 0.5)) for t in get_adapter(model).towers(model)
-            if len(t.layers)}
+    return {
+        t.name: max(1, math.floor(len(t.layers) * (1 - target) + 0.5))
+        for t in get_adapter(model).towers(model)
+        if len(t.layers)
+    }
 
 
 @register
@@ -89,9 +99,17 @@ class DistillMethod:
         if layers is not None and not isinstance(layers, dict):
             integer("layers", layers, 1)
 
-    def search(self, model: nn.Module, target: float, layers: int | dict[str, int] | None = None, metric: str = "params",
-               align: int = 8, units: str = ",".join(DEFAULT_UNITS), allocation: str = ALLOCATION,
-               max_ratio: float = MAX_RATIO):
+    def search(
+        self,
+        model: nn.Module,
+        target: float,
+        layers: int | dict[str, int] | None = None,
+        metric: str = "params",
+        align: int = 8,
+        units: str = ",".join(DEFAULT_UNITS),
+        allocation: str = ALLOCATION,
+        max_ratio: float = MAX_RATIO,
+    ):
         """The student's plan: ``layers`` per tower (see `student`), or None: per tower the count nearest to removing
         ``target`` of its layers (at least 1); ``plan.achieved`` records what that removes. ``align``, ``units``,
         ``allocation`` and ``max_ratio`` are accepted for compress's sake and unused (whole layers need no alignment)."""

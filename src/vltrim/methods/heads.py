@@ -11,10 +11,12 @@ masked to 0 and the remaining heads re-scored. ``schedule`` "geometric": t_r = 1
 round removes the same share of what is left, as the paper's fixed-percentage steps); "linear": t_r = target*r/rounds.
 Through compress, ``rounds`` > 1 retrains between the rounds (`round_target`): each round prunes more heads of the
 retrained model, so the model records one plan per round. The weight-only variant stays `l1 --units heads`."""
+
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -31,8 +33,16 @@ from .common import plan_from_keep, prunable_groups, seeded
 SCHEDULES = ("geometric", "linear")
 
 
-def head_scores(model: nn.Module, groups: list[Group], data: Dataset, loss_fn: Callable, num_batches: int = 8,
-                batch_size: int = 16, seed: int = 0, pruned: dict[str, list[int]] | None = None) -> dict[str, torch.Tensor]:
+def head_scores(
+    model: nn.Module,
+    groups: list[Group],
+    data: Dataset,
+    loss_fn: Callable,
+    num_batches: int = 8,
+    batch_size: int = 16,
+    seed: int = 0,
+    pruned: dict[str, list[int]] | None = None,
+) -> dict[str, torch.Tensor]:
     """Mean over ``num_batches`` calibration batches of |dL/dm| per head (m: head masks at 1, the heads in ``pruned``
     at 0), in train mode like `taylor` (dropout gives distillation-from-itself losses a signal). Runs on a copy, so
     the model's weights, gradients and mode are left as they were (and a teacher that is ``model`` sees no masks)."""
@@ -95,29 +105,56 @@ class HeadsMethod:
         choice("schedule", schedule, SCHEDULES)
         integer("num_batches", num_batches, 1)
 
-    def round_target(self, model: nn.Module, start: nn.Module, target: float, step: int, rounds: int, metric: str = "params",
-                     schedule: str = "geometric", modalities: list[str] | None = None, **settings: Any
-                     ) -> tuple[float, dict[str, Any]] | None:
+    def round_target(
+        self,
+        model: nn.Module,
+        start: nn.Module,
+        target: float,
+        step: int,
+        rounds: int,
+        metric: str = "params",
+        schedule: str = "geometric",
+        modalities: list[str] | None = None,
+        **settings: Any,
+    ) -> tuple[float, dict[str, Any]] | None:
         """Round ``step`` of compress's prune-retrain rounds on ``model`` (``start``: the model of round 1): the share of
         ``model``'s heads cost to remove so that (1 - t) of ``start``'s is left, t = `round_targets`' cumulative share
         for this round, and the search settings (one round each); None when earlier rounds' cuts already reached t."""
         want = round_targets(target, rounds, schedule)[step - 1]
         cost = lambda m: sum(g.size * g.cost_per_unit(metric) for g in prunable_groups(m, "heads", modalities))  # noqa: E731
-        share = 1 - (1 - want) * cost(start) / cost(model) - 1e-12  # below the exact share: float error never costs a head
+        share = (
+            1 - (1 - want) * cost(start) / cost(model) - 1e-12
+        )  # below the exact share: float error never costs a head
         if share <= 1e-9:
             return None
         return share, {**settings, "metric": metric, "schedule": schedule, "modalities": modalities, "rounds": 1}
 
-    def search(self, model: nn.Module, target: float, data: Dataset | None = None, loss_fn: Callable | None = None,
-               metric: str = "params", align: int = 8, units: str = "heads", allocation: str = ALLOCATION,
-               max_ratio: float = MAX_RATIO, num_batches: int = 8, batch_size: int = 16, seed: int = 0, rounds: int = 1,
-               schedule: str = "geometric", modalities: list[str] | None = None):
+    def search(
+        self,
+        model: nn.Module,
+        target: float,
+        data: Dataset | None = None,
+        loss_fn: Callable | None = None,
+        metric: str = "params",
+        align: int = 8,
+        units: str = "heads",
+        allocation: str = ALLOCATION,
+        max_ratio: float = MAX_RATIO,
+        num_batches: int = 8,
+        batch_size: int = 16,
+        seed: int = 0,
+        rounds: int = 1,
+        schedule: str = "geometric",
+        modalities: list[str] | None = None,
+    ):
         """Plan removing ``target`` of the heads' ``metric`` (see the module docstring); ``modalities`` limits the
         cut to those towers."""
         self.check_settings(rounds, schedule, num_batches)
         if data is None or loss_fn is None:
-            raise ValueError("heads needs calibration data and a loss: data=..., loss_fn=(model, batch) -> loss "
-                             "(vltrim.compress passes its train_data and task loss)")
+            raise ValueError(
+                "heads needs calibration data and a loss: data=..., loss_fn=(model, batch) -> loss "
+                "(vltrim.compress passes its train_data and task loss)"
+            )
         if (units.split(",") if isinstance(units, str) else list(units)) != ["heads"]:
             raise ValueError(f"heads prunes whole attention heads: units must be 'heads', got {units!r}")
         groups = prunable_groups(model, "heads", modalities)
@@ -131,12 +168,30 @@ class HeadsMethod:
             pruned = {g.name: sorted(set(range(g.size)) - set(keep.get(g.name, range(g.size)))) for g in groups}
             steps.append(achieved(groups, keep)[f"{metric}_removed"])
         self.last_scores = _table(groups, raw, pruned)
-        settings = {"units": ["heads"], "num_batches": num_batches, "batch_size": batch_size, "seed": seed, "rounds": rounds,
-                    "schedule": schedule, "round_removed": steps, **({"modalities": sorted(modalities)} if modalities else {})}
+        settings = {
+            "units": ["heads"],
+            "num_batches": num_batches,
+            "batch_size": batch_size,
+            "seed": seed,
+            "rounds": rounds,
+            "schedule": schedule,
+            "round_removed": steps,
+            **({"modalities": sorted(modalities)} if modalities else {}),
+        }
         return plan_from_keep(model, groups, keep, budget, self.name, settings)
 
 
 def _table(groups: list[Group], raw: dict[str, torch.Tensor], pruned: dict[str, list[int]]) -> list[dict[str, Any]]:
     """One row per head: its group, modality, layer, last-round score and whether it was pruned."""
-    return [{"group": g.name, "modality": g.modality, "layer": int(g.name.split(".layers.")[1].split(".")[0]), "head": h,
-             "score": float(raw[g.name][h]), "pruned": h in pruned.get(g.name, [])} for g in groups for h in range(g.size)]
+    return [
+        {
+            "group": g.name,
+            "modality": g.modality,
+            "layer": int(g.name.split(".layers.")[1].split(".")[0]),
+            "head": h,
+            "score": float(raw[g.name][h]),
+            "pruned": h in pruned.get(g.name, []),
+        }
+        for g in groups
+        for h in range(g.size)
+    ]

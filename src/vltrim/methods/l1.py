@@ -3,6 +3,7 @@
 Its default allocation is 'uniform' (every group loses the same share): weight magnitudes are on a
 different scale in every layer, and one global ranking of them cut MiniLM-L6's last FFN to 104 of 1,536
 neurons; uniform kept more of the pretrained function (benchmarks/results/real_text_r8_allocation.md)."""
+
 from __future__ import annotations
 
 import torch
@@ -25,10 +26,21 @@ class L1Method:
 
     name = "l1"
 
-    def search(self, model: nn.Module, target: float, metric: str = "params", align: int = 8, units=DEFAULT_UNITS,
-               allocation: str = "uniform", max_ratio: float = MAX_RATIO, normalize: str = "kind",
-               ranking: str = "score"):
+    def search(
+        self,
+        model: nn.Module,
+        target: float,
+        metric: str = "params",
+        align: int = 8,
+        units=DEFAULT_UNITS,
+        allocation: str = "uniform",
+        max_ratio: float = MAX_RATIO,
+        normalize: str = "kind",
+        ranking: str = "score",
+    ):
         groups = prunable_groups(model, units)
         scores = {g.name: unit_l1(model, g) for g in groups}
         budget = Budget(target, metric, align, allocation, max_ratio, normalize, ranking)
-        return plan_from_scores(model, groups, scores, budget, self.name, {"units": sorted({g.kind.value for g in groups})})
+        return plan_from_scores(
+            model, groups, scores, budget, self.name, {"units": sorted({g.kind.value for g in groups})}
+        )

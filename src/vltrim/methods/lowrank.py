@@ -7,14 +7,16 @@ r*(in+out) < in*out, so the cut counts real savings and a layer whose rank would
 the plan). Data-aware (``data=``): the SVD is of W diag(s), s = RMS of each input feature on the calibration
 batches, then unscaled, so truncation minimises the output error on those inputs rather than the weight error;
 the scales are stored in the plan, so applying it needs no data."""
+
 from __future__ import annotations
 
 import heapq
 import inspect
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -59,7 +61,9 @@ class Layer:
 
 
 # ---- calibration statistics ---------------------------------------------------------------------
-def input_scales(model: nn.Module, linears: dict[str, nn.Linear], batches: Iterable[dict[str, Any]]) -> dict[str, torch.Tensor]:
+def input_scales(
+    model: nn.Module, linears: dict[str, nn.Linear], batches: Iterable[dict[str, Any]]
+) -> dict[str, torch.Tensor]:
     """RMS of each input feature of each Linear over every token of ``batches`` in eval mode (float64, floored at
     1e-6 of the layer's largest so it stays > 0, rounded to SCALE_DIGITS as stored in the plan)."""
     sums = {n: torch.zeros(m.in_features, dtype=torch.float64) for n, m in linears.items()}
@@ -70,6 +74,7 @@ def input_scales(model: nn.Module, linears: dict[str, nn.Linear], batches: Itera
             x = args[0].detach().double().reshape(-1, args[0].shape[-1])
             sums[name] += x.pow(2).sum(0).cpu()
             counts[name] += x.shape[0]
+
         return pre
 
     handles = [m.register_forward_pre_hook(hook(n)) for n, m in linears.items()]
@@ -78,7 +83,10 @@ def input_scales(model: nn.Module, linears: dict[str, nn.Linear], batches: Itera
         with torch.no_grad(), kept_modes(model):
             model.eval()
             for batch in batches:
-                adapter.forward(model, {k: v.to(dev) if torch.is_tensor(v) else v for k, v in batch.items() if keys is None or k in keys})
+                adapter.forward(
+                    model,
+                    {k: v.to(dev) if torch.is_tensor(v) else v for k, v in batch.items() if keys is None or k in keys},
+                )
     finally:
         for h in handles:
             h.remove()
@@ -152,15 +160,17 @@ def global_ranks(layers: list[Layer], budget: Budget) -> dict[str, int]:
     def push(name: str, k: int) -> None:
         if k < len(chunks[name]):
             ly, end = by_name[name], min(by_name[name].out, by_name[name].inp) - removed[name]
-            score = float(ly.energy[end - chunks[name][k]: end].mean()) / ly.cost(metric)
+            score = float(ly.energy[end - chunks[name][k] : end].mean()) / ly.cost(metric)
             heapq.heappush(heap, (score, name, k))
 
     for name in by_name:
         push(name, 0)
     while done < need:
         if not heap:
-            raise ValueError(f"lowrank: target {budget.target:.3f} of factorable {metric} is not reachable with "
-                             f"align={budget.align}: at most {done / total:.3f} (every layer at rank {budget.align})")
+            raise ValueError(
+                f"lowrank: target {budget.target:.3f} of factorable {metric} is not reachable with "
+                f"align={budget.align}: at most {done / total:.3f} (every layer at rank {budget.align})"
+            )
         _, name, k = heapq.heappop(heap)
         ly = by_name[name]
         before = ly.saved(min(ly.out, ly.inp) - removed[name], metric)
@@ -180,20 +190,30 @@ def factor_achieved(model: nn.Module, layers: list[Layer], ranks: dict[str, int]
     for metric, before in (("params", count_params(model)), ("macs", count_macs(model, ref))):
         total = sum(ly.dense(metric) for ly in layers)
         gone = sum(by_name[n].saved(r, metric) for n, r in ranks.items())
-        out.update({f"prunable_{metric}": total, f"{metric}_removed": gone / total if total else 0.0,
-                    f"model_{metric}_before": before, f"model_{metric}_after": before - gone})
+        out.update(
+            {
+                f"prunable_{metric}": total,
+                f"{metric}_removed": gone / total if total else 0.0,
+                f"model_{metric}_before": before,
+                f"model_{metric}_after": before - gone,
+            }
+        )
     out.update(layers_factorized=len(ranks), layers_factorable=len(layers))
     return out
 
 
-def _check(mode: str, target: float, metric: str, align: int, energy: float | None) -> tuple[Budget | None, float | None]:
+def _check(
+    mode: str, target: float, metric: str, align: int, energy: float | None
+) -> tuple[Budget | None, float | None]:
     """The search's options, each error naming its option; the Budget (mode 'global') or the energy (mode 'energy')."""
     if mode not in MODES:
         raise ValueError(f"lowrank: mode must be one of {', '.join(MODES)}, got {mode!r}")
     align = integer("align", align, 1)
     if mode == "energy":
         if energy is None:
-            raise ValueError("lowrank: mode='energy' needs energy=, the share in (0, 1] of each layer's squared singular values to keep")
+            raise ValueError(
+                "lowrank: mode='energy' needs energy=, the share in (0, 1] of each layer's squared singular values to keep"
+            )
         if metric not in ("params", "macs"):
             raise ValueError(f"metric must be 'params' or 'macs', got {metric!r}")
         return None, number("energy", energy, high=1.0)
@@ -209,17 +229,34 @@ class LowRankMethod:
     name = "lowrank"
     plan_step = "factorize"  # in a chain it comes after keep plans and before sparsify plans
 
-    def check_settings(self, mode: str = "global", energy: float | None = None, weighted: bool | None = None,
-                       num_batches: int = 8, **_: Any) -> None:
+    def check_settings(
+        self,
+        mode: str = "global",
+        energy: float | None = None,
+        weighted: bool | None = None,
+        num_batches: int = 8,
+        **_: Any,
+    ) -> None:
         """compress's check of the settings before any work (target, metric and align: compress checks the budget)."""
         _check(mode, 0.5, "params", 1, energy)
         if weighted is not None:
             flag("weighted", weighted)
         integer("num_batches", num_batches, 1)
 
-    def search(self, model: nn.Module, target: float = 0.5, metric: str = "params", align: int = 8, mode: str = "global",
-               energy: float | None = None, data: Any = None, weighted: bool | None = None, num_batches: int = 8,
-               batch_size: int = 16, seed: int = 0) -> Plan:
+    def search(
+        self,
+        model: nn.Module,
+        target: float = 0.5,
+        metric: str = "params",
+        align: int = 8,
+        mode: str = "global",
+        energy: float | None = None,
+        data: Any = None,
+        weighted: bool | None = None,
+        num_batches: int = 8,
+        batch_size: int = 16,
+        seed: int = 0,
+    ) -> Plan:
         """A factorize plan: ranks by global ranking (remove ``target`` of the factorable ``metric``) or by kept
         ``energy`` per layer; with ``data`` (and ``weighted`` not False) the SVD is weighted by input RMS."""
         budget, energy = _check(mode, target, metric, align, energy)
@@ -230,16 +267,41 @@ class LowRankMethod:
         lins = {n: m for n, m in adapter.linears(model).items() if isinstance(m, nn.Linear)}
         if not lins:
             raise ValueError(f"{type(model).__name__} has no dense Linear left to factorise")
-        scales = input_scales(model, lins, calibration_batches(data, integer("num_batches", num_batches, 1),
-                                                               integer("batch_size", batch_size, 1), seed)) if weighted else {}
+        scales = (
+            input_scales(
+                model,
+                lins,
+                calibration_batches(
+                    data, integer("num_batches", num_batches, 1), integer("batch_size", batch_size, 1), seed
+                ),
+            )
+            if weighted
+            else {}
+        )
         tokens = {t.name: t.tokens for t in adapter.towers(model)}
-        layers = [Layer(n, m.out_features, m.in_features, tokens[n.split(".layers.")[0]], energy_shares(m.weight, scales.get(n)))
-                  for n, m in lins.items()]
+        layers = [
+            Layer(
+                n, m.out_features, m.in_features, tokens[n.split(".layers.")[0]], energy_shares(m.weight, scales.get(n))
+            )
+            for n, m in lins.items()
+        ]
         ranks = global_ranks(layers, budget) if budget else energy_ranks(layers, energy, int(align))
         settings = {"mode": mode, "weighted": weighted, **({"num_batches": num_batches} if weighted else {})}
-        goal = {"target": budget.target, "metric": metric, "align": budget.align} if budget else \
-            {"energy": energy, "metric": metric, "align": int(align)}
-        return Plan(class_name(model), {}, {}, {}, method=self.name, settings=settings, target=goal,
-                    achieved=factor_achieved(model, layers, ranks), factorize=ranks,
-                    factor_shapes={n: [lins[n].out_features, lins[n].in_features] for n in ranks},
-                    factor_scales={n: scales[n].tolist() for n in ranks if n in scales})
+        goal = (
+            {"target": budget.target, "metric": metric, "align": budget.align}
+            if budget
+            else {"energy": energy, "metric": metric, "align": int(align)}
+        )
+        return Plan(
+            class_name(model),
+            {},
+            {},
+            {},
+            method=self.name,
+            settings=settings,
+            target=goal,
+            achieved=factor_achieved(model, layers, ranks),
+            factorize=ranks,
+            factor_shapes={n: [lins[n].out_features, lins[n].in_features] for n in ranks},
+            factor_scales={n: scales[n].tolist() for n in ranks if n in scales},
+        )

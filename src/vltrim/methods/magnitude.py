@@ -11,6 +11,7 @@ Iterative pruning (prune, retrain, prune more) uses ``sparsity_schedule``: round
 schedule's sparsity; weights already zero are the smallest, so each round's plan keeps the earlier zeros.
 ``compress(method="magnitude", method_settings={"rounds": R})`` runs the R rounds with retraining in between
 (`round_target`), the zeros frozen while it retrains."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -61,7 +62,9 @@ def _check(target: float, pattern: str, scope: str, rounds: int, step: int | Non
     choice("scope", scope, SCOPES)
     target = number("target", target, high=1.0)
     if target >= 1.0:
-        raise ValueError(f"target must be a sparsity in (0, 1) (a share of the block-Linear weights to zero), got {target!r}")
+        raise ValueError(
+            f"target must be a sparsity in (0, 1) (a share of the block-Linear weights to zero), got {target!r}"
+        )
     rounds = integer("rounds", rounds, 1)
     step = rounds if step is None else integer("step", step, 1, rounds)
     return sparsity_schedule(target, rounds)[step - 1], rounds, step
@@ -80,10 +83,19 @@ def _achieved(model: nn.Module, lins: dict[str, nn.Linear], entries: dict[str, d
         total, zeros = total + w.numel(), zeros + int(z.sum())
     params, macs = count_params(model), count_macs(model, get_adapter(model).reference_inputs(model, 1))
     nonzero = sum(int(p.count_nonzero()) for p in model.parameters()) - new
-    return {"sparsity": zeros / total, "prunable_params": total, "zero_weights": zeros, "nonzero_params": nonzero,
-            "model_params_before": params, "model_params_after": params, "model_macs_before": macs, "model_macs_after": macs,
-            "layers_sparsified": len(entries), "layers_sparsifiable": len(lins),
-            "note": "zeros are stored in dense weights: params and MACs are unchanged; 2:4 on a CUDA GPU can run faster"}
+    return {
+        "sparsity": zeros / total,
+        "prunable_params": total,
+        "zero_weights": zeros,
+        "nonzero_params": nonzero,
+        "model_params_before": params,
+        "model_params_after": params,
+        "model_macs_before": macs,
+        "model_macs_after": macs,
+        "layers_sparsified": len(entries),
+        "layers_sparsifiable": len(lins),
+        "note": "zeros are stored in dense weights: params and MACs are unchanged; 2:4 on a CUDA GPU can run faster",
+    }
 
 
 @register
@@ -93,23 +105,34 @@ class MagnitudeMethod:
     name = "magnitude"
     plan_step = "sparsify"  # in a chain it comes after keep and factorize plans
 
-    def check_settings(self, pattern: str = "unstructured", scope: str = "global", rounds: int = 1, step: int | None = None,
-                       **_: Any) -> None:
+    def check_settings(
+        self, pattern: str = "unstructured", scope: str = "global", rounds: int = 1, step: int | None = None, **_: Any
+    ) -> None:
         """compress's check before any work: a step with rounds > 1 is refused (compress runs every round itself)."""
         choice("pattern", pattern, PATTERNS)
         choice("scope", scope, SCOPES)
         if integer("rounds", rounds, 1) > 1 and step is not None:
-            raise ValueError("step: compress runs all the rounds itself (prune, retrain, prune more); leave step unset "
-                             "(vltrim.plan takes step, to plan one round by hand)")
+            raise ValueError(
+                "step: compress runs all the rounds itself (prune, retrain, prune more); leave step unset "
+                "(vltrim.plan takes step, to plan one round by hand)"
+            )
 
-    def round_target(self, model: nn.Module, start: nn.Module, target: float, step: int, rounds: int,
-                     **settings: Any) -> tuple[float, dict[str, Any]]:
+    def round_target(
+        self, model: nn.Module, start: nn.Module, target: float, step: int, rounds: int, **settings: Any
+    ) -> tuple[float, dict[str, Any]]:
         """Round ``step`` of compress's prune-retrain rounds: the search of round ``step`` of the cubic schedule to
         ``target`` (the schedule counts every zero of the block Linears, so ``start`` is not needed)."""
         return target, {**settings, "rounds": rounds, "step": step}
 
-    def search(self, model: nn.Module, target: float = 0.5, pattern: str = "unstructured", scope: str = "global",
-               rounds: int = 1, step: int | None = None) -> Plan:
+    def search(
+        self,
+        model: nn.Module,
+        target: float = 0.5,
+        pattern: str = "unstructured",
+        scope: str = "global",
+        rounds: int = 1,
+        step: int | None = None,
+    ) -> Plan:
         """A sparsify plan zeroing the smallest |w|: ``target`` of the block-Linear weights (round ``step`` of
         ``rounds`` of the cubic schedule when rounds > 1), or 2:4 (``target`` ignored: 50% by construction)."""
         sparsity, rounds, step = _check(target, pattern, scope, rounds, step)
@@ -122,13 +145,34 @@ class MagnitudeMethod:
             entries = {n: {"pattern": "2:4", "sparsity": 0.5} for n in lins}
         else:
             sizes = {n: m.weight.numel() for n, m in lins.items()}
-            counts = global_counts({n: m.weight for n, m in lins.items()}, sparsity) if scope == "global" else \
-                {n: int(round(sparsity * s)) for n, s in sizes.items()}
+            counts = (
+                global_counts({n: m.weight for n, m in lins.items()}, sparsity)
+                if scope == "global"
+                else {n: int(round(sparsity * s)) for n, s in sizes.items()}
+            )
             entries = {n: {"pattern": "unstructured", "sparsity": k / sizes[n]} for n, k in counts.items() if k}
             if not entries:
-                raise ValueError(f"target {sparsity:.3g} zeroes no weight of {type(model).__name__}'s block Linears; raise target")
-        goal = {"sparsity": 0.5, "pattern": pattern} if pattern == "2:4" else \
-            {"sparsity": sparsity, "pattern": pattern, "scope": scope, **({"final_sparsity": float(target)} if rounds > 1 else {})}
-        return Plan(class_name(model), {}, {}, {}, method=self.name,
-                    settings={"pattern": pattern, "scope": scope, "rounds": rounds, "step": step}, target=goal,
-                    achieved=_achieved(model, lins, entries), sparsify=entries)
+                raise ValueError(
+                    f"target {sparsity:.3g} zeroes no weight of {type(model).__name__}'s block Linears; raise target"
+                )
+        goal = (
+            {"sparsity": 0.5, "pattern": pattern}
+            if pattern == "2:4"
+            else {
+                "sparsity": sparsity,
+                "pattern": pattern,
+                "scope": scope,
+                **({"final_sparsity": float(target)} if rounds > 1 else {}),
+            }
+        )
+        return Plan(
+            class_name(model),
+            {},
+            {},
+            {},
+            method=self.name,
+            settings={"pattern": pattern, "scope": scope, "rounds": rounds, "step": step},
+            target=goal,
+            achieved=_achieved(model, lins, entries),
+            sparsify=entries,
+        )

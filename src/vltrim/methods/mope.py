@@ -16,15 +16,17 @@ computed once; on an accelerator several ablations share one batched forward (ma
 ablation dimension). ``fast=False`` runs one full evaluation per module (the naive
 reference the fast path is tested against). Under torch.distributed each rank scores a slice of the
 modules and the errors are summed over ranks."""
+
 from __future__ import annotations
 
 import copy
 import csv
 import dataclasses
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from pathlib import Path
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -75,14 +77,22 @@ def _retrieval_probe(data: Any, chunks: list[dict[str, torch.Tensor]]) -> Probe:
     labels = labels if labels is not None else torch.arange(sum(len(c["pixel_values"]) for c in chunks))
     class_texts = getattr(data, "class_texts", None)
     if class_texts is not None:  # zero-shot: images against one prompt per class
-        return Probe({"vision": chunks, "text": [dict(class_texts)]}, {"vision": image_embeds, "text": text_embeds},
-                     lambda o, e: _top1(o["vision"] @ o["text"].t(), e["label"]), {"label": labels})
+        return Probe(
+            {"vision": chunks, "text": [dict(class_texts)]},
+            {"vision": image_embeds, "text": text_embeds},
+            lambda o, e: _top1(o["vision"] @ o["text"].t(), e["label"]),
+            {"label": labels},
+        )
 
     def mean_r1(o: Outputs, e: dict[str, torch.Tensor]) -> float:
         sim = o["vision"] @ o["text"].t()
-        return (recall_at_k(sim, e["label"], e["label"], (1,))[1] + recall_at_k(sim.t(), e["label"], e["label"], (1,))[1]) / 2
+        return (
+            recall_at_k(sim, e["label"], e["label"], (1,))[1] + recall_at_k(sim.t(), e["label"], e["label"], (1,))[1]
+        ) / 2
 
-    return Probe({"vision": chunks, "text": chunks}, {"vision": image_embeds, "text": text_embeds}, mean_r1, {"label": labels})
+    return Probe(
+        {"vision": chunks, "text": chunks}, {"vision": image_embeds, "text": text_embeds}, mean_r1, {"label": labels}
+    )
 
 
 def _classification_probe(data: Any, chunks: list[dict[str, torch.Tensor]]) -> Probe:
@@ -91,7 +101,9 @@ def _classification_probe(data: Any, chunks: list[dict[str, torch.Tensor]]) -> P
     labels = _extra(chunks, "label")
     if labels is None:
         raise ValueError("calib_data for classification needs a 'label' field (the class of each image)")
-    return Probe({"vision": chunks}, {"vision": class_logits}, lambda o, e: _top1(o["vision"], e["label"]), {"label": labels})
+    return Probe(
+        {"vision": chunks}, {"vision": class_logits}, lambda o, e: _top1(o["vision"], e["label"]), {"label": labels}
+    )
 
 
 def _sentence_probe(data: Any, chunks: list[dict[str, torch.Tensor]]) -> Probe:
@@ -99,9 +111,15 @@ def _sentence_probe(data: Any, chunks: list[dict[str, torch.Tensor]]) -> Probe:
 
     teacher = _extra(chunks, "teacher_embedding")
     if teacher is None:
-        raise ValueError("calib_data for sentence-embedding needs 'teacher_embedding' (use vltrim.tasks.SentenceDistillData)")
-    return Probe({"text": chunks}, {"text": sentence_embedding},
-                 lambda o, e: (o["text"].float() * e["teacher"]).sum(-1).mean().item(), {"teacher": teacher.float()})
+        raise ValueError(
+            "calib_data for sentence-embedding needs 'teacher_embedding' (use vltrim.tasks.SentenceDistillData)"
+        )
+    return Probe(
+        {"text": chunks},
+        {"text": sentence_embedding},
+        lambda o, e: (o["text"].float() * e["teacher"]).sum(-1).mean().item(),
+        {"teacher": teacher.float()},
+    )
 
 
 PROBES = {"retrieval": _retrieval_probe, "classification": _classification_probe, "sentence-embedding": _sentence_probe}
@@ -229,6 +247,7 @@ def _upstream(b: Any, ffn: bool) -> list[nn.Module]:
 @contextmanager
 def _record(modules: list[nn.Module], store: dict) -> Iterator[None]:
     """Record the outputs of ``modules`` (keyed by module)."""
+
     def make(mod: nn.Module):
         def hook(_mod, _args, out):
             store[mod] = _detached(out)
@@ -276,8 +295,9 @@ def default_ablation_batch(model: nn.Module) -> int:
 
 
 @torch.no_grad()
-def fast_errors(model: nn.Module, probe: Probe, ablations: list[Ablation], ablation_batch: int | None = None,
-                progress: bool = False) -> list[float]:
+def fast_errors(
+    model: nn.Module, probe: Probe, ablations: list[Ablation], ablation_batch: int | None = None, progress: bool = False
+) -> list[float]:
     """The same values as `naive_errors`, computed without recomputing anything an ablation cannot change: the
     blocks below the ablated one run once (cached inputs), in the ablated block the projections upstream of the
     ablated units run once (a layer's ablation skips the layer), the other towers' outputs are reused, and several
@@ -333,7 +353,10 @@ def _inner_outputs(model: nn.Module, probe: Probe, t: Any, layer: int, cache: di
         out[c] = {}
         handle = t.layers[layer].register_forward_hook(stop)
         try:
-            with _start_at(t, layer, cache[(t.name, c)][("in", layer)], 1, {}, cache[(t.name, c)]["tuple"]), _record(mods, out[c]):
+            with (
+                _start_at(t, layer, cache[(t.name, c)][("in", layer)], 1, {}, cache[(t.name, c)]["tuple"]),
+                _record(mods, out[c]),
+            ):
                 probe.output[t.modality](model, batch)
         except _Stop:
             pass
@@ -342,8 +365,17 @@ def _inner_outputs(model: nn.Module, probe: Probe, t: Any, layer: int, cache: di
     return out
 
 
-def _ablated_outputs(model: nn.Module, probe: Probe, t: Any, layer: int, kind: str, abl: list[Ablation],
-                     sizes: dict[str, int], cache: dict, inner: dict[int, dict]) -> list[torch.Tensor]:
+def _ablated_outputs(
+    model: nn.Module,
+    probe: Probe,
+    t: Any,
+    layer: int,
+    kind: str,
+    abl: list[Ablation],
+    sizes: dict[str, int],
+    cache: dict,
+    inner: dict[int, dict],
+) -> list[torch.Tensor]:
     """Outputs of tower ``t`` under each of ``abl`` (all of ``kind`` in block ``layer``), one batched forward per
     chunk. A layer's removal needs no mask: the next block starts from the removed block's input."""
     k = len(abl)
@@ -401,14 +433,27 @@ def width_ablations(model: nn.Module, groups: list[Group], group_size: int | Non
 
 def layer_ablations(model: nn.Module) -> list[Ablation]:
     """One ablation per block of every tower."""
-    return [Ablation(f"{t.name}.layers", (i,), UnitKind.LAYERS.value, t.modality, i, t.name)
-            for t in get_adapter(model).towers(model) for i in range(len(t.layers))]
+    return [
+        Ablation(f"{t.name}.layers", (i,), UnitKind.LAYERS.value, t.modality, i, t.name)
+        for t in get_adapter(model).towers(model)
+        for i in range(len(t.layers))
+    ]
 
 
 def mope_table(ablations: list[Ablation], errors: list[float], costs: dict[str, float]) -> list[dict[str, Any]]:
     """Rows (module, modality, kind, layer, units, error, cost) for the saved CSV and the heat map."""
-    return [{"group": a.group, "modality": a.modality, "kind": a.kind, "layer": a.layer, "units": " ".join(map(str, a.units)),
-             "error": e, "cost": costs[a.group] * len(a.units)} for a, e in zip(ablations, errors)]
+    return [
+        {
+            "group": a.group,
+            "modality": a.modality,
+            "kind": a.kind,
+            "layer": a.layer,
+            "units": " ".join(map(str, a.units)),
+            "error": e,
+            "cost": costs[a.group] * len(a.units),
+        }
+        for a, e in zip(ablations, errors)
+    ]
 
 
 # ---- the method -------------------------------------------------------------------------------------------
@@ -420,8 +465,16 @@ class MoPEMethod:
     kd_embed = 1.0  # and each tower's final embedding (retrieval); cross-modal: the task's similarity KL
     last_table: list[dict[str, Any]] | None = None  # MoPE table of the latest search (compress reports it)
 
-    def check_settings(self, depth_share: float = 0.0, group_size: int | None = None, ablation_batch: int | None = None,
-                       fast: bool = True, calib_size: int = 256, rounds: int = 1, **_: Any) -> None:
+    def check_settings(
+        self,
+        depth_share: float = 0.0,
+        group_size: int | None = None,
+        ablation_batch: int | None = None,
+        fast: bool = True,
+        calib_size: int = 256,
+        rounds: int = 1,
+        **_: Any,
+    ) -> None:
         number("depth_share", depth_share, high=1.0, low_open=False)
         integer("rounds", rounds, 1)
         if group_size is not None:
@@ -430,11 +483,30 @@ class MoPEMethod:
             integer("ablation_batch", ablation_batch, 1)
         integer("calib_size", calib_size, 1)
 
-    def search(self, model: nn.Module, target: float, data: Any = None, task: str = "retrieval", metric: str = "params",
-               align: int = 8, units: str = "heads,neurons", allocation: str = ALLOCATION, max_ratio: float = MAX_RATIO,
-               depth_share: float = 0.0, group_size: int | None = None, calib_size: int = 256, eval_batch: int = 64,
-               ablation_batch: int | None = None, fast: bool = True, modalities: list[str] | None = None, progress: bool = False,
-               seed: int = 0, loss_fn: Callable | None = None, batch_size: int | None = None, rounds: int = 1):
+    def search(
+        self,
+        model: nn.Module,
+        target: float,
+        data: Any = None,
+        task: str = "retrieval",
+        metric: str = "params",
+        align: int = 8,
+        units: str = "heads,neurons",
+        allocation: str = ALLOCATION,
+        max_ratio: float = MAX_RATIO,
+        depth_share: float = 0.0,
+        group_size: int | None = None,
+        calib_size: int = 256,
+        eval_batch: int = 64,
+        ablation_batch: int | None = None,
+        fast: bool = True,
+        modalities: list[str] | None = None,
+        progress: bool = False,
+        seed: int = 0,
+        loss_fn: Callable | None = None,
+        batch_size: int | None = None,
+        rounds: int = 1,
+    ):
         """Width then depth by MoPE on the first ``calib_size`` items of ``data``; returns the Plan and keeps the
         MoPE table of both stages in ``self.last_table`` (compress saves it). ``loss_fn``, ``batch_size`` and
         ``seed`` are accepted for compress's sake and unused: the scores are deterministic and need no loss.
@@ -443,7 +515,9 @@ class MoPEMethod:
         the kept modules after each (not in the paper; each round costs one more scoring of what is left)."""
         self.check_settings(depth_share, group_size, ablation_batch, fast, calib_size, rounds)
         if data is None:
-            raise ValueError("mope scores modules with the task metric: pass calibration data (compress passes train_data or calib_data)")
+            raise ValueError(
+                "mope scores modules with the task metric: pass calibration data (compress passes train_data or calib_data)"
+            )
         data, _ = as_dataset(data, "calib_data")
         calib = torch.utils.data.Subset(data, range(min(calib_size, len(data))))
         for attr in ("collate", "class_texts", "captions_by_label"):
@@ -451,23 +525,43 @@ class MoPEMethod:
                 setattr(calib, attr, getattr(data, attr))
         probe = _probe(task, data, calib, eval_batch)
         work = copy.deepcopy(model).eval()
-        score = (lambda m, ab: fast_errors(m, probe, ab, ablation_batch, progress)) if fast else (lambda m, ab: naive_errors(m, probe, ab, progress))
+        score = (
+            (lambda m, ab: fast_errors(m, probe, ab, ablation_batch, progress))
+            if fast
+            else (lambda m, ab: naive_errors(m, probe, ab, progress))
+        )
         groups = prunable_groups(work, units, modalities)
         if any(g.kind == UnitKind.HEAD_DIMS for g in groups):
-            raise ValueError("mope scores whole attention heads and FFN neuron groups: units must be 'heads,neurons' (or one of them)")
+            raise ValueError(
+                "mope scores whole attention heads and FFN neuron groups: units must be 'heads,neurons' (or one of them)"
+            )
         budget = Budget(target, metric, align, allocation, max_ratio)
         keep, table = _width_then_depth(work, groups, budget, depth_share, group_size, score, rounds)
-        settings = {"units": sorted({g.kind.value for g in groups}), "depth_share": depth_share, "calib_size": len(calib),
-                    "task": task, "group_size": group_size, "fast": fast, **({"rounds": rounds} if rounds > 1 else {}),
-                    **({"modalities": sorted(modalities)} if modalities else {})}
-        plan = plan_from_keep(work, groups + [g for g in get_adapter(work).groups(work) if g.kind == UnitKind.LAYERS],
-                              keep, budget, self.name, settings)
+        settings = {
+            "units": sorted({g.kind.value for g in groups}),
+            "depth_share": depth_share,
+            "calib_size": len(calib),
+            "task": task,
+            "group_size": group_size,
+            "fast": fast,
+            **({"rounds": rounds} if rounds > 1 else {}),
+            **({"modalities": sorted(modalities)} if modalities else {}),
+        }
+        plan = plan_from_keep(
+            work,
+            groups + [g for g in get_adapter(work).groups(work) if g.kind == UnitKind.LAYERS],
+            keep,
+            budget,
+            self.name,
+            settings,
+        )
         self.last_table = table
         return plan
 
 
-def _unit_scores(groups: list[Group], ablations: list[Ablation], errors: list[float], metric: str,
-                 proxy: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _unit_scores(
+    groups: list[Group], ablations: list[Ablation], errors: list[float], metric: str, proxy: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
     """Each unit's score: its module's error per removed cost (cost-exact ranking), ties broken by weight magnitude."""
     by_name = {g.name: g for g in groups}
     scores = {g.name: torch.zeros(g.size, dtype=torch.float64) for g in groups}
@@ -481,8 +575,14 @@ def _unit_scores(groups: list[Group], ablations: list[Ablation], errors: list[fl
     return scores
 
 
-def _width_cut(model: nn.Module, groups: list[Group], budget: Budget, group_size: int | None,
-               score: Callable[[nn.Module, list[Ablation]], list[float]], rounds: int = 1) -> tuple[dict[str, list[int]], dict[str, torch.Tensor], list[dict[str, Any]]]:
+def _width_cut(
+    model: nn.Module,
+    groups: list[Group],
+    budget: Budget,
+    group_size: int | None,
+    score: Callable[[nn.Module, list[Ablation]], list[float]],
+    rounds: int = 1,
+) -> tuple[dict[str, list[int]], dict[str, torch.Tensor], list[dict[str, Any]]]:
     """Width cut to ``budget`` by MoPE: one scoring of every head and FFN group (the paper), or with ``rounds`` R > 1
     the cut in R equal steps, the modules still kept re-scored on the model narrowed by the steps before (a module's
     error then counts the ones already removed). Returns the keep-map, the unit scores (units cut in earlier rounds
@@ -505,16 +605,26 @@ def _width_cut(model: nn.Module, groups: list[Group], budget: Budget, group_size
             scores[g.name][cut] = torch.minimum(scores[g.name][cut], torch.tensor(floor))  # earlier cuts stay lowest
             scores[g.name][index[g.name]] = here[g.name]
         costs = {g.name: g.cost_per_unit(metric) for g in groups}
-        for a, row in zip(ab, mope_table([dataclasses.replace(a, units=tuple(index[a.group][u] for u in a.units)) for a in ab],
-                                         errors, costs)):
+        for _a, row in zip(
+            ab,
+            mope_table(
+                [dataclasses.replace(a, units=tuple(index[a.group][u] for u in a.units)) for a in ab], errors, costs
+            ),
+        ):
             rows[(row["group"], row["units"])] = row
         keep = select(groups, scores, dataclasses.replace(budget, target=budget.target * r / rounds))
     return keep, scores, list(rows.values())
 
 
-def _width_then_depth(model: nn.Module, groups: list[Group], budget: Budget, depth_share: float, group_size: int | None,
-                      score: Callable[[nn.Module, list[Ablation]], list[float]],
-                      rounds: int = 1) -> tuple[dict[str, list[int]], list[dict[str, Any]]]:
+def _width_then_depth(
+    model: nn.Module,
+    groups: list[Group],
+    budget: Budget,
+    depth_share: float,
+    group_size: int | None,
+    score: Callable[[nn.Module, list[Ablation]], list[float]],
+    rounds: int = 1,
+) -> tuple[dict[str, list[int]], list[dict[str, Any]]]:
     """Keep-map of width then depth pruning (see the module docstring) and the MoPE table of both stages."""
     metric = budget.metric
     proxy = {g.name: unit_sums(model, g, torch.abs) for g in groups}
@@ -532,13 +642,18 @@ def _width_then_depth(model: nn.Module, groups: list[Group], budget: Budget, dep
     errors = score(narrow, ab)
     remaining = _layer_costs(groups, keep, metric)
     table += mope_table(ab, errors, {a.group: 0 for a in ab})
-    for row, a in zip(table[-len(ab):], ab):
+    for row, a in zip(table[-len(ab) :], ab):
         row["cost"] = remaining[(a.tower, a.layer)]
     total = sum(g.size * g.cost_per_unit(metric) for g in groups)
     dropped = _drop_layers(ab, errors, remaining, budget.target * depth_share * total)
     final = _final_width(groups, scores, proxy, dropped, budget, total)
-    final.update({f"{tower}.layers": [i for i in range(n) if (tower, i) not in dropped]
-                  for tower, n in _tower_sizes(ab).items() if any(d[0] == tower for d in dropped)})
+    final.update(
+        {
+            f"{tower}.layers": [i for i in range(n) if (tower, i) not in dropped]
+            for tower, n in _tower_sizes(ab).items()
+            if any(d[0] == tower for d in dropped)
+        }
+    )
     return final, table
 
 
@@ -565,7 +680,9 @@ def _layer_costs(groups: list[Group], keep: dict[str, list[int]], metric: str) -
     return out
 
 
-def _drop_layers(ab: list[Ablation], errors: list[float], remaining: dict[tuple[str, int], float], need: float) -> set[tuple[str, int]]:
+def _drop_layers(
+    ab: list[Ablation], errors: list[float], remaining: dict[tuple[str, int], float], need: float
+) -> set[tuple[str, int]]:
     """Blocks with the least error per remaining cost, dropped until ``need`` cost is removed (one block per tower stays)."""
     left = _tower_sizes(ab)
     order = sorted(range(len(ab)), key=lambda i: (errors[i] / max(remaining[(ab[i].tower, ab[i].layer)], 1e-12), i))
@@ -582,10 +699,17 @@ def _drop_layers(ab: list[Ablation], errors: list[float], remaining: dict[tuple[
     return dropped
 
 
-def _final_width(groups: list[Group], scores: dict[str, torch.Tensor] | None, proxy: dict[str, torch.Tensor],
-                 dropped: set[tuple[str, int]], budget: Budget, total: float) -> dict[str, list[int]]:
+def _final_width(
+    groups: list[Group],
+    scores: dict[str, torch.Tensor] | None,
+    proxy: dict[str, torch.Tensor],
+    dropped: set[tuple[str, int]],
+    budget: Budget,
+    total: float,
+) -> dict[str, list[int]]:
     """Width cut on the surviving blocks that brings the whole plan to ``budget.target`` (MoPE scores of the
     width stage; weight magnitude when there was none)."""
+
     def block(g: Group) -> tuple[str, int]:
         tower, rest = g.name.split(".layers.", 1)
         return tower, int(rest.split(".")[0])
@@ -600,7 +724,11 @@ def _final_width(groups: list[Group], scores: dict[str, torch.Tensor] | None, pr
     try:
         return select(alive, {g.name: s[g.name] for g in alive}, dataclasses.replace(budget, target=min(share, 0.999)))
     except ValueError:
-        return select(alive, {g.name: s[g.name] for g in alive}, dataclasses.replace(budget, target=min(share, 0.999), max_ratio=1.0))
+        return select(
+            alive,
+            {g.name: s[g.name] for g in alive},
+            dataclasses.replace(budget, target=min(share, 0.999), max_ratio=1.0),
+        )
 
 
 # ---- the MoPE table on disk ---------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
 """`random`: uniformly random unit scores; the control every informed method must beat at equal cost."""
+
 from __future__ import annotations
 
 import torch
@@ -13,9 +14,19 @@ from .common import DEFAULT_UNITS, plan_from_scores, prunable_groups
 class RandomMethod:
     name = "random"
 
-    def search(self, model: nn.Module, target: float, metric: str = "params", align: int = 8, units=DEFAULT_UNITS,
-               allocation: str = ALLOCATION, max_ratio: float = MAX_RATIO, seed: int = 0, normalize: str = "kind",
-               ranking: str = "score"):
+    def search(
+        self,
+        model: nn.Module,
+        target: float,
+        metric: str = "params",
+        align: int = 8,
+        units=DEFAULT_UNITS,
+        allocation: str = ALLOCATION,
+        max_ratio: float = MAX_RATIO,
+        seed: int = 0,
+        normalize: str = "kind",
+        ranking: str = "score",
+    ):
         groups = prunable_groups(model, units)
         gen = torch.Generator().manual_seed(seed)
         scores = {g.name: torch.rand(g.size, generator=gen) for g in groups}

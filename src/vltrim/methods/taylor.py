@@ -3,9 +3,10 @@ accumulated over calibration batches of the task loss, then one ranking by exact
 
 The absolute value is taken per batch: when the loss is a distillation from the unpruned model itself,
 the mean gradient at the start is ~0 and only per-batch terms (dropout on, as in training) carry signal."""
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -15,13 +16,27 @@ from ..structure.groups import Group
 from ..structure.select import ALLOCATION, MAX_RATIO, Budget, check_ranking
 from ..train.loop import batches
 from . import register
-from .common import (DEFAULT_UNITS, TAYLOR_NORMALIZE, TAYLOR_RANKING, plan_from_scores, prunable_groups, seeded, unit_sums,
-                     weight_taylor)
+from .common import (
+    DEFAULT_UNITS,
+    TAYLOR_NORMALIZE,
+    TAYLOR_RANKING,
+    plan_from_scores,
+    prunable_groups,
+    seeded,
+    unit_sums,
+    weight_taylor,
+)
 
 
-
-def taylor_scores(model: nn.Module, groups: list[Group], data: Dataset, loss_fn: Callable, num_batches: int = 8,
-                  batch_size: int = 16, seed: int = 0) -> dict[str, torch.Tensor]:
+def taylor_scores(
+    model: nn.Module,
+    groups: list[Group],
+    data: Dataset,
+    loss_fn: Callable,
+    num_batches: int = 8,
+    batch_size: int = 16,
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
     """Sum over ``num_batches`` batches of |w * dL_batch/dw| per unit. The model's weights, gradients and
     train/eval mode are left as they were."""
     if num_batches < 1:
@@ -52,21 +67,46 @@ class TaylorMethod:
     name = "taylor"
     needs_data = True  # compress passes its training data and loss
 
-    def check_settings(self, num_batches: int = 8, batch_size: int = 16, normalize: str = TAYLOR_NORMALIZE,
-                       ranking: str = TAYLOR_RANKING, **_: object) -> None:
+    def check_settings(
+        self,
+        num_batches: int = 8,
+        batch_size: int = 16,
+        normalize: str = TAYLOR_NORMALIZE,
+        ranking: str = TAYLOR_RANKING,
+        **_: object,
+    ) -> None:
         """Settings checked before any work (compress calls this before it starts)."""
         check_ranking(normalize, ranking)
 
-    def search(self, model: nn.Module, target: float, data: Dataset | None = None, loss_fn: Callable | None = None,
-               metric: str = "params", align: int = 8, units=DEFAULT_UNITS, allocation: str = ALLOCATION,
-               max_ratio: float = MAX_RATIO, num_batches: int = 8, batch_size: int = 16, seed: int = 0,
-               normalize: str = TAYLOR_NORMALIZE, ranking: str = TAYLOR_RANKING):
+    def search(
+        self,
+        model: nn.Module,
+        target: float,
+        data: Dataset | None = None,
+        loss_fn: Callable | None = None,
+        metric: str = "params",
+        align: int = 8,
+        units=DEFAULT_UNITS,
+        allocation: str = ALLOCATION,
+        max_ratio: float = MAX_RATIO,
+        num_batches: int = 8,
+        batch_size: int = 16,
+        seed: int = 0,
+        normalize: str = TAYLOR_NORMALIZE,
+        ranking: str = TAYLOR_RANKING,
+    ):
         if data is None or loss_fn is None:
-            raise ValueError("taylor needs calibration data and a loss: data=..., loss_fn=(model, batch) -> loss "
-                             "(vltrim.compress passes its train_data and task loss)")
+            raise ValueError(
+                "taylor needs calibration data and a loss: data=..., loss_fn=(model, batch) -> loss "
+                "(vltrim.compress passes its train_data and task loss)"
+            )
         groups = prunable_groups(model, units)
         scores = taylor_scores(model, groups, data, loss_fn, num_batches, batch_size, seed)
-        settings = {"units": sorted({g.kind.value for g in groups}), "num_batches": num_batches,
-                    "batch_size": batch_size, "seed": seed}
+        settings = {
+            "units": sorted({g.kind.value for g in groups}),
+            "num_batches": num_batches,
+            "batch_size": batch_size,
+            "seed": seed,
+        }
         budget = Budget(target, metric, align, allocation, max_ratio, normalize, ranking)
         return plan_from_scores(model, groups, scores, budget, self.name, settings)

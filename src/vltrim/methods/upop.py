@@ -8,13 +8,15 @@ the units that make up the pruned share pi(t) = p * sin(pi * t / 2T), and their 
 1 - pi(t)/p (kept units: 1). At the last step the pruned masks are exactly 0, so the extracted subnet
 computes what the searched model does. Defaults follow benchmarks/real_text.py (see README).
 """
+
 from __future__ import annotations
 
 import copy
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,16 +24,22 @@ from torch.utils.data import Dataset
 
 from .. import masks
 from ..adapters import get_adapter
+from ..checks import choice, flag, integer, number
 from ..structure.groups import Group
 from ..structure.plan import Plan
 from ..structure.select import ALLOCATION, MAX_RATIO, Budget, achieved, check_ranking, ranked, select
-from ..checks import choice, flag, integer, number
 from ..train import train
 from ..train.loop import SCHEDULES
 from . import register
-from .common import (DEFAULT_UNITS, TAYLOR_NORMALIZE, TAYLOR_RANKING, plan_from_keep, prunable_groups, unit_sums,
-                     weight_taylor)
-
+from .common import (
+    DEFAULT_UNITS,
+    TAYLOR_NORMALIZE,
+    TAYLOR_RANKING,
+    plan_from_keep,
+    prunable_groups,
+    unit_sums,
+    weight_taylor,
+)
 
 SALIENCIES = ("abs", "signed", "taylor")
 
@@ -91,8 +99,17 @@ def _set_changes(groups: list[Group], old: dict[str, list[int]], new: dict[str, 
 class _Search:
     """Mask values, saliency and the schedule of one search (the after-backward step of the loop)."""
 
-    def __init__(self, groups: list[Group], budget: Budget, steps: int, interval: int, monotone: bool = False,
-                 saliency_decay: float = 1.0, saliency: str = "abs", model: nn.Module | None = None):
+    def __init__(
+        self,
+        groups: list[Group],
+        budget: Budget,
+        steps: int,
+        interval: int,
+        monotone: bool = False,
+        saliency_decay: float = 1.0,
+        saliency: str = "abs",
+        model: nn.Module | None = None,
+    ):
         if saliency not in SALIENCIES:
             raise ValueError(f"saliency must be one of {', '.join(SALIENCIES)}, got {saliency!r}")
         if saliency == "taylor" and model is None:
@@ -121,8 +138,13 @@ class _Search:
         return {"pruned_share": self.share}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"values": {n: v.detach().clone() for n, v in self.values.items()}, "scores": self.scores,
-                "keep": self.keep, "share": self.share, "log": self.log}
+        return {
+            "values": {n: v.detach().clone() for n, v in self.values.items()},
+            "scores": self.scores,
+            "keep": self.keep,
+            "share": self.share,
+            "log": self.log,
+        }
 
     def load_state_dict(self, s: dict[str, Any]) -> None:
         with torch.no_grad():
@@ -152,8 +174,16 @@ class _Search:
         with torch.no_grad():
             for g in self.groups:
                 self.values[g.name].fill_(1.0)[_pruned(g, self.keep)] = fade
-        self.log.append({"step": t, "share": self.share, "fade": fade, "groups_pruned": len(self.keep),
-                         "newly_pruned": newly, "restored": restored})
+        self.log.append(
+            {
+                "step": t,
+                "share": self.share,
+                "fade": fade,
+                "groups_pruned": len(self.keep),
+                "newly_pruned": newly,
+                "restored": restored,
+            }
+        )
 
 
 @register
@@ -164,9 +194,17 @@ class UPopMethod:
     def search(self, model: nn.Module, target: float, **settings: Any) -> Plan:
         return self.run(model, target, **settings).plan
 
-    def check_settings(self, steps: int = 1, interval: int = 1, saliency_decay: float = 1.0, saliency: str = "taylor",
-                       schedule: str = "constant", monotone: bool = False, normalize: str = TAYLOR_NORMALIZE,
-                       ranking: str = TAYLOR_RANKING) -> None:
+    def check_settings(
+        self,
+        steps: int = 1,
+        interval: int = 1,
+        saliency_decay: float = 1.0,
+        saliency: str = "taylor",
+        schedule: str = "constant",
+        monotone: bool = False,
+        normalize: str = TAYLOR_NORMALIZE,
+        ranking: str = TAYLOR_RANKING,
+    ) -> None:
         """The search's own settings, checked before any work (compress calls this before it starts)."""
         check_ranking(normalize, ranking)
         integer("steps", steps, 1)
@@ -218,13 +256,34 @@ class UPopMethod:
         state = _Search(groups, budget, steps, interval, monotone, saliency_decay, saliency, model=work)
         handles = masks.attach(get_adapter(work), work, state.values)
         try:
-            train(work, train_data, loss_fn or default_loss(work), steps, lr=lr, batch_size=batch_size, seed=seed,
-                  desc=f"upop search to {target:.0%}", progress=progress, after_backward=state, schedule=schedule, **loop)
+            train(
+                work,
+                train_data,
+                loss_fn or default_loss(work),
+                steps,
+                lr=lr,
+                batch_size=batch_size,
+                seed=seed,
+                desc=f"upop search to {target:.0%}",
+                progress=progress,
+                after_backward=state,
+                schedule=schedule,
+                **loop,
+            )
         finally:
             handles.remove()
-        settings = {"units": sorted({g.kind.value for g in groups}), "steps": steps, "interval": interval, "lr": lr,
-                    "batch_size": batch_size, "seed": seed, "monotone": monotone, "schedule": schedule,
-                    "saliency_decay": saliency_decay, "saliency": saliency}
+        settings = {
+            "units": sorted({g.kind.value for g in groups}),
+            "steps": steps,
+            "interval": interval,
+            "lr": lr,
+            "batch_size": batch_size,
+            "seed": seed,
+            "monotone": monotone,
+            "schedule": schedule,
+            "saliency_decay": saliency_decay,
+            "saliency": saliency,
+        }
         plan = plan_from_keep(work, groups, state.keep, budget, self.name, settings)
         final = {n: v.detach().clone() for n, v in state.values.items()}
         return SearchResult(plan, work.eval(), final, state.scores, state.log)

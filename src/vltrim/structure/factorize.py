@@ -3,9 +3,10 @@
 The split is balanced: with W diag(s) = U S V^T (s: optional positive per-input-feature scales, 1 for plain SVD),
 ``first.weight = sqrt(S_r) V_r^T diag(1/s)`` and ``second.weight = U_r sqrt(S_r)``, so second(first(x)) applies
 the rank-r truncation of W and both factors have the same scale (better conditioned for fine-tuning)."""
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -16,8 +17,15 @@ class FactorizedLinear(nn.Module):
 
     ``in_features``, ``out_features`` and ``bias`` read like an nn.Linear's, so code reading shapes still works."""
 
-    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True,
-                 device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        rank: int,
+        bias: bool = True,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
         super().__init__()
         self.in_features, self.out_features, self.rank = in_features, out_features, rank
         self.first = nn.Linear(in_features, rank, bias=False, device=device, dtype=dtype)
@@ -43,8 +51,9 @@ def saves_params(out_features: int, in_features: int, rank: int) -> bool:
     return rank * (in_features + out_features) < in_features * out_features
 
 
-def truncated_factors(weight: torch.Tensor, rank: int, scales: Sequence[float] | torch.Tensor | None = None
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+def truncated_factors(
+    weight: torch.Tensor, rank: int, scales: Sequence[float] | torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(first, second) weights of the rank-``rank`` SVD of ``weight`` (of ``weight diag(scales)``, then unscaled),
     computed in float64 and returned in ``weight``'s dtype."""
     w = weight.detach().double()
@@ -58,7 +67,9 @@ def truncated_factors(weight: torch.Tensor, rank: int, scales: Sequence[float] |
     return first.to(weight.dtype), second.to(weight.dtype)
 
 
-def factorize_linear(lin: nn.Linear, rank: int, scales: Sequence[float] | None = None, compute: bool = True) -> FactorizedLinear:
+def factorize_linear(
+    lin: nn.Linear, rank: int, scales: Sequence[float] | None = None, compute: bool = True
+) -> FactorizedLinear:
     """A FactorizedLinear holding the rank-``rank`` truncation of ``lin`` (same device, dtype and bias); with
     ``compute=False`` only the shapes are built (weights uninitialised: ``load`` fills them)."""
     w = lin.weight

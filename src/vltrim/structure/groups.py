@@ -1,4 +1,5 @@
 """Prunable groups: the units a method may remove, their modality and their exact cost."""
+
 from __future__ import annotations
 
 import math

@@ -1,13 +1,15 @@
 """Plan: the data a method produces and an adapter applies (kept indices for each group, ranks for each Linear,
 sparsity patterns for each Linear)."""
+
 from __future__ import annotations
 
 import json
 import math
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from .factorize import saves_params
 from .groups import Group, UnitKind
@@ -58,7 +60,7 @@ class Plan:
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
-    def from_keep(cls, model_class: str, groups: Iterable[Group], keep: dict[str, Iterable[int]], **meta) -> "Plan":
+    def from_keep(cls, model_class: str, groups: Iterable[Group], keep: dict[str, Iterable[int]], **meta) -> Plan:
         """Build a plan from kept indices; sizes and kinds are read from ``groups``."""
         by_name = {g.name: g for g in groups}
         unknown = sorted(set(keep) - set(by_name))
@@ -88,8 +90,11 @@ class Plan:
                 raise PlanError(
                     f"plan group {name!r} is {self.kinds.get(name)} x{self.sizes.get(name)}, "
                     f"the model has {g.kind.value} x{g.size} ("
-                    + ("this model already has the plan applied: apply a plan to the model it was made for)" if pruned
-                       else "plan made for another configuration?)")
+                    + (
+                        "this model already has the plan applied: apply a plan to the model it was made for)"
+                        if pruned
+                        else "plan made for another configuration?)"
+                    )
                 )
             if not idx:
                 raise PlanError(f"plan group {name!r} keeps no unit; an empty group cannot be applied")
@@ -114,21 +119,31 @@ class Plan:
         left dense: a plan says exactly what it does), and with valid scales if it has any."""
         for name, r in self.factorize.items():
             if name in factorised:
-                raise PlanError(f"plan factorises {name!r}, which is already factorised (this model already has the plan "
-                                "applied? apply a plan to the model it was made for)")
+                raise PlanError(
+                    f"plan factorises {name!r}, which is already factorised (this model already has the plan "
+                    "applied? apply a plan to the model it was made for)"
+                )
             if name not in shapes:
-                raise PlanError(f"plan factorises {name!r}, which this {self.model_class} does not have "
-                                f"(Linears are named like {next(iter(shapes), 'vision.layers.0.mlp.fc1')!r})")
+                raise PlanError(
+                    f"plan factorises {name!r}, which this {self.model_class} does not have "
+                    f"(Linears are named like {next(iter(shapes), 'vision.layers.0.mlp.fc1')!r})"
+                )
             out, inp = shapes[name]
             if list(self.factor_shapes.get(name, [out, inp])) != [out, inp]:
-                raise PlanError(f"plan factorises {name!r} as {self.factor_shapes[name][0]}x{self.factor_shapes[name][1]}, "
-                                f"the model has {out}x{inp} (plan made for another configuration?)")
+                raise PlanError(
+                    f"plan factorises {name!r} as {self.factor_shapes[name][0]}x{self.factor_shapes[name][1]}, "
+                    f"the model has {out}x{inp} (plan made for another configuration?)"
+                )
             if not _is_int(r) or not 1 <= r < min(out, inp):
-                raise PlanError(f"plan factorises {name!r} ({out}x{inp}) at rank {r!r}; a rank must be an integer "
-                                f"in [1, {min(out, inp) - 1}]")
+                raise PlanError(
+                    f"plan factorises {name!r} ({out}x{inp}) at rank {r!r}; a rank must be an integer "
+                    f"in [1, {min(out, inp) - 1}]"
+                )
             if not saves_params(out, inp, r):
-                raise PlanError(f"plan factorises {name!r} ({out}x{inp}) at rank {r}: {r}*({inp}+{out}) >= {inp}*{out}, "
-                                f"so it saves no parameters; leave it dense (ranks below {-(-inp * out // (inp + out))} save)")
+                raise PlanError(
+                    f"plan factorises {name!r} ({out}x{inp}) at rank {r}: {r}*({inp}+{out}) >= {inp}*{out}, "
+                    f"so it saves no parameters; leave it dense (ranks below {-(-inp * out // (inp + out))} save)"
+                )
             _check_scales(self.factor_scales.get(name), inp, f"plan factor_scales[{name!r}] (of {out}x{inp})")
         extra = sorted(set(self.factor_scales) - set(self.factorize))
         if extra:
@@ -139,15 +154,21 @@ class Plan:
         -> (out, in)) with a valid entry; 2:4 needs in_features divisible by 4 and records sparsity 0.5."""
         for name, e in self.sparsify.items():
             if name in factorised:
-                raise PlanError(f"plan sparsifies {name!r}, which is factorised; sparsify before factorising, or not at all")
+                raise PlanError(
+                    f"plan sparsifies {name!r}, which is factorised; sparsify before factorising, or not at all"
+                )
             if name not in shapes:
-                raise PlanError(f"plan sparsifies {name!r}, which this {self.model_class} does not have "
-                                f"(Linears are named like {next(iter(shapes), 'vision.layers.0.mlp.fc1')!r})")
+                raise PlanError(
+                    f"plan sparsifies {name!r}, which this {self.model_class} does not have "
+                    f"(Linears are named like {next(iter(shapes), 'vision.layers.0.mlp.fc1')!r})"
+                )
             _check_sparse_entry(e, f"plan sparsify[{name!r}]")
             out, inp = shapes[name]
             if e["pattern"] == "2:4" and inp % SEMI:
-                raise PlanError(f"plan sparsifies {name!r} ({out}x{inp}) with the 2:4 pattern, which needs in_features "
-                                f"divisible by {SEMI}; use pattern 'unstructured' for it")
+                raise PlanError(
+                    f"plan sparsifies {name!r} ({out}x{inp}) with the 2:4 pattern, which needs in_features "
+                    f"divisible by {SEMI}; use pattern 'unstructured' for it"
+                )
 
     # ---- (de)serialisation --------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -182,20 +203,27 @@ class Plan:
         return text
 
     @classmethod
-    def from_dict(cls, d: Any, source: str | Path | None = None) -> "Plan":
+    def from_dict(cls, d: Any, source: str | Path | None = None) -> Plan:
         """A plan from its JSON form, every field checked; errors name ``source`` (the file) and the field."""
         where = f"{source}: " if source else ""
         if isinstance(d, dict) and d.get("format") == PLANS_FORMAT:
-            raise PlanError(f"{where}holds a chain of plans (\"format\": \"{PLANS_FORMAT}\"), not one plan; "
-                            "read it with vltrim.structure.plan.read_plans")
+            raise PlanError(
+                f'{where}holds a chain of plans ("format": "{PLANS_FORMAT}"), not one plan; '
+                "read it with vltrim.structure.plan.read_plans"
+            )
         if not isinstance(d, dict) or d.get("format") != PLAN_FORMAT:
-            raise PlanError(f"{where}not a vltrim plan (missing \"format\": \"{PLAN_FORMAT}\")")
+            raise PlanError(f'{where}not a vltrim plan (missing "format": "{PLAN_FORMAT}")')
         if not _is_int(d.get("version")) or d["version"] != PLAN_VERSION:
-            raise PlanError(f"{where}plan format version {d.get('version')!r} is not supported (expected {PLAN_VERSION})")
+            raise PlanError(
+                f"{where}plan format version {d.get('version')!r} is not supported (expected {PLAN_VERSION})"
+            )
         groups = _field(d, "groups", dict, where)
         parsed = {n: _parse_group(n, g, where) for n, g in groups.items()}
         factors = {n: _parse_factor(n, f, where) for n, f in _field(d, "factorize", dict, where, {}).items()}
-        sparse = {n: _check_sparse_entry(e, f"{where}sparsify[{n!r}]") for n, e in _field(d, "sparsify", dict, where, {}).items()}
+        sparse = {
+            n: _check_sparse_entry(e, f"{where}sparsify[{n!r}]")
+            for n, e in _field(d, "sparsify", dict, where, {}).items()
+        }
         return cls(
             model_class=_field(d, "model_class", str, where),
             keep={n: k for n, (k, _, _) in parsed.items()},
@@ -217,7 +245,7 @@ class Plan:
         Path(path).write_text(text, encoding="utf-8")
 
     @classmethod
-    def load(cls, path: str | Path) -> "Plan":
+    def load(cls, path: str | Path) -> Plan:
         """Read one plan file; any problem with its content is a PlanError naming the file and field."""
         return cls.from_dict(read_json(path), source=path)
 
@@ -229,7 +257,9 @@ class Plan:
         if self.sparsify:
             parts[0] += f", {len(self.sparsify)} Linears sparsified"
         if _is_number(a.get("sparsity")):
-            parts.append(f"{a['sparsity']:.1%} of block-Linear weights are zero (stored dense: params and MACs unchanged)")
+            parts.append(
+                f"{a['sparsity']:.1%} of block-Linear weights are zero (stored dense: params and MACs unchanged)"
+            )
         if _is_number(a.get("params_removed")) and _is_number(a.get("macs_removed")):
             parts.append(f"removed {a['params_removed']:.1%} of prunable params, {a['macs_removed']:.1%} of their MACs")
         return "; ".join(parts)
@@ -244,9 +274,9 @@ def read_plans(path: str | Path) -> list[Plan]:
     plans = d.get("plans")
     if not isinstance(plans, list):
         got = "missing" if "plans" not in d else f"{type(plans).__name__}"
-        raise PlanError(f"{path}: a chain of plans needs \"plans\": a list of plans (got {got})")
+        raise PlanError(f'{path}: a chain of plans needs "plans": a list of plans (got {got})')
     if not plans:
-        raise PlanError(f"{path}: \"plans\" is an empty list; a chain holds at least one plan")
+        raise PlanError(f'{path}: "plans" is an empty list; a chain holds at least one plan')
     return [Plan.from_dict(p, source=f"{path} (plan {i + 1} of {len(plans)})") for i, p in enumerate(plans)]
 
 
@@ -266,7 +296,9 @@ def read_json(path: str | Path, error: type[Exception] = PlanError, allow_nonfin
 
     Every problem is raised as ``error`` with a message naming the file; a missing file stays FileNotFoundError."""
     if not isinstance(path, (str, os.PathLike)) or str(path) == "":
-        raise TypeError(f"a JSON file path must be a non-empty str or pathlib.Path, got {path!r} ({type(path).__name__})")
+        raise TypeError(
+            f"a JSON file path must be a non-empty str or pathlib.Path, got {path!r} ({type(path).__name__})"
+        )
     try:
         raw = Path(path).read_bytes()
     except FileNotFoundError:
@@ -282,6 +314,7 @@ def read_json(path: str | Path, error: type[Exception] = PlanError, allow_nonfin
 
 def parse_json(text: str, source: str | Path, error: type[Exception] = PlanError, allow_nonfinite: bool = False) -> Any:
     """``json.loads`` whose every failure (syntax, NaN/Infinity, huge numbers, deep nesting) is ``error`` naming ``source``."""
+
     def bad(what: str) -> Exception:
         return error(f"{source} is not valid JSON for vltrim: {what}")
 
@@ -293,6 +326,7 @@ def parse_json(text: str, source: str | Path, error: type[Exception] = PlanError
             if not allow_nonfinite and isinstance(v, float) and not math.isfinite(v):
                 raise bad(f"the number {s[:20]} is out of range (not a finite float)")
             return v
+
         return parse
 
     def constant(c: str) -> float:
@@ -309,7 +343,9 @@ def parse_json(text: str, source: str | Path, error: type[Exception] = PlanError
         return out
 
     try:
-        return json.loads(text, parse_int=number(int), parse_float=number(float), parse_constant=constant, object_pairs_hook=unique)
+        return json.loads(
+            text, parse_int=number(int), parse_float=number(float), parse_constant=constant, object_pairs_hook=unique
+        )
     except json.JSONDecodeError as e:
         raise bad(f"{e.msg} at line {e.lineno}, column {e.colno} (truncated or edited?)") from None
     except RecursionError:
@@ -343,10 +379,10 @@ def _field(d: dict, key: str, kind: type, where: str, default: Any = _MISSING) -
     v = d.get(key, _MISSING)
     if v is _MISSING:
         if default is _MISSING:
-            raise PlanError(f"{where}plan has no \"{key}\" field")
+            raise PlanError(f'{where}plan has no "{key}" field')
         return default
     if not isinstance(v, kind):
-        raise PlanError(f"{where}plan field \"{key}\" must be a JSON {_JSON_NAMES[kind]}, got {_describe(v)}")
+        raise PlanError(f'{where}plan field "{key}" must be a JSON {_JSON_NAMES[kind]}, got {_describe(v)}')
     return v
 
 
@@ -381,7 +417,9 @@ def _parse_factor(name: str, f: Any, where: str) -> tuple[int, list[int] | None,
     rank, shape, scales = f.get("rank"), f.get("shape"), f.get("scales")
     if not _is_int(rank) or rank < 1:
         raise PlanError(f"{at}.rank must be a positive integer, got {_describe(rank)}")
-    if shape is not None and not (isinstance(shape, list) and len(shape) == 2 and all(_is_int(v) and v > 0 for v in shape)):
+    if shape is not None and not (
+        isinstance(shape, list) and len(shape) == 2 and all(_is_int(v) and v > 0 for v in shape)
+    ):
         raise PlanError(f"{at}.shape must be [out_features, in_features], got {_describe(shape)}")
     if scales is not None:
         _check_scales(scales, len(scales) if isinstance(scales, list) else 0, f"{at}.scales")
@@ -391,8 +429,10 @@ def _parse_factor(name: str, f: Any, where: str) -> tuple[int, list[int] | None,
 def _check_sparse_entry(e: Any, at: str) -> dict[str, Any]:
     """``e`` if it is {"pattern": one of PATTERNS, "sparsity": a number in (0, 1]} (0.5 for 2:4); else PlanError naming ``at``."""
     if not isinstance(e, dict) or set(e) != {"pattern", "sparsity"}:
-        raise PlanError(f"{at} must be an object with exactly pattern and sparsity, got {_describe(e)}"
-                        + (f" with keys {sorted(e)}" if isinstance(e, dict) else ""))
+        raise PlanError(
+            f"{at} must be an object with exactly pattern and sparsity, got {_describe(e)}"
+            + (f" with keys {sorted(e)}" if isinstance(e, dict) else "")
+        )
     pattern, s = e["pattern"], e["sparsity"]
     if pattern not in PATTERNS:
         raise PlanError(f"{at}.pattern must be one of {', '.join(map(repr, PATTERNS))}, got {_describe(pattern)}")
@@ -409,8 +449,10 @@ def _check_scales(scales: Any, in_features: int, at: str) -> None:
         return
     if not isinstance(scales, list) or len(scales) != in_features or not scales:
         want = f"{in_features} numbers" if in_features else "numbers"
-        raise PlanError(f"{at} must be a list of {want} (one per input feature), got {_describe(scales)}"
-                        + (f" of length {len(scales)}" if isinstance(scales, list) else ""))
+        raise PlanError(
+            f"{at} must be a list of {want} (one per input feature), got {_describe(scales)}"
+            + (f" of length {len(scales)}" if isinstance(scales, list) else "")
+        )
     if not all(_is_number(v) and math.isfinite(v) and v > 0 for v in scales):
         raise PlanError(f"{at} must hold positive finite numbers only")
 
@@ -424,7 +466,9 @@ def _check_jsonable(v: Any, name: str, parents: tuple[int, ...]) -> None:
             raise PlanError(f"{name} is {v}; a plan stores finite numbers only")
         return
     if not isinstance(v, (list, tuple, dict)):
-        raise PlanError(f"{name} is a {type(v).__name__} ({v!r:.60}), which JSON cannot hold; use a plain number, string, list or dict")
+        raise PlanError(
+            f"{name} is a {type(v).__name__} ({v!r:.60}), which JSON cannot hold; use a plain number, string, list or dict"
+        )
     if id(v) in parents or len(parents) >= MAX_DEPTH:
         raise PlanError(f"{name} contains itself or is nested deeper than {MAX_DEPTH} levels; JSON cannot hold it")
     items = v.items() if isinstance(v, dict) else enumerate(v)
@@ -449,7 +493,9 @@ def _describe(v: Any) -> str:
     """A short description of a value for messages: its JSON type and (cut) value."""
     if v is None:
         return "null"
-    kind = {bool: "boolean", int: "integer", float: "number", str: "string", list: "list", dict: "object"}.get(type(v), type(v).__name__)
+    kind = {bool: "boolean", int: "integer", float: "number", str: "string", list: "list", dict: "object"}.get(
+        type(v), type(v).__name__
+    )
     if not isinstance(v, (bool, int, float, str)):
         return kind
     try:

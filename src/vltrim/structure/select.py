@@ -1,4 +1,5 @@
 """One global ranking: turn per-unit scores into kept indices that meet a cost budget, aligned."""
+
 from __future__ import annotations
 
 import heapq
@@ -8,11 +9,17 @@ import torch
 
 from .groups import Group, UnitKind
 
-
 ALLOCATIONS = ("global", "uniform", "modality")
-ALLOCATION = "global"  # default of taylor, upop and random; l1 defaults to "uniform" (both chosen on benchmarks/real_text.py)
+ALLOCATION = (
+    "global"  # default of taylor, upop and random; l1 defaults to "uniform" (both chosen on benchmarks/real_text.py)
+)
 MAX_RATIO = 1.0  # default cap on the share of units one group may lose
-NORMALIZATIONS = ("kind", "modality", "group", "none")  # how scores are made comparable before one ranking (see normalize_scores)
+NORMALIZATIONS = (
+    "kind",
+    "modality",
+    "group",
+    "none",
+)  # how scores are made comparable before one ranking (see normalize_scores)
 RANKINGS = ("score", "per_cost")  # aligned chunks cut in order of their mean score, or of score per unit of cost
 
 
@@ -62,8 +69,10 @@ def check_ranking(normalize: str, ranking: str) -> None:
         if not isinstance(value, str) or value not in allowed:
             raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
     if ranking == "per_cost" and normalize == "kind":
-        raise ValueError("ranking='per_cost' divides scores by their cost: it needs normalize='modality', 'none' or 'group' "
-                         "(standardised scores can be negative)")
+        raise ValueError(
+            "ranking='per_cost' divides scores by their cost: it needs normalize='modality', 'none' or 'group' "
+            "(standardised scores can be negative)"
+        )
 
 
 def ranked(groups: list[Group], scores: dict[str, torch.Tensor], budget: Budget) -> dict[str, torch.Tensor]:
@@ -75,8 +84,9 @@ def ranked(groups: list[Group], scores: dict[str, torch.Tensor], budget: Budget)
     return out
 
 
-def normalize_scores(groups: list[Group], scores: dict[str, torch.Tensor], how: str = "kind",
-                     metric: str = "params") -> dict[str, torch.Tensor]:
+def normalize_scores(
+    groups: list[Group], scores: dict[str, torch.Tensor], how: str = "kind", metric: str = "params"
+) -> dict[str, torch.Tensor]:
     """'kind': standardise scores per (unit kind, modality), so heads, head_dims and neurons share one ranking and
     a tower whose weights (or gradients) are on a larger scale does not take the whole cut. 'modality': divide a
     tower's scores by its mean score per unit of ``metric`` cost (one tower: the scores as they are, up to a factor).
@@ -188,15 +198,21 @@ def achieved(groups: list[Group], keep: dict[str, list[int]]) -> dict[str, float
     """Fractions of the prunable params and MACs (of ``groups``) that a keep-map removes. A removed layer
     removes every unit of its width groups; layers count as prunable cost only in a depth-only plan."""
     width = [g for g in groups if g.kind != UnitKind.LAYERS]
-    gone_blocks = tuple(f"{g.name}.{i}." for g in groups if g.kind == UnitKind.LAYERS and g.name in keep
-                        for i in sorted(set(range(g.size)) - set(keep[g.name])))
+    gone_blocks = tuple(
+        f"{g.name}.{i}."
+        for g in groups
+        if g.kind == UnitKind.LAYERS and g.name in keep
+        for i in sorted(set(range(g.size)) - set(keep[g.name]))
+    )
     counted = width or groups
     out: dict[str, float | int] = {}
     for metric in ("params", "macs"):
         total = sum(g.size * g.cost_per_unit(metric) for g in counted)
         gone = 0
         for g in counted:
-            left = 0 if width and g.name.startswith(gone_blocks) and gone_blocks else len(keep.get(g.name, range(g.size)))
+            left = (
+                0 if width and g.name.startswith(gone_blocks) and gone_blocks else len(keep.get(g.name, range(g.size)))
+            )
             gone += (g.size - left) * g.cost_per_unit(metric)
         out[f"prunable_{metric}"] = total
         out[f"{metric}_removed"] = gone / total if total else 0.0

@@ -1,8 +1,10 @@
 """Physical slicing of Linear layers and attention blocks, in place (method-independent)."""
+
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn

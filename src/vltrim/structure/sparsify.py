@@ -6,9 +6,11 @@ function of the weights and the plan entry, so ``apply_plan`` is reproducible: `
 ``round(sparsity * numel)`` smallest |w| of the Linear (ties broken by position); ``2:4`` zeroes the 2 smallest
 |w| of every 4 consecutive weights along the input dimension. Weights already zero are the smallest, so they
 stay pruned (a chain of sparsify plans only adds zeros)."""
+
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -26,7 +28,9 @@ def pruned_count(numel: int, sparsity: float) -> int:
 def check_semi_shape(weight: torch.Tensor, name: str = "this Linear") -> None:
     """ValueError naming ``name`` unless in_features is a multiple of 4 (2:4 groups run along the input dim)."""
     if weight.shape[-1] % SEMI:
-        raise ValueError(f"2:4 sparsity needs in_features divisible by {SEMI}; {name} has in_features={weight.shape[-1]}")
+        raise ValueError(
+            f"2:4 sparsity needs in_features divisible by {SEMI}; {name} has in_features={weight.shape[-1]}"
+        )
 
 
 def prune_mask(weight: torch.Tensor, pattern: str, sparsity: float, name: str = "this Linear") -> torch.Tensor:
@@ -41,10 +45,16 @@ def prune_mask(weight: torch.Tensor, pattern: str, sparsity: float, name: str = 
         raise ValueError(f"sparsity pattern must be one of {', '.join(PATTERNS)}, got {pattern!r}")
     k = pruned_count(weight.numel(), sparsity)
     order = torch.sort(mag.flatten(), stable=True).indices[:k]
-    return torch.zeros(weight.numel(), dtype=torch.bool, device=weight.device).scatter_(0, order, True).reshape(weight.shape)
+    return (
+        torch.zeros(weight.numel(), dtype=torch.bool, device=weight.device)
+        .scatter_(0, order, True)
+        .reshape(weight.shape)
+    )
 
 
-def sparsify_linear_(lin: nn.Linear, pattern: str, sparsity: float, zero: bool = True, name: str = "this Linear") -> None:
+def sparsify_linear_(
+    lin: nn.Linear, pattern: str, sparsity: float, zero: bool = True, name: str = "this Linear"
+) -> None:
     """Zero the weights ``pattern`` prunes in ``lin`` (in place) and tag ``lin`` with the pattern it must hold;
     ``zero=False`` only tags it (``load``: the zeros come from the file and are verified after loading)."""
     if zero:
@@ -66,7 +76,11 @@ def pattern_problem(weight: torch.Tensor, pattern: str, sparsity: float) -> str 
             return f"{bad} of {per_group.numel()} groups of 4 weights along the input dimension have fewer than 2 zeros (2:4)"
         return None
     need, have = pruned_count(weight.numel(), sparsity), int(zero.sum())
-    return None if have >= need else f"{have} of {weight.numel()} weights are zero, the plan records {need} ({sparsity:.4g})"
+    return (
+        None
+        if have >= need
+        else f"{have} of {weight.numel()} weights are zero, the plan records {need} ({sparsity:.4g})"
+    )
 
 
 def sparsified(model: nn.Module) -> list[nn.Linear]:
@@ -104,7 +118,7 @@ class FrozenZeros:
             for w, keep in self.masks:
                 w.mul_(keep)
 
-    def __enter__(self) -> "FrozenZeros":
+    def __enter__(self) -> FrozenZeros:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -136,15 +150,19 @@ def to_semi_structured(model: nn.Module) -> nn.Module:
     if not lins:
         raise ValueError(f"to_semi_structured: {type(model).__name__} has no Linear sparsified with the 2:4 pattern")
     if not torch.cuda.is_available():
-        raise RuntimeError("to_semi_structured needs a CUDA GPU (semi-structured sparse kernels); this torch sees none, "
-                           "so 2:4 weights stay dense here (same results, no speedup)")
+        raise RuntimeError(
+            "to_semi_structured needs a CUDA GPU (semi-structured sparse kernels); this torch sees none, "
+            "so 2:4 weights stay dense here (same results, no speedup)"
+        )
     for lin in lins:
         w = lin.weight
         if w.device.type != "cuda":
             raise RuntimeError(f"to_semi_structured: weights are on {w.device}; move the model to CUDA first")
         if w.dtype not in (torch.float16, torch.bfloat16):
-            raise RuntimeError(f"to_semi_structured: weights are {w.dtype}; the 2:4 kernels take float16 or bfloat16 "
-                               "(model.half() or model.to(torch.bfloat16) first)")
+            raise RuntimeError(
+                f"to_semi_structured: weights are {w.dtype}; the 2:4 kernels take float16 or bfloat16 "
+                "(model.half() or model.to(torch.bfloat16) first)"
+            )
     from torch.sparse import to_sparse_semi_structured
 
     for lin in lins:

@@ -1,9 +1,11 @@
 """Tasks: a loss to train with, a distillation loss against the teacher, and a metric to judge by."""
+
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -31,8 +33,10 @@ class Task:
     def check(self, model: nn.Module) -> None:
         """Refuse a model this task cannot train or evaluate, before any work (names task and model)."""
         if not self.fits(model):
-            raise ValueError(f"task {self.name!r} needs {self.needs}; {type(model).__name__} is not one. "
-                             f"Pick the task that fits the model ({', '.join(sorted(TASKS))})")
+            raise ValueError(
+                f"task {self.name!r} needs {self.needs}; {type(model).__name__} is not one. "
+                f"Pick the task that fits the model ({', '.join(sorted(TASKS))})"
+            )
 
     def try_data(self, model: nn.Module, data: Any, option: str, evaluate: bool = False) -> None:
         """Run the task's loss (``evaluate``: its evaluation) on the first and last items of ``data``, so data
@@ -49,8 +53,10 @@ class Task:
                     dev = next(model.parameters()).device
                     self.loss(model, {k: v.to(dev) for k, v in batch.items()})
         except Exception as e:  # torch and transformers raise many kinds: the user needs the option and the cause
-            raise ValueError(f"{option}: {type(model).__name__} cannot run the {self.name} task on items {sample.indices} "
-                             f"({type(e).__name__}: {_first_line(e)})") from None
+            raise ValueError(
+                f"{option}: {type(model).__name__} cannot run the {self.name} task on items {sample.indices} "
+                f"({type(e).__name__}: {_first_line(e)})"
+            ) from None
 
 
 def _first_line(e: Exception) -> str:
@@ -67,17 +73,40 @@ def _image_classifier(model: nn.Module) -> bool:
 
 def _text_encoder(model: nn.Module) -> bool:
     params = inspect.signature(model.forward).parameters
-    return "input_ids" in params and "pixel_values" not in params and not _dual(model) and not hasattr(model, "classifier")
+    return (
+        "input_ids" in params and "pixel_values" not in params and not _dual(model) and not hasattr(model, "classifier")
+    )
 
 
 TASKS: dict[str, Task] = {
-    "retrieval": Task("retrieval", contrastive_loss, similarity_kd_loss, evaluate_retrieval, "mean_R@1",
-                      "an image-text model with get_image_features and get_text_features (CLIP, SigLIP, a dual encoder)", _dual,
-                      embed_kd=True),
-    "classification": Task("classification", classification_loss, classification_kd, evaluate_classification, "top1",
-                           "an image classifier (a *ForImageClassification model with a head)", _image_classifier),
-    "sentence-embedding": Task("sentence-embedding", embedding_loss, None, evaluate_embeddings, "cosine_to_teacher",
-                               "a text encoder returning last_hidden_state (BERT, MiniLM, a CLIP text tower)", _text_encoder),
+    "retrieval": Task(
+        "retrieval",
+        contrastive_loss,
+        similarity_kd_loss,
+        evaluate_retrieval,
+        "mean_R@1",
+        "an image-text model with get_image_features and get_text_features (CLIP, SigLIP, a dual encoder)",
+        _dual,
+        embed_kd=True,
+    ),
+    "classification": Task(
+        "classification",
+        classification_loss,
+        classification_kd,
+        evaluate_classification,
+        "top1",
+        "an image classifier (a *ForImageClassification model with a head)",
+        _image_classifier,
+    ),
+    "sentence-embedding": Task(
+        "sentence-embedding",
+        embedding_loss,
+        None,
+        evaluate_embeddings,
+        "cosine_to_teacher",
+        "a text encoder returning last_hidden_state (BERT, MiniLM, a CLIP text tower)",
+        _text_encoder,
+    ),
 }
 
 
@@ -92,5 +121,20 @@ def get_task(name: str) -> Task:
     return TASKS[name]
 
 
-__all__ = ["TASKS", "SentenceDistillData", "Task", "classification_kd", "classification_loss", "contrastive_loss", "default_task",
-           "embedding_loss", "evaluate_classification", "evaluate_embeddings", "evaluate_retrieval", "get_task", "recall_at_k", "similarity_kd_loss", "zero_shot_accuracy"]
+__all__ = [
+    "TASKS",
+    "SentenceDistillData",
+    "Task",
+    "classification_kd",
+    "classification_loss",
+    "contrastive_loss",
+    "default_task",
+    "embedding_loss",
+    "evaluate_classification",
+    "evaluate_embeddings",
+    "evaluate_retrieval",
+    "get_task",
+    "recall_at_k",
+    "similarity_kd_loss",
+    "zero_shot_accuracy",
+]

@@ -1,4 +1,5 @@
 """Image classification (ViT / DeiT classifiers): cross-entropy, logit distillation, top-1 accuracy."""
+
 from __future__ import annotations
 
 import torch
@@ -22,12 +23,16 @@ def _labels(batch: dict[str, torch.Tensor], classes: int) -> torch.Tensor:
         raise ValueError(f"classification needs a class 'label' in every item; the items have {sorted(batch)}")
     y = batch["label"]
     if y.dim() != 1 or y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
-        raise ValueError(f"classification 'label' must be one integer class index per item, got {str(y.dtype).replace('torch.', '')} "
-                         f"labels of shape {tuple(y.shape[1:])} per item (not one-hot, not floats)")
+        raise ValueError(
+            f"classification 'label' must be one integer class index per item, got {str(y.dtype).replace('torch.', '')} "
+            f"labels of shape {tuple(y.shape[1:])} per item (not one-hot, not floats)"
+        )
     bad = y[(y < 0) | (y >= classes)]
     if len(bad):
-        raise ValueError(f"classification 'label' {int(bad[0])} is outside the model's {classes} classes (0..{classes - 1}); "
-                         "the model's num_labels must cover every class of the data")
+        raise ValueError(
+            f"classification 'label' {int(bad[0])} is outside the model's {classes} classes (0..{classes - 1}); "
+            "the model's num_labels must cover every class of the data"
+        )
     return y
 
 

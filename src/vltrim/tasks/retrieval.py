@@ -1,7 +1,9 @@
 """Image-text retrieval for CLIP-style models: contrastive loss, R@1/5/10 both ways, zero-shot accuracy."""
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -39,8 +41,10 @@ def contrastive_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.
     logits = similarity_logits(model, batch)
     labels = batch.get("label")
     if labels is not None and labels.dim() != 1:
-        raise ValueError(f"retrieval 'label' must be one value per item (pairs with equal labels match), got shape "
-                         f"{tuple(labels.shape[1:])} per item")
+        raise ValueError(
+            f"retrieval 'label' must be one value per item (pairs with equal labels match), got shape "
+            f"{tuple(labels.shape[1:])} per item"
+        )
     if labels is None:
         target = torch.eye(len(logits), device=logits.device)
     else:
@@ -53,8 +57,13 @@ def _pair_outputs(model: nn.Module, batch: dict[str, torch.Tensor]) -> Any:
     return model(**{k: batch[k] for k in (*IMAGE_KEYS, *TEXT_KEYS) if k in batch})
 
 
-def similarity_kd_loss(student: nn.Module, teacher: nn.Module, batch: dict[str, torch.Tensor], temperature: float = 1.0,
-                       embed_weight: float = 0.0) -> torch.Tensor:
+def similarity_kd_loss(
+    student: nn.Module,
+    teacher: nn.Module,
+    batch: dict[str, torch.Tensor],
+    temperature: float = 1.0,
+    embed_weight: float = 0.0,
+) -> torch.Tensor:
     """KL between teacher and student image-text similarity distributions (both directions), the cross-modal
     distillation; + ``embed_weight`` x the uni-modal one: squared distance of each tower's final (normalised)
     embedding to the teacher's, averaged over items and the two towers. One forward of each model."""
@@ -63,12 +72,16 @@ def similarity_kd_loss(student: nn.Module, teacher: nn.Module, batch: dict[str, 
     s = _pair_outputs(student, batch)
     loss = similarity_kl(s.logits_per_image, t.logits_per_image, temperature)
     if embed_weight:
-        loss = loss + embed_weight * 0.5 * sum((a.float() - b.float()).pow(2).sum(-1).mean()
-                                               for a, b in ((s.image_embeds, t.image_embeds), (s.text_embeds, t.text_embeds)))
+        loss = loss + embed_weight * 0.5 * sum(
+            (a.float() - b.float()).pow(2).sum(-1).mean()
+            for a, b in ((s.image_embeds, t.image_embeds), (s.text_embeds, t.text_embeds))
+        )
     return loss
 
 
-def recall_at_k(sim: torch.Tensor, q_labels: torch.Tensor, g_labels: torch.Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict[int, float]:
+def recall_at_k(
+    sim: torch.Tensor, q_labels: torch.Tensor, g_labels: torch.Tensor, ks: Sequence[int] = (1, 5, 10)
+) -> dict[int, float]:
     """Share of queries (rows) with a same-label item among their top-k gallery items (columns); a k beyond the
     gallery's size counts the whole gallery."""
     top = sim.topk(min(max(ks), sim.shape[1]), dim=1).indices
@@ -125,14 +138,18 @@ def _evaluate_retrieval(model: nn.Module, data: Dataset, batch_size: int) -> dic
 
 
 @torch.no_grad()
-def _zero_shot(model: nn.Module, img: torch.Tensor, labels: torch.Tensor, class_texts: dict[str, torch.Tensor]) -> float:
+def _zero_shot(
+    model: nn.Module, img: torch.Tensor, labels: torch.Tensor, class_texts: dict[str, torch.Tensor]
+) -> float:
     dev = next(model.parameters()).device
     classes = text_embeds(model, {k: v.to(dev) for k, v in class_texts.items()}).float().cpu()
     return ((img @ classes.t()).argmax(1) == labels).float().mean().item()
 
 
 @torch.no_grad()
-def zero_shot_accuracy(model: nn.Module, data: Dataset, class_texts: dict[str, torch.Tensor], batch_size: int = 256) -> float:
+def zero_shot_accuracy(
+    model: nn.Module, data: Dataset, class_texts: dict[str, torch.Tensor], batch_size: int = 256
+) -> float:
     """Top-1 accuracy of classifying images by their nearest class prompt (``class_texts``: tokenized prompts, one per class)."""
     dev = next(model.parameters()).device
     img, labels = [], []
@@ -140,7 +157,9 @@ def zero_shot_accuracy(model: nn.Module, data: Dataset, class_texts: dict[str, t
         model.eval()
         for batch in in_order(data, batch_size):
             if "label" not in batch:
-                raise ValueError(f"zero-shot accuracy needs a class 'label' in every item; the items have {sorted(batch)}")
+                raise ValueError(
+                    f"zero-shot accuracy needs a class 'label' in every item; the items have {sorted(batch)}"
+                )
             img.append(image_embeds(model, {"pixel_values": batch["pixel_values"].to(dev)}).float().cpu())
             labels.append(batch["label"])
         return _zero_shot(model, torch.cat(img), torch.cat(labels), class_texts)

@@ -3,9 +3,10 @@
 Embedding = mean of the last hidden states over the attention mask, L2-normalised (sentence-transformers
 style). The teacher's embeddings are computed once into the dataset, so loss and metric need no teacher.
 Texts are stored unpadded and padded per batch to its longest text (a 25-token tweet costs 25, not 128)."""
+
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -45,21 +46,36 @@ class SentenceDistillData(Dataset):
     """Tokenized sentences (unpadded), the teacher's embedding of each (``teacher_embedding``) and, when
     given, a class ``label`` per sentence (then `evaluate_embeddings` also reports a linear probe)."""
 
-    def __init__(self, texts: Sequence[str], tokenizer: Callable, teacher: nn.Module, max_length: int = 128,
-                 batch_size: int = 64, labels: Sequence[int] | None = None):
+    def __init__(
+        self,
+        texts: Sequence[str],
+        tokenizer: Callable,
+        teacher: nn.Module,
+        max_length: int = 128,
+        batch_size: int = 64,
+        labels: Sequence[int] | None = None,
+    ):
         if not texts:
             raise ValueError("SentenceDistillData needs at least one sentence")
         if labels is not None and len(labels) != len(texts):
             raise ValueError(f"SentenceDistillData got {len(labels)} labels for {len(texts)} texts")
         enc = tokenizer(list(texts), truncation=True, max_length=max_length)
         self.pad_id = getattr(tokenizer, "pad_token_id", None) or 0
-        self.items = [_unpadded({k: torch.as_tensor(enc[k][i]) for k in TEXT_KEYS if k in enc}) for i in range(len(texts))]
+        self.items = [
+            _unpadded({k: torch.as_tensor(enc[k][i]) for k in TEXT_KEYS if k in enc}) for i in range(len(texts))
+        ]
         self.labels = None if labels is None else torch.as_tensor(list(labels), dtype=torch.long)
         teacher.eval()
         dev = next(teacher.parameters()).device
         with torch.no_grad():
-            embs = [sentence_embedding(teacher, {k: v.to(dev) for k, v in self.collate(self.items[i : i + batch_size]).items()}).float().cpu()
-                    for i in range(0, len(texts), batch_size)]
+            embs = [
+                sentence_embedding(
+                    teacher, {k: v.to(dev) for k, v in self.collate(self.items[i : i + batch_size]).items()}
+                )
+                .float()
+                .cpu()
+                for i in range(0, len(texts), batch_size)
+            ]
         self.teacher_embedding = torch.cat(embs)
 
     def collate(self, items: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -80,8 +96,14 @@ def embedding_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Te
     return 1 - (sentence_embedding(model, batch) * batch["teacher_embedding"]).sum(-1).mean()
 
 
-def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
-                 weight_decay: float = 1e-3, iters: int = 200) -> float:
+def linear_probe(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+    weight_decay: float = 1e-3,
+    iters: int = 200,
+) -> float:
     """Top-1 on ``test`` of a multinomial logistic regression fitted (L-BFGS, L2) on frozen ``train`` features."""
     x, xt = train_x.double(), test_x.double()
     mean, std = x.mean(0), x.std(0).clamp(min=1e-6)

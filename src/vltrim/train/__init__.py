@@ -1,4 +1,5 @@
 """Training: the loop used for fine-tuning and retraining."""
+
 from .loop import batch_indices, batches, train
 
 __all__ = ["batch_indices", "batches", "train"]

@@ -4,10 +4,12 @@ Width pruning keeps the hidden size, so hidden states compare directly; layer-re
 matched to teacher layers by ``layer_map``; attention maps of different head counts compare as
 head averages. `layer_outputs` and `attention_maps` collect what a forward computes, per tower and block, with
 hooks (``attention_maps`` switches the attention to eager for its duration: SDPA returns no probabilities)."""
+
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -38,13 +40,17 @@ def _matched(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor], m
     return [(s, teacher[j].detach()) for s, j in zip(student, mapping)]
 
 
-def hidden_mse(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor], mapping: Sequence[int] | None = None) -> torch.Tensor:
+def hidden_mse(
+    student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor], mapping: Sequence[int] | None = None
+) -> torch.Tensor:
     """Mean MSE between matched hidden states (pass the per-layer outputs, without the embeddings)."""
     pairs = _matched(student, teacher, mapping)
     return sum(F.mse_loss(s.float(), t.float()) for s, t in pairs) / len(pairs)
 
 
-def attention_mse(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor], mapping: Sequence[int] | None = None) -> torch.Tensor:
+def attention_mse(
+    student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor], mapping: Sequence[int] | None = None
+) -> torch.Tensor:
     """Mean MSE between matched attention maps [batch, heads, q, k]; head-averaged when head counts differ."""
     pairs = _matched(student, teacher, mapping)
     total = 0.0
@@ -61,7 +67,7 @@ def kept_teacher_layers(student: nn.Module, teacher: nn.Module, tower: str, teac
     from ..api import plans_of
 
     index = list(range(teacher_layers))
-    for p in plans_of(student)[len(plans_of(teacher)):]:
+    for p in plans_of(student)[len(plans_of(teacher)) :]:
         keep = p.keep.get(f"{tower}.layers")
         if keep is not None:
             index = [index[i] for i in keep]
@@ -75,7 +81,9 @@ def layer_outputs(model: nn.Module) -> Iterator[dict[str, list[torch.Tensor]]]:
     from ..adapters import get_adapter
 
     towers = get_adapter(model).towers(model)
-    with _collect([(t.name, list(t.layers)) for t in towers], lambda out: out[0] if isinstance(out, tuple) else out) as states:
+    with _collect(
+        [(t.name, list(t.layers)) for t in towers], lambda out: out[0] if isinstance(out, tuple) else out
+    ) as states:
         yield states
 
 
@@ -96,8 +104,10 @@ def _probabilities(out: Any) -> torch.Tensor:
     """The attention probabilities an HF attention module returns next to its output (eager attention)."""
     probs = out[1] if isinstance(out, tuple) and len(out) > 1 else None
     if probs is None:
-        raise RuntimeError("attention distillation: an attention module returned no probabilities although it runs eager; "
-                           "this model's attention cannot be distilled (use kd_attention=0)")
+        raise RuntimeError(
+            "attention distillation: an attention module returned no probabilities although it runs eager; "
+            "this model's attention cannot be distilled (use kd_attention=0)"
+        )
     return probs
 
 
@@ -108,7 +118,9 @@ def eager_attention(modules: Sequence[nn.Module]) -> Iterator[None]:
     tower's mask construction reads the same config object, so masks follow (eager takes additive float masks)."""
     configs = {id(c): c for c in (getattr(m, "config", None) for m in modules) if c is not None}
     if len(configs) == 0 and modules:
-        raise ValueError(f"attention distillation: {type(modules[0]).__name__} has no config to switch to eager attention")
+        raise ValueError(
+            f"attention distillation: {type(modules[0]).__name__} has no config to switch to eager attention"
+        )
     before = {k: c._attn_implementation_internal for k, c in configs.items()}
     try:
         for c in configs.values():
@@ -120,7 +132,9 @@ def eager_attention(modules: Sequence[nn.Module]) -> Iterator[None]:
 
 
 @contextmanager
-def _collect(towers: list[tuple[str, list[nn.Module]]], pick: Callable[[Any], torch.Tensor]) -> Iterator[dict[str, list[torch.Tensor]]]:
+def _collect(
+    towers: list[tuple[str, list[nn.Module]]], pick: Callable[[Any], torch.Tensor]
+) -> Iterator[dict[str, list[torch.Tensor]]]:
     """Forward hooks storing ``pick(output)`` of each tower's modules in order: {tower: [one per module]}."""
     states: dict[str, list[torch.Tensor]] = {}
 
@@ -141,26 +155,43 @@ def _collect(towers: list[tuple[str, list[nn.Module]]], pick: Callable[[Any], to
             h.remove()
 
 
-def hidden_kd(student: nn.Module, teacher: nn.Module, student_states: dict[str, list[torch.Tensor]],
-              teacher_states: dict[str, list[torch.Tensor]]) -> torch.Tensor:
+def hidden_kd(
+    student: nn.Module,
+    teacher: nn.Module,
+    student_states: dict[str, list[torch.Tensor]],
+    teacher_states: dict[str, list[torch.Tensor]],
+) -> torch.Tensor:
     """Uni-modal distillation: MSE of every student block's output to its teacher block's, averaged over the
     towers both forwards ran (layer mapping by `kept_teacher_layers`)."""
     return _towers_kd(hidden_mse, "hidden-state", student, teacher, student_states, teacher_states)
 
 
-def attention_kd(student: nn.Module, teacher: nn.Module, student_maps: dict[str, list[torch.Tensor]],
-                 teacher_maps: dict[str, list[torch.Tensor]]) -> torch.Tensor:
+def attention_kd(
+    student: nn.Module,
+    teacher: nn.Module,
+    student_maps: dict[str, list[torch.Tensor]],
+    teacher_maps: dict[str, list[torch.Tensor]],
+) -> torch.Tensor:
     """Attention-map distillation: `attention_mse` of every student block's attention probabilities to its teacher
     block's (head-averaged where pruning changed the head count), averaged over the towers both forwards ran, with the
     layer mapping of `hidden_kd` (`kept_teacher_layers`)."""
     return _towers_kd(attention_mse, "attention-map", student, teacher, student_maps, teacher_maps)
 
 
-def _towers_kd(loss: Callable[..., torch.Tensor], what: str, student: nn.Module, teacher: nn.Module,
-               s_states: dict[str, list[torch.Tensor]], t_states: dict[str, list[torch.Tensor]]) -> torch.Tensor:
+def _towers_kd(
+    loss: Callable[..., torch.Tensor],
+    what: str,
+    student: nn.Module,
+    teacher: nn.Module,
+    s_states: dict[str, list[torch.Tensor]],
+    t_states: dict[str, list[torch.Tensor]],
+) -> torch.Tensor:
     """``loss`` of each tower's student blocks to their teacher blocks (mapped across removed layers), averaged."""
-    losses = [loss(s, t_states[t], kept_teacher_layers(student, teacher, t, len(t_states[t])))
-              for t, s in s_states.items() if t in t_states and s and None not in s]
+    losses = [
+        loss(s, t_states[t], kept_teacher_layers(student, teacher, t, len(t_states[t])))
+        for t, s in s_states.items()
+        if t in t_states and s and None not in s
+    ]
     if not losses:
         raise ValueError(f"{what} distillation found no tower that both student and teacher ran")
     return sum(losses) / len(losses)

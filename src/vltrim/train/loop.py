@@ -3,6 +3,7 @@
 Deterministic and resumable: batch i's indices depend only on (seed, i), checkpoints hold the model,
 optimizer, scheduler, RNG states and the state of the step hook (a search's masks and scores), so a
 run killed at any point and resumed reaches the same weights and the same plan."""
+
 from __future__ import annotations
 
 import json
@@ -12,9 +13,10 @@ import re
 import shutil
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -58,7 +60,9 @@ def batch_indices(n: int, batch_size: int, seed: int, i: int) -> list[int]:
     return perm[pos * batch_size : (pos + 1) * batch_size].tolist()
 
 
-def batches(data: Dataset, batch_size: int, seed: int, start: int = 0, rank: int = 0, world: int = 1) -> Iterator[dict[str, torch.Tensor]]:
+def batches(
+    data: Dataset, batch_size: int, seed: int, start: int = 0, rank: int = 0, world: int = 1
+) -> Iterator[dict[str, torch.Tensor]]:
     """Endless batches from global batch ``start`` on; each of ``world`` processes gets its own slice.
     A dataset with a ``collate`` method batches its own items (e.g. padding texts to the longest)."""
     collate = getattr(data, "collate", default_collate)
@@ -86,13 +90,19 @@ def lr_factor(step: int, steps: int, warmup: int, schedule: str = "cosine") -> f
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
 
-def lr_schedule(opt: torch.optim.Optimizer, steps: int, warmup: int, schedule: str = "cosine") -> torch.optim.lr_scheduler.LambdaLR:
+def lr_schedule(
+    opt: torch.optim.Optimizer, steps: int, warmup: int, schedule: str = "cosine"
+) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, steps, warmup, schedule))
 
 
 def _rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    return {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
 
 
 def _set_rng_state(s: dict[str, Any]) -> None:
@@ -132,7 +142,10 @@ def clean_output_dir(out: Path, resume: bool) -> None:
     keep = set(checkpoints(out)) if resume else set()
     old = [p for p in out.glob(f"{CHECKPOINT_PREFIX}*") if p not in keep]
     if not resume and any(CHECKPOINT_NAME.fullmatch(p.name) for p in old):
-        warnings.warn(f"{out} held checkpoints of an earlier run; starting afresh (resume=True continues a run instead)", stacklevel=3)
+        warnings.warn(
+            f"{out} held checkpoints of an earlier run; starting afresh (resume=True continues a run instead)",
+            stacklevel=3,
+        )
     for p in old:
         _remove(p)
     if not resume:
@@ -155,16 +168,26 @@ def _logged_step(row: str) -> int:
         return 1 << 62  # an unreadable (half-written) row is dropped
 
 
-def save_checkpoint(path: Path, model: nn.Module, opt, sched, step: int, losses: list[float], hook: StepHook | None) -> None:
+def save_checkpoint(
+    path: Path, model: nn.Module, opt, sched, step: int, losses: list[float], hook: StepHook | None
+) -> None:
     """Write model weights (safetensors) and everything else needed to continue (torch.save) into
     ``<path>.tmp``, then rename it: a kill at any moment leaves the whole checkpoint or none."""
     tmp = path.with_name(path.name + ".tmp")
     _remove(tmp)
     tmp.mkdir(parents=True)
     save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
-    torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": _rng_state(), "step": step,
-                "losses": losses, "hook": hook.state_dict() if hook is not None and hasattr(hook, "state_dict") else None},
-               tmp / "state.pt")
+    torch.save(
+        {
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "rng": _rng_state(),
+            "step": step,
+            "losses": losses,
+            "hook": hook.state_dict() if hook is not None and hasattr(hook, "state_dict") else None,
+        },
+        tmp / "state.pt",
+    )
     _remove(path)
     tmp.rename(path)
 
@@ -187,8 +210,10 @@ def load_checkpoint(path: Path, model: nn.Module, opt, sched, hook: StepHook | N
         return s["step"], s["losses"]
     except Exception as e:  # safetensors, pickle and torch raise many kinds for a damaged or foreign checkpoint
         why = (str(e).strip().splitlines() or [""])[0][:200]
-        raise CheckpointError(f"cannot resume from {path} ({type(e).__name__}: {why}): it is damaged or was made for "
-                              f"another model; delete {path.name} to resume from the one before, or rerun without resume") from None
+        raise CheckpointError(
+            f"cannot resume from {path} ({type(e).__name__}: {why}): it is damaged or was made for "
+            f"another model; delete {path.name} to resume from the one before, or rerun without resume"
+        ) from None
 
 
 def accelerator(mixed_precision: str = "no") -> Accelerator:
@@ -234,7 +259,20 @@ def train(
     checkpoint every ``checkpoint_every`` steps, and ``resume`` continues from the latest one. ``schedule``:
     'cosine' or 'constant' after the warm-up. ``after_step(done, model)`` runs after each optimizer step
     (e.g. to evaluate a learning curve); the model is back in train mode afterwards."""
-    _check_settings(model, steps, lr, batch_size, weight_decay, warmup, grad_accum, checkpoint_every, log_every, schedule, resume, output_dir)
+    _check_settings(
+        model,
+        steps,
+        lr,
+        batch_size,
+        weight_decay,
+        warmup,
+        grad_accum,
+        checkpoint_every,
+        log_every,
+        schedule,
+        resume,
+        output_dir,
+    )
     if steps == 0:
         return []
     acc = accelerator(mixed_precision)
@@ -272,19 +310,42 @@ def train(
                 acc.backward(loss)
                 total += loss.item()
             extra = after_backward(step) if after_backward is not None else None
-            _stop_if_not_finite(float(acc.clip_grad_norm_(wrapped.parameters(), 1.0)), "gradient norm", step, desc, sched)
+            _stop_if_not_finite(
+                float(acc.clip_grad_norm_(wrapped.parameters(), 1.0)), "gradient norm", step, desc, sched
+            )
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
             losses.append(total)
-            info = f"loss {sum(losses[-20:]) / len(losses[-20:]):.3f}" + "".join(f" {k} {v:.3g}" for k, v in (extra or {}).items())
+            info = f"loss {sum(losses[-20:]) / len(losses[-20:]):.3f}" + "".join(
+                f" {k} {v:.3g}" for k, v in (extra or {}).items()
+            )
             pb.update(task, advance=1, info=info)
             done = step + 1
             if log is not None and (done % log_every == 0 or done == steps):
-                log.write(json.dumps({"step": done, "loss": total, "lr": sched.get_last_lr()[0], "elapsed_s": round(time.time() - t0, 2), **(extra or {})}) + "\n")
+                log.write(
+                    json.dumps(
+                        {
+                            "step": done,
+                            "loss": total,
+                            "lr": sched.get_last_lr()[0],
+                            "elapsed_s": round(time.time() - t0, 2),
+                            **(extra or {}),
+                        }
+                    )
+                    + "\n"
+                )
                 log.flush()
             if checkpoint_every and done % checkpoint_every == 0 and done < steps and acc.is_main_process:
-                save_checkpoint(out / f"{CHECKPOINT_PREFIX}{done}", acc.unwrap_model(wrapped), opt, sched, done, losses, after_backward)
+                save_checkpoint(
+                    out / f"{CHECKPOINT_PREFIX}{done}",
+                    acc.unwrap_model(wrapped),
+                    opt,
+                    sched,
+                    done,
+                    losses,
+                    after_backward,
+                )
             if after_step is not None:
                 after_step(done, model)
                 model.train()
@@ -295,8 +356,20 @@ def train(
     return losses
 
 
-def _check_settings(model: nn.Module, steps, lr, batch_size, weight_decay, warmup, grad_accum, checkpoint_every,
-                    log_every, schedule, resume, output_dir) -> None:
+def _check_settings(
+    model: nn.Module,
+    steps,
+    lr,
+    batch_size,
+    weight_decay,
+    warmup,
+    grad_accum,
+    checkpoint_every,
+    log_every,
+    schedule,
+    resume,
+    output_dir,
+) -> None:
     """Every loop setting checked before any work (names the setting and the bad value)."""
     integer("steps", steps)
     number("lr", lr)
@@ -309,16 +382,26 @@ def _check_settings(model: nn.Module, steps, lr, batch_size, weight_decay, warmu
     lr_factor(0, 1, 1, schedule)  # the schedule's name
     if (checkpoint_every or resume) and output_dir is None:
         raise ValueError("checkpoint_every and resume need output_dir (CLI: --work-dir): checkpoints are written there")
-    low = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters() if p.requires_grad and p.dtype in (torch.float16, torch.bfloat16)})
+    low = sorted(
+        {
+            str(p.dtype).replace("torch.", "")
+            for p in model.parameters()
+            if p.requires_grad and p.dtype in (torch.float16, torch.bfloat16)
+        }
+    )
     if low:
-        raise ValueError(f"training {type(model).__name__} with {'/'.join(low)} weights diverges (AdamW updates underflow): "
-                         "train a float32 copy (model.float()) with mixed_precision='bf16' or 'fp16' instead")
+        raise ValueError(
+            f"training {type(model).__name__} with {'/'.join(low)} weights diverges (AdamW updates underflow): "
+            "train a float32 copy (model.float()) with mixed_precision='bf16' or 'fp16' instead"
+        )
 
 
 def _stop_if_not_finite(value: float, what: str, step: int, desc: str, sched) -> None:
     if not math.isfinite(value):
-        raise TrainingDivergedError(f"{desc}: the {what} is {value} at step {step + 1} (lr {sched.get_last_lr()[0]:.3g}); "
-                                    "stopped before updating the weights. Lower the learning rate or check the data and loss weights")
+        raise TrainingDivergedError(
+            f"{desc}: the {what} is {value} at step {step + 1} (lr {sched.get_last_lr()[0]:.3g}); "
+            "stopped before updating the weights. Lower the learning rate or check the data and loss weights"
+        )
 
 
 def strip_autocast(model: nn.Module) -> None:
@@ -331,4 +414,3 @@ def strip_autocast(model: nn.Module) -> None:
         model.__dict__.pop("forward", None)
     else:
         model.forward = original
-

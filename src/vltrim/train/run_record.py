@@ -3,6 +3,7 @@
 A checkpoint only means something for the options that made it: resuming a search with another target,
 step count, batch size, seed, data or model silently mixes two runs (a plan that removes 35% while
 plan.json says 50%). `check_resume` lists every difference and refuses unless the user overrides."""
+
 from __future__ import annotations
 
 import hashlib
@@ -62,7 +63,7 @@ def _recorded_settings(record: Path) -> dict[str, Any]:
         raise ResumeMismatchError(f"{record} is unreadable ({type(e).__name__}: {e})") from None
     settings = saved.get("settings") if isinstance(saved, dict) else None
     if not isinstance(settings, dict):
-        raise ResumeMismatchError(f"{record} is not a vltrim run record (no \"settings\" object)")
+        raise ResumeMismatchError(f'{record} is not a vltrim run record (no "settings" object)')
     return settings
 
 
@@ -85,8 +86,11 @@ def check_resume(work_dir: Path, settings: dict[str, Any], resume: bool, overrid
     elif resume and any(work_dir.glob("*/checkpoint-*")):
         diffs = [f"{record} is missing, so the options of the checkpoints in {work_dir} cannot be checked"]
     if diffs and not override:
-        raise ResumeMismatchError(f"cannot resume {work_dir} with other options:\n  " + "\n  ".join(diffs) +
-                                  "\nrerun with the original options, use another work_dir, or pass override=True (CLI: --override) to resume anyway")
+        raise ResumeMismatchError(
+            f"cannot resume {work_dir} with other options:\n  "
+            + "\n  ".join(diffs)
+            + "\nrerun with the original options, use another work_dir, or pass override=True (CLI: --override) to resume anyway"
+        )
     work_dir.mkdir(parents=True, exist_ok=True)
     tmp = record.with_name(RUN_FILE + ".tmp")
     tmp.write_text(json.dumps({"format": "vltrim.run", "settings": now, "overridden": diffs}, indent=1))
