@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vltrim.adapters import get_adapter
+from vltrim.arch import get_adapter
 from vltrim.methods import _METHODS, register
 from vltrim.methods.common import plan_from_keep, prunable_groups, seeded
 from vltrim.structure.plan import Plan

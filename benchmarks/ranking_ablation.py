@@ -38,9 +38,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from machine import machine, machine_line  # noqa: E402
 
 import vltrim  # noqa: E402
-from vltrim.compress import task_loss  # noqa: E402
 from vltrim.methods.common import coupled_parameters, plan_from_keep, prunable_groups, seeded  # noqa: E402
 from vltrim.report import markdown_table  # noqa: E402
+from vltrim.run.runner import task_loss  # noqa: E402
 from vltrim.structure.groups import UnitKind  # noqa: E402
 from vltrim.structure.select import Budget, _cut, normalize_scores, rank_quantiles  # noqa: E402
 from vltrim.tasks import get_task  # noqa: E402
@@ -76,7 +76,7 @@ def build(name: str):
 
 def per_channel(group, model, value) -> torch.Tensor:
     """Sum of ``value(param)`` (a tensor shaped like the param) over each unit's coupled weights (see unit_sums)."""
-    from vltrim.adapters import get_adapter
+    from vltrim.arch import get_adapter
 
     total = None
     for t, dim in coupled_parameters(model, group):
@@ -124,8 +124,7 @@ def statistics_of(
 ) -> dict[str, dict]:
     """Every importance statistic per unit, from one calibration of ``num_batches`` batches (``per_sample``: also the
     per-sample Fisher; a contrastive loss of one pair is constant, so retrieval has none)."""
-    from vltrim import masks
-    from vltrim.adapters import get_adapter
+    from vltrim.arch import get_adapter, masks
 
     work = copy.deepcopy(model).float().train()
     adapter = get_adapter(work)

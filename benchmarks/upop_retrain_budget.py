@@ -5,7 +5,7 @@
 
 Each method's plan is found once (upop: a `--search-steps` search that trains while it prunes; l1 and
 random: one shot from the teacher), then the subnet is retrained from the same start for every budget
-(task loss + similarity KD, the loss `vltrim.compress` uses) and evaluated on the built-in test split.
+(task loss + similarity KD, the loss `vltrim.run.runner` uses) and evaluated on the built-in test split.
 upop's search is training too: its row at budget B spent search + B steps, so l1 at B + search steps
 is the equal-total-steps comparison.
 """
@@ -21,10 +21,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from machine import line_plot, machine, machine_line  # noqa: E402
 
 import vltrim  # noqa: E402
-from vltrim.compress import task_loss  # noqa: E402
 from vltrim.methods import get_method  # noqa: E402
 from vltrim.reference import datasets, load_reference  # noqa: E402
 from vltrim.report import markdown_table  # noqa: E402
+from vltrim.run.runner import task_loss  # noqa: E402
 from vltrim.tasks import get_task  # noqa: E402
 from vltrim.train import train  # noqa: E402
 

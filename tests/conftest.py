@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import vltrim
-from vltrim.adapters import get_adapter
+from vltrim.arch import get_adapter
 from vltrim.zoo import TINY_CLASSES, tiny_model
 
 torch.set_num_threads(min(2, torch.get_num_threads()))

@@ -15,13 +15,13 @@ from typer.testing import CliRunner
 
 import vltrim
 from vltrim.cli import app
-from vltrim.compress import task_loss
 from vltrim.data import SyntheticCaptions
+from vltrim.run.runner import task_loss
 from vltrim.tasks import get_task
 from vltrim.train.distill import attention_maps
 from vltrim.zoo import tiny_model
 
-compress_mod = importlib.import_module("vltrim.compress")
+compress_mod = importlib.import_module("vltrim.run.runner")
 FAST = dict(batch_size=16, latency_batch=0, progress=False)
 
 

@@ -18,8 +18,8 @@ from vltrim.structure.sparsify import check_sparsity, sparsified
 from vltrim.train.distill import kept_teacher_layers
 from vltrim.zoo import tiny_model
 
-chain_mod = importlib.import_module("vltrim.chain")
-compress_mod = importlib.import_module("vltrim.compress")
+chain_mod = importlib.import_module("vltrim.run.chain")
+compress_mod = importlib.import_module("vltrim.run.runner")
 FAST = dict(batch_size=16, latency_batch=0, progress=False)
 DHL = [
     ("distill", {"layers": 1}),

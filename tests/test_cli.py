@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 import vltrim
@@ -19,6 +20,7 @@ def test_inspect_and_measure():
     assert r.exit_code == 0 and json.loads(r.output)["params"] > 0
 
 
+@pytest.mark.slow
 def test_compress_saves_a_loadable_smaller_model(tmp_path):
     r = runner.invoke(
         app, ["compress", "tiny:CLIPModel", "--out", str(tmp_path / "a"), "--target", "0.4", "--metric", "macs"]
@@ -71,6 +73,7 @@ def test_errors_exit_2_with_a_message(tmp_path):
     assert r.exit_code == 2 and "no tiny config" in r.output
 
 
+@pytest.mark.slow
 def test_compress_upop_with_builtin_data_and_recipe(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("method: upop\ntarget: 0.3\nsearch_steps: 4\nretrain_steps: 2\nbatch_size: 16\ndata: builtin\n")
@@ -95,6 +98,7 @@ def test_recipe_errors(tmp_path):
     assert r.exit_code == 2 and "image-text model" in r.output
 
 
+@pytest.mark.slow
 def test_compress_work_dir_logs_checkpoints_and_resume(tmp_path):
     args = [
         "compress",

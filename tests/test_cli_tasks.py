@@ -391,6 +391,7 @@ def test_retrieval_from_an_image_folder_uses_class_prompts(tmp_path):
 # ---------------------------------------------------------------- hf:DIR (datasets.save_to_disk)
 
 
+@pytest.mark.slow
 def test_hf_saved_datasets_for_each_task(tmp_path):
     datasets = pytest.importorskip("datasets", reason="the 'datasets' package is not installed: hf:DIR cannot be read")
     images = [Image.fromarray(np.full((36, 30, 3), c, np.uint8)) for c in list(COLOURS.values()) * 2]
@@ -534,7 +535,7 @@ def test_python_data_tokenized_for_another_vocabulary_is_refused_before_any_work
         }
     ] * 4
     calls = []
-    monkeypatch.setattr(sys.modules["vltrim.compress"], "_run", lambda *a: calls.append(a))
+    monkeypatch.setattr(sys.modules["vltrim.run.runner"], "_run", lambda *a: calls.append(a))
     with pytest.raises(
         ValueError,
         match=rf"eval_data: items \[0, 3\] hold token id {rows + 7}, but BertModel's token embedding table has {rows} rows",

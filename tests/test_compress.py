@@ -1,4 +1,4 @@
-"""vltrim.compress: search -> subnet -> retrain with KD -> report, for training-based and data-free methods."""
+"""vltrim.run.runner: search -> subnet -> retrain with KD -> report, for training-based and data-free methods."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from vltrim.zoo import tiny_model
 FAST = dict(batch_size=32, latency_batch=2, progress=False)
 
 
+@pytest.mark.slow
 def test_upop_compress_end_to_end():
     model = tiny_model("CLIPModel")
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 import vltrim
@@ -17,6 +18,7 @@ def test_reference_teacher_ships_with_the_package():
     assert type(teacher).__name__ == "CLIPModel" and not vltrim.plans_of(teacher)
 
 
+@pytest.mark.slow
 def test_demo_end_to_end(tmp_path):
     r = CliRunner().invoke(
         app, ["demo", "--out", str(tmp_path), "--search-steps", "4", "--retrain-steps", "2", "--train-size", "256"]

@@ -7,7 +7,7 @@ import torch
 from conftest import max_diff, random_plan, run
 
 import vltrim
-from vltrim.adapters import get_adapter
+from vltrim.arch import get_adapter
 
 ATOL = 1e-5
 KIND_SETS = [

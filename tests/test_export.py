@@ -35,6 +35,7 @@ def _saved(tmp_path, cls: str, method: str, target: float, name: str = "m"):
 
 
 @needs_ort
+@pytest.mark.slow
 def test_pruned_clip_exports_with_dynamic_axes_parity_speed_and_int8(tmp_path):
     _, d = _saved(tmp_path, "CLIPModel", "l1", 0.5)
     r = ex.export(d, int8=True, rounds=2)
@@ -51,6 +52,7 @@ def test_pruned_clip_exports_with_dynamic_axes_parity_speed_and_int8(tmp_path):
 
 
 @needs_onnx
+@pytest.mark.slow
 def test_cli_exports_a_distilled_factorised_bert_and_prints_the_diff(tmp_path):
     m = tiny_model("BertModel")
     res = vltrim.compress(
@@ -68,6 +70,7 @@ def test_cli_exports_a_distilled_factorised_bert_and_prints_the_diff(tmp_path):
 
 
 @needs_onnx
+@pytest.mark.slow
 def test_without_onnxruntime_parity_uses_onnx_reference_and_nothing_is_timed(tmp_path, monkeypatch):
     _, d = _saved(tmp_path, "ViTForImageClassification", "l1", 0.5)
     monkeypatch.setattr(ex, "_has", lambda m: m != "onnxruntime")

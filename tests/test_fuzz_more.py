@@ -38,7 +38,9 @@ def edited(**fields) -> list[dict]:
 
 def no_run(monkeypatch) -> None:
     """Make compress's work phase fail the test: an error must come from the checks before it."""
-    monkeypatch.setattr(sys.modules["vltrim.compress"], "_run", lambda *a: pytest.fail("work started before the error"))
+    monkeypatch.setattr(
+        sys.modules["vltrim.run.runner"], "_run", lambda *a: pytest.fail("work started before the error")
+    )
 
 
 def cli_refused(args: list, *words: str) -> str:

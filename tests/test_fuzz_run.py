@@ -11,8 +11,8 @@ from conftest import max_diff, run
 from torch.utils.data import DataLoader, Dataset
 
 import vltrim
+from vltrim.arch.apply import masked
 from vltrim.data import SyntheticCaptions
-from vltrim.masks import masked
 from vltrim.methods import get_method
 from vltrim.tasks import contrastive_loss
 from vltrim.train import loop

@@ -11,8 +11,8 @@ from conftest import max_diff, run
 from test_quality_levers import sentence_data
 
 import vltrim
-from vltrim import masks
-from vltrim.adapters import get_adapter
+from vltrim.arch import get_adapter
+from vltrim.arch.apply import masked
 from vltrim.data import SyntheticCaptions
 from vltrim.methods import get_method
 from vltrim.methods.common import prunable_groups
@@ -57,7 +57,7 @@ def deep(name: str, layers: int = 5) -> torch.nn.Module:
 # ---- heads: importance ---------------------------------------------------------------------------------------
 def by_hand_head_grads(model, data, batch_size: int, seed: int, num_batches: int) -> list[torch.Tensor]:
     """|dL/dm| per head of every BERT layer, averaged over batches: m multiplies each head's slice of the input
-    of attention.output.dense (written here with plain hooks, not vltrim.masks)."""
+    of attention.output.dense (written here with plain hooks, not vltrim.arch.masks)."""
     heads = model.config.num_attention_heads
     ms = [torch.ones(heads, requires_grad=True) for _ in model.encoder.layer]
 
@@ -126,7 +126,7 @@ def test_heads_plan_masked_equals_sliced():
         model, "heads", 0.4, data=SyntheticCaptions("train", 32), loss_fn=retrieval_loss, num_batches=1, batch_size=8
     )
     inputs = get_adapter(model).reference_inputs(model, batch_size=2)
-    with masks.masked(model, plan):
+    with masked(model, plan):
         want = run(model, inputs)
     assert max_diff(run(vltrim.apply_plan(model, plan), inputs), want) < 1e-5
 
@@ -245,7 +245,7 @@ def test_distill_method_chooses_layers_from_target_and_records_achieved():
 
 
 def test_distill_through_compress_uses_hidden_state_kd(monkeypatch):
-    mod = importlib.import_module("vltrim.compress")
+    mod = importlib.import_module("vltrim.run.runner")
     seen = []
 
     def spy(student, teacher, s, t):

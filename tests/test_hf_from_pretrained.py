@@ -16,9 +16,10 @@ from conftest import random_plan, run, tamper_weights
 from typer.testing import CliRunner
 
 import vltrim
-from vltrim import hf, io
-from vltrim.adapters import get_adapter, registered_class
+from vltrim import io
+from vltrim.arch import get_adapter, registered_class
 from vltrim.cli import app
+from vltrim.io import remote_code
 from vltrim.zoo import TINY_CLASSES, tiny_model
 
 
@@ -63,9 +64,12 @@ def test_every_class_loads_through_its_auto_classes(tmp_path, name):
 
 
 def test_class_specific_auto_classes():
-    assert hf.auto_classes(transformers.ViTForImageClassification) == ["AutoModel", "AutoModelForImageClassification"]
-    assert "AutoModelForSequenceClassification" in hf.auto_classes(transformers.BertForSequenceClassification)
-    assert "AutoModelForZeroShotImageClassification" in hf.auto_classes(transformers.CLIPModel)
+    assert remote_code.auto_classes(transformers.ViTForImageClassification) == [
+        "AutoModel",
+        "AutoModelForImageClassification",
+    ]
+    assert "AutoModelForSequenceClassification" in remote_code.auto_classes(transformers.BertForSequenceClassification)
+    assert "AutoModelForZeroShotImageClassification" in remote_code.auto_classes(transformers.CLIPModel)
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import vltrim
-from vltrim.adapters import get_adapter
+from vltrim.arch import get_adapter
 from vltrim.methods import get_method
 from vltrim.structure.factorize import FactorizedLinear
 from vltrim.structure.plan import Plan, PlanError

@@ -12,7 +12,7 @@ from conftest import flat_outputs, max_diff, random_plan, run
 from safetensors.torch import load_file, save_file
 
 import vltrim
-from vltrim.adapters import get_adapter
+from vltrim.arch import get_adapter
 from vltrim.io import sha256_file
 from vltrim.methods.magnitude import global_counts, sparsity_schedule
 from vltrim.structure.plan import Plan, PlanError

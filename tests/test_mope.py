@@ -130,7 +130,7 @@ def test_bad_calibration_data_is_refused(data, err, words):
 
 
 def test_hidden_state_distillation_maps_across_dropped_layers():
-    from vltrim.compress import task_loss
+    from vltrim.run.runner import task_loss
     from vltrim.tasks import get_task
     from vltrim.train.distill import hidden_kd, kept_teacher_layers, layer_outputs
 
@@ -309,7 +309,7 @@ def test_final_embedding_distillation_by_hand():
 
 
 def test_task_weight_zero_trains_by_distillation_alone():
-    from vltrim.compress import task_loss
+    from vltrim.run.runner import task_loss
     from vltrim.tasks import get_task
     from vltrim.tasks.retrieval import similarity_kd_loss
 

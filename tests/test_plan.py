@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import vltrim
-from vltrim.adapters import get_adapter
+from vltrim.arch import get_adapter
 from vltrim.structure.select import MAX_RATIO, Budget, removal_chunks, select
 from vltrim.zoo import tiny_model
 

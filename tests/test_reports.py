@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 import vltrim
 from vltrim.cli import app
 from vltrim.data import SyntheticCaptions
-from vltrim.report import NOT_RETRAINED, layer_widths, plot_widths, read_report
+from vltrim.io import read_report
+from vltrim.report import NOT_RETRAINED, layer_widths, plot_widths
 from vltrim.structure.plan import Plan
 from vltrim.zoo import tiny_model
 

@@ -11,7 +11,7 @@ from conftest import max_diff, run
 from torch import nn
 
 import vltrim
-from vltrim.adapters import get_adapter
+from vltrim.arch import get_adapter
 from vltrim.data import SyntheticCaptions
 from vltrim.methods.magnitude import sparsity_schedule
 from vltrim.structure.sparsify import check_sparsity
@@ -89,7 +89,7 @@ def test_heads_rounds_prune_more_heads_of_the_retrained_model(tmp_path):
 
 def test_rounds_resume_from_the_last_finished_round(tmp_path, monkeypatch):
     first = _compress("heads", 0.5, 2, tmp_path, num_batches=2)
-    mod, searched = importlib.import_module("vltrim.compress"), []
+    mod, searched = importlib.import_module("vltrim.run.runner"), []
     real = mod._plan
     monkeypatch.setattr(mod, "_plan", lambda *a: searched.append(a[4]) or real(*a))
     again = vltrim.compress(

@@ -1,4 +1,4 @@
-"""vltrim.study: one row per cell + the original, resumable cell by cell, options checked before any work, the
+"""vltrim.run.study: one row per cell + the original, resumable cell by cell, options checked before any work, the
 Pareto front, and the `vltrim study` command."""
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from typer.testing import CliRunner
 import vltrim
 from vltrim.cli import app
 from vltrim.data import SyntheticCaptions
-from vltrim.study import StudyError, pareto_front
+from vltrim.run.study import StudyError, pareto_front
 from vltrim.zoo import TINY_TEXT, TINY_VISION, tiny_model
 
-study_module = importlib.import_module("vltrim.study")  # `vltrim.study` is the function
+study_module = importlib.import_module("vltrim.run.study")  # `vltrim.run.study` is the function
 TRAIN, EVAL = SyntheticCaptions("train", 32), SyntheticCaptions("val", 24)
 FAST = dict(
     retrain_steps=1,
@@ -63,6 +63,7 @@ def _counting(monkeypatch, kill_at: int | None = None) -> list[str]:
     return calls
 
 
+@pytest.mark.slow
 def test_results_have_one_row_per_cell_and_the_original(tmp_path):
     out = tmp_path / "s"
     res = _study(out, methods=("l1", "2:4", "distill"), ratios=(0.5, 0.75))
@@ -111,6 +112,7 @@ def test_results_have_one_row_per_cell_and_the_original(tmp_path):
         assert on and all(r["metric"] is not None for r in on)
 
 
+@pytest.mark.slow
 def test_a_killed_study_reruns_only_unfinished_cells(tmp_path, monkeypatch):
     out = tmp_path / "s"
     calls = _counting(monkeypatch, kill_at=3)

@@ -7,8 +7,8 @@ import torch
 from conftest import max_diff, run
 
 import vltrim
+from vltrim.arch.masks import plan_masks
 from vltrim.data import SyntheticCaptions
-from vltrim.masks import plan_masks
 from vltrim.methods import get_method
 from vltrim.methods.upop import progressive_share, update_steps
 from vltrim.structure.select import Budget

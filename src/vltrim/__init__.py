@@ -4,23 +4,24 @@ A Plan is data: methods produce plans, adapters apply them. See README for the w
 
 from __future__ import annotations
 
-from .adapters import UnsupportedModelError, get_adapter, supported_classes
-from .api import apply_plan, inspect, plan, plans_of
-from .compress import CompressResult, compress
-from .io import ModelDirError, load, save
-from .masks import masked
-from .measure import compare, count_macs, count_params, measure
-from .methods.distill import student
-from .structure.groups import Group, UnitKind
-from .structure.plan import Plan, PlanError
-from .structure.select import Budget
-from .study import StudyResult, study
-from .train.loop import TrainingDivergedError
-from .train.run_record import ResumeMismatchError
-
-__version__ = "0.1.0"
+from vltrim._version import __version__
+from vltrim.api import apply_plan, inspect, plan, plans_of
+from vltrim.arch import UnsupportedModelError, get_adapter, supported_classes
+from vltrim.arch.apply import masked
+from vltrim.io import ModelDirError, save
+from vltrim.measure import compare, count_macs, count_params, measure
+from vltrim.methods.distill import student
+from vltrim.models import load
+from vltrim.run import CompressResult, compress
+from vltrim.run.study import StudyResult, study
+from vltrim.structure.groups import Group, UnitKind
+from vltrim.structure.plan import Plan, PlanError
+from vltrim.structure.select import Budget
+from vltrim.train.loop import TrainingDivergedError
+from vltrim.train.run_record import ResumeMismatchError
 
 __all__ = [
+    "__version__",
     "Budget",
     "CompressResult",
     "Group",

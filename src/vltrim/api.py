@@ -1,21 +1,21 @@
-"""Public entry points: inspect a model, make a plan, apply it."""
+"""Public entry points: inspect a model, make a plan (apply_plan, plans_of and base_config live in arch.apply)."""
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 from torch import nn
 
-from .adapters import class_name, get_adapter
-from .structure.factorize import FactorizedLinear
-from .structure.groups import Group, UnitKind
-from .structure.plan import Plan, PlanError
-from .structure.sparsify import TAG as SPARSE_TAG
-from .structure.sparsify import sparsify_linear_
+from vltrim.arch.apply import BASE_CONFIG_ATTR, PLANS_ATTR, apply_plan, base_config, masked, plans_of
+from vltrim.arch.registry import get_adapter, usable_model
+from vltrim.checks import number, text
+from vltrim.data.inputs import as_dataset
+from vltrim.methods import available, get_method
+from vltrim.structure.groups import Group
+from vltrim.structure.plan import Plan
+from vltrim.tasks import TASKS, Task, default_task, get_task
 
-BASE_CONFIG_ATTR = "_vltrim_base_config"  # config of the model before any plan (to rebuild on load)
-PLANS_ATTR = "_vltrim_plans"  # plans applied so far, in order
+__all__ = ["BASE_CONFIG_ATTR", "PLANS_ATTR", "apply_plan", "base_config", "inspect", "masked", "plan", "plans_of"]
 
 
 def inspect(model: nn.Module) -> list[Group]:
@@ -23,108 +23,80 @@ def inspect(model: nn.Module) -> list[Group]:
     return get_adapter(model).groups(model)
 
 
-def plan(model: nn.Module, method: str = "l1", target: float = 0.5, **settings: Any) -> Plan:
-    """Run a search method and return its Plan (the model is not changed)."""
-    from .checks import number, text, usable_model
-    from .methods import get_method
+def plan(
+    model: nn.Module,
+    method: str = "l1",
+    target: float = 0.5,
+    calib_data: Any = None,
+    task: str | None = None,
+    **settings: Any,
+) -> Plan:
+    """Run a search method and return its Plan (the model is not changed).
 
+    Data-driven methods (heads, mope, taylor, upop) take ``calib_data`` (anything compress takes as data: a map-style
+    dataset of dict items, a list of dicts, a DataLoader, a Hugging Face Dataset) and ``task`` (a task name, e.g.
+    'retrieval', 'classification', 'sentence-embedding'; None: the first task that fits ``model``, as the CLI
+    picks it, and an error naming ``task`` when none does). The task gives the method what it scores with: the task's
+    loss (heads, taylor: scored on calib_data; upop: trained on calib_data) or its metric (mope). The loss is the
+    task's own loss, without compress's distillation from the unpruned model.
+    The methods' own spellings still work: ``data=`` + ``loss_fn=`` (heads, taylor), ``train_data=`` + ``loss_fn=``
+    (upop), ``data=`` + ``task=`` (mope); one of them together with the option that gives the same input
+    (calib_data with data= / train_data=, task with loss_fn=) is refused.
+    Data-free methods (l1, random, magnitude, lowrank, distill) refuse ``calib_data`` and ``task`` (lowrank's
+    input-weighted SVD takes its data as ``data=``). A setting the method does not take is a TypeError naming
+    the method and the setting."""
     usable_model(model)
     m = get_method(text("method", method))
     target = number("target", target, high=1.0)
+    if calib_data is not None or task is not None:
+        settings = {**settings, **_calibration(model, method, m, calib_data, task, settings)}
     try:
         return m.search(model, target=target, **settings)
     except TypeError as e:
         if "unexpected keyword" in str(e):
-            raise TypeError(f"method {method!r} got an unknown setting: {e}") from None
+            name = str(e).split("unexpected keyword argument")[-1].strip()
+            raise TypeError(f"method {method!r} got an unknown setting {name}: {e}") from None
         raise
 
 
-def plans_of(model: nn.Module) -> list[Plan]:
-    """Plans applied to this model, oldest first (empty for an unpruned model)."""
-    return list(getattr(model, PLANS_ATTR, []))
-
-
-def base_config(model: nn.Module):
-    """Config of the model before any plan was applied."""
-    return getattr(model, BASE_CONFIG_ATTR, model.config)
-
-
-def apply_plan(
-    model: nn.Module, plan: Plan, inplace: bool = False, *, compute_factors: bool = True, zero_weights: bool = True
-) -> nn.Module:
-    """A physically smaller model of the same class computing what ``masked(model, plan)`` computes, with the
-    plan's Linears factorised (rank-r truncated SVD, see structure/factorize.py).
-
-    The plan is validated first, so a bad plan raises PlanError and leaves ``model`` untouched (with
-    ``inplace=True`` and a plan that both slices and factorises, ranks are checked after the slicing).
-    Width groups are sliced before layers are removed (group names use the current layer indices), then
-    Linears are factorised (names and ranks refer to the sliced model). ``compute_factors=False`` builds
-    factorised layers with uninitialised weights (``load`` fills them; no SVD). Last, the plan's sparsified Linears
-    get their pattern's zeros (chosen from the weights, see structure/sparsify.py) and are tagged with it;
-    ``zero_weights=False`` only tags them (``load``: the zeros come from the file, then the pattern is verified)."""
-    adapter = get_adapter(model)
-    _check_no_factorised_slices(adapter, model, plan)
-    groups = {g.name: g for g in adapter.groups(model)}
-    plan.validate(class_name(model), groups.values())
-    out = model if inplace else copy.deepcopy(model)
-    history, base = plans_of(model), copy.deepcopy(base_config(model))
-    names = sorted(plan.keep, key=lambda n: groups[n].kind == UnitKind.LAYERS)
-    for name in names:
-        if len(plan.keep[name]) < groups[name].size:
-            adapter.slice(out, groups[name], plan.keep[name])
-    _factorize_(adapter, out, plan, compute_factors)
-    _sparsify_(adapter, out, plan, zero_weights)
-    setattr(out, BASE_CONFIG_ATTR, base)
-    setattr(out, PLANS_ATTR, history + [plan])
-    return out
-
-
-def _check_no_factorised_slices(adapter, model: nn.Module, plan: Plan) -> None:
-    """PlanError if the plan slices a group whose Linear an earlier plan factorised or sparsified (a factorised
-    layer has no rows or columns to keep; slicing a sparse one breaks its recorded pattern), or factorises a
-    sparsified Linear: in a chain, put keep steps first, then factorize, then sparsify."""
-    lins = adapter.linears(model)
-    done = {n for n, m in lins.items() if isinstance(m, FactorizedLinear)}
-    sparse = {n for n, m in lins.items() if getattr(m, SPARSE_TAG, None)}
-    for name in sorted(plan.keep):
-        for n in adapter.group_linears(name):
-            if n in done or n in sparse:
-                what, step = ("factorised", "factorize") if n in done else ("sparsified", "sparsify")
-                raise PlanError(
-                    f"plan slices {name!r}, but {n!r} was {what} by an earlier plan and cannot be "
-                    f"sliced; in a chain, apply keep plans before {step} plans"
-                )
-    hit = sorted(set(plan.factorize) & sparse)
-    if hit:
-        raise PlanError(
-            f"plan factorises {hit[0]!r}, which an earlier plan sparsified (its zeros would be lost); "
-            "in a chain, apply factorize plans before sparsify plans"
+def _calibration(
+    model: nn.Module, method: str, m: Any, calib_data: Any, task: str | None, settings: dict[str, Any]
+) -> dict[str, Any]:
+    """The search settings that ``calib_data`` and ``task`` give method ``m`` (see `plan`); refused for a method
+    that does not score on calibration data, and where a setting of ``settings`` gives the same input."""
+    option = getattr(m, "calib_data_option", None)
+    if option is None:
+        takers = [n for n in available() if getattr(get_method(n), "calib_data_option", None) is not None]
+        given = " and ".join(k for k, v in (("calib_data", calib_data), ("task", task)) if v is not None)
+        raise ValueError(
+            f"method {method!r} takes no calib_data or task (got {given}): it does not score units with a task "
+            f"on calibration data; the methods that do: {', '.join(takers)}"
         )
+    if calib_data is not None and option in settings:
+        raise ValueError(f"method {method!r}: calib_data and {option}= are the same input (its data); pass one")
+    t = get_task(text("task", task)) if task is not None else _default_task(model)
+    t.check(model)
+    given = {option: as_dataset(calib_data, "calib_data")[0]} if calib_data is not None else {}
+    given.update(m.task_settings(t))
+    for k in given:
+        if k in settings:
+            source = f"task {t.name!r}" if task is not None else f"the task picked for calib_data ({t.name!r})"
+            raise ValueError(
+                f"method {method!r}: {source} and {k}= both set its {k}; pass calib_data with task, "
+                f"or {option}= with {k}="
+            )
+    if option not in given and option not in settings:
+        raise ValueError(f"method {method!r} scores on data: task= needs calib_data=... (or {option}=...) with it")
+    return given
 
 
-def _dense_linears(adapter, model: nn.Module) -> tuple[dict[str, nn.Module], dict[str, tuple[int, int]], set[str]]:
-    """Every block Linear by name, the (out, in) shapes of the dense ones, and the names already factorised."""
-    lins = adapter.linears(model)
-    shapes = {n: (m.out_features, m.in_features) for n, m in lins.items() if not isinstance(m, FactorizedLinear)}
-    return lins, shapes, set(lins) - set(shapes)
-
-
-def _factorize_(adapter, model: nn.Module, plan: Plan, compute: bool) -> None:
-    """Validate the plan's ranks against ``model`` as it is now, then factorise each Linear (in place)."""
-    if not plan.factorize:
-        return
-    _, shapes, factorised = _dense_linears(adapter, model)
-    plan.validate_factors(shapes, factorised)
-    for name in sorted(plan.factorize):
-        adapter.factorize(model, name, plan.factorize[name], plan.factor_scales.get(name), compute)
-
-
-def _sparsify_(adapter, model: nn.Module, plan: Plan, zero: bool) -> None:
-    """Validate the plan's sparsity entries against ``model`` as it is now, then zero (or only tag) each Linear."""
-    if not plan.sparsify:
-        return
-    lins, shapes, factorised = _dense_linears(adapter, model)
-    plan.validate_sparsity(shapes, factorised)
-    for name in sorted(plan.sparsify):
-        e = plan.sparsify[name]
-        sparsify_linear_(lins[name], e["pattern"], e["sparsity"], zero, name)
+def _default_task(model: nn.Module) -> Task:
+    """The task of a model when ``task`` is not given: the first that fits (`default_task`); none: an error."""
+    t = get_task(default_task(model))
+    if not t.fits(model):
+        needs = "; ".join(f"{n} needs {x.needs}" for n, x in TASKS.items())
+        raise ValueError(
+            f"task: no task fits {type(model).__name__}, so none can be picked for calib_data ({needs}); "
+            f"pass task=... (one of {', '.join(sorted(TASKS))})"
+        )
+    return t

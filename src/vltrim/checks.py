@@ -90,20 +90,6 @@ def device(name: str, value: Any) -> torch.device:
     return dev
 
 
-def usable_model(model: Any, option: str = "model") -> None:
-    """A torch module with real (not meta) weights and an adapter; else a clear error before any work."""
-    from .adapters import get_adapter
-
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"{option} must be a torch nn.Module, got {type(model).__name__}")
-    get_adapter(model)
-    if any(p.is_meta for p in model.parameters()):
-        raise ValueError(
-            f"{option} ({type(model).__name__}) has weights on the meta device (e.g. loaded with "
-            "init_empty_weights or device_map='meta'): load real weights first"
-        )
-
-
 @contextmanager
 def kept_modes(*models: nn.Module) -> Iterator[None]:
     """Restore each module's (and submodule's) train/eval mode on exit: our functions switch to eval to

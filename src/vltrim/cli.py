@@ -13,6 +13,22 @@ from rich.table import Table
 from rich.text import Text
 from typer.core import TyperCommand
 
+from vltrim import api, io, models
+from vltrim.arch import model_class
+from vltrim.checks import choice, integer, number
+from vltrim.checks import device as checked_device
+from vltrim.demo import results_table, run_demo
+from vltrim.export import export
+from vltrim.io import check_save_destination, read_report
+from vltrim.measure import machine, measure
+from vltrim.report import NOT_RETRAINED, WIDTHS_PNG, sections, speedup_text
+from vltrim.run.compress import compress as run_compress
+from vltrim.run.runner import MAX_SEED
+from vltrim.run.study import check_batches, check_methods, check_out, check_ratios, study
+from vltrim.structure.plan import Plan, PlanError, read_json
+from vltrim.tasks import TASKS, default_task, get_task
+from vltrim.tasks.sources import DataSource, model_directory
+
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
@@ -25,11 +41,7 @@ MODEL_HELP = "a vltrim model directory, a Hugging Face model directory, 'referen
 
 def load_any(spec: str):
     """Model from a vltrim directory, an HF directory, 'reference' or 'tiny:<Class>' (random init)."""
-    from . import io
-    from .adapters import model_class
-    from .data.sources import model_directory
-
-    named = io.named_model(spec)
+    named = models.named_model(spec)
     if named is not None:
         return named
     path = Path(spec)
@@ -55,8 +67,6 @@ def source_dir(spec: str) -> Path | None:
 
 def _architecture(path: Path) -> str:
     """The model class a Hugging Face directory's config.json names (clear errors for unreadable configs)."""
-    from .structure.plan import read_json
-
     file = path / "config.json"
     cfg = read_json(file, error=typer.BadParameter, allow_nonfinite=True)
     archs = cfg.get("architectures") if isinstance(cfg, dict) else None
@@ -90,8 +100,6 @@ def demo(
     train_size: int = typer.Option(8000, help="built-in training pairs for fine-tuning"),
 ) -> None:
     """Compress the built-in CLIP teacher 2x with UPop, fine-tune briefly, and print teacher vs compressed."""
-    from .demo import results_table, run_demo
-
     try:
         _check_demo_options(out, target, search_steps, retrain_steps, train_size)
         r = run_demo(
@@ -112,9 +120,6 @@ def demo(
 
 def _check_demo_options(out: Path, target: float, search_steps: int, retrain_steps: int, train_size: int) -> None:
     """The demo's options and output directory, before the teacher loads and the run starts."""
-    from .checks import integer, number
-    from .io import check_save_destination
-
     number("--target", target, high=1.0)
     integer("--search-steps", search_steps)
     integer("--retrain-steps", retrain_steps)
@@ -128,8 +133,6 @@ def inspect(
     all_groups: bool = typer.Option(False, "--all", help="one row per group"),
 ) -> None:
     """List the prunable groups: modality, unit kind, sizes and exact per-unit costs."""
-    from . import api
-
     try:
         m = load_any(model)
         groups = api.inspect(m)
@@ -171,9 +174,6 @@ def measure_cmd(
     ),
 ) -> None:
     """Params, MACs and median latency on the model's reference input, with the machine they were measured on."""
-    from .checks import device as checked_device
-    from .measure import machine, measure
-
     try:
         dev = checked_device("--device", device)
         m = load_any(model).to(dev)
@@ -214,8 +214,6 @@ def report_cmd(
 ) -> None:
     """Print the report saved with a compressed model: source, method and settings, data and steps, metric before and
     after, params, MACs, latency and machine, warnings."""
-    from .report import read_report
-
     try:
         rep, checked = read_report(directory)
     except USER_ERRORS as e:
@@ -229,8 +227,6 @@ def report_cmd(
 def _print_report(rep: dict, checked: bool | None, directory: Path) -> None:
     """Warnings (loud in a red panel), then one table per report section, then where the files are."""
     from rich.panel import Panel
-
-    from .report import NOT_RETRAINED, WIDTHS_PNG, sections
 
     if checked is False:
         out_console.print(
@@ -279,8 +275,6 @@ def export_cmd(
 ) -> None:
     """Export a compressed model to ONNX (dynamic batch and sequence axes), check it against torch (max abs diff) and
     time it with onnxruntime when installed (pip install 'vltrim[export]')."""
-    from .export import export
-
     try:
         r = export(directory, fmt, out, int8=int8, batch_size=batch_size, atol=atol, rounds=rounds)
     except USER_ERRORS as e:
@@ -322,9 +316,6 @@ def _print_export(r: dict) -> None:
 
 def _check_cli_options(o: dict, out: Path) -> None:
     """What can be checked before the model and data are loaded: counts, rates, flags and paths."""
-    from .checks import choice, integer, number
-    from .compress import MAX_SEED
-
     for k in ("search_steps", "retrain_steps", "latency_batch", "checkpoint_every"):
         integer(f"--{k.replace('_', '-')}", o[k])
     integer("--seed", o["seed"], maximum=MAX_SEED)
@@ -343,8 +334,6 @@ def _check_cli_options(o: dict, out: Path) -> None:
         raise typer.BadParameter("--checkpoint-every and --resume need --work-dir (checkpoints are written there)")
     if o["override"] and not o["resume"]:
         raise typer.BadParameter("--override only applies to --resume")
-    from .io import check_save_destination
-
     check_save_destination(
         out
     )  # a file, or a directory of files vltrim did not write, is refused now, not after the run
@@ -352,9 +341,6 @@ def _check_cli_options(o: dict, out: Path) -> None:
 
 def _check_task_options(o: dict) -> None:
     """--task (when given) and --retrain-lr (when given)."""
-    from .checks import choice, number
-    from .tasks import TASKS
-
     if o["task"] is not None:
         choice("--task", o["task"], tuple(TASKS))
     if o["retrain_lr"] is not None:
@@ -484,10 +470,8 @@ def _recipe_value(recipe: Path, key: str, value):
 
 
 def make_data(spec: str, model, split: str, tokenizer: str | None, model_spec: str, task: str = "retrieval"):
-    """The dataset a --data ('train' split) or --eval-data string names for ``task`` (see vltrim.data.sources:
+    """The dataset a --data ('train' split) or --eval-data string names for ``task`` (see vltrim.tasks.sources:
     'builtin', manifests, image folders, sentence files, hf:DIR)."""
-    from .data.sources import DataSource
-
     return DataSource(model, model_spec, task, tokenizer).open(
         spec, "--data" if split == "train" else "--eval-data", split
     )
@@ -496,9 +480,6 @@ def make_data(spec: str, model, split: str, tokenizer: str | None, model_spec: s
 def cli_data(o: dict, m, model_spec: str) -> tuple:
     """compress's task (--task, else the one that fits the model) and its train / eval datasets, each checked before
     any data is read (the task fits the model; a --tokenizer fits its embedding table)."""
-    from .data.sources import DataSource
-    from .tasks import default_task, get_task
-
     task = o["task"] or default_task(m)
     if o["data"] or o["eval_data"]:
         get_task(task).check(m)
@@ -511,8 +492,6 @@ def cli_data(o: dict, m, model_spec: str) -> tuple:
 
 def _plan_option(file: Path | None):
     """The plan of ``--plan`` (None without it); errors name the option."""
-    from .structure.plan import Plan, PlanError
-
     if file is None:
         return None
     if not file.is_file():
@@ -708,9 +687,6 @@ def compress(
     """Compress a model (search or --plan), optionally retrain it, save it and compare it with the original.
     '--then NAME [stage options]' chains another method on the result (the options before the first --then are
     shared by every stage, except --set and --depth-share, which belong to --method)."""
-    from . import io
-    from .compress import compress as run_compress
-
     try:
         o = apply_recipe(
             ctx,
@@ -794,8 +770,6 @@ def compress(
         )  # with report.json, widths.png (and mope.csv / mope.png) and the card
     except USER_ERRORS as e:
         _fail(e)
-    from .report import speedup_text
-
     c = report["speed"]
     tab = Table(title=" -> ".join(p.summary() for p in res.plans))
     for col in ("", "original", "compressed", "ratio"):
@@ -823,8 +797,6 @@ def compress(
 
 def _metric_keys(report: dict) -> list[str]:
     """The metrics compress prints: the task's headline metric, then zero-shot / probe accuracy when measured."""
-    from .tasks import get_task
-
     keys = [get_task(report["task"]).metric, "zero_shot_top1", "probe_top1"]
     return [k for k in keys if k in report.get("after", {})]
 
@@ -892,9 +864,6 @@ def study_cmd(
     ),
 ) -> None:
     """Compress a model with every method at every ratio, time all of them in one run, and chart metric vs cost."""
-    from .checks import integer
-    from .study import check_batches, check_methods, check_out, check_ratios, study
-
     try:
         ms = check_methods(_csv_option("--methods", methods, str), "--methods")
         rs = check_ratios(_csv_option("--ratios", ratios, float), "--ratios")

@@ -22,6 +22,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from vltrim import io
+from vltrim.arch import get_adapter
+from vltrim.checks import integer, number
+from vltrim.measure import _latency_stats, _time_rounds
+from vltrim.measure import _runner as torch_runner
+
 FORMATS = ("onnx",)
 EXTRA = "pip install 'vltrim[export]'"
 TEXT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
@@ -44,9 +50,6 @@ def export(
     """Export the vltrim directory ``path`` to ``out`` (default: path/model.onnx); returns what was written and checked.
 
     Raises ExportError when the outputs differ from torch by more than ``atol`` x max(1, largest output magnitude)."""
-    from . import io
-    from .checks import integer, number
-
     if format not in FORMATS:
         raise ValueError(f"--format {format!r} is not supported: vltrim export writes {', '.join(FORMATS)}")
     batch_size, rounds, atol = (
@@ -99,8 +102,6 @@ class _Forward(nn.Module):
         self.model, self.outputs = model, outputs
 
     def forward(self, pixel_values=None, input_ids=None, attention_mask=None, token_type_ids=None):  # noqa: D102
-        from .adapters import get_adapter
-
         given = dict(
             pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
         )
@@ -110,8 +111,6 @@ class _Forward(nn.Module):
 
 def _inputs(model: nn.Module, batch_size: int) -> dict[str, torch.Tensor]:
     """The adapter's reference input; ValueError for a model input the export does not know."""
-    from .adapters import get_adapter
-
     inputs = get_adapter(model).reference_inputs(model, batch_size)
     unknown = sorted(set(inputs) - {"pixel_values", *TEXT_KEYS})
     if unknown:
@@ -121,8 +120,6 @@ def _inputs(model: nn.Module, batch_size: int) -> dict[str, torch.Tensor]:
 
 def _output_names(model: nn.Module, inputs: dict[str, torch.Tensor]) -> list[str]:
     """The tensor outputs of one forward, by name (nested model outputs left out)."""
-    from .adapters import get_adapter
-
     with torch.no_grad():
         out = get_adapter(model).forward(model, inputs)
     return [k for k, v in out.items() if torch.is_tensor(v)]
@@ -256,9 +253,6 @@ def _parity(file: Path, inputs: dict[str, torch.Tensor], want: dict[str, torch.T
 
 def _latency(model: nn.Module, file: Path, inputs: dict[str, torch.Tensor], rounds: int) -> dict[str, Any]:
     """Median ms of torch and onnxruntime on the export's inputs, timed in interleaved rounds; ratio = torch / onnxruntime."""
-    from .measure import _latency_stats, _time_rounds
-    from .measure import _runner as torch_runner
-
     sess, feed = _session(file), {k: v.numpy() for k, v in inputs.items()}
     tt, to = _time_rounds([torch_runner(model, inputs), lambda: sess.run(None, feed)], rounds, 2, 0.05)
     t, o = _latency_stats(tt)["latency_ms"], _latency_stats(to)["latency_ms"]

@@ -14,8 +14,9 @@ from torch import nn
 from torch.utils.benchmark import Timer
 from torch.utils.flop_counter import FlopCounterMode
 
-from .adapters import get_adapter
-from .checks import flag, integer, kept_modes, number, usable_model
+from vltrim.arch import get_adapter
+from vltrim.arch.registry import usable_model
+from vltrim.checks import flag, integer, kept_modes, number
 
 
 def count_params(model: nn.Module) -> int:

@@ -11,7 +11,10 @@ from pathlib import Path
 import torch
 from transformers import CLIPConfig, CLIPModel
 
-from .data.synthetic import SyntheticCaptions, tokenizer
+from vltrim.data.synthetic import SyntheticCaptions, tokenizer
+from vltrim.io import load, save
+from vltrim.tasks.retrieval import contrastive_loss, evaluate_retrieval
+from vltrim.train import train
 
 ASSET = Path(__file__).parent / "assets" / "reference_clip"
 IMAGE_SIZE, MAX_LENGTH = 32, 16
@@ -52,10 +55,6 @@ def train_reference(
     out: str | Path, steps: int = TRAIN_STEPS, train_size: int = TRAIN_SIZE, progress: bool = True
 ) -> CLIPModel:
     """Train the reference teacher from scratch and save it to ``out``."""
-    from .io import save
-    from .tasks.retrieval import contrastive_loss, evaluate_retrieval
-    from .train import train
-
     torch.manual_seed(0)
     model = CLIPModel(reference_config())
     data = datasets(train_size)
@@ -79,8 +78,6 @@ def train_reference(
 
 def load_reference(progress: bool = True) -> CLIPModel:
     """The shipped reference teacher, or a cached one, or (first run without either) a freshly trained one."""
-    from .io import load
-
     for path in (ASSET, cache_dir()):
         if (path / "model.safetensors").exists():
             return load(path)

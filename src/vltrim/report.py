@@ -1,6 +1,6 @@
 """Human-readable output: model cards, report.json beside a saved model, its kept-widths plot, markdown tables.
 
-A saved model's report (``build_report``) is the run's own report from `vltrim.compress` (method, target, steps,
+A saved model's report (``build_report``) is the run's own report from `vltrim.run.runner` (method, target, steps,
 metric before / after search / after retraining, speed, ...; a chain's per-stage rows under ``stages``) plus what a
 reader of the directory alone needs: the source model, every plan's method and settings, the data, the model's
 params and MACs, the machine the latency was measured on, the kept widths per layer and tower, and warnings (loud
@@ -9,6 +9,7 @@ card (README.md) and with rich by `vltrim report`."""
 
 from __future__ import annotations
 
+import csv
 import datetime
 import json
 import re
@@ -18,9 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
-from .measure import count_params
+from vltrim._version import __version__
+from vltrim.arch.apply import base_config
+from vltrim.arch.registry import class_name, get_adapter
+from vltrim.measure import count_macs, count_params, machine
+from vltrim.structure.groups import UnitKind
 
 REPORT, WIDTHS_PNG = "report.json", "widths.png"
 REPORT_FORMAT, REPORT_VERSION = "vltrim.report", 1
@@ -42,7 +48,6 @@ def _num(v: Any, spec: str) -> str:
 def model_card(model: nn.Module, plans: Sequence, extra: str = "", report: dict[str, Any] | None = None) -> str:
     """README.md written next to a saved model: what it is, how it was made (``report``: report.json's content, see
     ``build_report``), how it was pruned, how to load it."""
-    from .adapters import class_name
 
     pruned = any(not p.empty for p in plans)
     lines = [f"# {class_name(model)} {'compressed' if pruned else 'saved'} with vltrim", ""]
@@ -55,7 +60,7 @@ def model_card(model: nn.Module, plans: Sequence, extra: str = "", report: dict[
     elif pruned:
         lines += [
             "> Note: saved without a compression report (no report.json): the source model, data, metrics and "
-            "whether the model was retrained after pruning are not recorded. Save a `vltrim.compress` result "
+            "whether the model was retrained after pruning are not recorded. Save a `vltrim.run.runner` result "
             "(`vltrim.save(result, out)`) to record them.",
             "",
         ]
@@ -144,8 +149,6 @@ def build_report(
     model: nn.Module, plans: Sequence, run: dict[str, Any], source: str | Path | None = None
 ) -> dict[str, Any]:
     """report.json's content: the run's report (``run``: `CompressResult.report`) and what the directory alone must tell."""
-    from . import __version__
-    from .measure import machine
 
     rep = {k: v for k, v in run.items() if k != "scores_table"}  # mope's table goes to mope.csv / mope.png
     rep.update(
@@ -171,8 +174,6 @@ def report_text(rep: dict[str, Any]) -> str:
 def _source(model: nn.Module, plans: Sequence, run: dict[str, Any], source: str | Path | None) -> dict[str, Any]:
     """The model it was compressed from: its name (the CLI's MODEL, the source directory, or config's _name_or_path),
     class, params and MACs (reference input, batch 1) as the first plan recorded them."""
-    from .adapters import class_name
-    from .api import base_config
 
     first = plans[0].achieved if plans else {}
     speed = run.get("speed") or {}
@@ -191,8 +192,6 @@ def _source(model: nn.Module, plans: Sequence, run: dict[str, Any], source: str 
 
 def _costs_now(model: nn.Module) -> dict[str, Any]:
     """Params and MACs (the adapter's reference input, batch 1) of the saved model."""
-    from .adapters import class_name, get_adapter
-    from .measure import count_macs
 
     return {
         "class": class_name(model),
@@ -283,7 +282,6 @@ def _parse_group(name: str) -> tuple[str, int | None, str]:
 def layer_widths(model: nn.Module, plans: Sequence) -> dict[str, list[dict[str, Any]]]:
     """Per tower, one row per original layer: [kept, original] heads, head dims and FFN neurons, or
     ``dropped: True`` for a removed layer (plans name layers by their index when applied, so drops are followed)."""
-    from .adapters import get_adapter
 
     alive, first, count = _follow_plans(plans)
     out = {}
@@ -674,24 +672,7 @@ def sections_markdown(rep: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-# ---- reading a saved report -----------------------------------------------------------------------------------
-def read_report(directory: str | Path) -> tuple[dict[str, Any], bool | None]:
-    """A vltrim directory's report.json (or, saved without one, what plan.json tells) and whether it matches the
-    checksum recorded at save time (None: none recorded). Errors name the directory or file."""
-    from . import io
-    from .structure.plan import read_json, read_plans
-
-    path = Path(directory)
-    io._check_files(path)  # noqa: SLF001 - the same "not a vltrim directory" errors as load
-    if not (path / REPORT).is_file():
-        return _report_from_plans(read_plans(path / io.PLAN)), None
-    rep = read_json(path / REPORT, error=io.ModelDirError, allow_nonfinite=True)
-    if not isinstance(rep, dict):
-        raise io.ModelDirError(f"{path / REPORT} must hold a JSON object (a vltrim report), got {type(rep).__name__}")
-    return rep, io.report_checksum_ok(path)
-
-
-def _report_from_plans(plans: Sequence) -> dict[str, Any]:
+def report_from_plans(plans: Sequence) -> dict[str, Any]:
     """What a directory saved without a report still tells: its plans (method, target, what they achieved)."""
     plans = [p for p in plans if not p.empty]
     first = plans[0].achieved if plans else {}
@@ -719,3 +700,53 @@ def _report_from_plans(plans: Sequence) -> dict[str, Any]:
         else []
     )
     return rep
+
+
+# ---- the MoPE table on disk ---------------------------------------------------------------------------------
+TABLE_COLUMNS = ("group", "modality", "kind", "layer", "units", "error", "cost")
+
+
+def save_mope_table(table: list[dict[str, Any]], out: str | Path) -> tuple[Path, Path]:
+    """Write the MoPE table as ``mope.csv`` and its heat map as ``mope.png`` (one panel per tower: layers x
+    heads then FFN groups, and the layer errors of the depth stage as the last column) into ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "mope.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=TABLE_COLUMNS)
+        w.writeheader()
+        w.writerows({k: r[k] for k in TABLE_COLUMNS} for r in table)
+    _mope_heatmap(table, out / "mope.png")
+    return out / "mope.csv", out / "mope.png"
+
+
+def _mope_heatmap(table: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    towers = sorted({r["group"].split(".layers")[0] for r in table})
+    fig, axes = plt.subplots(1, len(towers), figsize=(6 * len(towers), 4), squeeze=False)
+    for ax, tower in zip(axes[0], towers):
+        rows = [r for r in table if r["group"].split(".layers")[0] == tower]
+        layers = 1 + max(r["layer"] for r in rows)
+        cols: dict[int, list[float]] = {}
+        for r in rows:
+            if r["kind"] != UnitKind.LAYERS.value:
+                cols.setdefault(r["layer"], []).append(r["error"])
+        width = max((len(v) for v in cols.values()), default=0)
+        grid = torch.full((layers, width + 1), float("nan"))
+        for i, v in cols.items():
+            grid[i, : len(v)] = torch.tensor(v)
+        for r in rows:
+            if r["kind"] == UnitKind.LAYERS.value:
+                grid[r["layer"], width] = r["error"]
+        im = ax.imshow(grid.numpy(), aspect="auto", cmap="viridis")
+        ax.set_title(f"{tower}: MoPE (metric drop) per head, FFN group | layer")
+        ax.set_xlabel("heads, then FFN neuron groups (last column: whole layer)")
+        ax.set_ylabel("layer")
+        ax.set_yticks(range(layers))
+        fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

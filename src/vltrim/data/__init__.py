@@ -1,8 +1,8 @@
 """Data: built-in procedural image-caption set, word tokenizer, loaders for a user's own data, and
 `as_dataset`, which turns what users pass as train_data / eval_data into one checked form."""
 
-from .inputs import as_dataset
-from .manifest import (
+from vltrim.data.inputs import as_dataset
+from vltrim.data.manifest import (
     ImageCaptionManifest,
     ImageFolder,
     ModelImageProcessor,
@@ -11,9 +11,9 @@ from .manifest import (
     resize_crop,
     verify_images,
 )
-from .prompts import ClassPrompts
-from .synthetic import SyntheticCaptions
-from .tokenizer import WordTokenizer
+from vltrim.data.prompts import ClassPrompts
+from vltrim.data.synthetic import SyntheticCaptions
+from vltrim.data.tokenizer import WordTokenizer
 
 __all__ = [
     "ClassPrompts",

@@ -32,8 +32,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ..checks import integer
-from ..checks import path as checked_path
+from vltrim.checks import integer
+from vltrim.checks import path as checked_path
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)

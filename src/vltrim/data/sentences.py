@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .manifest import _csv_rows, _decoded, _jsonl_rows
+from vltrim.data.manifest import _csv_rows, _decoded, _jsonl_rows
 
 SENTENCE_SUFFIXES = (".txt", ".jsonl", ".csv")
 TEXT_FIELDS = ("text", "sentence")

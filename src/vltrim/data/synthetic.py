@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .tokenizer import WordTokenizer
+from vltrim.data.tokenizer import WordTokenizer
 
 COLORS = {
     "red": (220, 40, 40),

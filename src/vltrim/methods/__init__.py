@@ -1,37 +1,6 @@
 """Compression methods: one file each, registered by name. A method returns a Plan; it never edits the model."""
 
-from __future__ import annotations
+from vltrim.methods import distill, heads, l1, lowrank, magnitude, mope, random, taylor, upop  # noqa: F401  (registration)
+from vltrim.methods.registry import _METHODS, Method, available, get_method, register
 
-from typing import Any, Protocol
-
-from torch import nn
-
-from ..structure.plan import Plan
-
-
-class Method(Protocol):
-    name: str
-
-    def search(self, model: nn.Module, target: float, **settings: Any) -> Plan: ...
-
-
-_METHODS: dict[str, Method] = {}
-
-
-def register(cls):
-    """Class decorator: register a method under its ``name``."""
-    _METHODS[cls.name] = cls()
-    return cls
-
-
-def get_method(name: str) -> Method:
-    if name not in _METHODS:
-        raise ValueError(f"unknown method {name!r}; available: {', '.join(sorted(_METHODS))}")
-    return _METHODS[name]
-
-
-def available() -> list[str]:
-    return sorted(_METHODS)
-
-
-from . import distill, heads, l1, lowrank, magnitude, mope, random, taylor, upop  # noqa: E402,F401  (registration)
+__all__ = ["Method", "available", "get_method", "register", "_METHODS"]

@@ -9,11 +9,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..adapters import class_name, get_adapter
-from ..measure import count_macs, count_params
-from ..structure.groups import Group, UnitKind
-from ..structure.plan import Plan
-from ..structure.select import Budget, achieved, ranked, select
+from vltrim.arch import class_name, get_adapter
+from vltrim.arch.apply import apply_plan
+from vltrim.measure import count_macs, count_params
+from vltrim.structure.groups import Group, UnitKind
+from vltrim.structure.plan import Plan
+from vltrim.structure.select import Budget, achieved, ranked, select
 
 DEFAULT_UNITS = ("head_dims", "neurons")
 # how taylor and upop compare units across groups (see Budget): Taylor scores per parameter removed, one scale per
@@ -139,8 +140,6 @@ def plan_from_keep(
     if any(
         g.kind == UnitKind.LAYERS and g.name in keep for g in groups
     ):  # a dropped block also takes its norms and biases
-        from ..api import apply_plan
-
         small = apply_plan(model, plan)
         plan.achieved.update(
             model_params_after=count_params(small),

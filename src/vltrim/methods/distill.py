@@ -15,16 +15,16 @@ from typing import Any
 
 from torch import nn
 
-from ..adapters import get_adapter
-from ..api import apply_plan
-from ..checks import choice, integer
-from ..structure.groups import UnitKind
-from ..structure.plan import Plan
-from ..structure.select import ALLOCATION, MAX_RATIO, Budget
-from ..structure.slicing import Tower
-from ..train.distill import layer_map
-from . import register
-from .common import DEFAULT_UNITS, plan_from_keep
+from vltrim.arch import get_adapter
+from vltrim.arch.apply import apply_plan
+from vltrim.checks import choice, integer
+from vltrim.methods.common import DEFAULT_UNITS, plan_from_keep
+from vltrim.methods.registry import register
+from vltrim.structure.groups import UnitKind
+from vltrim.structure.plan import Plan
+from vltrim.structure.select import ALLOCATION, MAX_RATIO, Budget
+from vltrim.structure.slicing import Tower
+from vltrim.train.distill import layer_map
 
 
 def tower_layers(model: nn.Module, layers: int | dict[str, int]) -> dict[str, int]:

@@ -22,13 +22,14 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from .. import masks
-from ..checks import choice, integer
-from ..structure.groups import Group
-from ..structure.select import ALLOCATION, MAX_RATIO, Budget, achieved, select
-from ..train.loop import batches
-from . import register
-from .common import plan_from_keep, prunable_groups, seeded
+from vltrim.arch.apply import masked
+from vltrim.checks import choice, integer
+from vltrim.methods.common import plan_from_keep, prunable_groups, seeded
+from vltrim.methods.registry import register
+from vltrim.structure.groups import Group
+from vltrim.structure.select import ALLOCATION, MAX_RATIO, Budget, achieved, select
+from vltrim.tasks import Task
+from vltrim.train.loop import batches
 
 SCHEDULES = ("geometric", "linear")
 
@@ -52,7 +53,7 @@ def head_scores(
     values = {g.name: _mask(g, (pruned or {}).get(g.name, []), dev) for g in groups}
     total = {g.name: torch.zeros(g.size, dtype=torch.float64) for g in groups}
     it = batches(data, batch_size, seed)
-    with masks.masked(work, values), seeded(seed, dev):  # dropout masks from the seed
+    with masked(work, values), seeded(seed, dev):  # dropout masks from the seed
         for _ in range(num_batches):
             loss_fn(work, {k: v.to(dev) for k, v in next(it).items()}).backward()
             for name, m in values.items():
@@ -97,8 +98,13 @@ class HeadsMethod:
 
     name = "heads"
     needs_data = True  # compress passes its training (or calibration) data and loss
+    calib_data_option = "data"  # vltrim.plan's calib_data goes to search's ``data``, the loss from `task_settings`
     # one row per head of the latest search; not `last_table`, which compress and the CLI save as MoPE's table
     last_scores: list[dict[str, Any]] | None = None
+
+    def task_settings(self, task: Task) -> dict[str, Any]:
+        """What vltrim.plan's ``task`` gives the search: the task's loss, scored on the calibration data."""
+        return {"loss_fn": task.loss}
 
     def check_settings(self, rounds: int = 1, schedule: str = "geometric", num_batches: int = 8, **_: Any) -> None:
         integer("rounds", rounds, 1)
@@ -152,8 +158,8 @@ class HeadsMethod:
         self.check_settings(rounds, schedule, num_batches)
         if data is None or loss_fn is None:
             raise ValueError(
-                "heads needs calibration data and a loss: data=..., loss_fn=(model, batch) -> loss "
-                "(vltrim.compress passes its train_data and task loss)"
+                "heads needs calibration data and a loss: calib_data=... (the loss from task=...), or data=... and "
+                "loss_fn=(model, batch) -> loss (vltrim.run.runner passes its train_data and task loss)"
             )
         if (units.split(",") if isinstance(units, str) else list(units)) != ["heads"]:
             raise ValueError(f"heads prunes whole attention heads: units must be 'heads', got {units!r}")

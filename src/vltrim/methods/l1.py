@@ -9,10 +9,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..structure.groups import Group
-from ..structure.select import MAX_RATIO, Budget
-from . import register
-from .common import DEFAULT_UNITS, plan_from_scores, prunable_groups, unit_sums
+from vltrim.methods.common import DEFAULT_UNITS, plan_from_scores, prunable_groups, unit_sums
+from vltrim.methods.registry import register
+from vltrim.structure.groups import Group
+from vltrim.structure.select import MAX_RATIO, Budget
 
 
 def unit_l1(model: nn.Module, group: Group) -> torch.Tensor:

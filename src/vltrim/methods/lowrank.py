@@ -10,7 +10,6 @@ the scales are stored in the plan, so applying it needs no data."""
 
 from __future__ import annotations
 
-import heapq
 import inspect
 import math
 from collections.abc import Iterable
@@ -22,14 +21,16 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..adapters import class_name, get_adapter
-from ..checks import flag, integer, kept_modes, number
-from ..measure import count_macs, count_params
-from ..structure.factorize import saves_params
-from ..structure.plan import Plan
-from ..structure.select import Budget, removal_chunks
-from ..train.loop import batches
-from . import register
+from vltrim.arch import class_name, get_adapter
+from vltrim.checks import flag, integer, kept_modes, number
+from vltrim.measure import count_macs, count_params
+from vltrim.methods.registry import register
+from vltrim.structure.costs import cost_of
+from vltrim.structure.factorize import saves_params
+from vltrim.structure.groups import Directions
+from vltrim.structure.plan import Plan
+from vltrim.structure.select import Budget, cut, removal_chunks
+from vltrim.train.loop import batches
 
 MODES = ("global", "energy")
 ENERGY_TOL = 1e-9  # kept energy within this of the asked share counts as reaching it (float rounding of a full rank)
@@ -37,13 +38,9 @@ SCALE_DIGITS = 6  # significant digits of the data-aware scales stored in the pl
 
 
 @dataclass
-class Layer:
+class Layer(Directions):
     """One factorable Linear: its shape, the MAC weight of its tower and the energy share of each direction."""
 
-    name: str
-    out: int
-    inp: int
-    tokens: int
     energy: torch.Tensor  # float64, descending, sums to 1
 
     def cost(self, metric: str) -> int:
@@ -54,10 +51,8 @@ class Layer:
         return self.inp * self.out * (self.tokens if metric == "macs" else 1)
 
     def saved(self, rank: int | None, metric: str) -> int:
-        """Cost removed at ``rank`` (0 when dense or when the rank would not save)."""
-        if rank is None or not saves_params(self.out, self.inp, rank):
-            return 0
-        return self.dense(metric) - rank * self.cost(metric)
+        """Cost removed at ``rank`` (0 when dense or when the rank would not save): `structure.costs`'s exact cost."""
+        return 0 if rank is None else cost_of(metric).saved(self, self.size - rank)
 
 
 # ---- calibration statistics ---------------------------------------------------------------------
@@ -148,36 +143,29 @@ def global_ranks(layers: list[Layer], budget: Budget) -> dict[str, int]:
     """One ranking of singular directions by energy share / exact cost, removed lowest first in aligned chunks
     until the real saving (a layer saves only below break-even) reaches ``budget.target`` of the dense cost.
 
-    Not structure/select.py's cut: there a removed unit always saves its cost, here the first directions of a
-    layer save nothing until r*(in+out) < in*out, so the stop test must count savings per layer."""
-    metric, total = budget.metric, sum(ly.dense(budget.metric) for ly in layers)
-    need, done = budget.target * total, 0
-    chunks = {ly.name: removal_chunks(min(ly.out, ly.inp), budget.align) for ly in layers}
+    structure/select.py's one greedy (`cut`) over the exact cost of ``budget.metric``, which prices a layer's
+    `Directions` by what its rank saves (nothing until r*(in+out) < in*out), so the stop test counts real savings."""
+    metric = budget.metric
     by_name = {ly.name: ly for ly in layers}
-    removed = dict.fromkeys(by_name, 0)
-    heap: list = []
 
-    def push(name: str, k: int) -> None:
-        if k < len(chunks[name]):
-            ly, end = by_name[name], min(by_name[name].out, by_name[name].inp) - removed[name]
-            score = float(ly.energy[end - chunks[name][k] : end].mean()) / ly.cost(metric)
-            heapq.heappush(heap, (score, name, k))
-
-    for name in by_name:
-        push(name, 0)
-    while done < need:
-        if not heap:
-            raise ValueError(
-                f"lowrank: target {budget.target:.3f} of factorable {metric} is not reachable with "
-                f"align={budget.align}: at most {done / total:.3f} (every layer at rank {budget.align})"
-            )
-        _, name, k = heapq.heappop(heap)
+    def score(name: str, start: int, n: int) -> float:
         ly = by_name[name]
-        before = ly.saved(min(ly.out, ly.inp) - removed[name], metric)
-        removed[name] += chunks[name][k]
-        done += ly.saved(min(ly.out, ly.inp) - removed[name], metric) - before
-        push(name, k + 1)
-    ranks = {n: min(by_name[n].out, by_name[n].inp) - r for n, r in removed.items() if r}
+        end = ly.size - start
+        return float(ly.energy[end - n : end].mean()) / ly.cost(metric)
+
+    removed = cut(
+        layers,
+        {ly.name: removal_chunks(ly.size, budget.align) for ly in layers},
+        score,
+        cost_of(metric),
+        budget.target,
+        1.0,  # no cap on a layer's share: its chunks stop at rank ``align`` anyway
+        lambda reached: (
+            f"lowrank: target {budget.target:.3f} of factorable {metric} is not reachable with "
+            f"align={budget.align}: at most {reached:.3f} (every layer at rank {budget.align})"
+        ),
+    )
+    ranks = {n: by_name[n].size - r for n, r in removed.items() if r}
     return {n: r for n, r in ranks.items() if by_name[n].saved(r, metric) > 0}
 
 

@@ -19,12 +19,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..adapters import class_name, get_adapter
-from ..checks import choice, integer, number
-from ..measure import count_macs, count_params
-from ..structure.plan import Plan
-from ..structure.sparsify import PATTERNS, check_semi_shape, prune_mask
-from . import register
+from vltrim.arch import class_name, get_adapter
+from vltrim.checks import choice, integer, number
+from vltrim.measure import count_macs, count_params
+from vltrim.methods.registry import register
+from vltrim.structure.plan import Plan
+from vltrim.structure.sparsify import PATTERNS, check_semi_shape, prune_mask
 
 SCOPES = ("global", "layer")
 

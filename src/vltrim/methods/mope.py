@@ -20,27 +20,30 @@ modules and the errors are summed over ranks."""
 from __future__ import annotations
 
 import copy
-import csv
 import dataclasses
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from .. import masks
-from ..adapters import class_name, get_adapter
-from ..api import apply_plan
-from ..checks import integer, number
-from ..data.inputs import as_dataset, in_order
-from ..progress import bar
-from ..structure.groups import Group, UnitKind
-from ..structure.select import ALLOCATION, MAX_RATIO, Budget, select
-from . import register
-from .common import plan_from_keep, prunable_groups, unit_sums
+from vltrim.arch import class_name, get_adapter, masks
+from vltrim.arch.apply import apply_plan, masked
+from vltrim.checks import integer, number
+from vltrim.data.inputs import as_dataset, in_order
+from vltrim.methods.common import plan_from_keep, prunable_groups, unit_sums
+from vltrim.methods.registry import register
+from vltrim.progress import bar
+from vltrim.report import save_mope_table
+from vltrim.structure.groups import Group, UnitKind
+from vltrim.structure.plan import Plan
+from vltrim.structure.select import ALLOCATION, MAX_RATIO, Budget, select
+from vltrim.tasks import Task
+from vltrim.tasks.classification import class_logits
+from vltrim.tasks.retrieval import image_embeds, recall_at_k, text_embeds
+from vltrim.tasks.sentence import sentence_embedding
 
 Outputs = dict[str, torch.Tensor]
 
@@ -71,8 +74,6 @@ def _top1(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 def _retrieval_probe(data: Any, chunks: list[dict[str, torch.Tensor]]) -> Probe:
-    from ..tasks.retrieval import image_embeds, recall_at_k, text_embeds
-
     labels = _extra(chunks, "label")
     labels = labels if labels is not None else torch.arange(sum(len(c["pixel_values"]) for c in chunks))
     class_texts = getattr(data, "class_texts", None)
@@ -96,8 +97,6 @@ def _retrieval_probe(data: Any, chunks: list[dict[str, torch.Tensor]]) -> Probe:
 
 
 def _classification_probe(data: Any, chunks: list[dict[str, torch.Tensor]]) -> Probe:
-    from ..tasks.classification import class_logits
-
     labels = _extra(chunks, "label")
     if labels is None:
         raise ValueError("calib_data for classification needs a 'label' field (the class of each image)")
@@ -107,8 +106,6 @@ def _classification_probe(data: Any, chunks: list[dict[str, torch.Tensor]]) -> P
 
 
 def _sentence_probe(data: Any, chunks: list[dict[str, torch.Tensor]]) -> Probe:
-    from ..tasks.sentence import sentence_embedding
-
     teacher = _extra(chunks, "teacher_embedding")
     if teacher is None:
         raise ValueError(
@@ -167,7 +164,7 @@ def naive_errors(model: nn.Module, probe: Probe, ablations: list[Ablation], prog
         for a in ablations:
             v = torch.ones(sizes[a.group])
             v[list(a.units)] = 0
-            with masks.masked(model, {a.group: v}):
+            with masked(model, {a.group: v}):
                 out.append(base - _metric(model, probe))
             pb.update(task, advance=1)
     return out
@@ -464,6 +461,11 @@ class MoPEMethod:
     kd_hidden = 1.0  # retraining distils every block's hidden states too (the paper's uni-modal distillation)
     kd_embed = 1.0  # and each tower's final embedding (retrieval); cross-modal: the task's similarity KL
     last_table: list[dict[str, Any]] | None = None  # MoPE table of the latest search (compress reports it)
+    calib_data_option = "data"  # vltrim.plan's calib_data is what the task metric is measured on
+
+    def task_settings(self, task: Task) -> dict[str, Any]:
+        """What vltrim.plan's ``task`` gives the search: the task whose metric scores the modules (its name)."""
+        return {"task": task.name}
 
     def check_settings(
         self,
@@ -516,7 +518,8 @@ class MoPEMethod:
         self.check_settings(depth_share, group_size, ablation_batch, fast, calib_size, rounds)
         if data is None:
             raise ValueError(
-                "mope scores modules with the task metric: pass calibration data (compress passes train_data or calib_data)"
+                "mope scores modules with the task metric: pass calibration data (vltrim.plan: calib_data=...; "
+                "compress passes train_data or calib_data)"
             )
         data, _ = as_dataset(data, "calib_data")
         calib = torch.utils.data.Subset(data, range(min(calib_size, len(data))))
@@ -658,8 +661,6 @@ def _width_then_depth(
 
 
 def _plain_plan(model: nn.Module, groups: list[Group], keep: dict[str, list[int]]):
-    from ..structure.plan import Plan
-
     return Plan.from_keep(class_name(model), groups, keep, method="mope-width")
 
 
@@ -731,51 +732,4 @@ def _final_width(
         )
 
 
-# ---- the MoPE table on disk ---------------------------------------------------------------------------------
-TABLE_COLUMNS = ("group", "modality", "kind", "layer", "units", "error", "cost")
-
-
-def save_table(table: list[dict[str, Any]], out: str | Path) -> tuple[Path, Path]:
-    """Write the MoPE table as ``mope.csv`` and its heat map as ``mope.png`` (one panel per tower: layers x
-    heads then FFN groups, and the layer errors of the depth stage as the last column) into ``out``."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    with (out / "mope.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=TABLE_COLUMNS)
-        w.writeheader()
-        w.writerows({k: r[k] for k in TABLE_COLUMNS} for r in table)
-    _heatmap(table, out / "mope.png")
-    return out / "mope.csv", out / "mope.png"
-
-
-def _heatmap(table: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    towers = sorted({r["group"].split(".layers")[0] for r in table})
-    fig, axes = plt.subplots(1, len(towers), figsize=(6 * len(towers), 4), squeeze=False)
-    for ax, tower in zip(axes[0], towers):
-        rows = [r for r in table if r["group"].split(".layers")[0] == tower]
-        layers = 1 + max(r["layer"] for r in rows)
-        cols: dict[int, list[float]] = {}
-        for r in rows:
-            if r["kind"] != UnitKind.LAYERS.value:
-                cols.setdefault(r["layer"], []).append(r["error"])
-        width = max((len(v) for v in cols.values()), default=0)
-        grid = torch.full((layers, width + 1), float("nan"))
-        for i, v in cols.items():
-            grid[i, : len(v)] = torch.tensor(v)
-        for r in rows:
-            if r["kind"] == UnitKind.LAYERS.value:
-                grid[r["layer"], width] = r["error"]
-        im = ax.imshow(grid.numpy(), aspect="auto", cmap="viridis")
-        ax.set_title(f"{tower}: MoPE (metric drop) per head, FFN group | layer")
-        ax.set_xlabel("heads, then FFN neuron groups (last column: whole layer)")
-        ax.set_ylabel("layer")
-        ax.set_yticks(range(layers))
-        fig.colorbar(im, ax=ax)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+save_table = save_mope_table  # the documented name: mope.csv and mope.png from report["scores_table"]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..structure.select import ALLOCATION, MAX_RATIO, Budget
-from . import register
-from .common import DEFAULT_UNITS, plan_from_scores, prunable_groups
+from vltrim.methods.common import DEFAULT_UNITS, plan_from_scores, prunable_groups
+from vltrim.methods.registry import register
+from vltrim.structure.select import ALLOCATION, MAX_RATIO, Budget
 
 
 @register

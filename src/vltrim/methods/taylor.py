@@ -7,16 +7,13 @@ the mean gradient at the start is ~0 and only per-batch terms (dropout on, as in
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..structure.groups import Group
-from ..structure.select import ALLOCATION, MAX_RATIO, Budget, check_ranking
-from ..train.loop import batches
-from . import register
-from .common import (
+from vltrim.methods.common import (
     DEFAULT_UNITS,
     TAYLOR_NORMALIZE,
     TAYLOR_RANKING,
@@ -26,6 +23,11 @@ from .common import (
     unit_sums,
     weight_taylor,
 )
+from vltrim.methods.registry import register
+from vltrim.structure.groups import Group
+from vltrim.structure.select import ALLOCATION, MAX_RATIO, Budget, check_ranking
+from vltrim.tasks import Task
+from vltrim.train.loop import batches
 
 
 def taylor_scores(
@@ -66,6 +68,11 @@ class TaylorMethod:
 
     name = "taylor"
     needs_data = True  # compress passes its training data and loss
+    calib_data_option = "data"  # vltrim.plan's calib_data goes to search's ``data``, the loss from `task_settings`
+
+    def task_settings(self, task: Task) -> dict[str, Any]:
+        """What vltrim.plan's ``task`` gives the search: the task's loss, scored on the calibration data."""
+        return {"loss_fn": task.loss}
 
     def check_settings(
         self,
@@ -97,8 +104,8 @@ class TaylorMethod:
     ):
         if data is None or loss_fn is None:
             raise ValueError(
-                "taylor needs calibration data and a loss: data=..., loss_fn=(model, batch) -> loss "
-                "(vltrim.compress passes its train_data and task loss)"
+                "taylor needs calibration data and a loss: calib_data=... (the loss from task=...), or data=... and "
+                "loss_fn=(model, batch) -> loss (vltrim.run.runner passes its train_data and task loss)"
             )
         groups = prunable_groups(model, units)
         scores = taylor_scores(model, groups, data, loss_fn, num_batches, batch_size, seed)

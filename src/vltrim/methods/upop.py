@@ -22,16 +22,9 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from .. import masks
-from ..adapters import get_adapter
-from ..checks import choice, flag, integer, number
-from ..structure.groups import Group
-from ..structure.plan import Plan
-from ..structure.select import ALLOCATION, MAX_RATIO, Budget, achieved, check_ranking, ranked, select
-from ..train import train
-from ..train.loop import SCHEDULES
-from . import register
-from .common import (
+from vltrim.arch import get_adapter, masks
+from vltrim.checks import choice, flag, integer, number
+from vltrim.methods.common import (
     DEFAULT_UNITS,
     TAYLOR_NORMALIZE,
     TAYLOR_RANKING,
@@ -40,6 +33,14 @@ from .common import (
     unit_sums,
     weight_taylor,
 )
+from vltrim.methods.registry import register
+from vltrim.structure.groups import Group
+from vltrim.structure.plan import Plan
+from vltrim.structure.select import ALLOCATION, MAX_RATIO, Budget, achieved, check_ranking, ranked, select
+from vltrim.tasks import Task
+from vltrim.tasks.retrieval import contrastive_loss
+from vltrim.train import train
+from vltrim.train.loop import SCHEDULES
 
 SALIENCIES = ("abs", "signed", "taylor")
 
@@ -67,8 +68,6 @@ class SearchResult:
 
 def default_loss(model: nn.Module) -> Callable:
     if hasattr(model, "get_image_features") and hasattr(model, "get_text_features"):
-        from ..tasks.retrieval import contrastive_loss
-
         return contrastive_loss
     raise ValueError(f"upop needs loss_fn=... for {type(model).__name__} (a callable (model, batch) -> loss)")
 
@@ -189,7 +188,12 @@ class _Search:
 @register
 class UPopMethod:
     name = "upop"
-    needs_training = True  # decides while training: use run() for the searched weights, or vltrim.compress
+    needs_training = True  # decides while training: use run() for the searched weights, or vltrim.run.runner
+    calib_data_option = "train_data"  # vltrim.plan's calib_data is the data the search trains on
+
+    def task_settings(self, task: Task) -> dict[str, Any]:
+        """What vltrim.plan's ``task`` gives the search: the task's loss, trained on (as the search's ``loss_fn``)."""
+        return {"loss_fn": task.loss}
 
     def search(self, model: nn.Module, target: float, **settings: Any) -> Plan:
         return self.run(model, target, **settings).plan

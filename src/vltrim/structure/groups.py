@@ -1,4 +1,5 @@
-"""Prunable groups: the units a method may remove, their modality and their exact cost."""
+"""Prunable groups: the units a method may remove, their modality and their exact cost; and the singular
+directions of a Linear that a factorisation may remove (what `structure.costs` prices and `select.cut` ranks)."""
 
 from __future__ import annotations
 
@@ -56,6 +57,24 @@ class Group:
         d = asdict(self)
         d["kind"] = self.kind.value
         return d
+
+
+@dataclass
+class Directions:
+    """The singular directions of one Linear of shape (``out``, ``inp``) that a factorisation may remove.
+
+    Its ``size`` is min(out, inp); removing ``n`` leaves rank size - n. ``tokens`` is its tower's reference token
+    count (the MACs of one direction are (in+out) * tokens). What removing them saves is not additive: a layer
+    saves only once r*(in+out) < in*out (see `structure.costs`)."""
+
+    name: str
+    out: int
+    inp: int
+    tokens: int
+
+    @property
+    def size(self) -> int:
+        return min(self.out, self.inp)
 
 
 def attention_costs(

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .factorize import saves_params
-from .groups import Group, UnitKind
-from .sparsify import PATTERNS, SEMI
+from vltrim.structure.factorize import saves_params
+from vltrim.structure.groups import Group, UnitKind
+from vltrim.structure.sparsify import PATTERNS, SEMI
 
 PLAN_FORMAT = "vltrim.plan"
 PLAN_VERSION = 1

@@ -1,13 +1,19 @@
-"""One global ranking: turn per-unit scores into kept indices that meet a cost budget, aligned."""
+"""One global ranking: turn per-unit scores into kept indices that meet a cost budget, aligned.
+
+`cut` is the one greedy: it removes aligned chunks of units, lowest score first, until what they save under a
+`structure.costs` Cost reaches the target; `select` (pruning units) and lowrank's ranks both run it."""
 
 from __future__ import annotations
 
 import heapq
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 
-from .groups import Group, UnitKind
+from vltrim.structure.costs import Cost, cost_of
+from vltrim.structure.groups import Group, UnitKind
 
 ALLOCATIONS = ("global", "uniform", "modality")
 ALLOCATION = (
@@ -62,6 +68,11 @@ class Budget:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @property
+    def cost(self) -> Cost:
+        """The exact cost ``metric`` names (`structure.costs.ParamsCost` or `MacsCost`)."""
+        return cost_of(self.metric)
+
 
 def check_ranking(normalize: str, ranking: str) -> None:
     """``normalize`` and ``ranking`` (see Budget), checked on their own so methods can refuse them before any work."""
@@ -75,11 +86,14 @@ def check_ranking(normalize: str, ranking: str) -> None:
         )
 
 
-def ranked(groups: list[Group], scores: dict[str, torch.Tensor], budget: Budget) -> dict[str, torch.Tensor]:
+def ranked(
+    groups: list[Group], scores: dict[str, torch.Tensor], budget: Budget, cost: Cost | None = None
+) -> dict[str, torch.Tensor]:
     """Scores made comparable across groups as ``budget`` says (normalised, then per unit of cost when ranking
-    'per_cost'), ready for `select`."""
+    'per_cost'), ready for `select`. With a ``cost`` other than the budget's exact metric (a measured table, not
+    additive), 'per_cost' is left to `select` given the same ``cost``: it divides each chunk's score by its saving."""
     out = normalize_scores(groups, scores, budget.normalize, budget.metric)
-    if budget.ranking == "per_cost":
+    if budget.ranking == "per_cost" and _exact(budget, cost):
         out = {g.name: out[g.name] / g.cost_per_unit(budget.metric) for g in groups}
     return out
 
@@ -143,55 +157,110 @@ def rank_quantiles(groups: list[Group], scores: dict[str, torch.Tensor]) -> dict
     return out
 
 
-def select(groups: list[Group], scores: dict[str, torch.Tensor], budget: Budget) -> dict[str, list[int]]:
-    """Kept indices per group that meet ``budget``, cut where its ``allocation`` says (see Budget)."""
+def select(
+    groups: list[Group], scores: dict[str, torch.Tensor], budget: Budget, cost: Cost | None = None
+) -> dict[str, list[int]]:
+    """Kept indices per group that meet ``budget``, cut where its ``allocation`` says (see Budget). ``cost`` (default:
+    the exact cost of ``budget.metric``) is what the target is a share of, e.g. a measured `TableCost`."""
     if budget.allocation == "modality":
         keep: dict[str, list[int]] = {}
         for m in sorted({g.modality for g in groups}):
-            keep.update(_cut([g for g in groups if g.modality == m], scores, budget))
+            keep.update(_cut([g for g in groups if g.modality == m], scores, budget, cost))
         return keep
     if budget.allocation == "uniform":
         scores = rank_quantiles(groups, scores)
-    return _cut(groups, scores, budget)
+    return _cut(groups, scores, budget, cost)
 
 
-def _cut(groups: list[Group], scores: dict[str, torch.Tensor], budget: Budget) -> dict[str, list[int]]:
-    """Remove the lowest-scored aligned chunks across ``groups`` until the budget is met.
+def _exact(budget: Budget, cost: Cost | None) -> bool:
+    """Whether ``cost`` is the budget metric's exact, additive cost (scores per unit of it are `ranked`'s job)."""
+    return cost is None or cost == budget.cost
 
-    Units are ranked by score; each chunk's cost is its exact params or MACs; no group loses more than
-    ``max_ratio`` of its units. Stops at the first chunk that reaches the target, so the plan overshoots
-    by less than one alignment step.
+
+def _cut(
+    groups: list[Group], scores: dict[str, torch.Tensor], budget: Budget, cost: Cost | None = None
+) -> dict[str, list[int]]:
+    """Remove the lowest-scored aligned chunks across ``groups`` until the budget is met (`cut`).
+
+    Units are ranked by score, a chunk by its units' mean score (with a measured ``cost`` and ranking 'per_cost':
+    that score times its units over what the chunk saves); each chunk's cost is its exact params or MACs (or what
+    ``cost`` says); no group loses more than ``max_ratio`` of its units. Stops at the first chunk that reaches the
+    target, so the plan overshoots by less than one alignment step.
     """
-    total = sum(g.size * g.cost_per_unit(budget.metric) for g in groups)
-    need = budget.target * total
+    exact = _exact(budget, cost)
+    cost = budget.cost if cost is None else cost
+    per_saving = budget.ranking == "per_cost" and not exact
     order = {g.name: torch.argsort(scores[g.name].flatten(), stable=True).tolist() for g in groups}
-    chunks = {g.name: removal_chunks(g.size, g.align_step(budget.align)) for g in groups}
-    removed = {g.name: 0 for g in groups}
     by_name = {g.name: g for g in groups}
 
-    def push(heap: list, name: str, k: int) -> None:
-        if k < len(chunks[name]) and removed[name] + chunks[name][k] <= budget.max_ratio * by_name[name].size + 1e-9:
-            start = removed[name]
-            idx = order[name][start : start + chunks[name][k]]
-            s = float(scores[name].flatten()[idx].mean())
-            heapq.heappush(heap, (s, name, k, len(idx)))
+    def score(name: str, start: int, n: int) -> float:
+        idx = order[name][start : start + n]
+        s = float(scores[name].flatten()[idx].mean())
+        if per_saving:
+            gain = cost.saved(by_name[name], start + n) - cost.saved(by_name[name], start)
+            s = s * n / gain if gain > 0 else float("inf")
+        return s
 
+    label = budget.metric if exact else getattr(cost, "name", type(cost).__name__)
+    removed = cut(
+        groups,
+        {g.name: removal_chunks(g.size, g.align_step(budget.align)) for g in groups},
+        score,
+        cost,
+        budget.target,
+        budget.max_ratio,
+        lambda reached: (
+            f"target {budget.target:.3f} of prunable {label} is not reachable with align={budget.align}, "
+            f"max_ratio={budget.max_ratio}: at most {reached:.3f} can be removed while keeping every group non-empty"
+        ),
+    )
+    return {name: sorted(order[name][r:]) for name, r in removed.items() if r > 0}
+
+
+def cut(
+    groups: Sequence[Any],
+    chunks: Mapping[str, Sequence[int]],
+    score: Callable[[str, int, int], float],
+    cost: Cost,
+    target: float,
+    max_ratio: float = MAX_RATIO,
+    unreachable: Callable[[float], str] | None = None,
+) -> dict[str, int]:
+    """The one greedy: how many units of each group (anything with ``name`` and ``size``: a `Group`, the
+    `Directions` of a Linear) to remove so that ``cost`` saves at least ``target`` of its total
+    (sum of ``cost.saved(g, g.size)``).
+
+    Each group loses its units in the order ``score`` assumes, in the successive ``chunks`` of its name;
+    ``score(name, removed_so_far, chunk)`` rates its next chunk, and the lowest-rated chunk of all groups goes next.
+    Progress is counted as ``cost.saved`` after less before, so a cost need not be additive (a Linear saves nothing
+    until its rank is below break-even; a latency table saves in steps). No group loses more than ``max_ratio`` of
+    its units. Stops at the first chunk that reaches the target; raises ValueError (``unreachable(share reached)``)
+    when every chunk is gone first. Returns units removed per group, in the order of ``groups``."""
+    total = sum(cost.saved(g, g.size) for g in groups)
+    need = target * total
+    by_name = {g.name: g for g in groups}
+    removed = {g.name: 0 for g in groups}
     heap: list = []
+
+    def push(name: str, k: int) -> None:
+        if k < len(chunks[name]) and removed[name] + chunks[name][k] <= max_ratio * by_name[name].size + 1e-9:
+            heapq.heappush(heap, (score(name, removed[name], chunks[name][k]), name, k))
+
     for g in groups:
-        push(heap, g.name, 0)
-    done = 0.0
+        push(g.name, 0)
+    done = 0
     while done < need:
         if not heap:
-            reachable = done / total if total else 0.0
+            reached = done / total if total else 0.0
             raise ValueError(
-                f"target {budget.target:.3f} of prunable {budget.metric} is not reachable with align={budget.align}, "
-                f"max_ratio={budget.max_ratio}: at most {reachable:.3f} can be removed while keeping every group non-empty"
+                unreachable(reached) if unreachable else f"target {target:.3f} is not reachable: at most {reached:.3f}"
             )
-        _, name, k, n = heapq.heappop(heap)
-        removed[name] += n
-        done += n * by_name[name].cost_per_unit(budget.metric)
-        push(heap, name, k + 1)
-    return {name: sorted(order[name][r:]) for name, r in removed.items() if r > 0}
+        _, name, k = heapq.heappop(heap)
+        g, before = by_name[name], removed[name]
+        removed[name] += chunks[name][k]
+        done += cost.saved(g, removed[name]) - cost.saved(g, before)
+        push(name, k + 1)
+    return removed
 
 
 def achieved(groups: list[Group], keep: dict[str, list[int]]) -> dict[str, float | int]:
@@ -207,13 +276,14 @@ def achieved(groups: list[Group], keep: dict[str, list[int]]) -> dict[str, float
     counted = width or groups
     out: dict[str, float | int] = {}
     for metric in ("params", "macs"):
-        total = sum(g.size * g.cost_per_unit(metric) for g in counted)
+        cost = cost_of(metric)
+        total = sum(cost.saved(g, g.size) for g in counted)
         gone = 0
         for g in counted:
             left = (
                 0 if width and g.name.startswith(gone_blocks) and gone_blocks else len(keep.get(g.name, range(g.size)))
             )
-            gone += (g.size - left) * g.cost_per_unit(metric)
+            gone += cost.saved(g, g.size - left)
         out[f"prunable_{metric}"] = total
         out[f"{metric}_removed"] = gone / total if total else 0.0
     return out

@@ -11,12 +11,18 @@ import torch
 from torch import nn
 from torch.utils.data import default_collate
 
-from ..checks import kept_modes
-from ..data.inputs import Sample
-from ..data.sources import check_token_ids
-from .classification import classification_kd, classification_loss, evaluate_classification
-from .retrieval import contrastive_loss, evaluate_retrieval, recall_at_k, similarity_kd_loss, zero_shot_accuracy
-from .sentence import SentenceDistillData, embedding_loss, evaluate_embeddings
+from vltrim.checks import kept_modes
+from vltrim.data.inputs import Sample
+from vltrim.tasks.classification import classification_kd, classification_loss, evaluate_classification
+from vltrim.tasks.retrieval import (
+    contrastive_loss,
+    evaluate_retrieval,
+    recall_at_k,
+    similarity_kd_loss,
+    zero_shot_accuracy,
+)
+from vltrim.tasks.sentence import SentenceDistillData, embedding_loss, evaluate_embeddings
+from vltrim.tasks.sources import check_token_ids
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..checks import kept_modes
-from ..data.inputs import in_order
-from ..train.distill import logits_kl
+from vltrim.checks import kept_modes
+from vltrim.data.inputs import in_order
+from vltrim.train.distill import logits_kl
 
 
 def class_logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..checks import kept_modes
-from ..data.inputs import in_order
-from ..train.distill import similarity_kl
+from vltrim.checks import kept_modes
+from vltrim.data.inputs import in_order
+from vltrim.train.distill import similarity_kl
 
 IMAGE_KEYS = ("pixel_values",)
 TEXT_KEYS = ("input_ids", "attention_mask", "token_type_ids")

@@ -1,5 +1,5 @@
 """Training: the loop used for fine-tuning and retraining."""
 
-from .loop import batch_indices, batches, train
+from vltrim.train.loop import batch_indices, batches, train
 
 __all__ = ["batch_indices", "batches", "train"]

@@ -15,6 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vltrim.arch import get_adapter
+from vltrim.arch.apply import plans_of
+
 
 def logits_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """KL(teacher || student) over the last dimension, scaled by T^2 (class logits or similarity rows)."""
@@ -64,8 +67,6 @@ def attention_mse(
 def kept_teacher_layers(student: nn.Module, teacher: nn.Module, tower: str, teacher_layers: int) -> list[int]:
     """Teacher layer index of each of the student's layers in ``tower``, through every plan applied since the
     teacher (MoPE's depth stage, any layer-reduced student): the mapping across removed layers is exact."""
-    from ..api import plans_of
-
     index = list(range(teacher_layers))
     for p in plans_of(student)[len(plans_of(teacher)) :]:
         keep = p.keep.get(f"{tower}.layers")
@@ -78,8 +79,6 @@ def kept_teacher_layers(student: nn.Module, teacher: nn.Module, tower: str, teac
 def layer_outputs(model: nn.Module) -> Iterator[dict[str, list[torch.Tensor]]]:
     """Collect the output hidden states of every block of every tower during the forwards inside the block
     (the latest forward's, per tower)."""
-    from ..adapters import get_adapter
-
     towers = get_adapter(model).towers(model)
     with _collect(
         [(t.name, list(t.layers)) for t in towers], lambda out: out[0] if isinstance(out, tuple) else out
@@ -92,8 +91,6 @@ def attention_maps(model: nn.Module) -> Iterator[dict[str, list[torch.Tensor]]]:
     """Collect the attention probabilities [batch, heads, queries, keys] of every block of every tower during the
     forwards inside the block (the latest forward's, per tower). The attention runs eager meanwhile (SDPA and flash
     kernels return no probabilities); the model's own implementation is restored on exit."""
-    from ..adapters import get_adapter
-
     towers = get_adapter(model).towers(model)
     mods = [(t.name, [t.block(layer).attn.module for layer in t.layers]) for t in towers]
     with eager_attention([m for _, ms in mods for m in ms]), _collect(mods, _probabilities) as states:

@@ -26,8 +26,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import Dataset, default_collate
 
-from ..checks import integer, number
-from ..progress import bar
+from vltrim.checks import integer, number
+from vltrim.progress import bar
 
 LossFn = Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]
 CHECKPOINT_PREFIX = "checkpoint-"

@@ -30,46 +30,49 @@ from safetensors import safe_open
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from .adapters import UnsupportedModelError, class_name, get_adapter, model_class
-from .api import BASE_CONFIG_ATTR, PLANS_ATTR, apply_plan, base_config, plans_of
-from .checks import device as checked_device
-from .checks import path as checked_path
-from .structure.plan import Plan, PlanError, dumps_plans, read_json, read_plans
-from .structure.sparsify import check_sparsity
-
-CONFIG, PLAN, WEIGHTS, CARD, CHECKSUMS = "config.json", "plan.json", "model.safetensors", "README.md", "vltrim.json"
-MODELING = "modeling_vltrim.py"  # the class transformers' auto classes load (config.json's auto_map; see hf.py)
-CHECKED = (CONFIG, PLAN, WEIGHTS)  # files whose SHA-256 is recorded in vltrim.json (README.md is for people)
-CHECKSUMS_FORMAT, CHECKSUMS_VERSION = "vltrim.model_dir", 1
-REPORT = "report.json"  # with a compress result: the run's report; its SHA-256 is in vltrim.json's "reports", which load does not check
-REPORT_FILES = (
+from vltrim._version import __version__
+from vltrim.arch.apply import BASE_CONFIG_ATTR, PLANS_ATTR, apply_plan, base_config, plans_of
+from vltrim.arch.registry import UnsupportedModelError, class_name, get_adapter, model_class
+from vltrim.checks import device as checked_device
+from vltrim.checks import path as checked_path
+from vltrim.io import remote_code
+from vltrim.io.layout import (
+    _DTYPES,
+    CARD,
+    CHECKED,
+    CHECKSUMS,
+    CHECKSUMS_FORMAT,
+    CHECKSUMS_VERSION,
+    CONFIG,
+    EXPORTS,
+    MODELING,
+    PLAN,
     REPORT,
-    "widths.png",
-    "mope.csv",
-    "mope.png",
-)  # written from a report; a save without one removes old ones
-EXPORTS = (
-    "model.onnx",
-    "model.onnx.data",
-    "model.int8.onnx",
-)  # `vltrim export`'s default files: a new save removes them
-_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
-
-
-class ModelDirError(ValueError, RuntimeError):
-    """A model directory that cannot be saved or loaded as it is: a file missing, malformed, edited, or not
-    matching the others. (Also a RuntimeError: ``load`` raised RuntimeError for mismatched weights before.)"""
-
-
-class MissingModelFileError(ModelDirError, FileNotFoundError):
-    """The directory, or a file a vltrim model directory needs, does not exist."""
+    REPORT_FILES,
+    WEIGHTS,
+    MissingModelFileError,
+    ModelDirError,
+)
+from vltrim.report import (
+    WIDTHS_PNG,
+    build_report,
+    model_card,
+    plot_widths,
+    report_from_plans,
+    report_text,
+    save_mope_table,
+    widths_cut,
+)
+from vltrim.structure.plan import Plan, PlanError, dumps_plans, read_json, read_plans
+from vltrim.structure.result import CompressResult
+from vltrim.structure.sparsify import check_sparsity
 
 
 # ---- save ---------------------------------------------------------------------------------------------
 def save(model: Any, path: str | Path, card_extra: str = "", source: str | Path | None = None) -> Path:
     """Write the model directory (with vltrim.json checksums and modeling_vltrim.py); returns its path.
 
-    ``model``: a model, or a `CompressResult` (what `vltrim.compress` returns): then its report is written too, as
+    ``model``: a model, or a `CompressResult` (what `vltrim.run.runner` returns): then its report is written too, as
     report.json (source model, method and settings of every stage, data and steps, metric before / after search /
     after retraining, params, MACs, latency and machine, warnings), widths.png (kept widths per layer and tower) and
     in the model card (README.md); a MoPE run also writes its module errors (mope.csv, mope.png).
@@ -78,8 +81,6 @@ def save(model: Any, path: str | Path, card_extra: str = "", source: str | Path 
     Every file is written to a temporary directory next to ``path`` first, so a bad plan or a crash never
     leaves a directory that ``load`` accepts while being wrong. An existing vltrim directory is overwritten; files
     derived from the model it held are removed (`vltrim export`'s model.onnx, and report files when this save has none)."""
-    from . import hf
-
     model, run = _unpack(model)
     get_adapter(model)  # unsupported models fail before anything is written
     out = checked_path("path", path)
@@ -87,10 +88,10 @@ def save(model: Any, path: str | Path, card_extra: str = "", source: str | Path 
     plans = plans_of(model) or [Plan(class_name(model), {}, {}, {}, method="none")]
     report = _report(model, plans, run, source)
     texts = {
-        CONFIG: hf.config_text(base_config(model), model),
+        CONFIG: remote_code.config_text(base_config(model), model),
         PLAN: dumps_plans(plans),
         CARD: _card(model, plans, card_extra, report),
-        MODELING: hf.modeling_source(model),
+        MODELING: remote_code.modeling_source(model),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.resolve().parent / f".{out.resolve().name}.tmp-{secrets.token_hex(4)}"
@@ -100,7 +101,7 @@ def save(model: Any, path: str | Path, card_extra: str = "", source: str | Path 
             (tmp / name).write_text(text, encoding="utf-8")
         save_model(model, str(tmp / WEIGHTS))
         if source is not None:
-            hf.copy_source_files(source, tmp)
+            remote_code.copy_source_files(source, tmp)
         if report is not None:
             _write_report(report, run, tmp)
         (tmp / CHECKSUMS).write_text(_checksums_text(tmp), encoding="utf-8")  # last: config.json is final
@@ -115,8 +116,6 @@ def save(model: Any, path: str | Path, card_extra: str = "", source: str | Path 
 
 def _unpack(model: Any) -> tuple[nn.Module, dict[str, Any] | None]:
     """(model, its run report) from a CompressResult; (model, None) from a model."""
-    from .compress import CompressResult
-
     if isinstance(model, CompressResult):
         if not isinstance(model.report, dict):
             raise TypeError(
@@ -130,8 +129,6 @@ def _report(
     model: nn.Module, plans: list[Plan], run: dict[str, Any] | None, source: str | Path | None
 ) -> dict[str, Any] | None:
     """report.json's content for a run report (None without one)."""
-    from .report import build_report
-
     if run is None:
         return None
     return build_report(model, [p for p in plans if not p.empty], run, source)
@@ -139,15 +136,11 @@ def _report(
 
 def _write_report(report: dict[str, Any], run: dict[str, Any], folder: Path) -> None:
     """report.json, widths.png (when a layer or width was cut) and (MoPE) mope.csv / mope.png into ``folder``."""
-    from .report import WIDTHS_PNG, plot_widths, report_text, widths_cut
-
     (folder / REPORT).write_text(report_text(report), encoding="utf-8")
     if widths_cut(report.get("widths")):
         plot_widths(report["widths"], folder / WIDTHS_PNG, title=f"{report['model']['class']}: kept widths per layer")
     if run.get("scores_table"):
-        from .methods.mope import save_table
-
-        save_table(run["scores_table"], folder)
+        save_mope_table(run["scores_table"], folder)
 
 
 def _make_readable(folder: Path) -> None:
@@ -159,8 +152,6 @@ def _make_readable(folder: Path) -> None:
 
 
 def _card(model: nn.Module, plans: list[Plan], extra: str, report: dict[str, Any] | None = None) -> str:
-    from .report import model_card
-
     return model_card(model, plans, extra=extra, report=report)
 
 
@@ -198,8 +189,6 @@ def _install(tmp: Path, out: Path) -> None:
 
 
 def _checksums_text(folder: Path) -> str:
-    from . import __version__
-
     files = {name: sha256_file(folder / name) for name in CHECKED}
     reports = {REPORT: sha256_file(folder / REPORT)} if (folder / REPORT).is_file() else {}
     return json.dumps(
@@ -239,13 +228,9 @@ def load(path: str | Path, device: str | torch.device = "cpu", verify: bool = Tr
     With ``verify`` (default) config.json, plan.json and model.safetensors must match the SHA-256 recorded in
     vltrim.json, or ModelDirError names the file that changed; a directory saved before vltrim recorded
     checksums (no vltrim.json) loads with a UserWarning. ``verify=False`` skips the check (files edited on purpose).
-    Where no such path exists, ``"reference"`` is the built-in CLIP teacher and ``"tiny:<Class>"`` a tiny random model
-    of that class (as the CLI's MODEL argument)."""
+    (``vltrim.load`` also takes the names "reference" and "tiny:<Class>": see vltrim.models.)"""
     if not isinstance(verify, bool):
         raise TypeError(f"verify must be True or False, got {verify!r}")
-    named = named_model(path, device)
-    if named is not None:
-        return named
     path, device = checked_path("path", path), checked_device("device", device)
     _check_files(path)
     if verify:
@@ -260,26 +245,6 @@ def load(path: str | Path, device: str | torch.device = "cpu", verify: bool = Tr
     setattr(model, BASE_CONFIG_ATTR, cfg)
     setattr(model, PLANS_ATTR, [p for p in plans if not p.empty])
     return model.eval()
-
-
-def is_named_model(name: Any) -> bool:
-    """Whether ``name`` is 'reference' or 'tiny:<Class>' and no path of that name exists (a path always wins)."""
-    return isinstance(name, str) and (name == "reference" or name.startswith("tiny:")) and not Path(name).exists()
-
-
-def named_model(name: Any, device: str | torch.device = "cpu") -> nn.Module | None:
-    """'reference' (the built-in CLIP teacher) or 'tiny:<Class>' (a tiny random model) when ``is_named_model``;
-    None for anything else."""
-    if not is_named_model(name):
-        return None
-    device = checked_device("device", device)
-    if name == "reference":
-        from .reference import load_reference
-
-        return load_reference().to(device)
-    from .zoo import tiny_model
-
-    return tiny_model(name[len("tiny:") :]).to(device)
 
 
 def _check_files(path: Path) -> None:
@@ -518,3 +483,17 @@ def _names(what: str, names: list[str]) -> str:
     if not names:
         return ""
     return f"{len(names)} {what} tensor(s): {', '.join(names[:3])}{', ...' if len(names) > 3 else ''}"
+
+
+# ---- reading a saved report -----------------------------------------------------------------------------------
+def read_report(directory: str | Path) -> tuple[dict[str, Any], bool | None]:
+    """A vltrim directory's report.json (or, saved without one, what plan.json tells) and whether it matches the
+    checksum recorded at save time (None: none recorded). Errors name the directory or file."""
+    path = Path(directory)
+    _check_files(path)
+    if not (path / REPORT).is_file():
+        return report_from_plans(read_plans(path / PLAN)), None
+    rep = read_json(path / REPORT, error=ModelDirError, allow_nonfinite=True)
+    if not isinstance(rep, dict):
+        raise ModelDirError(f"{path / REPORT} must hold a JSON object (a vltrim report), got {type(rep).__name__}")
+    return rep, report_checksum_ok(path)

@@ -1,6 +1,6 @@
-"""`vltrim.study`: the compression landscape of one model in one call.
+"""`vltrim.run.study`: the compression landscape of one model in one call.
 
-Every method x ratio is one *cell*, run through `vltrim.compress` with the same retraining budget, seed and
+Every method x ratio is one *cell*, run through `vltrim.run.runner` with the same retraining budget, seed and
 data; the original model is the baseline row. Each finished cell writes its row atomically to
 ``out/cells/<cell>.json`` (with the settings it was made with) and its model to ``out/models/<cell>/``
 (`vltrim.save`), so a killed study reruns only the cells it had not finished. After all cells, every cell's
@@ -34,24 +34,28 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import io as vio
-from .adapters import class_name, get_adapter
-from .checks import flag, integer, kept_modes, number, path, text, usable_model
-from .compress import _checked, compress
-from .data.inputs import as_dataset
-from .measure import _latency_stats, _runner, _time_rounds, count_macs, count_params, machine
-from .methods import available, get_method
-from .progress import bar
-from .structure.select import Budget
-from .structure.sparsify import check_semi_shape
-from .tasks import get_task
-from .train.run_record import _plain, model_fingerprint
+from vltrim import io as vio
+from vltrim.arch import class_name, get_adapter
+from vltrim.arch.registry import usable_model
+from vltrim.checks import flag, integer, kept_modes, number, path, text
+from vltrim.data.inputs import as_dataset
+from vltrim.measure import _latency_stats, _runner, _time_rounds, count_macs, count_params, machine
+from vltrim.methods import available, get_method
+from vltrim.methods.common import prunable_groups
+from vltrim.methods.lowrank import Layer, global_ranks
+from vltrim.progress import bar, console
+from vltrim.run.compress import compress
+from vltrim.run.runner import _checked
+from vltrim.structure.select import ALLOCATION, MAX_RATIO, Budget, select
+from vltrim.structure.sparsify import check_semi_shape
+from vltrim.tasks import get_task
+from vltrim.train.run_record import _plain, model_fingerprint
 
 SEMI = "2:4"  # alias: magnitude with pattern 2:4 (fixed 50% sparsity)
 DEFAULT_METHODS = ("magnitude", SEMI, "heads", "lowrank", "distill", "l1", "upop")
 DEFAULT_RATIOS = (0.25, 0.5, 0.75)
 STUDY_FILE, CELLS, MODELS, ORIGINAL = "study.json", "cells", "models", "original"
-FORMAT, VERSION = "vltrim.study", 1
+FORMAT, VERSION = "vltrim.run.study", 1
 # compress options the study sets itself (per cell or for all cells); the rest may go through compress_options
 OWN_OPTIONS = {
     "model",
@@ -277,7 +281,7 @@ def study(
     override: bool = False,
     progress: bool = True,
 ) -> StudyResult:
-    """Compress ``model`` with every method at every ratio (one `vltrim.compress` per cell, the same
+    """Compress ``model`` with every method at every ratio (one `vltrim.run.runner` per cell, the same
     ``retrain_steps``, ``seed`` and data), evaluate each on ``eval_data`` with the task's metric, then time all
     cells and the original in one interleaved run per batch of ``latency_batches``; write results and plots to ``out``.
 
@@ -381,8 +385,6 @@ def unreachable(model: nn.Module, o: Any) -> str | None:
         if m.name == "lowrank":
             if _default(fn, "mode", given, "global") != "global":
                 return None
-            from .methods.lowrank import Layer, global_ranks
-
             adapter = get_adapter(model)
             tokens = {t.name: t.tokens for t in adapter.towers(model)}
             layers = [
@@ -402,9 +404,6 @@ def unreachable(model: nn.Module, o: Any) -> str | None:
             ]
             global_ranks(layers, Budget(o.target, metric, align))
         elif "units" in given and not _default(fn, "depth_share", given, 0.0):
-            from .methods.common import prunable_groups
-            from .structure.select import ALLOCATION, MAX_RATIO, select
-
             groups = prunable_groups(model, given["units"], _default(fn, "modalities", given, None))
             budget = Budget(
                 o.target,
@@ -436,7 +435,7 @@ def _compress_options(options: Any) -> dict[str, Any]:
     if options is None:
         return {}
     if not isinstance(options, dict):
-        raise TypeError(f"compress_options must be a dict of vltrim.compress options, got {type(options).__name__}")
+        raise TypeError(f"compress_options must be a dict of vltrim.run.runner options, got {type(options).__name__}")
     allowed = set(COMPRESS_SIGNATURE.parameters) - OWN_OPTIONS
     bad = sorted(set(options) - allowed)
     if bad:
@@ -526,8 +525,6 @@ def _check_existing(o: dict[str, Any]) -> None:
 def _run(model: nn.Module, o: dict[str, Any]) -> StudyResult:
     out = o["out"]
     if o["unreachable"] and o["progress"]:
-        from .progress import console
-
         for name, why in o["unreachable"].items():
             console.print(f"study: cell {name} is not run: {why}", highlight=False, markup=False)
     out.mkdir(parents=True, exist_ok=True)
@@ -793,7 +790,7 @@ def _markdown(o: dict[str, Any], rows: list[dict[str, Any]], mach: dict[str, Any
     lines = [
         f"# Compression study: {s['model_class']}, task {s['task']}",
         "",
-        f"Every cell is one `vltrim.compress` run with {s['retrain_steps']} retraining steps (seed {s['seed']}); "
+        f"Every cell is one `vltrim.run.runner` run with {s['retrain_steps']} retraining steps (seed {s['seed']}); "
         f"training-based searches (upop) also search {o['search_steps']} steps. Metric: {metric} on "
         f"{s['eval_data']['size']} evaluation items.",
         "",

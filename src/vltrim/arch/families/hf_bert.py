@@ -5,10 +5,10 @@ from __future__ import annotations
 from torch import nn
 from transformers import BertForSequenceClassification, BertModel
 
-from ..structure.slicing import AttentionSpec, BlockSpec, Tower
-from . import register
-from ._inputs import text_inputs
-from .base import TransformerAdapter
+from vltrim.arch._inputs import text_inputs
+from vltrim.arch.base import TransformerAdapter
+from vltrim.arch.registry import register
+from vltrim.structure.slicing import AttentionSpec, BlockSpec, Tower
 
 REFERENCE_TOKENS = 128  # sequence length that MAC costs refer to (capped by max_position_embeddings)
 

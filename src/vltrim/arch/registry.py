@@ -1,10 +1,12 @@
-"""Adapters: one file per model family, registered for the model classes they handle."""
+"""The family registry: each family file registers its adapter for the model classes it handles."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
-from .base import TransformerAdapter
+from vltrim.arch.base import TransformerAdapter
 
 _REGISTRY: dict[type, TransformerAdapter] = {}
 
@@ -63,15 +65,13 @@ def model_class(name: str) -> type:
     raise UnsupportedModelError(f"unknown model class {name!r}. Supported classes: {', '.join(supported_classes())}")
 
 
-from . import hf_bert, hf_clip, hf_dual_encoder, hf_siglip, hf_vit  # noqa: E402,F401  (registration)
-
-__all__ = [
-    "TransformerAdapter",
-    "register",
-    "get_adapter",
-    "model_class",
-    "registered_class",
-    "class_name",
-    "supported_classes",
-    "UnsupportedModelError",
-]
+def usable_model(model: Any, option: str = "model") -> None:
+    """A torch module with real (not meta) weights and an adapter; else a clear error before any work."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{option} must be a torch nn.Module, got {type(model).__name__}")
+    get_adapter(model)
+    if any(p.is_meta for p in model.parameters()):
+        raise ValueError(
+            f"{option} ({type(model).__name__}) has weights on the meta device (e.g. loaded with "
+            "init_empty_weights or device_map='meta'): load real weights first"
+        )

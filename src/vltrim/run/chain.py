@@ -21,7 +21,6 @@ saves its model there (result/), so ``resume=True`` continues after the last fin
 from __future__ import annotations
 
 import copy
-import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import SimpleNamespace
@@ -29,13 +28,13 @@ from typing import Any
 
 from torch import nn
 
-from .api import plans_of
-from .checks import kept_modes, text
-from .compress import (
+from vltrim.arch.apply import plans_of
+from vltrim.checks import kept_modes, text
+from vltrim.measure import compare, count_params, machine
+from vltrim.methods import get_method
+from vltrim.run.runner import (
     HALF,
-    CompressResult,
     _run,
-    compress,
     data_summary,
     finished,
     keep_result,
@@ -44,10 +43,9 @@ from .compress import (
     stage_checked,
     try_data,
 )
-from .measure import compare, count_params, machine
-from .methods import get_method
-from .structure.plan import Plan
-from .train.run_record import check_resume, model_fingerprint
+from vltrim.structure.plan import Plan
+from vltrim.structure.result import CompressResult
+from vltrim.train.run_record import check_resume, model_fingerprint
 
 STAGE_OPTIONS = (
     "target",
@@ -103,7 +101,8 @@ def checked_chain(o: dict[str, Any]) -> tuple[SimpleNamespace, list[SimpleNamesp
             "plan: a chain searches one plan per stage; apply a single plan without a chain (method=<name>), "
             "or reload a saved chain with vltrim.load"
         )
-    specs = [stage_spec(s, i) for i, s in enumerate(chain, 1)]
+    shared = frozenset(o) - set(STAGE_OPTIONS) - {"method"}  # o holds every compress option
+    specs = [stage_spec(s, i, shared) for i, s in enumerate(chain, 1)]
     check_order(specs, plans_of(o["model"]))
     shared_checked(o)
     stages = []
@@ -116,9 +115,9 @@ def checked_chain(o: dict[str, Any]) -> tuple[SimpleNamespace, list[SimpleNamesp
     return SimpleNamespace(**o), [SimpleNamespace(**s) for s in stages]
 
 
-def stage_spec(stage: Any, i: int) -> tuple[str, dict[str, Any]]:
+def stage_spec(stage: Any, i: int, shared: frozenset[str]) -> tuple[str, dict[str, Any]]:
     """Chain entry ``i`` (from 1) as (method name, its own options with ``method_settings`` holding every key that is
-    no compress option); a key that is an option of the whole chain (data, work_dir, ...) is refused."""
+    no compress option); a key in ``shared``, an option of the whole chain (data, work_dir, ...), is refused."""
     if isinstance(stage, str):
         return stage, {"method_settings": {}}
     if not (
@@ -141,16 +140,13 @@ def stage_spec(stage: Any, i: int) -> tuple[str, dict[str, Any]]:
             raise ValueError(f"{where}: the stage's method is its name; drop the 'method' key")
         if k in STAGE_OPTIONS:
             options[k] = v
-        elif k in SHARED_OPTIONS:
+        elif k in shared:
             raise ValueError(f"{where}: {k} is an option of the whole chain, not of one stage: pass it to compress")
         elif k in settings:
             raise ValueError(f"{where}: {k} is given twice (as a stage option and in its method_settings)")
         else:
             settings[k] = v
     return name, {**options, "method_settings": settings}
-
-
-SHARED_OPTIONS = frozenset(inspect.signature(compress).parameters) - set(STAGE_OPTIONS) - {"method"}
 
 
 @contextmanager

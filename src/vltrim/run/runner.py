@@ -1,4 +1,4 @@
-"""`vltrim.compress`: search a plan, extract the subnet, retrain it with distillation, report before/after."""
+"""`vltrim.run.runner`: search a plan, extract the subnet, retrain it with distillation, report before/after."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ import inspect
 import json
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from contextlib import ExitStack, nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -18,21 +17,24 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from .adapters import class_name, get_adapter
-from .api import apply_plan, plans_of
-from .checks import choice, flag, integer, kept_modes, number, path, text, usable_model
-from .data.inputs import as_dataset
-from .measure import compare, count_params, machine
-from .methods import get_method
-from .methods.common import prunable_groups
-from .structure.plan import Plan
-from .structure.select import ALLOCATION, MAX_RATIO, Budget
-from .structure.sparsify import freeze_zeros, sparsified
-from .tasks import Task, get_task
-from .train import train
-from .train.distill import attention_kd, attention_maps, hidden_kd, layer_outputs
-from .train.loop import SCHEDULES
-from .train.run_record import check_resume, model_fingerprint
+from vltrim.arch import class_name, get_adapter
+from vltrim.arch.apply import apply_plan, plans_of
+from vltrim.arch.registry import usable_model
+from vltrim.checks import choice, flag, integer, number, path, text
+from vltrim.data.inputs import as_dataset
+from vltrim.io import load, save
+from vltrim.measure import compare, count_params, machine
+from vltrim.methods import get_method
+from vltrim.methods.common import prunable_groups
+from vltrim.structure.plan import Plan
+from vltrim.structure.result import CompressResult
+from vltrim.structure.select import ALLOCATION, MAX_RATIO, Budget
+from vltrim.structure.sparsify import freeze_zeros, sparsified
+from vltrim.tasks import Task, get_task
+from vltrim.train import train
+from vltrim.train.distill import attention_kd, attention_maps, hidden_kd, layer_outputs
+from vltrim.train.loop import SCHEDULES
+from vltrim.train.run_record import check_resume, model_fingerprint
 
 MODEL_KEYS = ("pixel_values", "input_ids", "attention_mask", "token_type_ids")
 
@@ -116,112 +118,6 @@ def _budget_options(method: Any, o: Any, searches: bool) -> dict[str, Any]:
             f"(it would be ignored); leave {'it' if len(unused) == 1 else 'them'} at the default"
         )
     return {k: v for k, v in given.items() if takes(k) and v is not None}
-
-
-@dataclass
-class CompressResult:
-    model: nn.Module  # the compressed, retrained model
-    plan: Plan  # the last plan applied (the only one of a one-stage, one-round run)
-    report: dict[str, Any] = field(
-        default_factory=dict
-    )  # metric before/after, params, MACs, latency; per round and stage
-    plans: list[Plan] = field(
-        default_factory=list
-    )  # every plan this run applied, in order (prune-retrain rounds, chains)
-
-    def __post_init__(self) -> None:
-        if not self.plans:
-            self.plans = [self.plan]
-
-
-Stage = (
-    str | tuple[str, dict[str, Any]]
-)  # a chain entry: a method name, or (name, its own compress options and settings)
-
-
-def compress(
-    model: nn.Module,
-    method: str | Sequence[Stage] = "upop",
-    target: float = 0.5,
-    task: str = "retrieval",
-    train_data: Any = None,
-    eval_data: Any = None,
-    calib_data: Any = None,
-    search_steps: int = 300,
-    retrain_steps: int = 300,
-    kd_weight: float = 1.0,
-    kd_hidden: float | None = None,
-    kd_embed: float | None = None,
-    kd_attention: float | None = None,
-    task_weight: float = 1.0,
-    lr: float = 1e-4,
-    retrain_lr: float = 2e-4,
-    batch_size: int | None = None,
-    metric: str = "params",
-    align: int = 8,
-    units: str | None = None,
-    allocation: str | None = None,
-    max_ratio: float | None = None,
-    depth_share: float | None = None,
-    retrain_schedule: str = "cosine",
-    eval_every: int = 0,
-    latency_batch: int = 8,
-    progress: bool = True,
-    seed: int = 0,
-    grad_accum: int = 1,
-    mixed_precision: str = "no",
-    work_dir: str | Path | None = None,
-    checkpoint_every: int = 0,
-    resume: bool = False,
-    override: bool = False,
-    plan: Plan | None = None,
-    method_settings: dict[str, Any] | None = None,
-    evaluate_before: bool = True,
-) -> CompressResult:
-    """Compress ``model`` with ``method`` to remove ``target`` of its prunable ``metric``; ``model`` is not changed
-    (not even its train/eval mode), and every option is checked before any work starts.
-
-    Training-based searches (upop) train a copy on ``train_data`` while they decide; then the subnet is
-    retrained ``retrain_steps`` with the task loss + ``kd_weight`` x distillation from the original (+ ``kd_hidden``
-    x hidden-state MSE per block, mapped across dropped layers; + ``kd_attention`` x attention-map MSE per block, same
-    mapping, head-averaged where head counts differ: the attention of both models runs eager while the loss is computed,
-    then their own implementation is restored; + ``kd_weight`` x ``kd_embed`` x each tower's final
-    embedding distance (retrieval); None: the method's default: kd_hidden 1 for mope and distill, kd_embed 1 for mope,
-    else 0). ``task_weight`` 0 retrains by distillation alone (MoPE's pre-training stage: both towers, unlabelled image-text pairs).
-    Methods that score on data (taylor, mope) use ``calib_data`` when given, else ``train_data``.
-    ``depth_share`` (mope): the part of the cut that comes from whole layers (0: width only, 1: depth only).
-    ``train_data`` / ``eval_data``: a map-style dataset of dict items, a torch DataLoader (its dataset, batch size
-    and collate_fn are used) or a Hugging Face ``datasets.Dataset``; ``batch_size`` None: the DataLoader's, else 64.
-    With ``work_dir``, search and retrain log to work_dir/{search,retrain}/log.jsonl, checkpoint every
-    ``checkpoint_every`` steps, and ``resume=True`` continues a killed run to the same result; a resume with other
-    options, data or model than work_dir/run.json records is refused (``override=True`` resumes anyway).
-    With ``plan`` (e.g. `Plan.load(path)`), no search runs: that plan is applied to ``model`` and retrained.
-    ``allocation`` / ``max_ratio``: where the cut may fall (see `Budget`; None: the method's default). ``eval_every`` > 0 evaluates the
-    subnet every that many retrain steps into ``report["curve"]`` (metric vs total training steps).
-    ``seed`` seeds the search (random scores, calibration and batch order) and the retraining.
-    ``latency_batch`` 0 skips the latency measurement (``report["speed"]`` is None); ``evaluate_before=False``
-    skips evaluating the original (when its metric is known already).
-    ``method_settings`` go to the method as they are (e.g. upop's ``interval``, ``schedule``, ``saliency_decay``).
-    A float16 / bfloat16 model is searched and retrained as a float32 copy and returned in its own dtype.
-
-    Prune-retrain rounds (``magnitude``, ``heads``): ``method_settings={"rounds": R}`` prunes in R steps (magnitude:
-    the cubic sparsity schedule; heads: its ``schedule``, each round re-scoring the retrained model), retraining
-    ``retrain_steps`` split evenly over the rounds after each (sparse zeros frozen); the model records one plan per
-    round, ``report["rounds"]`` one row per round (target, achieved, params, metric after its retraining) and
-    ``report["plan"]`` the last round's; with ``work_dir``, round r works in work_dir/round-r.
-
-    A list ``method`` is a chain: one stage per entry, each compressing the model the previous stage made; an entry is
-    a name or (name, {options}) whose options (target, retrain_steps, kd_*, ..., see `vltrim.chain.STAGE_OPTIONS`)
-    override the shared ones for that stage, other keys being the method's settings. The original ``model`` is the
-    teacher of every stage. See `vltrim.chain`."""
-    if isinstance(method, (list, tuple)):
-        from .chain import run_chain
-
-        return run_chain(locals())
-    o = _checked(locals())
-    with kept_modes(model):
-        model.eval()
-        return _run(model, o)
 
 
 def _checked(o: dict[str, Any]) -> SimpleNamespace:
@@ -669,8 +565,6 @@ def finished(d: Path | None, resume: bool, device: torch.device) -> tuple[nn.Mod
         return None
     if not (d / RESULT_REPORT).is_file():
         return None
-    from .io import load
-
     return load(d / RESULT, device=device), json.loads((d / RESULT_REPORT).read_text(encoding="utf-8"))
 
 
@@ -679,8 +573,6 @@ def keep_result(d: Path | None, model: nn.Module, row: dict[str, Any]) -> None:
     them bit-exactly instead of redoing the work. The row is written last, so its presence means both are complete."""
     if d is None:
         return
-    from .io import save
-
     save(model, d / RESULT)
     tmp = d / (RESULT_REPORT + ".tmp")
     tmp.write_text(json.dumps(row, default=str), encoding="utf-8")

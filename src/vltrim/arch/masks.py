@@ -6,13 +6,10 @@ gradients flow to a mask tensor with ``requires_grad``)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import torch
 from torch import nn
 
-from .structure.slicing import AttentionSpec, BlockSpec, Tower
+from vltrim.structure.slicing import AttentionSpec, BlockSpec, Tower
 
 
 class HandleGroup:
@@ -108,33 +105,9 @@ def plan_masks(plan, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tens
     return out
 
 
-@contextmanager
-def masked(model: nn.Module, plan_or_values) -> Iterator[nn.Module]:
-    """``with masked(model, plan):`` the model computes the pruned function; hooks removed on exit."""
-    from .adapters import class_name, get_adapter
-    from .structure.plan import Plan, PlanError
-
-    adapter = get_adapter(model)
-    if isinstance(plan_or_values, Plan) and plan_or_values.factorize:
-        raise PlanError("a plan that factorises Linears has no mask equivalent; use apply_plan")
-    if isinstance(plan_or_values, Plan) and plan_or_values.sparsify:
-        raise PlanError("a plan that sparsifies Linears has no group-mask equivalent; use apply_plan")
-    if isinstance(plan_or_values, Plan):
-        plan_or_values.validate(class_name(model), adapter.groups(model))
-        values = plan_masks(plan_or_values)
-    else:
-        values = plan_or_values
-    handles = attach(adapter, model, values)
-    try:
-        yield model
-    finally:
-        handles.remove()
-
-
 __all__ = [
     "HandleGroup",
     "attach",
-    "masked",
     "plan_masks",
     "mask_heads",
     "mask_head_dims",

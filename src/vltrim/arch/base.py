@@ -7,10 +7,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import masks
-from ..structure.factorize import FactorizedLinear, factorize_linear, replace_module_
-from ..structure.groups import Group, UnitKind, attention_costs, ffn_costs
-from ..structure.slicing import BlockSpec, Tower, keep_head_dims_, keep_heads_, keep_layers_, keep_neurons_
+from vltrim.arch import masks
+from vltrim.structure.factorize import FactorizedLinear, factorize_linear, replace_module_
+from vltrim.structure.groups import Group, UnitKind, attention_costs, ffn_costs
+from vltrim.structure.slicing import BlockSpec, Tower, keep_head_dims_, keep_heads_, keep_layers_, keep_neurons_
 
 
 class TransformerAdapter:

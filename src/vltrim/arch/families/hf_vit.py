@@ -11,10 +11,10 @@ from transformers import (
     ViTModel,
 )
 
-from ..structure.slicing import AttentionSpec, BlockSpec, Tower
-from . import register
-from ._inputs import image_inputs, patch_tokens
-from .base import TransformerAdapter
+from vltrim.arch._inputs import image_inputs, patch_tokens
+from vltrim.arch.base import TransformerAdapter
+from vltrim.arch.registry import register
+from vltrim.structure.slicing import AttentionSpec, BlockSpec, Tower
 
 
 def vit_block(layer: nn.Module) -> BlockSpec:

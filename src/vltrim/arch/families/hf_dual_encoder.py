@@ -5,9 +5,9 @@ from __future__ import annotations
 from torch import nn
 from transformers import VisionTextDualEncoderModel
 
-from ..structure.slicing import Tower
-from . import get_adapter, register
-from .base import TransformerAdapter
+from vltrim.arch.base import TransformerAdapter
+from vltrim.arch.registry import get_adapter, register
+from vltrim.structure.slicing import Tower
 
 
 @register(VisionTextDualEncoderModel)

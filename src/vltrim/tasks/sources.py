@@ -28,7 +28,7 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import Dataset
 
-from .manifest import (
+from vltrim.data.manifest import (
     CLIP_MEAN,
     CLIP_STD,
     ImageCaptionManifest,
@@ -37,8 +37,11 @@ from .manifest import (
     _visible,
     image_tensor,
 )
-from .prompts import ClassPrompts
-from .sentences import SENTENCE_SUFFIXES, read_sentences
+from vltrim.data.prompts import ClassPrompts
+from vltrim.data.sentences import SENTENCE_SUFFIXES, read_sentences
+from vltrim.data.synthetic import MEAN, STD, SyntheticCaptions, tokenizer
+from vltrim.io.remote_code import transformer_path
+from vltrim.tasks.sentence import SentenceDistillData
 
 BUILTIN, HF_PREFIX, REFERENCE = "builtin", "hf:", "reference"
 PROMPT_TEMPLATE = "a photo of a {}"
@@ -64,9 +67,7 @@ def model_directory(spec: str) -> Path | None:
     None for 'reference', 'tiny:<Class>' or anything that is not a directory."""
     if not Path(spec).is_dir():  # 'reference' and 'tiny:<Class>' name no directory (unless one of that name exists)
         return None
-    from ..hf import _transformer_path
-
-    return Path(spec) / _transformer_path(Path(spec))
+    return Path(spec) / transformer_path(Path(spec))
 
 
 def image_size(model: nn.Module) -> int | None:
@@ -133,8 +134,6 @@ def load_tokenizer(
     """'builtin' (the built-in word tokenizer; the default for the reference model), a local tokenizer directory, or
     (``spec`` None) the model's directory; never downloaded. Refused when its vocabulary exceeds the embedding table."""
     if spec == BUILTIN or (spec is None and model_spec == REFERENCE):
-        from .synthetic import tokenizer
-
         tok, source = tokenizer(max_length), "builtin (the built-in word tokenizer)"
     else:
         where = spec if spec is not None else directory
@@ -225,8 +224,6 @@ def image_options(model: nn.Module, model_spec: str, directory: Path | None) -> 
     if directory is not None and (directory / PROCESSOR_FILE).is_file():
         return {"image_size": size, "processor": _processor(directory, size)}
     if model_spec == REFERENCE:
-        from .synthetic import MEAN, STD
-
         return {"image_size": size, "mean": (MEAN,) * 3, "std": (STD,) * 3}
     return {"image_size": size, "mean": CLIP_MEAN, "std": CLIP_STD}
 
@@ -369,8 +366,6 @@ class DataSource:
         return self._sentences(s.texts, s.labels)
 
     def _sentences(self, texts: Sequence[str], labels: Sequence[int] | None) -> Dataset:
-        from ..tasks.sentence import SentenceDistillData
-
         return SentenceDistillData(list(texts), self.tokenizer, self.model, max_length=self.max_length, labels=labels)
 
     def _from_hf(self, ds: Any, where: str) -> Any:
@@ -392,8 +387,6 @@ class DataSource:
 @functools.lru_cache(maxsize=4)
 def builtin_pairs(split: str, size: int, max_length: int) -> Dataset:
     """The built-in image-caption split (rendered once per process: it is read-only)."""
-    from .synthetic import SyntheticCaptions
-
     return SyntheticCaptions(split, 8000 if split == "train" else 1000, image_size=size, max_length=max_length)
 
 

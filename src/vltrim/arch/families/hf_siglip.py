@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from transformers import SiglipModel, SiglipTextModel, SiglipVisionModel
 
-from . import register
-from .hf_clip import CLIPAdapter
+from vltrim.arch.families.hf_clip import CLIPAdapter
+from vltrim.arch.registry import register
 
 
 @register(SiglipModel, SiglipVisionModel, SiglipTextModel)
