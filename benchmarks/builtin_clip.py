@@ -6,7 +6,7 @@
     python benchmarks/builtin_clip.py --calibration --targets 0.5 --calib-sizes 256 --mope-rounds 1 4   # and re-scored in 4 rounds: ..._calibration_rounds.md
 
 The teacher is the shipped reference CLIP (1.6M params, 4+4 layers, trained on the built-in image-caption
-data). Every method prunes both towers to the same share of prunable params through `vltrim.run.runner` and
+data). Every method prunes both towers to the same share of prunable params through `vltrim.compress` and
 retrains with contrastive loss + similarity KD (mope adds hidden-state and final-embedding KD); mean R@1 on the
 1,000 built-in test pairs along one retraining run, so the tables read both equal total steps and equal
 retraining steps (see benchmarks/harness.py). The built-in task is easy: expect every method to recover at 2x.

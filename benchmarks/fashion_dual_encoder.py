@@ -9,7 +9,7 @@
 The teacher is `VisionTextDualEncoderModel(ViT trained here from scratch, pretrained all-MiniLM-L6-v2)`,
 trained CLIP-style on the 60k training images against "a photo of a {class}" (cached under
 ~/.cache/vltrim/). Every method prunes both towers to the same share of prunable params through
-`vltrim.run.runner` and retrains with contrastive loss + similarity KD from the teacher. Zero-shot top-1
+`vltrim.compress` and retrains with contrastive loss + similarity KD from the teacher. Zero-shot top-1
 and mean R@1 on the 10k test images (all of them unless --limit). How methods are run and compared:
 see benchmarks/harness.py. Speed of the compressed models: benchmarks/speed.py.
 """

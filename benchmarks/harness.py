@@ -1,7 +1,7 @@
 """The real-weights harness shared by benchmarks/real_text.py and benchmarks/fashion_dual_encoder.py.
 
 Every method prunes the same pretrained model to the same share of prunable params through
-`vltrim.run.runner` and retrains with a constant LR (after warm-up) for the rest of one total budget of
+`vltrim.compress` and retrains with a constant LR (after warm-up) for the rest of one total budget of
 training steps; upop's search steps count as training. The learning curve is read along that one
 retraining run (``eval_every``), so each point is the metric after that many *total* steps, and the
 tables compare methods at equal total steps and at equal retraining steps. Several seeds give a
@@ -149,7 +149,7 @@ def job_key(j: dict) -> str:
 
 
 def run_job(j: dict) -> dict:
-    """One method, variant, target and seed through vltrim.run.runner (cached as JSON)."""
+    """One method, variant, target and seed through vltrim.compress (cached as JSON)."""
     import torch
 
     from vltrim.methods import get_method
@@ -159,7 +159,7 @@ def run_job(j: dict) -> dict:
     if out.exists():
         return json.loads(out.read_text())
     a = STATE["args"]
-    search = a.search_steps if getattr(get_method(j["method"]), "needs_training", False) else 0
+    search = a.search_steps if get_method(j["method"]).descriptor.trains else 0
     options, settings = _split_settings(j["settings"] or {})
     t0 = time.time()
     try:
@@ -216,7 +216,7 @@ def _split_settings(settings: dict) -> tuple[dict, dict]:
 
     import vltrim
 
-    options = set(inspect.signature(vltrim.run.runner).parameters)
+    options = set(inspect.signature(vltrim.compress).parameters)
     return {k: v for k, v in settings.items() if k in options}, {k: v for k, v in settings.items() if k not in options}
 
 

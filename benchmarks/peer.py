@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from vltrim.arch import get_adapter
-from vltrim.methods import _METHODS, register
+from vltrim.methods import _METHODS, Descriptor, Method, MethodConfig, register
 from vltrim.methods.common import plan_from_keep, prunable_groups, seeded
 from vltrim.structure.plan import Plan
 from vltrim.train.loop import batches
@@ -41,7 +41,7 @@ MATCH = 0.01  # the peer's removed share of prunable params is within 1% (relati
 
 
 @dataclass(frozen=True)
-class PeerConfig:
+class PeerConfig(MethodConfig):
     """One Torch-Pruning configuration: importance ('taylor' | 'magnitude'), what attention loses ('head_dims' |
     'heads'), global or per-layer ranking, channel rounding, and Taylor's calibration batches."""
 
@@ -246,10 +246,15 @@ def peer_plan(
     )
 
 
-class PeerMethod:
+class PeerMethod(Method):
     """vltrim's method interface around `peer_plan` (settings: the fields of PeerConfig)."""
 
     name = "peer"
+    Config = PeerConfig
+    descriptor = Descriptor(data="optional", runtime=("data", "loss_fn", "batch_size", "seed"))
+
+    def check_settings(self, **settings: Any) -> None:
+        PeerConfig(**settings)  # the config validates itself
 
     def search(
         self,

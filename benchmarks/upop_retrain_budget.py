@@ -5,7 +5,7 @@
 
 Each method's plan is found once (upop: a `--search-steps` search that trains while it prunes; l1 and
 random: one shot from the teacher), then the subnet is retrained from the same start for every budget
-(task loss + similarity KD, the loss `vltrim.run.runner` uses) and evaluated on the built-in test split.
+(task loss + similarity KD, the loss `vltrim.compress` uses) and evaluated on the built-in test split.
 upop's search is training too: its row at budget B spent search + B steps, so l1 at B + search steps
 is the equal-total-steps comparison.
 """

@@ -1,4 +1,4 @@
-"""vltrim.run.runner: search -> subnet -> retrain with KD -> report, for training-based and data-free methods."""
+"""vltrim.compress: search -> subnet -> retrain with KD -> report, for training-based and data-free methods."""
 
 from __future__ import annotations
 

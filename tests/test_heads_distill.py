@@ -117,7 +117,11 @@ def test_heads_plan_protects_top_heads_meets_target_and_leaves_model_alone():
     assert 0.7 <= got < 0.7 + max(g.params_per_unit for g in groups) / total  # within one alignment step
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(p.grad is None for p in model.parameters()) and not model.training
-    assert len(get_method("heads").last_scores) == sum(g.size for g in groups)
+    found = get_method("heads").search_result(
+        model, 0.7, data=data, loss_fn=retrieval_loss, num_batches=2, batch_size=8
+    )
+    assert found.plan.keep == plan.keep  # the same search; its per-head scores come with it, not kept on the method
+    assert len(found.artifacts["head_scores"]) == sum(g.size for g in groups)
 
 
 def test_heads_plan_masked_equals_sliced():

@@ -88,13 +88,14 @@ def test_rounds_keep_earlier_cuts_and_rescore_the_rest():
     round re-scores the kept modules on the narrowed model, so the table holds errors from both models."""
     model, task, data = calib("CLIPModel")
     mope = get_method("mope")
-    half = mope.search(model, 0.25, data=data, task=task, group_size=16)
-    one_shot_table = mope.last_table
-    two = mope.search(model, 0.5, data=data, task=task, group_size=16, rounds=2)
+    found = mope.search_result(model, 0.25, data=data, task=task, group_size=16)
+    half, one_shot_table = found.plan, found.artifacts["scores_table"]
+    found = mope.search_result(model, 0.5, data=data, task=task, group_size=16, rounds=2)
+    two, two_table = found.plan, found.artifacts["scores_table"]
     assert two.settings["rounds"] == 2 and "rounds" not in half.settings
     for name, kept in two.keep.items():
         assert set(kept) <= set(half.keep.get(name, kept)), name
-    rescored = {(r["group"], r["units"]): r["error"] for r in mope.last_table}
+    rescored = {(r["group"], r["units"]): r["error"] for r in two_table}
     first = {(r["group"], r["units"]): r["error"] for r in one_shot_table}
     assert any(
         rescored[k] != first[k] for k in rescored if k in first

@@ -1,4 +1,4 @@
-"""vltrim.run.study: one row per cell + the original, resumable cell by cell, options checked before any work, the
+"""vltrim.study: one row per cell + the original, resumable cell by cell, options checked before any work, the
 Pareto front, and the `vltrim study` command."""
 
 from __future__ import annotations

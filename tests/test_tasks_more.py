@@ -1,4 +1,4 @@
-"""Classification (ViT/DeiT) and sentence-embedding distillation (BERT) through vltrim.run.runner and UPop."""
+"""Classification (ViT/DeiT) and sentence-embedding distillation (BERT) through vltrim.compress and UPop."""
 
 from __future__ import annotations
 

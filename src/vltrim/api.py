@@ -10,7 +10,7 @@ from vltrim.arch.apply import BASE_CONFIG_ATTR, PLANS_ATTR, apply_plan, base_con
 from vltrim.arch.registry import get_adapter, usable_model
 from vltrim.checks import number, text
 from vltrim.data.inputs import as_dataset
-from vltrim.methods import available, get_method
+from vltrim.methods import Method, available, get_method
 from vltrim.structure.groups import Group
 from vltrim.structure.plan import Plan
 from vltrim.tasks import TASKS, Task, default_task, get_task
@@ -60,13 +60,13 @@ def plan(
 
 
 def _calibration(
-    model: nn.Module, method: str, m: Any, calib_data: Any, task: str | None, settings: dict[str, Any]
+    model: nn.Module, method: str, m: Method, calib_data: Any, task: str | None, settings: dict[str, Any]
 ) -> dict[str, Any]:
     """The search settings that ``calib_data`` and ``task`` give method ``m`` (see `plan`); refused for a method
     that does not score on calibration data, and where a setting of ``settings`` gives the same input."""
-    option = getattr(m, "calib_data_option", None)
+    option = m.descriptor.calib_option
     if option is None:
-        takers = [n for n in available() if getattr(get_method(n), "calib_data_option", None) is not None]
+        takers = [n for n in available() if get_method(n).descriptor.calib_option is not None]
         given = " and ".join(k for k, v in (("calib_data", calib_data), ("task", task)) if v is not None)
         raise ValueError(
             f"method {method!r} takes no calib_data or task (got {given}): it does not score units with a task "

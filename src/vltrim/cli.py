@@ -23,6 +23,7 @@ from vltrim.io import check_save_destination, read_report
 from vltrim.measure import machine, measure
 from vltrim.report import NOT_RETRAINED, WIDTHS_PNG, sections, speedup_text
 from vltrim.run.compress import compress as run_compress
+from vltrim.run.options import CompressOptions
 from vltrim.run.runner import MAX_SEED
 from vltrim.run.study import check_batches, check_methods, check_out, check_ratios, study
 from vltrim.structure.plan import Plan, PlanError, read_json
@@ -522,23 +523,9 @@ def _method_settings(items: list[str] | None) -> dict:
 
 THEN = "--then"
 STAGES_KEY = "vltrim.stages"  # ctx.meta key: the argument lists after each --then
-STAGE_PARAMS = (
-    "target",
-    "metric",
-    "align",
-    "units",
-    "allocation",
-    "max_ratio",
-    "depth_share",
-    "search_steps",
-    "retrain_steps",
-    "kd_weight",
-    "kd_attention",
-    "task_weight",
-    "lr",
-    "retrain_lr",
-    "settings",
-)  # `compress` options a --then stage may set
+# the `compress` command's parameters whose vltrim.compress option has another name (the others have compress's
+# names, or are the command's own: out, tokenizer, recipe); `STAGE_PARAMS` follows the command
+COMPRESS_OPTION_OF = {"data": "train_data", "plan_file": "plan", "settings": "method_settings"}
 
 
 def split_then(args: list[str]) -> list[list[str]]:
@@ -793,6 +780,13 @@ def compress(
         )
     out_console.print(tab)
     out_console.print(f"saved to {out}/ (with report.json); reload with vltrim.load('{out}')")
+
+
+STAGE_PARAMS = tuple(
+    n
+    for n in typing.get_type_hints(compress)
+    if COMPRESS_OPTION_OF.get(n, n) in CompressOptions.of_scope("stage", "method")
+)  # `compress` options a --then stage may set: the command's parameters for compress's stage options, in its order
 
 
 def _metric_keys(report: dict) -> list[str]:

@@ -1,4 +1,4 @@
-"""`vltrim demo`: compress the reference CLIP teacher 2x with UPop through `vltrim.run.runner`, save, reload, verify."""
+"""`vltrim demo`: compress the reference CLIP teacher 2x with UPop through `vltrim.compress`, save, reload, verify."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def run_demo(
     latency_batch: int = 32,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Run the whole path through ``vltrim.run.runner`` and return (and save as results.json) every number shown."""
+    """Run the whole path through ``vltrim.compress`` and return (and save as results.json) every number shown."""
     out = Path(out)
     teacher = load_reference(progress=progress)
     data = datasets(train_size)

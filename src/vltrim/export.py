@@ -24,13 +24,15 @@ from torch import nn
 
 from vltrim import io
 from vltrim.arch import get_adapter
+from vltrim.arch.inputs import MODEL_INPUTS, SEQUENCE_INPUTS
 from vltrim.checks import integer, number
 from vltrim.measure import _latency_stats, _time_rounds
 from vltrim.measure import _runner as torch_runner
 
 FORMATS = ("onnx",)
 EXTRA = "pip install 'vltrim[export]'"
-TEXT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+#: the model inputs the exported graph takes (the keyword inputs of _Forward.forward)
+EXPORTED_INPUTS = ("pixel_values", "input_ids", "attention_mask", "token_type_ids")
 SINGLE_FILE_BYTES = 1 << 30  # larger models keep their weights in FILE.data beside the .onnx (protobuf's 2 GiB limit)
 
 
@@ -112,7 +114,7 @@ class _Forward(nn.Module):
 def _inputs(model: nn.Module, batch_size: int) -> dict[str, torch.Tensor]:
     """The adapter's reference input; ValueError for a model input the export does not know."""
     inputs = get_adapter(model).reference_inputs(model, batch_size)
-    unknown = sorted(set(inputs) - {"pixel_values", *TEXT_KEYS})
+    unknown = sorted(set(inputs) - set(EXPORTED_INPUTS))
     if unknown:
         raise ValueError(f"vltrim export does not know the model inputs {unknown} of {type(model).__name__}")
     return inputs
@@ -129,10 +131,11 @@ def _dynamic_shapes(inputs: dict[str, torch.Tensor]) -> dict[str, dict[int, Any]
     """Batch axes (image and text batches apart in a dual encoder) and the sequence axis, as torch.export Dims."""
     from torch.export import Dim
 
-    both = "pixel_values" in inputs and "input_ids" in inputs
-    image, text = Dim("image_batch" if both else "batch"), Dim("text_batch" if both else "batch")
+    modalities = sorted({MODEL_INPUTS[k].modality for k in inputs})
+    names = {"vision": "image_batch", "text": "text_batch"}
+    batch = {m: Dim(names.get(m, f"{m}_batch") if len(modalities) > 1 else "batch") for m in modalities}
     seq = Dim("sequence")
-    return {k: ({0: image} if k == "pixel_values" else {0: text, 1: seq}) for k in inputs}
+    return {k: {0: batch[MODEL_INPUTS[k].modality], **({1: seq} if k in SEQUENCE_INPUTS else {})} for k in inputs}
 
 
 @contextlib.contextmanager
@@ -195,7 +198,7 @@ def _parity_inputs(model: nn.Module, batch_size: int) -> dict[str, torch.Tensor]
     inputs = _inputs(model, batch_size)
     if "pixel_values" in inputs and "input_ids" in inputs:
         inputs["pixel_values"] = inputs["pixel_values"][:-1]
-    for k in TEXT_KEYS:
+    for k in SEQUENCE_INPUTS:
         if k in inputs and inputs[k].shape[1] > 2:
             keep = max(2, inputs[k].shape[1] * 3 // 4)
             inputs[k] = torch.cat([inputs[k][:, : keep - 1], inputs[k][:, -1:]], dim=1)

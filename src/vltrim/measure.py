@@ -5,8 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import statistics
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -15,30 +14,13 @@ from torch.utils.benchmark import Timer
 from torch.utils.flop_counter import FlopCounterMode
 
 from vltrim.arch import get_adapter
+from vltrim.arch.attention import eager_attention
 from vltrim.arch.registry import usable_model
 from vltrim.checks import flag, integer, kept_modes, number
 
 
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-@contextmanager
-def eager_attention(model: nn.Module) -> Iterator[None]:
-    """Temporarily route attention through plain matmuls: the flop counter does not see CPU SDPA kernels."""
-    cfgs = {
-        id(m.config): m.config
-        for m in model.modules()
-        if hasattr(m, "config") and hasattr(m.config, "_attn_implementation")
-    }
-    old = {k: c._attn_implementation for k, c in cfgs.items()}
-    try:
-        for c in cfgs.values():
-            c._attn_implementation = "eager"
-        yield
-    finally:
-        for k, c in cfgs.items():
-            c._attn_implementation = old[k]
 
 
 def _to(inputs: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -52,7 +34,7 @@ def _device(model: nn.Module) -> torch.device:
 
 def count_macs(model: nn.Module, inputs: dict[str, Any]) -> int:
     """Multiply-accumulates of one forward on ``inputs`` (matmuls, convolutions, attention)."""
-    with torch.no_grad(), eager_attention(model), FlopCounterMode(display=False) as fc:
+    with torch.no_grad(), eager_attention(model.modules()), FlopCounterMode(display=False) as fc:
         get_adapter(model).forward(model, _to(inputs, _device(model)))
     return fc.get_total_flops() // 2
 

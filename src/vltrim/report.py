@@ -1,6 +1,6 @@
 """Human-readable output: model cards, report.json beside a saved model, its kept-widths plot, markdown tables.
 
-A saved model's report (``build_report``) is the run's own report from `vltrim.run.runner` (method, target, steps,
+A saved model's report (``build_report``) is the run's own report from `vltrim.compress` (method, target, steps,
 metric before / after search / after retraining, speed, ...; a chain's per-stage rows under ``stages``) plus what a
 reader of the directory alone needs: the source model, every plan's method and settings, the data, the model's
 params and MACs, the machine the latency was measured on, the kept widths per layer and tower, and warnings (loud
@@ -60,7 +60,7 @@ def model_card(model: nn.Module, plans: Sequence, extra: str = "", report: dict[
     elif pruned:
         lines += [
             "> Note: saved without a compression report (no report.json): the source model, data, metrics and "
-            "whether the model was retrained after pruning are not recorded. Save a `vltrim.run.runner` result "
+            "whether the model was retrained after pruning are not recorded. Save a `vltrim.compress` result "
             "(`vltrim.save(result, out)`) to record them.",
             "",
         ]

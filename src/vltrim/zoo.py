@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import transformers as tf
 from torch import nn
@@ -54,13 +56,18 @@ _BUILDERS = {
     "VisionTextDualEncoderModel": _dual,
 }
 
-TINY_CLASSES = sorted(_BUILDERS)
+TINY_CLASSES = sorted(_BUILDERS)  # the built-in families' classes
+
+
+def register_tiny(name: str, builder: Callable[[], nn.Module]) -> None:
+    """Add a tiny model of class ``name`` for ``tiny_model`` (a family defined outside vltrim, e.g. in a test)."""
+    _BUILDERS[name] = builder
 
 
 def tiny_model(name: str, seed: int = 0) -> nn.Module:
     """A tiny random-init model of class ``name`` in eval mode (deterministic for a seed)."""
     if name not in _BUILDERS:
-        raise ValueError(f"no tiny config for {name!r}; available: {', '.join(TINY_CLASSES)}")
+        raise ValueError(f"no tiny config for {name!r}; available: {', '.join(sorted(_BUILDERS))}")
     torch.manual_seed(seed)
     model = _BUILDERS[name]()
     _perturb_norms(model, seed)

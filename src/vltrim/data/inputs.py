@@ -16,12 +16,13 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate
 
+from vltrim.arch.inputs import FLOATING_INPUTS
+
 ITEM_HINT = (
     "items must be dicts of tensors like {'input_ids': ..., 'attention_mask': ..., 'pixel_values': ..., 'label': ...}"
 )
 Collate = Callable[[list[Any]], Any]
 INTEGER_FIELDS = ("input_ids", "token_type_ids")
-FLOAT_FIELDS = ("pixel_values",)
 
 
 class LoaderData(Dataset):
@@ -198,7 +199,7 @@ def _check_dtype(key: str, v: torch.Tensor, option: str) -> None:
             f"{option}: field {key!r} holds {str(v.dtype).replace('torch.', '')} values; token ids must be "
             "integers (torch.long): keep the tokenizer's output as it is"
         )
-    if key in FLOAT_FIELDS and not v.dtype.is_floating_point:
+    if key in FLOATING_INPUTS and not v.dtype.is_floating_point:
         raise TypeError(
             f"{option}: field {key!r} holds {str(v.dtype).replace('torch.', '')} values; pixel values must be "
             "normalised floats (run the model's image processor, e.g. vltrim.data.load_image), not raw 0..255 pixels"

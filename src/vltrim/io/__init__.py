@@ -72,7 +72,7 @@ from vltrim.structure.sparsify import check_sparsity
 def save(model: Any, path: str | Path, card_extra: str = "", source: str | Path | None = None) -> Path:
     """Write the model directory (with vltrim.json checksums and modeling_vltrim.py); returns its path.
 
-    ``model``: a model, or a `CompressResult` (what `vltrim.run.runner` returns): then its report is written too, as
+    ``model``: a model, or a `CompressResult` (what `vltrim.compress` returns): then its report is written too, as
     report.json (source model, method and settings of every stage, data and steps, metric before / after search /
     after retraining, params, MACs, latency and machine, warnings), widths.png (kept widths per layer and tower) and
     in the model card (README.md); a MoPE run also writes its module errors (mope.csv, mope.png).

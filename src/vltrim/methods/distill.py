@@ -11,6 +11,7 @@ first stage; 0 by default: it runs both models' attention eager while training, 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
@@ -19,7 +20,7 @@ from vltrim.arch import get_adapter
 from vltrim.arch.apply import apply_plan
 from vltrim.checks import choice, integer
 from vltrim.methods.common import DEFAULT_UNITS, plan_from_keep
-from vltrim.methods.registry import register
+from vltrim.methods.registry import KD, Descriptor, Method, MethodConfig, register
 from vltrim.structure.groups import UnitKind
 from vltrim.structure.plan import Plan
 from vltrim.structure.select import ALLOCATION, MAX_RATIO, Budget
@@ -87,13 +88,25 @@ def layers_for_target(model: nn.Module, target: float) -> dict[str, int]:
     }
 
 
+@dataclass(frozen=True)
+class DistillConfig(MethodConfig):
+    """Settings of distill: how many layers each tower keeps (None: as the target asks)."""
+
+    layers: int | dict[str, int] | None = None
+    metric: str = "params"
+    align: int = 8
+    units: str | tuple[str, ...] = ",".join(DEFAULT_UNITS)
+    allocation: str = ALLOCATION
+    max_ratio: float = MAX_RATIO
+
+
 @register
-class DistillMethod:
+class DistillMethod(Method):
     """Layer-dropping student, retrained with distillation from the unpruned model (hidden states included)."""
 
     name = "distill"
-    kd_hidden = 1.0  # compress distils every student block's output to the teacher block it was copied from
-    kd_attention = 0.0  # compress's kd_attention default (attention-map MSE per block; eager attention: slower)
+    Config = DistillConfig
+    descriptor = Descriptor(kd=KD(hidden=1.0))
 
     def check_settings(self, layers: int | dict[str, int] | None = None, **_: Any) -> None:
         if layers is not None and not isinstance(layers, dict):

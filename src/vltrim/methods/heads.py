@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -25,8 +26,9 @@ from torch.utils.data import Dataset
 from vltrim.arch.apply import masked
 from vltrim.checks import choice, integer
 from vltrim.methods.common import plan_from_keep, prunable_groups, seeded
-from vltrim.methods.registry import register
+from vltrim.methods.registry import Descriptor, Method, MethodConfig, SearchResult, register
 from vltrim.structure.groups import Group
+from vltrim.structure.plan import Plan
 from vltrim.structure.select import ALLOCATION, MAX_RATIO, Budget, achieved, select
 from vltrim.tasks import Task
 from vltrim.train.loop import batches
@@ -92,15 +94,30 @@ def round_targets(target: float, rounds: int, schedule: str) -> list[float]:
     return [1 - (1 - target) ** (r / rounds) for r in range(1, rounds + 1)]
 
 
+@dataclass(frozen=True)
+class HeadsConfig(MethodConfig):
+    """Settings of heads: whole heads by |dL/d head-mask|, one-shot or in rounds."""
+
+    metric: str = "params"
+    align: int = 8
+    units: str | tuple[str, ...] = "heads"
+    allocation: str = ALLOCATION
+    max_ratio: float = MAX_RATIO
+    num_batches: int = 8
+    rounds: int = 1
+    schedule: str = "geometric"
+    modalities: list[str] | None = None
+
+
 @register
-class HeadsMethod:
+class HeadsMethod(Method):
     """Head pruning by expected |dL/d head-mask| (Michel et al. 2019), one-shot or iterative."""
 
     name = "heads"
-    needs_data = True  # compress passes its training (or calibration) data and loss
-    calib_data_option = "data"  # vltrim.plan's calib_data goes to search's ``data``, the loss from `task_settings`
-    # one row per head of the latest search; not `last_table`, which compress and the CLI save as MoPE's table
-    last_scores: list[dict[str, Any]] | None = None
+    Config = HeadsConfig
+    descriptor = Descriptor(
+        data="required", rounds=True, calib_option="data", runtime=("data", "loss_fn", "batch_size", "seed")
+    )
 
     def task_settings(self, task: Task) -> dict[str, Any]:
         """What vltrim.plan's ``task`` gives the search: the task's loss, scored on the calibration data."""
@@ -135,7 +152,11 @@ class HeadsMethod:
             return None
         return share, {**settings, "metric": metric, "schedule": schedule, "modalities": modalities, "rounds": 1}
 
-    def search(
+    def search(self, model: nn.Module, target: float, **settings: Any) -> Plan:
+        """The plan of `search_result`."""
+        return self.search_result(model, target, **settings).plan
+
+    def search_result(
         self,
         model: nn.Module,
         target: float,
@@ -152,14 +173,14 @@ class HeadsMethod:
         rounds: int = 1,
         schedule: str = "geometric",
         modalities: list[str] | None = None,
-    ):
+    ) -> SearchResult:
         """Plan removing ``target`` of the heads' ``metric`` (see the module docstring); ``modalities`` limits the
         cut to those towers."""
         self.check_settings(rounds, schedule, num_batches)
         if data is None or loss_fn is None:
             raise ValueError(
                 "heads needs calibration data and a loss: calib_data=... (the loss from task=...), or data=... and "
-                "loss_fn=(model, batch) -> loss (vltrim.run.runner passes its train_data and task loss)"
+                "loss_fn=(model, batch) -> loss (vltrim.compress passes its train_data and task loss)"
             )
         if (units.split(",") if isinstance(units, str) else list(units)) != ["heads"]:
             raise ValueError(f"heads prunes whole attention heads: units must be 'heads', got {units!r}")
@@ -173,7 +194,6 @@ class HeadsMethod:
             keep = select(groups, ranking(raw, pruned), Budget(t, metric, align, allocation, max_ratio))
             pruned = {g.name: sorted(set(range(g.size)) - set(keep.get(g.name, range(g.size)))) for g in groups}
             steps.append(achieved(groups, keep)[f"{metric}_removed"])
-        self.last_scores = _table(groups, raw, pruned)
         settings = {
             "units": ["heads"],
             "num_batches": num_batches,
@@ -184,7 +204,8 @@ class HeadsMethod:
             "round_removed": steps,
             **({"modalities": sorted(modalities)} if modalities else {}),
         }
-        return plan_from_keep(model, groups, keep, budget, self.name, settings)
+        plan = plan_from_keep(model, groups, keep, budget, self.name, settings)
+        return SearchResult(plan, {"head_scores": _table(groups, raw, pruned)})  # one row per head
 
 
 def _table(groups: list[Group], raw: dict[str, torch.Tensor], pruned: dict[str, list[int]]) -> list[dict[str, Any]]:

@@ -6,11 +6,13 @@ neurons; uniform kept more of the pretrained function (benchmarks/results/real_t
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from vltrim.methods.common import DEFAULT_UNITS, plan_from_scores, prunable_groups, unit_sums
-from vltrim.methods.registry import register
+from vltrim.methods.registry import Descriptor, Method, MethodConfig, register
 from vltrim.structure.groups import Group
 from vltrim.structure.select import MAX_RATIO, Budget
 
@@ -20,11 +22,26 @@ def unit_l1(model: nn.Module, group: Group) -> torch.Tensor:
     return unit_sums(model, group, torch.abs)
 
 
+@dataclass(frozen=True)
+class L1Config(MethodConfig):
+    """Settings of l1: the L1 norm of the weights each unit owns."""
+
+    metric: str = "params"
+    align: int = 8
+    units: str | tuple[str, ...] = DEFAULT_UNITS
+    allocation: str = "uniform"
+    max_ratio: float = MAX_RATIO
+    normalize: str = "kind"
+    ranking: str = "score"
+
+
 @register
-class L1Method:
+class L1Method(Method):
     """Data-free baseline: prune the units with the smallest weights."""
 
     name = "l1"
+    Config = L1Config
+    descriptor = Descriptor()
 
     def search(
         self,

@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 from vltrim.arch import class_name, get_adapter
 from vltrim.checks import flag, integer, kept_modes, number
 from vltrim.measure import count_macs, count_params
-from vltrim.methods.registry import register
+from vltrim.methods.registry import Descriptor, Method, MethodConfig, register
 from vltrim.structure.costs import cost_of
 from vltrim.structure.factorize import saves_params
 from vltrim.structure.groups import Directions
@@ -210,12 +210,25 @@ def _check(
     return Budget(target, metric, align), None
 
 
+@dataclass(frozen=True)
+class LowRankConfig(MethodConfig):
+    """Settings of lowrank: truncated SVD ranks of every block Linear."""
+
+    metric: str = "params"
+    align: int = 8
+    mode: str = "global"
+    energy: float | None = None
+    weighted: bool | None = None
+    num_batches: int = 8
+
+
 @register
-class LowRankMethod:
+class LowRankMethod(Method):
     """Truncated-SVD factorisation of the block Linears (q, k, v, o, fc1, fc2 of every tower)."""
 
     name = "lowrank"
-    plan_step = "factorize"  # in a chain it comes after keep plans and before sparsify plans
+    Config = LowRankConfig
+    descriptor = Descriptor(data="optional", step="factorize", runtime=("data", "batch_size", "seed"))
 
     def check_settings(
         self,

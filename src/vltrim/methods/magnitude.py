@@ -14,6 +14,7 @@ schedule's sparsity; weights already zero are the smallest, so each round's plan
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -22,7 +23,7 @@ from torch import nn
 from vltrim.arch import class_name, get_adapter
 from vltrim.checks import choice, integer, number
 from vltrim.measure import count_macs, count_params
-from vltrim.methods.registry import register
+from vltrim.methods.registry import Descriptor, Method, MethodConfig, register
 from vltrim.structure.plan import Plan
 from vltrim.structure.sparsify import PATTERNS, check_semi_shape, prune_mask
 
@@ -98,12 +99,23 @@ def _achieved(model: nn.Module, lins: dict[str, nn.Linear], entries: dict[str, d
     }
 
 
+@dataclass(frozen=True)
+class MagnitudeConfig(MethodConfig):
+    """Settings of magnitude: single weights (unstructured or 2:4), in rounds if asked."""
+
+    pattern: str = "unstructured"
+    scope: str = "global"
+    rounds: int = 1
+    step: int | None = None
+
+
 @register
-class MagnitudeMethod:
+class MagnitudeMethod(Method):
     """Magnitude (L1) weight pruning of the block Linears: unstructured (global or per layer) or 2:4."""
 
     name = "magnitude"
-    plan_step = "sparsify"  # in a chain it comes after keep and factorize plans
+    Config = MagnitudeConfig
+    descriptor = Descriptor(step="sparsify", rounds=True)
 
     def check_settings(
         self, pattern: str = "unstructured", scope: str = "global", rounds: int = 1, step: int | None = None, **_: Any

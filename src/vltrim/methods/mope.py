@@ -34,7 +34,7 @@ from vltrim.arch.apply import apply_plan, masked
 from vltrim.checks import integer, number
 from vltrim.data.inputs import as_dataset, in_order
 from vltrim.methods.common import plan_from_keep, prunable_groups, unit_sums
-from vltrim.methods.registry import register
+from vltrim.methods.registry import KD, Descriptor, Method, MethodConfig, SearchResult, register
 from vltrim.progress import bar
 from vltrim.report import save_mope_table
 from vltrim.structure.groups import Group, UnitKind
@@ -454,14 +454,35 @@ def mope_table(ablations: list[Ablation], errors: list[float], costs: dict[str, 
 
 
 # ---- the method -------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MoPEConfig(MethodConfig):
+    """Settings of mope: module-wise pruning error, width then depth."""
+
+    metric: str = "params"
+    align: int = 8
+    units: str | tuple[str, ...] = "heads,neurons"
+    allocation: str = ALLOCATION
+    max_ratio: float = MAX_RATIO
+    depth_share: float = 0.0
+    group_size: int | None = None
+    calib_size: int = 256
+    eval_batch: int = 64
+    ablation_batch: int | None = None
+    fast: bool = True
+    modalities: list[str] | None = None
+    rounds: int = 1
+
+
 @register
-class MoPEMethod:
+class MoPEMethod(Method):
     name = "mope"
-    needs_data = True  # scores with the task metric on calibration data
-    kd_hidden = 1.0  # retraining distils every block's hidden states too (the paper's uni-modal distillation)
-    kd_embed = 1.0  # and each tower's final embedding (retrieval); cross-modal: the task's similarity KL
-    last_table: list[dict[str, Any]] | None = None  # MoPE table of the latest search (compress reports it)
-    calib_data_option = "data"  # vltrim.plan's calib_data is what the task metric is measured on
+    Config = MoPEConfig
+    descriptor = Descriptor(
+        data="required",
+        calib_option="data",
+        runtime=("data", "task", "progress", "seed", "loss_fn", "batch_size"),
+        kd=KD(hidden=1.0, embed=1.0),  # the paper's uni-modal distillation: hidden states and tower embeddings
+    )
 
     def task_settings(self, task: Task) -> dict[str, Any]:
         """What vltrim.plan's ``task`` gives the search: the task whose metric scores the modules (its name)."""
@@ -485,7 +506,11 @@ class MoPEMethod:
             integer("ablation_batch", ablation_batch, 1)
         integer("calib_size", calib_size, 1)
 
-    def search(
+    def search(self, model: nn.Module, target: float, **settings: Any) -> Plan:
+        """The plan of `search_result`."""
+        return self.search_result(model, target, **settings).plan
+
+    def search_result(
         self,
         model: nn.Module,
         target: float,
@@ -508,9 +533,9 @@ class MoPEMethod:
         loss_fn: Callable | None = None,
         batch_size: int | None = None,
         rounds: int = 1,
-    ):
-        """Width then depth by MoPE on the first ``calib_size`` items of ``data``; returns the Plan and keeps the
-        MoPE table of both stages in ``self.last_table`` (compress saves it). ``loss_fn``, ``batch_size`` and
+    ) -> SearchResult:
+        """Width then depth by MoPE on the first ``calib_size`` items of ``data``; returns the Plan with the
+        MoPE table of both stages as the artefact "scores_table" (compress reports it). ``loss_fn``, ``batch_size`` and
         ``seed`` are accepted for compress's sake and unused: the scores are deterministic and need no loss.
         ``modalities`` (e.g. ['vision']) prunes those towers only (the paper's fine-tuning stage may prune one tower;
         its pre-training stage prunes both, the default). ``rounds`` > 1 cuts the width in that many steps, re-scoring
@@ -558,8 +583,7 @@ class MoPEMethod:
             self.name,
             settings,
         )
-        self.last_table = table
-        return plan
+        return SearchResult(plan, {"scores_table": table})
 
 
 def _unit_scores(

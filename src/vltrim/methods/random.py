@@ -2,17 +2,34 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from vltrim.methods.common import DEFAULT_UNITS, plan_from_scores, prunable_groups
-from vltrim.methods.registry import register
+from vltrim.methods.registry import Descriptor, Method, MethodConfig, register
 from vltrim.structure.select import ALLOCATION, MAX_RATIO, Budget
 
 
+@dataclass(frozen=True)
+class RandomConfig(MethodConfig):
+    """Settings of random: random scores through the same ranking (the control)."""
+
+    metric: str = "params"
+    align: int = 8
+    units: str | tuple[str, ...] = DEFAULT_UNITS
+    allocation: str = ALLOCATION
+    max_ratio: float = MAX_RATIO
+    normalize: str = "kind"
+    ranking: str = "score"
+
+
 @register
-class RandomMethod:
+class RandomMethod(Method):
     name = "random"
+    Config = RandomConfig
+    descriptor = Descriptor(runtime=("seed",))
 
     def search(
         self,

@@ -1,25 +1,122 @@
-"""The method registry: each method file registers its method by name."""
+"""The method contract and registry: every method is a `Method` with a typed `Config` (its settings and their
+defaults) and a `Descriptor` (what it needs and does). The runner, the CLI, chains, study and `vltrim.plan` read
+these; none of them looks at a method's signature or probes it for attributes."""
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
 
 from torch import nn
 
 from vltrim.structure.plan import Plan
 
+#: the budget options (structure.select.Budget and the unit kinds) a method may take in its Config
+BUDGET_OPTIONS = ("metric", "align", "units", "allocation", "max_ratio")
+#: what the runner passes to a search besides the target and the Config's settings
+RUNTIME_INPUTS = ("data", "train_data", "loss_fn", "task", "steps", "lr", "batch_size", "seed", "progress")
 
-class Method(Protocol):
-    name: str
 
-    def search(self, model: nn.Module, target: float, **settings: Any) -> Plan: ...
+@dataclass(frozen=True)
+class KD:
+    """A method's defaults for compress's retraining losses (the user's kd_* options override them)."""
+
+    hidden: float = 0.0  # every block's hidden states to its teacher block
+    embed: float = 0.0  # each tower's final embedding (tasks with tower embeddings)
+    attention: float = 0.0  # attention maps per block
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    """What a method needs and does, as data."""
+
+    data: Literal["none", "optional", "required"] = "none"  # calibration / training data for its search
+    trains: bool = False  # the search trains the model (``run``; its steps count as training)
+    step: Literal["keep", "factorize", "sparsify"] = "keep"  # the plan step it makes (order in a chain)
+    rounds: bool = False  # prunes in prune-retrain rounds through compress (``round_target``)
+    calib_option: str | None = None  # the search input vltrim.plan's ``calib_data`` fills ("data", "train_data")
+    runtime: tuple[str, ...] = ()  # which RUNTIME_INPUTS its search (or run) takes
+    kd: KD = field(default_factory=KD)
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.runtime) - set(RUNTIME_INPUTS))
+        if unknown:
+            raise ValueError(f"Descriptor.runtime: {unknown} are not runner inputs ({', '.join(RUNTIME_INPUTS)})")
+        if self.calib_option is not None and self.calib_option not in self.runtime:
+            raise ValueError(f"Descriptor.calib_option {self.calib_option!r} must be one of its runtime inputs")
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """A method's own settings (and the budget options it takes) with their defaults; subclassed per method."""
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """Every setting's default, by name."""
+        return {
+            f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            for f in dataclasses.fields(cls)
+        }
+
+    @classmethod
+    def names(cls) -> frozenset[str]:
+        return frozenset(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def settings(cls) -> frozenset[str]:
+        """The method's own settings: its Config without the budget options."""
+        return cls.names() - set(BUDGET_OPTIONS)
+
+    @classmethod
+    def budget(cls) -> tuple[str, ...]:
+        """The budget options the method takes, in BUDGET_OPTIONS order."""
+        return tuple(k for k in BUDGET_OPTIONS if k in cls.names())
+
+
+@dataclass
+class SearchResult:
+    """A search's plan and what else it produced for the report (e.g. MoPE's module table); nothing is kept on the
+    registered method between searches."""
+
+    plan: Plan
+    artifacts: dict[str, Any] = field(default_factory=dict)
+
+
+class Method:
+    """A compression method: ``search`` returns a Plan and never edits the model. Subclasses set ``name``,
+    ``Config`` and ``descriptor``; training methods (``descriptor.trains``) implement ``run``, round-based ones
+    ``round_target``."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+    descriptor: ClassVar[Descriptor] = Descriptor()
+
+    def search(self, model: nn.Module, target: float, **settings: Any) -> Plan:
+        raise NotImplementedError
+
+    def search_result(self, model: nn.Module, target: float, **settings: Any) -> SearchResult:
+        """The plan with the search's artefacts (none by default)."""
+        return SearchResult(self.search(model, target, **settings))
+
+    def check_settings(self, **settings: Any) -> None:
+        """Refuse bad values of the method's settings before any work (a typo would only fail after a long search)."""
+
+    def task_settings(self, task: Any) -> dict[str, Any]:
+        """What vltrim.plan's ``task`` gives the search (its loss, or its name): nothing by default."""
+        return {}
+
+    def round_target(self, *args: Any, **settings: Any) -> Any:
+        raise NotImplementedError(f"{self.name} does not prune in rounds")
 
 
 _METHODS: dict[str, Method] = {}
 
 
-def register(cls):
+def register(cls: type[Method]) -> type[Method]:
     """Class decorator: register a method under its ``name``."""
+    if not (isinstance(cls, type) and issubclass(cls, Method)):
+        raise TypeError(f"register takes a Method subclass, got {cls!r}")
     _METHODS[cls.name] = cls()
     return cls
 

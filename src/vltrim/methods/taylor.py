@@ -7,6 +7,7 @@ the mean gradient at the start is ~0 and only per-batch terms (dropout on, as in
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -23,7 +24,7 @@ from vltrim.methods.common import (
     unit_sums,
     weight_taylor,
 )
-from vltrim.methods.registry import register
+from vltrim.methods.registry import Descriptor, Method, MethodConfig, register
 from vltrim.structure.groups import Group
 from vltrim.structure.select import ALLOCATION, MAX_RATIO, Budget, check_ranking
 from vltrim.tasks import Task
@@ -62,13 +63,27 @@ def taylor_scores(
     return scores
 
 
+@dataclass(frozen=True)
+class TaylorConfig(MethodConfig):
+    """Settings of taylor: first-order Taylor importance on calibration batches."""
+
+    metric: str = "params"
+    align: int = 8
+    units: str | tuple[str, ...] = DEFAULT_UNITS
+    allocation: str = ALLOCATION
+    max_ratio: float = MAX_RATIO
+    num_batches: int = 8
+    normalize: str = TAYLOR_NORMALIZE
+    ranking: str = TAYLOR_RANKING
+
+
 @register
-class TaylorMethod:
+class TaylorMethod(Method):
     """Data-driven one-shot baseline: prune the units whose removal the first-order Taylor term says costs least."""
 
     name = "taylor"
-    needs_data = True  # compress passes its training data and loss
-    calib_data_option = "data"  # vltrim.plan's calib_data goes to search's ``data``, the loss from `task_settings`
+    Config = TaylorConfig
+    descriptor = Descriptor(data="required", calib_option="data", runtime=("data", "loss_fn", "batch_size", "seed"))
 
     def task_settings(self, task: Task) -> dict[str, Any]:
         """What vltrim.plan's ``task`` gives the search: the task's loss, scored on the calibration data."""
@@ -105,7 +120,7 @@ class TaylorMethod:
         if data is None or loss_fn is None:
             raise ValueError(
                 "taylor needs calibration data and a loss: calib_data=... (the loss from task=...), or data=... and "
-                "loss_fn=(model, batch) -> loss (vltrim.run.runner passes its train_data and task loss)"
+                "loss_fn=(model, batch) -> loss (vltrim.compress passes its train_data and task loss)"
             )
         groups = prunable_groups(model, units)
         scores = taylor_scores(model, groups, data, loss_fn, num_batches, batch_size, seed)

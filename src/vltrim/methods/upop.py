@@ -33,7 +33,7 @@ from vltrim.methods.common import (
     unit_sums,
     weight_taylor,
 )
-from vltrim.methods.registry import register
+from vltrim.methods.registry import Descriptor, Method, MethodConfig, register
 from vltrim.structure.groups import Group
 from vltrim.structure.plan import Plan
 from vltrim.structure.select import ALLOCATION, MAX_RATIO, Budget, achieved, check_ranking, ranked, select
@@ -185,11 +185,34 @@ class _Search:
         )
 
 
+@dataclass(frozen=True)
+class UPopConfig(MethodConfig):
+    """Settings of upop: progressive soft masks while the weights train."""
+
+    interval: int = 10
+    metric: str = "params"
+    align: int = 8
+    units: str | tuple[str, ...] = DEFAULT_UNITS
+    allocation: str = ALLOCATION
+    max_ratio: float = MAX_RATIO
+    monotone: bool = False
+    schedule: str = "constant"
+    saliency_decay: float = 1.0
+    saliency: str = "taylor"
+    normalize: str = TAYLOR_NORMALIZE
+    ranking: str = TAYLOR_RANKING
+
+
 @register
-class UPopMethod:
+class UPopMethod(Method):
     name = "upop"
-    needs_training = True  # decides while training: use run() for the searched weights, or vltrim.run.runner
-    calib_data_option = "train_data"  # vltrim.plan's calib_data is the data the search trains on
+    Config = UPopConfig
+    descriptor = Descriptor(
+        data="required",
+        trains=True,
+        calib_option="train_data",
+        runtime=("train_data", "loss_fn", "steps", "lr", "batch_size", "seed", "progress"),
+    )
 
     def task_settings(self, task: Task) -> dict[str, Any]:
         """What vltrim.plan's ``task`` gives the search: the task's loss, trained on (as the search's ``loss_fn``)."""

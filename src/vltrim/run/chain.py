@@ -32,6 +32,7 @@ from vltrim.arch.apply import plans_of
 from vltrim.checks import kept_modes, text
 from vltrim.measure import compare, count_params, machine
 from vltrim.methods import get_method
+from vltrim.run.options import CompressOptions
 from vltrim.run.runner import (
     HALF,
     _run,
@@ -47,32 +48,14 @@ from vltrim.structure.plan import Plan
 from vltrim.structure.result import CompressResult
 from vltrim.train.run_record import check_resume, model_fingerprint
 
-STAGE_OPTIONS = (
-    "target",
-    "metric",
-    "align",
-    "units",
-    "allocation",
-    "max_ratio",
-    "depth_share",
-    "search_steps",
-    "retrain_steps",
-    "kd_weight",
-    "kd_hidden",
-    "kd_embed",
-    "kd_attention",
-    "task_weight",
-    "lr",
-    "retrain_lr",
-    "retrain_schedule",
-    "method_settings",
-)
-METHOD_OPTIONS = ("method_settings", "depth_share")  # settings of one method: per stage only in a chain
+STAGE_OPTIONS = CompressOptions.of_scope("stage", "method")  # a stage's own options: override the shared ones
+METHOD_OPTIONS = CompressOptions.of_scope("method")  # settings of one method: per stage only in a chain
+SHARED_OPTIONS = frozenset(CompressOptions.of_scope("shared"))  # options of the whole chain, refused in a stage
 STEP_ORDER = (
     "keep",
     "factorize",
     "sparsify",
-)  # the plan step each method makes (a method's ``plan_step``; default keep)
+)  # the plan step each method makes (its descriptor's ``step``)
 
 
 def run_chain(o: dict[str, Any]) -> CompressResult:
@@ -90,7 +73,7 @@ def checked_chain(o: dict[str, Any]) -> tuple[SimpleNamespace, list[SimpleNamesp
     chain = o["method"]
     if not chain:
         raise ValueError("method: an empty chain; give one method name or a list of at least one stage")
-    for k in METHOD_OPTIONS:
+    for k in reversed(METHOD_OPTIONS):  # method_settings, then depth_share: the first one given is named
         if o[k] not in (None, {}):
             raise ValueError(
                 f"{k}: a chain takes it per stage (it is a setting of one method), e.g. "
@@ -101,8 +84,7 @@ def checked_chain(o: dict[str, Any]) -> tuple[SimpleNamespace, list[SimpleNamesp
             "plan: a chain searches one plan per stage; apply a single plan without a chain (method=<name>), "
             "or reload a saved chain with vltrim.load"
         )
-    shared = frozenset(o) - set(STAGE_OPTIONS) - {"method"}  # o holds every compress option
-    specs = [stage_spec(s, i, shared) for i, s in enumerate(chain, 1)]
+    specs = [stage_spec(s, i, SHARED_OPTIONS) for i, s in enumerate(chain, 1)]
     check_order(specs, plans_of(o["model"]))
     shared_checked(o)
     stages = []
@@ -177,7 +159,7 @@ def check_order(specs: list[tuple[str, dict[str, Any]]], done: list[Plan]) -> No
     )
     for i, (name, _) in enumerate(specs, 1):
         with in_stage(i, name):
-            step = getattr(get_method(text("method", name)), "plan_step", "keep")
+            step = get_method(text("method", name)).descriptor.step
         if prev is not None and STEP_ORDER.index(step) < STEP_ORDER.index(prev[1]):
             raise ValueError(
                 f"method: stage {i} ({name}) makes a {step} plan after {prev[0]} made a {prev[1]} plan, "

@@ -11,12 +11,9 @@ from torch import nn
 from vltrim.checks import kept_modes
 from vltrim.run import runner
 from vltrim.run.chain import run_chain
+from vltrim.run.options import Stage
 from vltrim.structure.plan import Plan
 from vltrim.structure.result import CompressResult
-
-Stage = (
-    str | tuple[str, dict[str, Any]]
-)  # a chain entry: a method name, or (name, its own compress options and settings)
 
 
 def compress(
@@ -93,7 +90,10 @@ def compress(
     A list ``method`` is a chain: one stage per entry, each compressing the model the previous stage made; an entry is
     a name or (name, {options}) whose options (target, retrain_steps, kd_*, ..., see `vltrim.run.chain.STAGE_OPTIONS`)
     override the shared ones for that stage, other keys being the method's settings. The original ``model`` is the
-    teacher of every stage. See `vltrim.run.chain`."""
+    teacher of every stage. See `vltrim.run.chain`.
+
+    Every option is declared once more, with its scope (whole run, chain stage or method), in
+    `vltrim.run.options.CompressOptions`; a test keeps that declaration and this signature equal."""
     if isinstance(method, (list, tuple)):
         return run_chain(locals())
     o = runner._checked(locals())

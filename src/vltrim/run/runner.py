@@ -1,9 +1,8 @@
-"""`vltrim.run.runner`: search a plan, extract the subnet, retrain it with distillation, report before/after."""
+"""`vltrim.compress`: search a plan, extract the subnet, retrain it with distillation, report before/after."""
 
 from __future__ import annotations
 
 import copy
-import inspect
 import json
 import shutil
 import time
@@ -19,12 +18,13 @@ from torch.utils.data import Dataset
 
 from vltrim.arch import class_name, get_adapter
 from vltrim.arch.apply import apply_plan, plans_of
+from vltrim.arch.inputs import model_inputs
 from vltrim.arch.registry import usable_model
 from vltrim.checks import choice, flag, integer, number, path, text
 from vltrim.data.inputs import as_dataset
 from vltrim.io import load, save
 from vltrim.measure import compare, count_params, machine
-from vltrim.methods import get_method
+from vltrim.methods import Method, get_method
 from vltrim.methods.common import prunable_groups
 from vltrim.structure.plan import Plan
 from vltrim.structure.result import CompressResult
@@ -35,8 +35,6 @@ from vltrim.train import train
 from vltrim.train.distill import attention_kd, attention_maps, hidden_kd, layer_outputs
 from vltrim.train.loop import SCHEDULES
 from vltrim.train.run_record import check_resume, model_fingerprint
-
-MODEL_KEYS = ("pixel_values", "input_ids", "attention_mask", "token_type_ids")
 
 
 def task_loss(
@@ -68,7 +66,7 @@ def task_loss(
             maps = [stack.enter_context(attention_maps(m)) for m in (net, teacher)] if kd_attention else None
             value = kd(student, batch)
             ran_student, ran_teacher = hidden or maps
-            inputs = {k: v for k, v in batch.items() if k in MODEL_KEYS}
+            inputs = model_inputs(batch)
             if not ran_student:  # task_weight 0 and no task distillation: nothing ran the student yet
                 get_adapter(net).forward(student, inputs)
             if not ran_teacher:  # the task's own distillation did not run the teacher
@@ -83,31 +81,26 @@ def task_loss(
     return with_layers if (kd_hidden or kd_attention) and teacher is not None else kd
 
 
-def _takes(fn: Callable) -> Callable[[str], bool]:
-    """Whether ``fn`` accepts a keyword (everything, when it has **kwargs)."""
-    params = inspect.signature(fn).parameters
-    anything = any(p.kind == p.VAR_KEYWORD for p in params.values())
-    return lambda k: anything or k in params
-
-
 def _search_inputs(
-    method: Any, data: Dataset | None, loss: Callable, batch_size: int, seed: int, task: str, progress: bool
+    method: Method, data: Dataset | None, loss: Callable, batch_size: int, seed: int, task: str, progress: bool
 ) -> dict[str, Any]:
-    """What a one-shot method takes besides the budget: calibration data and loss (required by ``needs_data``,
-    else passed when the method takes data, e.g. lowrank's data-aware SVD), and the seed, task and progress flag."""
-    takes = _takes(method.search)
-    if getattr(method, "needs_data", False) and data is None:
+    """What a one-shot method takes besides the budget (its descriptor's ``runtime``): calibration data and loss
+    (required when its ``data`` is "required", passed when "optional", e.g. lowrank's data-aware SVD), and the seed,
+    task and progress flag."""
+    d = method.descriptor
+    if d.data == "required" and data is None:
         raise ValueError(f"{method.name} scores units on calibration data: pass train_data (or calib_data)")
     given = dict(seed=seed, task=task, progress=progress)
-    if data is not None and (getattr(method, "needs_data", False) or takes("data")):
+    if data is not None and d.data != "none":
         given.update(data=data, loss_fn=loss, batch_size=batch_size)
-    return {k: v for k, v in given.items() if takes(k)}
+    return {k: v for k, v in given.items() if k in d.runtime}
 
 
-def _budget_options(method: Any, o: Any, searches: bool) -> dict[str, Any]:
-    """metric, align, units, allocation and max_ratio for the method, only those it takes; one set away from its
-    default that the method does not take (magnitude has no metric, lowrank no allocation) is refused."""
-    takes = _takes(method.run if searches else method.search)
+def _budget_options(method: Method, o: Any) -> dict[str, Any]:
+    """metric, align, units, allocation and max_ratio for the method, only those its Config takes; one set away
+    from its default that the method does not take (magnitude has no metric, lowrank no allocation) is refused."""
+    budget = method.Config.budget()
+    takes = budget.__contains__
     given = dict(
         metric=o["metric"], align=o["align"], units=o["units"], allocation=o["allocation"], max_ratio=o["max_ratio"]
     )
@@ -179,23 +172,24 @@ def stage_checked(o: dict[str, Any]) -> None:
     o["method_settings"] = dict(o["method_settings"] or {})
     o["m"] = get_method(text("method", o["method"])) if o["plan"] is None else None
     for k in ("kd_hidden", "kd_attention"):  # None: the method's default
-        o[k] = number(k, getattr(o["m"], k, 0.0) if o[k] is None else o[k], low_open=False)
+        default = getattr(o["m"].descriptor.kd, k.removeprefix("kd_")) if o["m"] is not None else 0.0
+        o[k] = number(k, default if o[k] is None else o[k], low_open=False)
     _check_loss_weights(o)
     if o["depth_share"] is not None:
         o["method_settings"]["depth_share"] = o["depth_share"]
-    o["searches"] = o["m"] is not None and getattr(o["m"], "needs_training", False)
+    o["searches"] = o["m"] is not None and o["m"].descriptor.trains
     if (o["searches"] or o["retrain_steps"] > 0) and o["train_data"] is None:
         raise ValueError(f"{o['method']} with retrain_steps={o['retrain_steps']} needs train_data")
-    if getattr(o["m"], "needs_data", False) and o["train_data"] is None and o["calib_data"] is None:
+    if _needs_data(o["m"]) and o["train_data"] is None and o["calib_data"] is None:
         raise ValueError(f"{o['method']} scores units on data: pass calib_data or train_data")
     _check_budget_and_method(model, o)
     o["rounds"] = _rounds(o)
 
 
 def _rounds(o: dict[str, Any]) -> int:
-    """Prune-retrain rounds: ``method_settings["rounds"]`` of a method that prunes in rounds through compress (it has
-    a ``round_target``), else 1."""
-    if o["m"] is None or not hasattr(o["m"], "round_target"):
+    """Prune-retrain rounds: ``method_settings["rounds"]`` of a method that prunes in rounds through compress (its
+    descriptor says ``rounds``: it has a ``round_target``), else 1."""
+    if o["m"] is None or not o["m"].descriptor.rounds:
         return 1
     return integer("rounds", o["method_settings"].get("rounds", 1), 1)
 
@@ -212,7 +206,7 @@ def _check_loss_weights(o: dict[str, Any]) -> None:
                 f"distillation ({'its loss already matches the teacher embedding' if task.kd is None else 'logits KL'}); use 0"
             )
     else:
-        o["kd_embed"] = getattr(o["m"], "kd_embed", 0.0) if task.embed_kd else 0.0
+        o["kd_embed"] = o["m"].descriptor.kd.embed if o["m"] is not None and task.embed_kd else 0.0
     o["task_weight"] = number("task_weight", o["task_weight"], low_open=False)
     if (
         o["task_weight"] == 0
@@ -230,7 +224,11 @@ def _check_loss_weights(o: dict[str, Any]) -> None:
 
 def _uses_train_data(o: dict[str, Any]) -> bool:
     """Whether a stage trains on train_data or scores on it."""
-    return o["searches"] or o["retrain_steps"] > 0 or getattr(o["m"], "needs_data", False)
+    return o["searches"] or o["retrain_steps"] > 0 or _needs_data(o["m"])
+
+
+def _needs_data(m: Method | None) -> bool:
+    return m is not None and m.descriptor.data == "required"
 
 
 def try_data(model: nn.Module, o: dict[str, Any], stages: list[dict[str, Any]]) -> None:
@@ -243,30 +241,6 @@ def try_data(model: nn.Module, o: dict[str, Any], stages: list[dict[str, Any]]) 
 
 
 MAX_SEED = 2**32 - 1  # numpy's seed range; larger seeds overflow torch's generators mid-run
-
-PASSED_BY_COMPRESS = {
-    "model",
-    "target",
-    "task",
-    "train_data",
-    "data",
-    "loss_fn",
-    "steps",
-    "lr",
-    "batch_size",
-    "seed",
-    "progress",
-    "metric",
-    "align",
-    "units",
-    "allocation",
-    "max_ratio",
-    "grad_accum",
-    "mixed_precision",
-    "output_dir",
-    "checkpoint_every",
-    "resume",
-}
 
 
 def _check_budget_and_method(model: nn.Module, o: dict[str, Any]) -> None:
@@ -284,20 +258,19 @@ def _check_budget_and_method(model: nn.Module, o: dict[str, Any]) -> None:
         o["allocation"] or ALLOCATION,
         MAX_RATIO if o["max_ratio"] is None else o["max_ratio"],
     )
-    params = inspect.signature(o["m"].run if o["searches"] else o["m"].search).parameters
+    config = o["m"].Config
     if o["units"] is None:  # the method's own unit kinds (upop & co: head_dims,neurons; mope: heads,neurons)
-        o["units"] = params["units"].default if "units" in params else "head_dims,neurons"
+        o["units"] = config.defaults().get("units", "head_dims,neurons")
     prunable_groups(model, o["units"])
-    known = {n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)} - PASSED_BY_COMPRESS
+    known = config.settings()
     unknown = sorted(set(o["method_settings"]) - known)
     if unknown:
         raise ValueError(
             f"method_settings {unknown} are not settings of {o['method']} (or are compress options); "
             f"it takes {', '.join(sorted(known)) or 'none'}"
         )
-    if hasattr(o["m"], "check_settings"):
-        o["m"].check_settings(**({"steps": o["search_steps"]} if o["searches"] else {}), **o["method_settings"])
-    o["budget_options"] = _budget_options(o["m"], o, o["searches"])
+    o["m"].check_settings(**({"steps": o["search_steps"]} if o["searches"] else {}), **o["method_settings"])
+    o["budget_options"] = _budget_options(o["m"], o)
 
 
 RUN_KEYS = (
@@ -502,11 +475,12 @@ def _plan(
         )
         return res.plan, res.model
     data = o.calib_data if o.calib_data is not None else o.train_data
-    plan = m.search(
+    found = m.search_result(
         net, target, **common, **_search_inputs(m, data, loss, o.batch_size, o.seed + r - 1, o.task.name, o.progress)
     )
-    if getattr(m, "last_table", None) is not None:
-        report["scores_table"] = m.last_table
+    plan = found.plan
+    if "scores_table" in found.artifacts:  # MoPE's module table: report.json, mope.csv / mope.png
+        report["scores_table"] = found.artifacts["scores_table"]
     if o.rounds > 1:
         plan.settings["prune_round"] = [r, o.rounds]
     return plan, net

@@ -1,6 +1,6 @@
-"""`vltrim.run.study`: the compression landscape of one model in one call.
+"""`vltrim.study`: the compression landscape of one model in one call.
 
-Every method x ratio is one *cell*, run through `vltrim.run.runner` with the same retraining budget, seed and
+Every method x ratio is one *cell*, run through `vltrim.compress` with the same retraining budget, seed and
 data; the original model is the baseline row. Each finished cell writes its row atomically to
 ``out/cells/<cell>.json`` (with the settings it was made with) and its model to ``out/models/<cell>/``
 (`vltrim.save`), so a killed study reruns only the cells it had not finished. After all cells, every cell's
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import inspect
 import io as _io
 import json
 import math
@@ -40,11 +39,12 @@ from vltrim.arch.registry import usable_model
 from vltrim.checks import flag, integer, kept_modes, number, path, text
 from vltrim.data.inputs import as_dataset
 from vltrim.measure import _latency_stats, _runner, _time_rounds, count_macs, count_params, machine
-from vltrim.methods import available, get_method
+from vltrim.methods import BUDGET_OPTIONS, Method, available, get_method
 from vltrim.methods.common import prunable_groups
 from vltrim.methods.lowrank import Layer, global_ranks
 from vltrim.progress import bar, console
 from vltrim.run.compress import compress
+from vltrim.run.options import CompressOptions
 from vltrim.run.runner import _checked
 from vltrim.structure.select import ALLOCATION, MAX_RATIO, Budget, select
 from vltrim.structure.sparsify import check_semi_shape
@@ -55,7 +55,7 @@ SEMI = "2:4"  # alias: magnitude with pattern 2:4 (fixed 50% sparsity)
 DEFAULT_METHODS = ("magnitude", SEMI, "heads", "lowrank", "distill", "l1", "upop")
 DEFAULT_RATIOS = (0.25, 0.5, 0.75)
 STUDY_FILE, CELLS, MODELS, ORIGINAL = "study.json", "cells", "models", "original"
-FORMAT, VERSION = "vltrim.run.study", 1
+FORMAT, VERSION = "vltrim.study", 1
 # compress options the study sets itself (per cell or for all cells); the rest may go through compress_options
 OWN_OPTIONS = {
     "model",
@@ -78,8 +78,6 @@ OWN_OPTIONS = {
     "evaluate_before",
     "progress",
 }
-COMPRESS_SIGNATURE = inspect.signature(compress)
-BUDGET_OPTIONS = ("metric", "align", "units", "allocation", "max_ratio")  # passed only to the methods that take them
 
 
 class StudyError(ValueError):
@@ -281,7 +279,7 @@ def study(
     override: bool = False,
     progress: bool = True,
 ) -> StudyResult:
-    """Compress ``model`` with every method at every ratio (one `vltrim.run.runner` per cell, the same
+    """Compress ``model`` with every method at every ratio (one `vltrim.compress` per cell, the same
     ``retrain_steps``, ``seed`` and data), evaluate each on ``eval_data`` with the task's metric, then time all
     cells and the original in one interleaved run per batch of ``latency_batches``; write results and plots to ``out``.
 
@@ -363,11 +361,9 @@ def _check(a: dict[str, Any]) -> dict[str, Any]:
     return o
 
 
-def _default(fn: Any, key: str, given: dict[str, Any], fallback: Any) -> Any:
-    if key in given:
-        return given[key]
-    p = inspect.signature(fn).parameters.get(key)
-    return p.default if p is not None and p.default is not inspect.Parameter.empty else fallback
+def _default(m: Method, key: str, given: dict[str, Any], fallback: Any) -> Any:
+    """A setting as given, else its default in the method's Config, else ``fallback`` (a setting it does not take)."""
+    return given[key] if key in given else m.Config.defaults().get(key, fallback)
 
 
 def unreachable(model: nn.Module, o: Any) -> str | None:
@@ -378,12 +374,11 @@ def unreachable(model: nn.Module, o: Any) -> str | None:
     m = o.m
     if m is None or m.name == "distill":
         return None
-    fn = m.run if o.searches else m.search
     given = {**o.budget_options, **o.method_settings}
-    metric, align = _default(fn, "metric", given, "params"), _default(fn, "align", given, 8)
+    metric, align = _default(m, "metric", given, "params"), _default(m, "align", given, 8)
     try:
         if m.name == "lowrank":
-            if _default(fn, "mode", given, "global") != "global":
+            if _default(m, "mode", given, "global") != "global":
                 return None
             adapter = get_adapter(model)
             tokens = {t.name: t.tokens for t in adapter.towers(model)}
@@ -403,14 +398,14 @@ def unreachable(model: nn.Module, o: Any) -> str | None:
                 if isinstance(lin, nn.Linear)
             ]
             global_ranks(layers, Budget(o.target, metric, align))
-        elif "units" in given and not _default(fn, "depth_share", given, 0.0):
-            groups = prunable_groups(model, given["units"], _default(fn, "modalities", given, None))
+        elif "units" in given and not _default(m, "depth_share", given, 0.0):
+            groups = prunable_groups(model, given["units"], _default(m, "modalities", given, None))
             budget = Budget(
                 o.target,
                 metric,
                 align,
-                _default(fn, "allocation", given, ALLOCATION) or ALLOCATION,
-                _default(fn, "max_ratio", given, MAX_RATIO),
+                _default(m, "allocation", given, ALLOCATION) or ALLOCATION,
+                _default(m, "max_ratio", given, MAX_RATIO),
             )
             select(groups, {g.name: torch.zeros(g.size) for g in groups}, budget)
     except ValueError as e:
@@ -435,8 +430,8 @@ def _compress_options(options: Any) -> dict[str, Any]:
     if options is None:
         return {}
     if not isinstance(options, dict):
-        raise TypeError(f"compress_options must be a dict of vltrim.run.runner options, got {type(options).__name__}")
-    allowed = set(COMPRESS_SIGNATURE.parameters) - OWN_OPTIONS
+        raise TypeError(f"compress_options must be a dict of vltrim.compress options, got {type(options).__name__}")
+    allowed = set(CompressOptions.names()) - OWN_OPTIONS
     bad = sorted(set(options) - allowed)
     if bad:
         raise ValueError(
@@ -451,10 +446,9 @@ def _compress_call(model: nn.Module, o: dict[str, Any], cell: Cell, progress: bo
     """compress's arguments for ``cell``, all of them (defaults applied), as `compress._checked` takes them."""
     args = cell.compress_args(o["method_settings"])
     m = get_method(args["method"])
-    params = inspect.signature(m.run if getattr(m, "needs_training", False) else m.search).parameters
-    anything = any(p.kind == p.VAR_KEYWORD for p in params.values())
+    takes = m.Config.budget()
     # a budget option (align=1, metric='macs') goes to the methods that take it; compress refuses it for the others
-    options = {k: v for k, v in o["compress_options"].items() if k not in BUDGET_OPTIONS or anything or k in params}
+    options = {k: v for k, v in o["compress_options"].items() if k not in BUDGET_OPTIONS or k in takes}
     kw = dict(
         task=o["task"].name,
         train_data=o["train_data"],
@@ -469,16 +463,14 @@ def _compress_call(model: nn.Module, o: dict[str, Any], cell: Cell, progress: bo
         **options,
         **args,
     )
-    bound = COMPRESS_SIGNATURE.bind(model, **kw)
-    bound.apply_defaults()
-    return dict(bound.arguments)
+    return CompressOptions(model, **kw).kwargs()
 
 
 def _cell_key(o: dict[str, Any], cell: Cell) -> dict[str, Any]:
     """What a finished cell depends on: the study's settings, its method, ratio and settings (and search steps
     for training-based searches)."""
     args = cell.compress_args(o["method_settings"])
-    searches = getattr(get_method(args["method"]), "needs_training", False)
+    searches = get_method(args["method"]).descriptor.trains
     return _plain(
         {
             **o["settings"],
@@ -790,7 +782,7 @@ def _markdown(o: dict[str, Any], rows: list[dict[str, Any]], mach: dict[str, Any
     lines = [
         f"# Compression study: {s['model_class']}, task {s['task']}",
         "",
-        f"Every cell is one `vltrim.run.runner` run with {s['retrain_steps']} retraining steps (seed {s['seed']}); "
+        f"Every cell is one `vltrim.compress` run with {s['retrain_steps']} retraining steps (seed {s['seed']}); "
         f"training-based searches (upop) also search {o['search_steps']} steps. Metric: {metric} on "
         f"{s['eval_data']['size']} evaluation items.",
         "",

@@ -28,6 +28,7 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import Dataset
 
+from vltrim.arch.inputs import PRIMARY_INPUTS
 from vltrim.data.manifest import (
     CLIP_MEAN,
     CLIP_STD,
@@ -59,7 +60,6 @@ FORMS = {
 TEXT_COLUMNS = ("text", "sentence", "caption", "sentence1")
 IMAGE_COLUMNS = ("image", "img", "pixel_values")
 LABEL_COLUMNS = ("label", "labels")
-MODEL_COLUMNS = ("pixel_values", "input_ids")
 
 
 def model_directory(spec: str) -> Path | None:
@@ -371,7 +371,7 @@ class DataSource:
     def _from_hf(self, ds: Any, where: str) -> Any:
         """A loaded HF dataset for the task: as it is when it holds model inputs, else prepared from its raw columns."""
         cols = set(ds.column_names)
-        ready = "teacher_embedding" in cols if self.task == "sentence-embedding" else bool(cols & set(MODEL_COLUMNS))
+        ready = "teacher_embedding" in cols if self.task == "sentence-embedding" else bool(cols & set(PRIMARY_INPUTS))
         if ready:
             return ds
         if self.task == "sentence-embedding":

@@ -17,6 +17,7 @@ from torch import nn
 
 from vltrim.arch import get_adapter
 from vltrim.arch.apply import plans_of
+from vltrim.arch.attention import eager_attention
 
 
 def logits_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -93,7 +94,12 @@ def attention_maps(model: nn.Module) -> Iterator[dict[str, list[torch.Tensor]]]:
     kernels return no probabilities); the model's own implementation is restored on exit."""
     towers = get_adapter(model).towers(model)
     mods = [(t.name, [t.block(layer).attn.module for layer in t.layers]) for t in towers]
-    with eager_attention([m for _, ms in mods for m in ms]), _collect(mods, _probabilities) as states:
+    attention = [m for _, ms in mods for m in ms]
+    with eager_attention(attention) as switched, _collect(mods, _probabilities) as states:
+        if attention and not switched:
+            raise ValueError(
+                f"attention distillation: {type(attention[0]).__name__} has no config to switch to eager attention"
+            )
         yield states
 
 
@@ -106,26 +112,6 @@ def _probabilities(out: Any) -> torch.Tensor:
             "this model's attention cannot be distilled (use kd_attention=0)"
         )
     return probs
-
-
-@contextmanager
-def eager_attention(modules: Sequence[nn.Module]) -> Iterator[None]:
-    """Run ``modules`` (HF attention modules) with eager attention inside the block: their configs' attention
-    implementation is set to 'eager' and put back on exit, so the caller's model is not changed for good. The
-    tower's mask construction reads the same config object, so masks follow (eager takes additive float masks)."""
-    configs = {id(c): c for c in (getattr(m, "config", None) for m in modules) if c is not None}
-    if len(configs) == 0 and modules:
-        raise ValueError(
-            f"attention distillation: {type(modules[0]).__name__} has no config to switch to eager attention"
-        )
-    before = {k: c._attn_implementation_internal for k, c in configs.items()}
-    try:
-        for c in configs.values():
-            c._attn_implementation_internal = "eager"
-        yield
-    finally:
-        for k, c in configs.items():
-            c._attn_implementation_internal = before[k]
 
 
 @contextmanager

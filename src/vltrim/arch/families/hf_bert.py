@@ -5,8 +5,8 @@ from __future__ import annotations
 from torch import nn
 from transformers import BertForSequenceClassification, BertModel
 
-from vltrim.arch._inputs import text_inputs
 from vltrim.arch.base import TransformerAdapter
+from vltrim.arch.inputs import text_inputs
 from vltrim.arch.registry import register
 from vltrim.structure.slicing import AttentionSpec, BlockSpec, Tower
 

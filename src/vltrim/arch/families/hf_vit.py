@@ -11,8 +11,8 @@ from transformers import (
     ViTModel,
 )
 
-from vltrim.arch._inputs import image_inputs, patch_tokens
 from vltrim.arch.base import TransformerAdapter
+from vltrim.arch.inputs import image_inputs, patch_tokens
 from vltrim.arch.registry import register
 from vltrim.structure.slicing import AttentionSpec, BlockSpec, Tower
 
