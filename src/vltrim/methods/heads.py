@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 from vltrim.arch.apply import masked
 from vltrim.checks import choice, integer
 from vltrim.methods.common import plan_from_keep, prunable_groups, seeded
-from vltrim.methods.registry import Descriptor, Method, MethodConfig, SearchResult, register
+from vltrim.methods.registry import BudgetConfig, Descriptor, Method, SearchResult, register
 from vltrim.structure.groups import Group
 from vltrim.structure.plan import Plan
 from vltrim.structure.select import ALLOCATION, MAX_RATIO, Budget, achieved, select
@@ -95,14 +95,10 @@ def round_targets(target: float, rounds: int, schedule: str) -> list[float]:
 
 
 @dataclass(frozen=True)
-class HeadsConfig(MethodConfig):
+class HeadsConfig(BudgetConfig):
     """Settings of heads: whole heads by |dL/d head-mask|, one-shot or in rounds."""
 
-    metric: str = "params"
-    align: int = 8
     units: str | tuple[str, ...] = "heads"
-    allocation: str = ALLOCATION
-    max_ratio: float = MAX_RATIO
     num_batches: int = 8
     rounds: int = 1
     schedule: str = "geometric"

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from vltrim.methods.common import DEFAULT_UNITS, plan_from_scores, prunable_groups, unit_sums
-from vltrim.methods.registry import Descriptor, Method, MethodConfig, register
+from vltrim.methods.registry import BudgetConfig, Descriptor, Method, register
 from vltrim.structure.groups import Group
 from vltrim.structure.select import MAX_RATIO, Budget
 
@@ -23,14 +23,10 @@ def unit_l1(model: nn.Module, group: Group) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class L1Config(MethodConfig):
+class L1Config(BudgetConfig):
     """Settings of l1: the L1 norm of the weights each unit owns."""
 
-    metric: str = "params"
-    align: int = 8
-    units: str | tuple[str, ...] = DEFAULT_UNITS
     allocation: str = "uniform"
-    max_ratio: float = MAX_RATIO
     normalize: str = "kind"
     ranking: str = "score"
 

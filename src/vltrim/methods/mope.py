@@ -34,7 +34,7 @@ from vltrim.arch.apply import apply_plan, masked
 from vltrim.checks import integer, number
 from vltrim.data.inputs import as_dataset, in_order
 from vltrim.methods.common import plan_from_keep, prunable_groups, unit_sums
-from vltrim.methods.registry import KD, Descriptor, Method, MethodConfig, SearchResult, register
+from vltrim.methods.registry import KD, BudgetConfig, Descriptor, Method, SearchResult, register
 from vltrim.progress import bar
 from vltrim.report import save_mope_table
 from vltrim.structure.groups import Group, UnitKind
@@ -455,14 +455,10 @@ def mope_table(ablations: list[Ablation], errors: list[float], costs: dict[str, 
 
 # ---- the method -------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class MoPEConfig(MethodConfig):
+class MoPEConfig(BudgetConfig):
     """Settings of mope: module-wise pruning error, width then depth."""
 
-    metric: str = "params"
-    align: int = 8
     units: str | tuple[str, ...] = "heads,neurons"
-    allocation: str = ALLOCATION
-    max_ratio: float = MAX_RATIO
     depth_share: float = 0.0
     group_size: int | None = None
     calib_size: int = 256

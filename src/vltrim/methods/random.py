@@ -8,19 +8,14 @@ import torch
 from torch import nn
 
 from vltrim.methods.common import DEFAULT_UNITS, plan_from_scores, prunable_groups
-from vltrim.methods.registry import Descriptor, Method, MethodConfig, register
+from vltrim.methods.registry import BudgetConfig, Descriptor, Method, register
 from vltrim.structure.select import ALLOCATION, MAX_RATIO, Budget
 
 
 @dataclass(frozen=True)
-class RandomConfig(MethodConfig):
+class RandomConfig(BudgetConfig):
     """Settings of random: random scores through the same ranking (the control)."""
 
-    metric: str = "params"
-    align: int = 8
-    units: str | tuple[str, ...] = DEFAULT_UNITS
-    allocation: str = ALLOCATION
-    max_ratio: float = MAX_RATIO
     normalize: str = "kind"
     ranking: str = "score"
 

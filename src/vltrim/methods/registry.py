@@ -10,7 +10,9 @@ from typing import Any, ClassVar, Literal
 
 from torch import nn
 
+from vltrim.methods.common import DEFAULT_UNITS
 from vltrim.structure.plan import Plan
+from vltrim.structure.select import ALLOCATION, MAX_RATIO
 
 #: the budget options (structure.select.Budget and the unit kinds) a method may take in its Config
 BUDGET_OPTIONS = ("metric", "align", "units", "allocation", "max_ratio")
@@ -72,6 +74,17 @@ class MethodConfig:
     def budget(cls) -> tuple[str, ...]:
         """The budget options the method takes, in BUDGET_OPTIONS order."""
         return tuple(k for k in BUDGET_OPTIONS if k in cls.names())
+
+
+@dataclass(frozen=True)
+class BudgetConfig(MethodConfig):
+    """The budget options of a method that cuts units of groups (a subclass may redefine a default, e.g. units)."""
+
+    metric: str = "params"
+    align: int = 8
+    units: str | tuple[str, ...] = DEFAULT_UNITS
+    allocation: str = ALLOCATION
+    max_ratio: float = MAX_RATIO
 
 
 @dataclass

@@ -24,7 +24,7 @@ from vltrim.methods.common import (
     unit_sums,
     weight_taylor,
 )
-from vltrim.methods.registry import Descriptor, Method, MethodConfig, register
+from vltrim.methods.registry import BudgetConfig, Descriptor, Method, register
 from vltrim.structure.groups import Group
 from vltrim.structure.select import ALLOCATION, MAX_RATIO, Budget, check_ranking
 from vltrim.tasks import Task
@@ -64,14 +64,9 @@ def taylor_scores(
 
 
 @dataclass(frozen=True)
-class TaylorConfig(MethodConfig):
+class TaylorConfig(BudgetConfig):
     """Settings of taylor: first-order Taylor importance on calibration batches."""
 
-    metric: str = "params"
-    align: int = 8
-    units: str | tuple[str, ...] = DEFAULT_UNITS
-    allocation: str = ALLOCATION
-    max_ratio: float = MAX_RATIO
     num_batches: int = 8
     normalize: str = TAYLOR_NORMALIZE
     ranking: str = TAYLOR_RANKING
