@@ -51,7 +51,7 @@ class PeerConfig(MethodConfig):
     round_to: int = 8
     num_batches: int = 8
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         if self.importance not in ("taylor", "magnitude"):
             raise ValueError(f"peer importance must be 'taylor' or 'magnitude', got {self.importance!r}")
         if self.attention not in ("head_dims", "heads"):
@@ -252,9 +252,6 @@ class PeerMethod(Method):
     name = "peer"
     Config = PeerConfig
     descriptor = Descriptor(data="optional", runtime=("data", "loss_fn", "batch_size", "seed"))
-
-    def check_settings(self, **settings: Any) -> None:
-        PeerConfig(**settings)  # the config validates itself
 
     def search(
         self,

@@ -38,12 +38,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 from machine import machine, machine_line  # noqa: E402
 
 import vltrim  # noqa: E402
-from vltrim.methods.common import coupled_parameters, plan_from_keep, prunable_groups, seeded  # noqa: E402
+from vltrim.methods.common import plan_from_keep, prunable_groups, seeded, unit_sums  # noqa: E402
 from vltrim.report import markdown_table  # noqa: E402
-from vltrim.run.runner import task_loss  # noqa: E402
 from vltrim.structure.groups import UnitKind  # noqa: E402
 from vltrim.structure.select import Budget, _cut, normalize_scores, rank_quantiles  # noqa: E402
 from vltrim.tasks import get_task  # noqa: E402
+from vltrim.tasks.loss import task_loss  # noqa: E402
 from vltrim.train.loop import batches  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -75,22 +75,8 @@ def build(name: str):
 
 
 def per_channel(group, model, value) -> torch.Tensor:
-    """Sum of ``value(param)`` (a tensor shaped like the param) over each unit's coupled weights (see unit_sums)."""
-    from vltrim.arch import get_adapter
-
-    total = None
-    for t, dim in coupled_parameters(model, group):
-        v = value(t)
-        if v is None:
-            continue
-        v = v.detach().double()
-        per = v.movedim(dim, 0).reshape(v.shape[dim], -1).sum(1)
-        total = per if total is None else total + per
-    if group.kind == UnitKind.NEURONS:
-        return total
-    a = get_adapter(model).locate(model, group.name)[2].attn
-    c = total.view(a.num_heads, a.head_dim)
-    return c.sum(1) if group.kind == UnitKind.HEADS else c.sum(0)
+    """Sum of ``value(param)`` (a tensor shaped like the param, or None) over each unit's coupled weights."""
+    return unit_sums(model, group, value)
 
 
 def _extra(work, groups, data, loss_fn, seed: int, num_batches: int, batch_size: int, out: dict) -> None:

@@ -24,8 +24,8 @@ import vltrim  # noqa: E402
 from vltrim.methods import get_method  # noqa: E402
 from vltrim.reference import datasets, load_reference  # noqa: E402
 from vltrim.report import markdown_table  # noqa: E402
-from vltrim.run.runner import task_loss  # noqa: E402
 from vltrim.tasks import get_task  # noqa: E402
+from vltrim.tasks.loss import task_loss  # noqa: E402
 from vltrim.train import train  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"

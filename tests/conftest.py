@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
+import tiny_fusion_family  # fused qkv, GQA and cross-attention sites: it joins every generic test below
 import tiny_tower_family  # a family defined in one test file: it joins every generic test below
 import torch
 
@@ -44,7 +45,7 @@ def random_plan(model, kinds: set[str], seed: int = 0) -> vltrim.Plan:
     return vltrim.Plan.from_keep(type(model).__name__, groups, keep, method="test")
 
 
-@pytest.fixture(params=[*TINY_CLASSES, tiny_tower_family.NAME])
+@pytest.fixture(params=[*TINY_CLASSES, tiny_tower_family.NAME, tiny_fusion_family.NAME])
 def model_name(request) -> str:
     return request.param
 

@@ -21,7 +21,7 @@ from vltrim.tasks import get_task
 from vltrim.train.distill import attention_maps
 from vltrim.zoo import tiny_model
 
-compress_mod = importlib.import_module("vltrim.run.runner")
+compress_mod = importlib.import_module("vltrim.tasks.loss")  # where compress's loss (task_loss) lives
 FAST = dict(batch_size=16, latency_batch=0, progress=False)
 
 

@@ -37,10 +37,12 @@ def test_unit_costs_match_counted(model):
 def test_groups_cover_every_encoder(model):
     groups = vltrim.inspect(model)
     towers = get_adapter(model).towers(model)
-    layers = sum(len(t.layers) for t in towers)
-    for kind in ("heads", "head_dims", "neurons"):
-        assert sum(g.kind.value == kind for g in groups) == layers
-    assert {g.modality for g in groups} == {t.modality for t in towers}
+    blocks = [t.block(layer) for t in towers for layer in t.layers]
+    sites = sum(len(b.sites) for b in blocks)
+    for kind, n in (("heads", sites), ("head_dims", sites), ("neurons", len(blocks))):
+        assert sum(g.kind.value == kind for g in groups) == n
+    site_modalities = {a.modality for b in blocks for a in b.sites} - {None}
+    assert {g.modality for g in groups} == {t.modality for t in towers} | site_modalities
 
 
 # ---- one cost model ----------------------------------------------------------------------------------

@@ -249,7 +249,7 @@ def test_distill_method_chooses_layers_from_target_and_records_achieved():
 
 
 def test_distill_through_compress_uses_hidden_state_kd(monkeypatch):
-    mod = importlib.import_module("vltrim.run.runner")
+    mod = importlib.import_module("vltrim.tasks.loss")  # compress's loss (vltrim.tasks.loss.task_loss)
     seen = []
 
     def spy(student, teacher, s, t):

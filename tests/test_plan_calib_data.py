@@ -1,5 +1,6 @@
 """One vocabulary for data: ``vltrim.plan(model, method, target, calib_data=..., task=...)`` for every data-driven
-method (heads, taylor, mope, upop), the same plan as each method's own spelling with the task's loss; clear errors."""
+method (heads, taylor, mope, upop), the same plan as each method's own spelling with the loss compress derives from
+the task (`vltrim.tasks.loss.search_loss`), and the same plan as compress's search; clear errors."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from torch.utils.data import DataLoader
 import vltrim
 from vltrim.data import SyntheticCaptions
 from vltrim.methods import get_method
+from vltrim.run import runner
 from vltrim.tasks import get_task
+from vltrim.tasks.loss import search_loss, task_loss
 from vltrim.zoo import tiny_model
 
 FAST = {
@@ -34,8 +37,9 @@ def case(name: str):
 
 
 def old_call(model, method: str, target: float, task: str, data) -> vltrim.Plan:
-    """The method's own spelling of the same search: data= + loss_fn= (the task's loss); upop train_data=; mope task=."""
-    fast, loss = FAST[method], get_task(task).loss
+    """The method's own spelling of the same search: data= + loss_fn= (the task's loss and distillation from the model
+    itself, as compress searches); upop train_data=; mope task=."""
+    fast, loss = FAST[method], search_loss(get_task(task), model, get_method(method).descriptor.kd)
     if method == "upop":
         return vltrim.plan(model, method, target, train_data=data, loss_fn=loss, **fast)
     if method == "mope":
@@ -70,10 +74,8 @@ def test_upop_on_a_text_encoder_takes_its_loss_from_the_task():
     """Before, upop on BERT needed loss_fn= (its default loss is CLIP's); calib_data brings the task's loss."""
     model, task, data = case("BertModel")
     got = vltrim.plan(model, "upop", 0.3, calib_data=data, **FAST["upop"])
-    assert (
-        got.to_dict()
-        == vltrim.plan(model, "upop", 0.3, train_data=data, loss_fn=get_task(task).loss, **FAST["upop"]).to_dict()
-    )
+    loss = search_loss(get_task(task), model)  # sentence-embedding: the loss is the distillation, nothing to add
+    assert got.to_dict() == vltrim.plan(model, "upop", 0.3, train_data=data, loss_fn=loss, **FAST["upop"]).to_dict()
 
 
 def test_task_with_the_methods_own_data_option():
@@ -105,6 +107,30 @@ def test_same_plan_as_compress_where_the_task_has_no_distillation():
         progress=False,
         method_settings={"num_batches": 2},
     )
+    assert got.to_dict() == res.plan.to_dict()
+
+
+def test_plan_and_compress_share_one_loss_function():
+    """The runner and vltrim.plan build the loss with the one function in vltrim.tasks.loss."""
+    assert runner.task_loss is task_loss
+
+
+@pytest.mark.parametrize(
+    "method,settings",
+    [
+        ("taylor", dict(num_batches=2)),
+        ("heads", dict(num_batches=1)),
+        ("upop", dict(interval=1)),
+    ],
+)
+def test_same_plan_as_compress_where_the_task_distils(method, settings):
+    """retrieval distils the similarities from the unpruned model: vltrim.plan derives the loss from the task as
+    compress does (task loss + the task's distillation + the method's KD defaults), so its plan is compress's."""
+    model, task, data = case("CLIPModel")
+    steps = dict(steps=2, progress=False) if method == "upop" else {}
+    got = vltrim.plan(model, method, 0.4, calib_data=data, task=task, batch_size=8, **steps, **settings)
+    run = dict(train_data=data, calib_data=data, search_steps=2, retrain_steps=0, batch_size=8, latency_batch=0)
+    res = vltrim.compress(model, method, 0.4, task=task, progress=False, method_settings=settings, **run)
     assert got.to_dict() == res.plan.to_dict()
 
 

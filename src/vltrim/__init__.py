@@ -8,11 +8,12 @@ from vltrim._version import __version__
 from vltrim.api import apply_plan, inspect, plan, plans_of
 from vltrim.arch import UnsupportedModelError, get_adapter, supported_classes
 from vltrim.arch.apply import masked
-from vltrim.io import ModelDirError, save
+from vltrim.io import ModelDirError
 from vltrim.measure import compare, count_macs, count_params, measure
 from vltrim.methods.distill import student
 from vltrim.models import load
 from vltrim.run import CompressResult, compress
+from vltrim.run.artifacts import save
 from vltrim.run.study import StudyResult, study
 from vltrim.structure.groups import Group, UnitKind
 from vltrim.structure.plan import Plan, PlanError

@@ -14,6 +14,7 @@ from vltrim.methods import Method, available, get_method
 from vltrim.structure.groups import Group
 from vltrim.structure.plan import Plan
 from vltrim.tasks import TASKS, Task, default_task, get_task
+from vltrim.tasks.loss import search_loss
 
 __all__ = ["BASE_CONFIG_ATTR", "PLANS_ATTR", "apply_plan", "base_config", "inspect", "masked", "plan", "plans_of"]
 
@@ -37,8 +38,10 @@ def plan(
     dataset of dict items, a list of dicts, a DataLoader, a Hugging Face Dataset) and ``task`` (a task name, e.g.
     'retrieval', 'classification', 'sentence-embedding'; None: the first task that fits ``model``, as the CLI
     picks it, and an error naming ``task`` when none does). The task gives the method what it scores with: the task's
-    loss (heads, taylor: scored on calib_data; upop: trained on calib_data) or its metric (mope). The loss is the
-    task's own loss, without compress's distillation from the unpruned model.
+    loss (heads, taylor: scored on calib_data; upop: trained on calib_data) or its metric (mope). The loss is the one
+    compress searches with (`vltrim.tasks.loss.search_loss`): the task loss, the task's distillation from ``model``
+    itself (the unpruned model) and the method's default distillation weights, so the plan is the one compress's
+    search makes with the same method, task and data.
     The methods' own spellings still work: ``data=`` + ``loss_fn=`` (heads, taylor), ``train_data=`` + ``loss_fn=``
     (upop), ``data=`` + ``task=`` (mope); one of them together with the option that gives the same input
     (calib_data with data= / train_data=, task with loss_fn=) is refused.
@@ -77,7 +80,7 @@ def _calibration(
     t = get_task(text("task", task)) if task is not None else _default_task(model)
     t.check(model)
     given = {option: as_dataset(calib_data, "calib_data")[0]} if calib_data is not None else {}
-    given.update(m.task_settings(t))
+    given.update(m.task_settings(t, search_loss(t, model, m.descriptor.kd)))
     for k in given:
         if k in settings:
             source = f"task {t.name!r}" if task is not None else f"the task picked for calib_data ({t.name!r})"

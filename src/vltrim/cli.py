@@ -22,6 +22,7 @@ from vltrim.export import export
 from vltrim.io import check_save_destination, read_report
 from vltrim.measure import machine, measure
 from vltrim.report import NOT_RETRAINED, WIDTHS_PNG, sections, speedup_text
+from vltrim.run.artifacts import save as save_result
 from vltrim.run.compress import compress as run_compress
 from vltrim.run.options import CompressOptions
 from vltrim.run.runner import MAX_SEED
@@ -752,7 +753,7 @@ def compress(
         )
         report = res.report
         report.update(source_model=model, data_given={"train": o["data"], "eval": o["eval_data"]})
-        io.save(
+        save_result(
             res, out, source=source_dir(model)
         )  # with report.json, widths.png (and mope.csv / mope.png) and the card
     except USER_ERRORS as e:

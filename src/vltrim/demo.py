@@ -11,6 +11,7 @@ import torch
 from vltrim import api, io
 from vltrim.arch import get_adapter
 from vltrim.reference import datasets, load_reference
+from vltrim.run.artifacts import save as save_result
 from vltrim.run.compress import compress
 
 
@@ -49,7 +50,9 @@ def run_demo(
     )
     student, speed, rep = res.model, res.report["speed"], res.report
     rep["source_model"] = "reference (vltrim's built-in CLIP teacher)"
-    io.save(res, out, card_extra=f"Built-in test retrieval after fine-tuning: mean R@1 {rep['after']['mean_R@1']:.3f}")
+    save_result(
+        res, out, card_extra=f"Built-in test retrieval after fine-tuning: mean R@1 {rep['after']['mean_R@1']:.3f}"
+    )
     again = io.load(out)
     ref = get_adapter(student).reference_inputs(student, 4)
     with torch.no_grad():

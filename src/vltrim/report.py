@@ -291,10 +291,19 @@ def layer_widths(model: nn.Module, plans: Sequence) -> dict[str, list[dict[str, 
         rows: dict[int, dict[str, Any]] = {i: {"layer": i, "dropped": True} for i in range(n)}
         for cur, layer in enumerate(t.layers):
             b, o = t.block(layer), idx[cur]
-            now = {"attn.heads": b.attn.num_heads, "attn.head_dims": b.attn.head_dim, "mlp.neurons": b.fc1.out_features}
-            rows[o] = {"layer": o, **{k.split(".")[-1]: [v, first.get((t.name, o, k), v)] for k, v in now.items()}}
+            now = {
+                k: v for a in b.sites for k, v in ((f"{a.name}.heads", a.units), (f"{a.name}.head_dims", a.head_dim))
+            }
+            now["mlp.neurons"] = b.fc1.out_features
+            rows[o] = {"layer": o, **{_width_key(k): [v, first.get((t.name, o, k), v)] for k, v in now.items()}}
         out[t.name] = [rows[i] for i in range(n)]
     return out
+
+
+def _width_key(group_key: str) -> str:
+    """'attn.heads' -> 'heads', 'mlp.neurons' -> 'neurons'; another site's keys keep its name ('crossattn.heads')."""
+    site, kind = group_key.split(".")
+    return kind if site in ("attn", "mlp") else group_key
 
 
 def _follow_plans(plans: Sequence) -> tuple[dict[str, list[int]], dict[tuple[str, int, str], int], dict[str, int]]:

@@ -4,6 +4,7 @@ Importing this package registers every built-in family."""
 
 from vltrim.arch import families  # noqa: F401  (registration)
 from vltrim.arch.base import TransformerAdapter
+from vltrim.arch.patches import forward_patch
 from vltrim.arch.registry import (
     UnsupportedModelError,
     class_name,
@@ -16,6 +17,7 @@ from vltrim.arch.registry import (
 
 __all__ = [
     "TransformerAdapter",
+    "forward_patch",
     "register",
     "get_adapter",
     "model_class",

@@ -69,7 +69,7 @@ def _check_no_factorised_slices(adapter, model: nn.Module, plan: Plan) -> None:
     done = {n for n, m in lins.items() if isinstance(m, FactorizedLinear)}
     sparse = {n for n, m in lins.items() if getattr(m, SPARSE_TAG, None)}
     for name in sorted(plan.keep):
-        for n in adapter.group_linears(name):
+        for n in adapter.group_linears(model, name):
             if n in done or n in sparse:
                 what, step = ("factorised", "factorize") if n in done else ("sparsified", "sparsify")
                 raise PlanError(

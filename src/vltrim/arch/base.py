@@ -7,10 +7,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from vltrim.arch import masks
+from vltrim.arch import masks, patches
 from vltrim.structure.factorize import FactorizedLinear, factorize_linear, replace_module_
 from vltrim.structure.groups import Group, UnitKind, attention_costs, ffn_costs
-from vltrim.structure.slicing import BlockSpec, Tower, keep_head_dims_, keep_heads_, keep_layers_, keep_neurons_
+from vltrim.structure.slicing import (
+    AttentionSite,
+    BlockSpec,
+    Tower,
+    keep_head_dims_,
+    keep_heads_,
+    keep_layers_,
+    keep_neurons_,
+)
 
 
 class TransformerAdapter:
@@ -58,53 +66,53 @@ class TransformerAdapter:
         return out
 
     def _block_groups(self, t: Tower, i: int, b: BlockSpec) -> list[Group]:
-        """Width groups of one block; a group with a factorised Linear is left out (it cannot be sliced)."""
-        a = b.attn
-        bias = a.q.bias is not None
-        (hp, hm), (dp, dm) = attention_costs(a.q.in_features, a.num_heads, a.head_dim, t.tokens, t.tokens, bias)
-        np_, nm = ffn_costs(b.fc1.in_features, t.tokens, b.fc1.bias is not None)
+        """Width groups of one block (heads and head_dims of each attention site, FFN neurons); a group with a
+        factorised Linear is left out (it cannot be sliced)."""
         pre = f"{t.name}.layers.{i}"
         out = []
-        if not _factorised(a.q, a.k, a.v, a.o):
-            out += [
-                Group(f"{pre}.attn.heads", UnitKind.HEADS, t.modality, a.num_heads, hp, hm, a.head_dim),
-                Group(f"{pre}.attn.head_dims", UnitKind.HEAD_DIMS, t.modality, a.head_dim, dp, dm, 1),
-            ]
+        for a in b.sites:
+            (hp, hm), (dp, dm) = site_costs(t, a)
+            if not _factorised(*a.projections().values()):
+                modality, site = a.modality or t.modality, f"{pre}.{a.name}"
+                out += [
+                    Group(f"{site}.heads", UnitKind.HEADS, modality, a.units, hp, hm, a.head_dim * a.q_per_kv),
+                    Group(f"{site}.head_dims", UnitKind.HEAD_DIMS, modality, a.head_dim, dp, dm, 1),
+                ]
+        np_, nm = ffn_costs(b.fc1.in_features, t.tokens, b.fc1.bias is not None)
         if not _factorised(b.fc1, b.fc2):
             out.append(Group(f"{pre}.mlp.neurons", UnitKind.NEURONS, t.modality, b.fc1.out_features, np_, nm, 1))
         return out
 
     def _block_macs(self, t: Tower, b: BlockSpec) -> int:
-        a = b.attn
-        (_, hm), _ = attention_costs(a.q.in_features, a.num_heads, a.head_dim, t.tokens, t.tokens, a.q.bias is not None)
-        dense = hm * a.num_heads + ffn_costs(b.fc1.in_features, t.tokens)[1] * b.fc1.out_features
+        dense = sum(site_costs(t, a)[0][1] * a.units for a in b.sites)
+        dense += ffn_costs(b.fc1.in_features, t.tokens)[1] * b.fc1.out_features
+        tokens = block_linear_tokens(t, b)
         saved = sum(
-            f.in_features * f.out_features - f.rank * (f.in_features + f.out_features)
-            for f in (a.q, a.k, a.v, a.o, b.fc1, b.fc2)
+            tokens[n] * (f.in_features * f.out_features - f.rank * (f.in_features + f.out_features))
+            for n, f in block_linears(b).items()
             if isinstance(f, FactorizedLinear)
         )
-        return dense - t.tokens * saved
+        return dense - saved
 
     # ---- Linear layers (the factorize step) ---------------------------------------------------
     def linears(self, model: nn.Module) -> dict[str, nn.Module]:
-        """Every block Linear by stable name ('vision.layers.3.attn.q' ... '.attn.o', '.mlp.fc1', '.mlp.fc2'),
-        dense (nn.Linear) or already factorised (FactorizedLinear)."""
-        out: dict[str, nn.Module] = {}
-        for t in self.towers(model):
-            for i, layer in enumerate(t.layers):
-                b, pre = t.block(layer), f"{t.name}.layers.{i}"
-                a = b.attn
-                out.update(
-                    {
-                        f"{pre}.attn.q": a.q,
-                        f"{pre}.attn.k": a.k,
-                        f"{pre}.attn.v": a.v,
-                        f"{pre}.attn.o": a.o,
-                        f"{pre}.mlp.fc1": b.fc1,
-                        f"{pre}.mlp.fc2": b.fc2,
-                    }
-                )
-        return out
+        """Every block Linear by stable name ('vision.layers.3.attn.q' ... '.attn.o' or '.attn.qkv', '.mlp.fc1',
+        '.mlp.fc2'), dense (nn.Linear) or already factorised (FactorizedLinear)."""
+        return {
+            f"{t.name}.layers.{i}.{n}": lin
+            for t in self.towers(model)
+            for i, layer in enumerate(t.layers)
+            for n, lin in block_linears(t.block(layer)).items()
+        }
+
+    def linear_tokens(self, model: nn.Module) -> dict[str, int]:
+        """Tokens each block Linear runs on for the reference input (k, v of a cross-attention: the other tower's)."""
+        return {
+            f"{t.name}.layers.{i}.{n}": k
+            for t in self.towers(model)
+            for i, layer in enumerate(t.layers)
+            for n, k in block_linear_tokens(t, t.block(layer)).items()
+        }
 
     def factorize(
         self, model: nn.Module, name: str, rank: int, scales: list[float] | None = None, compute: bool = True
@@ -113,13 +121,15 @@ class TransformerAdapter:
         lin = self.linears(model)[name]
         replace_module_(model, lin, factorize_linear(lin, rank, scales, compute))
 
-    @staticmethod
-    def group_linears(group_name: str) -> list[str]:
-        """Names of the Linears a width group slices ('...attn.heads' -> its q, k, v, o; '...mlp.neurons' -> fc1, fc2)."""
+    def group_linears(self, model: nn.Module, group_name: str) -> list[str]:
+        """Names of the Linears a width group slices ('...attn.heads' -> its q, k, v, o or qkv, o; '...mlp.neurons' ->
+        fc1, fc2; a layers group none)."""
         pre, kind = group_name.rsplit(".", 1)
+        if kind == UnitKind.NEURONS.value:
+            return [f"{pre}.fc1", f"{pre}.fc2"]
         if kind in (UnitKind.HEADS.value, UnitKind.HEAD_DIMS.value):
-            return [f"{pre}.{x}" for x in ("q", "k", "v", "o")]
-        return [f"{pre}.{x}" for x in ("fc1", "fc2")] if kind == UnitKind.NEURONS.value else []
+            return [f"{pre}.{n}" for n in self.site(model, group_name).projections()]
+        return []
 
     def locate(self, model: nn.Module, name: str) -> tuple[Tower, int | None, BlockSpec | None]:
         """Tower, layer index and block of a group name like 'vision.layers.3.mlp.neurons'."""
@@ -131,29 +141,64 @@ class TransformerAdapter:
                 return t, i, t.block(t.layers[i])
         raise KeyError(f"no group {name!r} in {type(model).__name__}")
 
+    def site(self, model: nn.Module, name: str) -> AttentionSite:
+        """The attention site of a heads / head_dims group name like 'text.layers.2.crossattn.heads'."""
+        _, _, b = self.locate(model, name)
+        if b is None:
+            raise KeyError(f"{name!r} is not a group of an attention site")
+        return b.site(name.rsplit(".", 2)[-2])
+
     # ---- masks and slicing --------------------------------------------------------------------
-    def mask(self, model: nn.Module, group: Group, values: torch.Tensor) -> masks.HandleGroup:
-        """Scale the units of ``group`` by ``values`` in every forward until the handle is removed."""
+    def mask(self, model: nn.Module, group: Group, values: masks.MaskValues) -> masks.HandleGroup:
+        """Scale the units of ``group`` by ``values`` (a tensor or a `masks.MaskParam`) in every forward until the
+        handle is removed."""
         t, _, b = self.locate(model, group.name)
         if group.kind == UnitKind.HEADS:
-            return masks.mask_heads(b.attn, values)
+            return masks.mask_heads(self.site(model, group.name), values)
         if group.kind == UnitKind.HEAD_DIMS:
-            return masks.mask_head_dims(b.attn, values)
+            return masks.mask_head_dims(self.site(model, group.name), values)
         if group.kind == UnitKind.NEURONS:
             return masks.mask_neurons(b, values)
         return masks.mask_layers(t, values)
 
     def slice(self, model: nn.Module, group: Group, keep: list[int]) -> None:
-        """Physically keep only units ``keep`` of ``group`` (in place)."""
+        """Physically keep only units ``keep`` of ``group`` (in place); an attention whose class has a forward
+        patch (`vltrim.arch.patches`) gets it, so it runs at its new width."""
         t, _, b = self.locate(model, group.name)
-        if group.kind == UnitKind.HEADS:
-            keep_heads_(b.attn, keep)
-        elif group.kind == UnitKind.HEAD_DIMS:
-            keep_head_dims_(b.attn, keep)
+        if group.kind in (UnitKind.HEADS, UnitKind.HEAD_DIMS):
+            a = self.site(model, group.name)
+            (keep_heads_ if group.kind == UnitKind.HEADS else keep_head_dims_)(a, keep)
+            patches.patch_(a.module)
         elif group.kind == UnitKind.NEURONS:
             keep_neurons_(b, keep)
         else:
             keep_layers_(t, keep)
+
+
+def block_linears(b: BlockSpec) -> dict[str, nn.Module]:
+    """A block's Linears by their name inside the block ('attn.q', 'crossattn.qkv', 'mlp.fc1', ...)."""
+    out = {f"{a.name}.{n}": lin for a in b.sites for n, lin in a.projections().items()}
+    return {**out, "mlp.fc1": b.fc1, "mlp.fc2": b.fc2}
+
+
+def _kv_tokens(t: Tower, a: AttentionSite) -> int:
+    return t.tokens if a.kv_tokens is None else a.kv_tokens
+
+
+def block_linear_tokens(t: Tower, b: BlockSpec) -> dict[str, int]:
+    """Tokens each of a block's Linears runs on (keys and values of a cross-attention read the other tower's)."""
+    out = {}
+    for a in b.sites:
+        for n in a.projections():
+            out[f"{a.name}.{n}"] = _kv_tokens(t, a) if n in ("k", "v") else t.tokens
+    return {**out, "mlp.fc1": t.tokens, "mlp.fc2": t.tokens}
+
+
+def site_costs(t: Tower, a: AttentionSite) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Exact (params, MACs) of one head unit and of one head_dim channel of a site (see `attention_costs`)."""
+    return attention_costs(
+        a.hidden, a.num_heads, a.head_dim, t.tokens, _kv_tokens(t, a), a.bias, a.kv_hidden, a.q_per_kv
+    )
 
 
 def _factorised(*mods: nn.Module) -> bool:

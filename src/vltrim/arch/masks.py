@@ -1,15 +1,19 @@
 """Soft masks as forward hooks: scale units in the forward pass without copying the model.
 
 A mask value of 0 for a unit gives exactly the function of the model with that unit sliced away; 1 is
-the identity. Values are read at every forward, so a method can update them in place (or train them:
-gradients flow to a mask tensor with ``requires_grad``)."""
+the identity. Values come from a mask parametrisation (`MaskParam`) read at every forward: fixed values, updated in
+place or trained by a method (`ScalarMask`: UPop's scalars, gradients flow to a tensor with ``requires_grad``), k
+ablations at once (`BatchedMask`: MoPE), or hard-concrete gates drawn afresh for each training forward and
+deterministic in eval (`HardConcreteGate`: L0 pruning). A plain tensor is taken as scalar (1-D) or batched (2-D)."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
 
-from vltrim.structure.slicing import AttentionSpec, BlockSpec, Tower
+from vltrim.structure.slicing import AttentionSite, BlockSpec, Tower
 
 
 class HandleGroup:
@@ -24,6 +28,70 @@ class HandleGroup:
         self.handles = []
 
 
+# ---- mask parametrisations ------------------------------------------------------------------------------------
+class MaskParam:
+    """Where a group's unit values come from: ``values()`` is read by every hook of one forward (so all hooks of a
+    group see the same draw); ``resample(training)`` runs once before each forward of the model (`attach`)."""
+
+    def values(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def resample(self, training: bool) -> None:
+        """Draw this forward's values (no-op for fixed values)."""
+
+
+class ScalarMask(MaskParam):
+    """One value per unit, the caller's tensor itself (not a copy: updates and gradients reach it)."""
+
+    def __init__(self, values: torch.Tensor) -> None:
+        self.tensor = values
+
+    def values(self) -> torch.Tensor:
+        return self.tensor
+
+
+class BatchedMask(ScalarMask):
+    """k ablations at once, shape [k, units]: the batch is k blocks of items, block j is scaled by row j."""
+
+
+class HardConcreteGate(nn.Module, MaskParam):
+    """Hard-concrete gates of L0 pruning (Louizos et al. 2018): one log-alpha per unit; in training a fresh
+    stretched, clamped sample per forward, in eval the deterministic gate clamp(sigmoid(log_alpha) * (r - l) + l)."""
+
+    def __init__(self, size: int, init: float = 0.0, temperature: float = 2 / 3, limits: tuple = (-0.1, 1.1)) -> None:
+        super().__init__()
+        self.log_alpha = nn.Parameter(torch.full((size,), float(init)))
+        self.temperature, (self.low, self.high) = temperature, limits
+        self._draw: torch.Tensor | None = None
+
+    def resample(self, training: bool) -> None:
+        if not training:
+            self._draw = None
+            return
+        u = torch.rand_like(self.log_alpha).clamp(1e-6, 1 - 1e-6)
+        s = torch.sigmoid((u.log() - (-u).log1p() + self.log_alpha) / self.temperature)
+        self._draw = (s * (self.high - self.low) + self.low).clamp(0, 1)
+
+    def values(self) -> torch.Tensor:
+        if self._draw is not None:
+            return self._draw
+        return (torch.sigmoid(self.log_alpha) * (self.high - self.low) + self.low).clamp(0, 1)
+
+    def prob_open(self) -> torch.Tensor:
+        """P(gate > 0) per unit, differentiable in log-alpha (what an expected-cost penalty sums)."""
+        return torch.sigmoid(self.log_alpha - self.temperature * math.log(-self.low / self.high))
+
+
+MaskValues = torch.Tensor | MaskParam
+
+
+def as_param(values: MaskValues) -> MaskParam:
+    """A tensor as its parametrisation (1-D scalar, 2-D batched); a `MaskParam` as is."""
+    if isinstance(values, MaskParam):
+        return values
+    return BatchedMask(values) if values.dim() == 2 else ScalarMask(values)
+
+
 def _scale(x: torch.Tensor, m: torch.Tensor, unit_dims: int = 1) -> torch.Tensor:
     """``x`` times unit values ``m`` over its last ``unit_dims`` dims. With one more leading dim, ``m`` holds
     k ablations (batched masks): the batch is k blocks of items, and block j is scaled by ``m[j]``."""
@@ -35,45 +103,64 @@ def _scale(x: torch.Tensor, m: torch.Tensor, unit_dims: int = 1) -> torch.Tensor
     return (xs * m.view(k, *[1] * (xs.dim() - 1 - unit_dims), *m.shape[1:])).flatten(0, 1)
 
 
-def mask_heads(a: AttentionSpec, m: torch.Tensor) -> HandleGroup:
-    """Scale each head's slice of the out-projection input (its only way into the residual stream)."""
-    heads, hd = a.num_heads, a.head_dim
+def _per_channel(m: torch.Tensor, heads: int) -> torch.Tensor:
+    """head_dim values repeated for each of ``heads`` heads (the channel order of q, k or v rows)."""
+    return m.repeat(*[1] * (m.dim() - 1), heads)
+
+
+def mask_heads(a: AttentionSite, values: MaskValues) -> HandleGroup:
+    """Scale each head unit's slice of the out-projection input (its only way into the residual stream); with GQA
+    a unit's query heads are adjacent there."""
+    p, units, width = as_param(values), a.units, a.q_per_kv * a.head_dim
 
     def pre(_mod, args):
-        x = args[0]
-        y = _scale(x.unflatten(-1, (heads, hd)), m.unsqueeze(-1), unit_dims=2).flatten(-2)
+        m = p.values()
+        y = _scale(args[0].unflatten(-1, (units, width)), m.unsqueeze(-1), unit_dims=2).flatten(-2)
         return (y, *args[1:])
 
     return HandleGroup([a.o.register_forward_pre_hook(pre)])
 
 
-def mask_head_dims(a: AttentionSpec, m: torch.Tensor) -> HandleGroup:
-    """Scale channel c of every head in q and v: q.k loses the channel's term, v its output column."""
-    heads = a.num_heads
+def mask_head_dims(a: AttentionSite, values: MaskValues) -> HandleGroup:
+    """Scale channel c of every head in q and v: q.k loses the channel's term, v its output column (in a fused qkv,
+    its q and v sections)."""
+    p, heads, kv_heads, hd = as_param(values), a.num_heads, a.num_kv_heads, a.head_dim
 
-    def post(_mod, _args, out):
-        return _scale(out, m.repeat(*[1] * (m.dim() - 1), heads))
+    def make(n: int):
+        def post(_mod, _args, out):
+            return _scale(out, _per_channel(p.values(), n))
 
-    return HandleGroup([a.q.register_forward_hook(post), a.v.register_forward_hook(post)])
+        return post
+
+    def fused(_mod, _args, out):
+        m = p.values()
+        q, k, v = out.split([heads * hd, kv_heads * hd, kv_heads * hd], dim=-1)
+        return torch.cat([_scale(q, _per_channel(m, heads)), k, _scale(v, _per_channel(m, kv_heads))], dim=-1)
+
+    if a.qkv is not None:
+        return HandleGroup([a.qkv.register_forward_hook(fused)])
+    return HandleGroup([a.q.register_forward_hook(make(heads)), a.v.register_forward_hook(make(kv_heads))])
 
 
-def mask_neurons(b: BlockSpec, m: torch.Tensor) -> HandleGroup:
+def mask_neurons(b: BlockSpec, values: MaskValues) -> HandleGroup:
     """Scale FFN neurons at the input of fc2."""
+    p = as_param(values)
 
     def pre(_mod, args):
-        return (_scale(args[0], m), *args[1:])
+        return (_scale(args[0], p.values()), *args[1:])
 
     return HandleGroup([b.fc2.register_forward_pre_hook(pre)])
 
 
-def mask_layers(t: Tower, m: torch.Tensor) -> HandleGroup:
+def mask_layers(t: Tower, values: MaskValues) -> HandleGroup:
     """Blend each block with the identity: m*block(x) + (1-m)*x; 0 is the block removed."""
+    p = as_param(values)
 
     def make(i: int):
         def post(_mod, args, kwargs, out):
             x = args[0] if args else kwargs["hidden_states"]
             y = out[0] if isinstance(out, tuple) else out
-            mi = m[..., i]
+            mi = p.values()[..., i]
             blended = _scale(y, mi, unit_dims=0) + _scale(x, 1 - mi, unit_dims=0)
             return (blended, *out[1:]) if isinstance(out, tuple) else blended
 
@@ -82,16 +169,27 @@ def mask_layers(t: Tower, m: torch.Tensor) -> HandleGroup:
     return HandleGroup([layer.register_forward_hook(make(i), with_kwargs=True) for i, layer in enumerate(t.layers)])
 
 
-def attach(adapter, model: nn.Module, values: dict[str, torch.Tensor]) -> HandleGroup:
-    """Register masks for several groups at once (``values``: group name -> tensor of its size)."""
+def attach(adapter, model: nn.Module, values: dict[str, MaskValues]) -> HandleGroup:
+    """Register masks for several groups at once (``values``: group name -> tensor of its size or `MaskParam`); the
+    parametrisations resample once before each forward of ``model`` (in its train / eval mode)."""
     groups = {g.name: g for g in adapter.groups(model)}
+    params = {name: as_param(v) for name, v in values.items()}
     handles = []
-    for name, v in values.items():
+    for name, p in params.items():
         if name not in groups:
             raise KeyError(f"no group {name!r} in this {type(model).__name__}")
-        if v.shape[-1] != groups[name].size:
-            raise ValueError(f"mask for {name} has {v.numel()} values, the group has {groups[name].size} units")
-        handles.append(adapter.mask(model, groups[name], v))
+        n = p.values().shape[-1]
+        if n != groups[name].size:
+            raise ValueError(f"mask for {name} has {n} values, the group has {groups[name].size} units")
+        handles.append(adapter.mask(model, groups[name], p))
+    drawn = [p for p in params.values() if type(p).resample is not MaskParam.resample]
+    if drawn:
+
+        def resample(mod, _args):
+            for p in drawn:
+                p.resample(mod.training)
+
+        handles.append(model.register_forward_pre_hook(resample))
     return HandleGroup(handles)
 
 
@@ -107,6 +205,11 @@ def plan_masks(plan, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tens
 
 __all__ = [
     "HandleGroup",
+    "MaskParam",
+    "ScalarMask",
+    "BatchedMask",
+    "HardConcreteGate",
+    "as_param",
     "attach",
     "plan_masks",
     "mask_heads",

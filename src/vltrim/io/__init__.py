@@ -2,9 +2,11 @@
 and vltrim.json: the SHA-256 of config.json, plan.json and model.safetensors recorded at save time. config.json
 also holds an ``auto_map`` to modeling_vltrim.py (written beside it), so transformers loads the directory with
 ``AutoModel.from_pretrained(path, trust_remote_code=True)`` through ``load`` (see hf.py); with ``source`` the
-tokenizer / processor / sentence-transformers files of the original model are copied too. Saving a `CompressResult`
-also writes its report: report.json (its SHA-256 in vltrim.json under "reports", for `vltrim report`; ``load`` does
-not check it, the model does not depend on it), widths.png and the card's report sections. Files are 0644 and the
+tokenizer / processor / sentence-transformers files of the original model are copied too. This module saves and
+loads models only: a caller may hand ``save`` more files to write into the directory (``extra``; `vltrim.save` of a
+`CompressResult` writes its report.json, widths.png and MoPE's mope.csv / mope.png so, see `vltrim.run.artifacts`):
+they are installed with the model files, and report.json's SHA-256 goes in vltrim.json under "reports" (for
+`vltrim report`; ``load`` does not check it, the model does not depend on it). Files are 0644 and the
 directory 0755 (less what the umask removes).
 
 ``load`` checks those checksums, rebuilds the unpruned architecture from config.json, applies the plans
@@ -22,6 +24,7 @@ import os
 import secrets
 import shutil
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,44 +56,42 @@ from vltrim.io.layout import (
     MissingModelFileError,
     ModelDirError,
 )
-from vltrim.report import (
-    WIDTHS_PNG,
-    build_report,
-    model_card,
-    plot_widths,
-    report_from_plans,
-    report_text,
-    save_mope_table,
-    widths_cut,
-)
+from vltrim.report import model_card, report_from_plans
 from vltrim.structure.plan import Plan, PlanError, dumps_plans, read_json, read_plans
 from vltrim.structure.result import CompressResult
 from vltrim.structure.sparsify import check_sparsity
 
 
 # ---- save ---------------------------------------------------------------------------------------------
-def save(model: Any, path: str | Path, card_extra: str = "", source: str | Path | None = None) -> Path:
+def save(
+    model: nn.Module,
+    path: str | Path,
+    card_extra: str = "",
+    source: str | Path | None = None,
+    card: str | None = None,
+    extra: Callable[[Path], Any] | None = None,
+) -> Path:
     """Write the model directory (with vltrim.json checksums and modeling_vltrim.py); returns its path.
 
-    ``model``: a model, or a `CompressResult` (what `vltrim.compress` returns): then its report is written too, as
-    report.json (source model, method and settings of every stage, data and steps, metric before / after search /
-    after retraining, params, MACs, latency and machine, warnings), widths.png (kept widths per layer and tower) and
-    in the model card (README.md); a MoPE run also writes its module errors (mope.csv, mope.png).
     ``source``: the directory of the model it was compressed from (a transformers or sentence-transformers save);
     its tokenizer, processor and sentence-transformers files are copied (hf.copy_source_files), never its weights.
+    ``card``: README.md's text (None: the model card of the model and its plans, with ``card_extra`` added).
+    ``extra``: called with the directory being written, after the model files and before vltrim.json, to write more
+    files into it (a run's report and artefacts: `vltrim.run.artifacts`); a report.json among them gets its SHA-256
+    recorded in vltrim.json's "reports". A `CompressResult` is saved with `vltrim.save`, which writes its report.
     Every file is written to a temporary directory next to ``path`` first, so a bad plan or a crash never
     leaves a directory that ``load`` accepts while being wrong. An existing vltrim directory is overwritten; files
     derived from the model it held are removed (`vltrim export`'s model.onnx, and report files when this save has none)."""
-    model, run = _unpack(model)
-    get_adapter(model)  # unsupported models fail before anything is written
-    out = checked_path("path", path)
-    check_save_destination(out)
-    plans = plans_of(model) or [Plan(class_name(model), {}, {}, {}, method="none")]
-    report = _report(model, plans, run, source)
+    if isinstance(model, CompressResult):
+        raise TypeError(
+            "vltrim.io.save writes a model: save a CompressResult with vltrim.save, which writes its report too"
+        )
+    out = save_destination(model, path)
+    plans = saved_plans(model)
     texts = {
         CONFIG: remote_code.config_text(base_config(model), model),
         PLAN: dumps_plans(plans),
-        CARD: _card(model, plans, card_extra, report),
+        CARD: model_card(model, plans, extra=card_extra) if card is None else card,
         MODELING: remote_code.modeling_source(model),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -102,45 +103,31 @@ def save(model: Any, path: str | Path, card_extra: str = "", source: str | Path 
         save_model(model, str(tmp / WEIGHTS))
         if source is not None:
             remote_code.copy_source_files(source, tmp)
-        if report is not None:
-            _write_report(report, run, tmp)
+        if extra is not None:
+            extra(tmp)
+        reported = (tmp / REPORT).is_file()
         (tmp / CHECKSUMS).write_text(_checksums_text(tmp), encoding="utf-8")  # last: config.json is final
         _make_readable(tmp)
         _install(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    for name in EXPORTS + (REPORT_FILES if report is None else ()):  # they described the model saved before
+    for name in EXPORTS + (() if reported else REPORT_FILES):  # they described the model saved before
         (out / name).unlink(missing_ok=True)
     return out
 
 
-def _unpack(model: Any) -> tuple[nn.Module, dict[str, Any] | None]:
-    """(model, its run report) from a CompressResult; (model, None) from a model."""
-    if isinstance(model, CompressResult):
-        if not isinstance(model.report, dict):
-            raise TypeError(
-                f"the CompressResult's report must be a dict (as compress makes it), got {type(model.report).__name__}"
-            )
-        return model.model, model.report
-    return model, None
+def save_destination(model: nn.Module, path: str | Path) -> Path:
+    """Where ``save`` writes ``model``, checked before anything is written: an unsupported model, a bad path, or a
+    destination that holds another tool's files fail here."""
+    get_adapter(model)
+    out = checked_path("path", path)
+    check_save_destination(out)
+    return out
 
 
-def _report(
-    model: nn.Module, plans: list[Plan], run: dict[str, Any] | None, source: str | Path | None
-) -> dict[str, Any] | None:
-    """report.json's content for a run report (None without one)."""
-    if run is None:
-        return None
-    return build_report(model, [p for p in plans if not p.empty], run, source)
-
-
-def _write_report(report: dict[str, Any], run: dict[str, Any], folder: Path) -> None:
-    """report.json, widths.png (when a layer or width was cut) and (MoPE) mope.csv / mope.png into ``folder``."""
-    (folder / REPORT).write_text(report_text(report), encoding="utf-8")
-    if widths_cut(report.get("widths")):
-        plot_widths(report["widths"], folder / WIDTHS_PNG, title=f"{report['model']['class']}: kept widths per layer")
-    if run.get("scores_table"):
-        save_mope_table(run["scores_table"], folder)
+def saved_plans(model: nn.Module) -> list[Plan]:
+    """The plans ``save`` writes to plan.json: the model's, or one empty plan for a model no plan changed."""
+    return plans_of(model) or [Plan(class_name(model), {}, {}, {}, method="none")]
 
 
 def _make_readable(folder: Path) -> None:
@@ -149,10 +136,6 @@ def _make_readable(folder: Path) -> None:
     os.umask(mask)
     for p in [folder, *folder.rglob("*")]:
         p.chmod((0o777 if p.is_dir() else 0o666) & ~mask)
-
-
-def _card(model: nn.Module, plans: list[Plan], extra: str, report: dict[str, Any] | None = None) -> str:
-    return model_card(model, plans, extra=extra, report=report)
 
 
 def check_save_destination(out: str | Path) -> None:

@@ -51,36 +51,51 @@ def prunable_groups(
 
 
 def coupled_parameters(model: nn.Module, group: Group) -> list[tuple[torch.Tensor, int]]:
-    """Every parameter a unit of ``group`` owns, with the dimension its units lie along: q, k, v rows and
+    """Every parameter a unit of ``group`` owns, with the dimension its units lie along: q, k, v (or qkv) rows and
     biases and out-projection columns (heads, head_dims), or fc1 rows and bias and fc2 columns (neurons)."""
-    _, _, b = get_adapter(model).locate(model, group.name)
+    return [(t, d) for t, d, _ in coupled_rows(model, group)]
+
+
+def coupled_rows(model: nn.Module, group: Group) -> list[tuple[torch.Tensor, int, list[tuple[str, int]]]]:
+    """`coupled_parameters` with, for each, its consecutive sections along the unit dimension as (space, length):
+    'q' rows follow the query heads, 'kv' rows the key/value heads (the same space without GQA), 'ffn' the neurons."""
+    adapter = get_adapter(model)
     if group.kind == UnitKind.NEURONS:
+        _, _, b = adapter.locate(model, group.name)
         parts = [(b.fc1.weight, 0), (b.fc1.bias, 0), (b.fc2.weight, 1)]
-    elif group.kind in (UnitKind.HEADS, UnitKind.HEAD_DIMS):
-        a = b.attn
-        parts = (
-            [(lin.weight, 0) for lin in (a.q, a.k, a.v)]
-            + [(lin.bias, 0) for lin in (a.q, a.k, a.v)]
-            + [(a.o.weight, 1)]
-        )
-    else:
+        return [(t, d, [("ffn", t.shape[d])]) for t, d in parts if t is not None]
+    if group.kind not in (UnitKind.HEADS, UnitKind.HEAD_DIMS):
         raise ValueError(f"{group.name}: per-weight importance covers heads, head_dims and neurons, not {group.kind}")
-    return [(t, d) for t, d in parts if t is not None]
+    a = adapter.site(model, group.name)
+    q, kv = a.num_heads * a.head_dim, a.num_kv_heads * a.head_dim
+    kv_space = "q" if a.q_per_kv == 1 else "kv"
+    if a.qkv is not None:
+        ins = [(a.qkv, [("q", q), (kv_space, kv), (kv_space, kv)])]
+    else:
+        ins = [(a.q, [("q", q)]), (a.k, [(kv_space, kv)]), (a.v, [(kv_space, kv)])]
+    parts = [(lin.weight, 0, sec) for lin, sec in ins] + [(lin.bias, 0, sec) for lin, sec in ins]
+    return [(t, d, sec) for t, d, sec in parts + [(a.o.weight, 1, [("q", q)])] if t is not None]
 
 
-def unit_sums(model: nn.Module, group: Group, value: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+def unit_sums(model: nn.Module, group: Group, value: Callable[[torch.Tensor], torch.Tensor | None]) -> torch.Tensor:
     """Sum of ``value(param)`` over every weight each unit of ``group`` owns (a group-level importance,
-    as Torch-Pruning's group reduction computes it)."""
-    total = None
-    for t, dim in coupled_parameters(model, group):
-        v = value(t).detach().double()
-        per = v.movedim(dim, 0).reshape(v.shape[dim], -1).sum(1)
-        total = per if total is None else total + per
+    as Torch-Pruning's group reduction computes it); parameters whose value is None are left out."""
+    per_space: dict[str, torch.Tensor] = {}
+    for t, dim, sections in coupled_rows(model, group):
+        v = value(t)
+        if v is None:
+            continue
+        v = v.detach().double()
+        rows = v.movedim(dim, 0).reshape(v.shape[dim], -1).sum(1)
+        for (space, _), part in zip(sections, rows.split([n for _, n in sections])):
+            per_space[space] = part if space not in per_space else per_space[space] + part
     if group.kind == UnitKind.NEURONS:
-        return total
-    a = get_adapter(model).locate(model, group.name)[2].attn
-    per_channel = total.view(a.num_heads, a.head_dim)
-    return per_channel.sum(1) if group.kind == UnitKind.HEADS else per_channel.sum(0)
+        return per_space["ffn"]
+    hd, total = get_adapter(model).site(model, group.name).head_dim, None
+    for rows in per_space.values():
+        u = rows.view(group.size, -1).sum(1) if group.kind == UnitKind.HEADS else rows.view(-1, hd).sum(0)
+        total = u if total is None else total + u
+    return total
 
 
 @contextmanager

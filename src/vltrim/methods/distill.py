@@ -67,7 +67,7 @@ def student_plan(model: nn.Module, layers: int | dict[str, int], target: Budget 
         for n, c in counts.items()
         if c < groups[f"{n}.layers"].size
     }
-    settings = {"layers": counts, "kept_layers": {n.rsplit(".", 1)[0]: k for n, k in keep.items()}}
+    settings = DistillConfig(layers=counts).plan_settings(kept_layers={n.rsplit(".", 1)[0]: k for n, k in keep.items()})
     return plan_from_keep(
         model, list(groups.values()), keep, target if target is not None else {"layers": counts}, "distill", settings
     )
@@ -90,7 +90,10 @@ def layers_for_target(model: nn.Module, target: float) -> dict[str, int]:
 
 @dataclass(frozen=True)
 class DistillConfig(MethodConfig):
-    """Settings of distill: how many layers each tower keeps (None: as the target asks)."""
+    """Settings of distill: how many layers each tower keeps (None: as the target asks).
+
+    Its plans record (``plan_settings``) ``layers`` resolved to a count per tower name and the teacher layers each
+    tower kept (kept_layers); the budget is in the plan's target."""
 
     layers: int | dict[str, int] | None = None
     metric: str = "params"
@@ -98,6 +101,14 @@ class DistillConfig(MethodConfig):
     units: str | tuple[str, ...] = ",".join(DEFAULT_UNITS)
     allocation: str = ALLOCATION
     max_ratio: float = MAX_RATIO
+
+    def validate(self) -> None:
+        """An int ``layers`` (a dict's counts are checked against the model's towers, `tower_layers`)."""
+        if self.layers is not None and not isinstance(self.layers, dict):
+            integer("layers", self.layers, 1)
+
+    def plan_settings(self, **found: Any) -> dict[str, Any]:
+        return {"layers": self.layers, "kept_layers": found["kept_layers"]}
 
 
 @register
@@ -107,10 +118,6 @@ class DistillMethod(Method):
     name = "distill"
     Config = DistillConfig
     descriptor = Descriptor(kd=KD(hidden=1.0))
-
-    def check_settings(self, layers: int | dict[str, int] | None = None, **_: Any) -> None:
-        if layers is not None and not isinstance(layers, dict):
-            integer("layers", layers, 1)
 
     def search(
         self,

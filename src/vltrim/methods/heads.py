@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 from vltrim.arch.apply import masked
 from vltrim.checks import choice, integer
 from vltrim.methods.common import plan_from_keep, prunable_groups, seeded
-from vltrim.methods.registry import BudgetConfig, Descriptor, Method, SearchResult, register
+from vltrim.methods.registry import BudgetConfig, Descriptor, Method, Result, register
 from vltrim.structure.groups import Group
 from vltrim.structure.plan import Plan
 from vltrim.structure.select import ALLOCATION, MAX_RATIO, Budget, achieved, select
@@ -96,13 +96,34 @@ def round_targets(target: float, rounds: int, schedule: str) -> list[float]:
 
 @dataclass(frozen=True)
 class HeadsConfig(BudgetConfig):
-    """Settings of heads: whole heads by |dL/d head-mask|, one-shot or in rounds."""
+    """Settings of heads: whole heads by |dL/d head-mask|, one-shot or in rounds.
+
+    Its plans record (``plan_settings``) units ["heads"], num_batches, the search's batch size and seed, rounds,
+    schedule, the share removed after each round (round_removed) and, when given, the modalities (sorted); the other
+    budget options are in the plan's target."""
 
     units: str | tuple[str, ...] = "heads"
     num_batches: int = 8
     rounds: int = 1
     schedule: str = "geometric"
     modalities: list[str] | None = None
+
+    def validate(self) -> None:
+        integer("rounds", self.rounds, 1)
+        choice("schedule", self.schedule, SCHEDULES)
+        integer("num_batches", self.num_batches, 1)
+
+    def plan_settings(self, **found: Any) -> dict[str, Any]:
+        return {
+            "units": ["heads"],
+            "num_batches": self.num_batches,
+            "batch_size": found["batch_size"],
+            "seed": found["seed"],
+            "rounds": self.rounds,
+            "schedule": self.schedule,
+            "round_removed": found["round_removed"],
+            **({"modalities": sorted(self.modalities)} if self.modalities else {}),
+        }
 
 
 @register
@@ -115,14 +136,9 @@ class HeadsMethod(Method):
         data="required", rounds=True, calib_option="data", runtime=("data", "loss_fn", "batch_size", "seed")
     )
 
-    def task_settings(self, task: Task) -> dict[str, Any]:
+    def task_settings(self, task: Task, loss: Callable) -> dict[str, Any]:
         """What vltrim.plan's ``task`` gives the search: the task's loss, scored on the calibration data."""
-        return {"loss_fn": task.loss}
-
-    def check_settings(self, rounds: int = 1, schedule: str = "geometric", num_batches: int = 8, **_: Any) -> None:
-        integer("rounds", rounds, 1)
-        choice("schedule", schedule, SCHEDULES)
-        integer("num_batches", num_batches, 1)
+        return {"loss_fn": loss}
 
     def round_target(
         self,
@@ -169,10 +185,10 @@ class HeadsMethod(Method):
         rounds: int = 1,
         schedule: str = "geometric",
         modalities: list[str] | None = None,
-    ) -> SearchResult:
+    ) -> Result:
         """Plan removing ``target`` of the heads' ``metric`` (see the module docstring); ``modalities`` limits the
         cut to those towers."""
-        self.check_settings(rounds, schedule, num_batches)
+        config = HeadsConfig.pick(locals())
         if data is None or loss_fn is None:
             raise ValueError(
                 "heads needs calibration data and a loss: calib_data=... (the loss from task=...), or data=... and "
@@ -190,18 +206,9 @@ class HeadsMethod(Method):
             keep = select(groups, ranking(raw, pruned), Budget(t, metric, align, allocation, max_ratio))
             pruned = {g.name: sorted(set(range(g.size)) - set(keep.get(g.name, range(g.size)))) for g in groups}
             steps.append(achieved(groups, keep)[f"{metric}_removed"])
-        settings = {
-            "units": ["heads"],
-            "num_batches": num_batches,
-            "batch_size": batch_size,
-            "seed": seed,
-            "rounds": rounds,
-            "schedule": schedule,
-            "round_removed": steps,
-            **({"modalities": sorted(modalities)} if modalities else {}),
-        }
+        settings = config.plan_settings(batch_size=batch_size, seed=seed, round_removed=steps)
         plan = plan_from_keep(model, groups, keep, budget, self.name, settings)
-        return SearchResult(plan, {"head_scores": _table(groups, raw, pruned)})  # one row per head
+        return Result(plan, artifacts={"head_scores": _table(groups, raw, pruned)})  # one row per head
 
 
 def _table(groups: list[Group], raw: dict[str, torch.Tensor], pruned: dict[str, list[int]]) -> list[dict[str, Any]]:

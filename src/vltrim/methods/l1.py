@@ -7,6 +7,7 @@ neurons; uniform kept more of the pretrained function (benchmarks/results/real_t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -24,11 +25,16 @@ def unit_l1(model: nn.Module, group: Group) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class L1Config(BudgetConfig):
-    """Settings of l1: the L1 norm of the weights each unit owns."""
+    """Settings of l1: the L1 norm of the weights each unit owns.
+
+    Its plans record (``plan_settings``) only the unit kinds cut; the budget options are in the plan's target."""
 
     allocation: str = "uniform"
     normalize: str = "kind"
     ranking: str = "score"
+
+    def plan_settings(self, **found: Any) -> dict[str, Any]:
+        return {"units": found["units"]}
 
 
 @register
@@ -51,9 +57,9 @@ class L1Method(Method):
         normalize: str = "kind",
         ranking: str = "score",
     ):
+        config = L1Config.pick(locals())
         groups = prunable_groups(model, units)
         scores = {g.name: unit_l1(model, g) for g in groups}
         budget = Budget(target, metric, align, allocation, max_ratio, normalize, ranking)
-        return plan_from_scores(
-            model, groups, scores, budget, self.name, {"units": sorted({g.kind.value for g in groups})}
-        )
+        settings = config.plan_settings(units=sorted({g.kind.value for g in groups}))
+        return plan_from_scores(model, groups, scores, budget, self.name, settings)

@@ -212,7 +212,11 @@ def _check(
 
 @dataclass(frozen=True)
 class LowRankConfig(MethodConfig):
-    """Settings of lowrank: truncated SVD ranks of every block Linear."""
+    """Settings of lowrank: truncated SVD ranks of every block Linear.
+
+    Its plans record (``plan_settings``) the mode, whether the SVD was weighted by input RMS (resolved: True when
+    calibration data was given and weighted was not False) and num_batches when it was; the target, metric, align
+    (and energy) are in the plan's target."""
 
     metric: str = "params"
     align: int = 8
@@ -220,6 +224,17 @@ class LowRankConfig(MethodConfig):
     energy: float | None = None
     weighted: bool | None = None
     num_batches: int = 8
+
+    def validate(self) -> None:
+        """The settings (target, metric and align: the budget checks them)."""
+        _check(self.mode, 0.5, "params", 1, self.energy)
+        if self.weighted is not None:
+            flag("weighted", self.weighted)
+        integer("num_batches", self.num_batches, 1)
+
+    def plan_settings(self, **found: Any) -> dict[str, Any]:
+        weighted = found["weighted"]
+        return {"mode": self.mode, "weighted": weighted, **({"num_batches": self.num_batches} if weighted else {})}
 
 
 @register
@@ -229,20 +244,6 @@ class LowRankMethod(Method):
     name = "lowrank"
     Config = LowRankConfig
     descriptor = Descriptor(data="optional", step="factorize", runtime=("data", "batch_size", "seed"))
-
-    def check_settings(
-        self,
-        mode: str = "global",
-        energy: float | None = None,
-        weighted: bool | None = None,
-        num_batches: int = 8,
-        **_: Any,
-    ) -> None:
-        """compress's check of the settings before any work (target, metric and align: compress checks the budget)."""
-        _check(mode, 0.5, "params", 1, energy)
-        if weighted is not None:
-            flag("weighted", weighted)
-        integer("num_batches", num_batches, 1)
 
     def search(
         self,
@@ -260,6 +261,7 @@ class LowRankMethod(Method):
     ) -> Plan:
         """A factorize plan: ranks by global ranking (remove ``target`` of the factorable ``metric``) or by kept
         ``energy`` per layer; with ``data`` (and ``weighted`` not False) the SVD is weighted by input RMS."""
+        config = LowRankConfig.pick(locals())
         budget, energy = _check(mode, target, metric, align, energy)
         weighted = data is not None if weighted is None else weighted
         if weighted and data is None:
@@ -279,15 +281,13 @@ class LowRankMethod(Method):
             if weighted
             else {}
         )
-        tokens = {t.name: t.tokens for t in adapter.towers(model)}
+        tokens = adapter.linear_tokens(model)
         layers = [
-            Layer(
-                n, m.out_features, m.in_features, tokens[n.split(".layers.")[0]], energy_shares(m.weight, scales.get(n))
-            )
+            Layer(n, m.out_features, m.in_features, tokens[n], energy_shares(m.weight, scales.get(n)))
             for n, m in lins.items()
         ]
         ranks = global_ranks(layers, budget) if budget else energy_ranks(layers, energy, int(align))
-        settings = {"mode": mode, "weighted": weighted, **({"num_batches": num_batches} if weighted else {})}
+        settings = config.plan_settings(weighted=weighted)
         goal = (
             {"target": budget.target, "metric": metric, "align": budget.align}
             if budget

@@ -101,12 +101,22 @@ def _achieved(model: nn.Module, lins: dict[str, nn.Linear], entries: dict[str, d
 
 @dataclass(frozen=True)
 class MagnitudeConfig(MethodConfig):
-    """Settings of magnitude: single weights (unstructured or 2:4), in rounds if asked."""
+    """Settings of magnitude: single weights (unstructured or 2:4), in rounds if asked.
+
+    Its plans record the serialised config with ``step`` resolved (None: the last round, ``rounds``). Compress runs
+    every round itself, so it refuses ``step`` with rounds > 1 (the descriptor's ``round_settings``)."""
 
     pattern: str = "unstructured"
     scope: str = "global"
     rounds: int = 1
     step: int | None = None
+
+    def validate(self) -> None:
+        choice("pattern", self.pattern, PATTERNS)
+        choice("scope", self.scope, SCOPES)
+        rounds = integer("rounds", self.rounds, 1)
+        if self.step is not None:
+            integer("step", self.step, 1, rounds)
 
 
 @register
@@ -115,19 +125,7 @@ class MagnitudeMethod(Method):
 
     name = "magnitude"
     Config = MagnitudeConfig
-    descriptor = Descriptor(step="sparsify", rounds=True)
-
-    def check_settings(
-        self, pattern: str = "unstructured", scope: str = "global", rounds: int = 1, step: int | None = None, **_: Any
-    ) -> None:
-        """compress's check before any work: a step with rounds > 1 is refused (compress runs every round itself)."""
-        choice("pattern", pattern, PATTERNS)
-        choice("scope", scope, SCOPES)
-        if integer("rounds", rounds, 1) > 1 and step is not None:
-            raise ValueError(
-                "step: compress runs all the rounds itself (prune, retrain, prune more); leave step unset "
-                "(vltrim.plan takes step, to plan one round by hand)"
-            )
+    descriptor = Descriptor(step="sparsify", rounds=True, round_settings=("step",))
 
     def round_target(
         self, model: nn.Module, start: nn.Module, target: float, step: int, rounds: int, **settings: Any
@@ -147,6 +145,7 @@ class MagnitudeMethod(Method):
     ) -> Plan:
         """A sparsify plan zeroing the smallest |w|: ``target`` of the block-Linear weights (round ``step`` of
         ``rounds`` of the cubic schedule when rounds > 1), or 2:4 (``target`` ignored: 50% by construction)."""
+        config = MagnitudeConfig.pick(locals())
         sparsity, rounds, step = _check(target, pattern, scope, rounds, step)
         lins = {n: m for n, m in get_adapter(model).linears(model).items() if isinstance(m, nn.Linear)}
         if not lins:
@@ -183,7 +182,7 @@ class MagnitudeMethod(Method):
             {},
             {},
             method=self.name,
-            settings={"pattern": pattern, "scope": scope, "rounds": rounds, "step": step},
+            settings=config.plan_settings(rounds=rounds, step=step),
             target=goal,
             achieved=_achieved(model, lins, entries),
             sparsify=entries,

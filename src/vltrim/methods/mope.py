@@ -34,7 +34,7 @@ from vltrim.arch.apply import apply_plan, masked
 from vltrim.checks import integer, number
 from vltrim.data.inputs import as_dataset, in_order
 from vltrim.methods.common import plan_from_keep, prunable_groups, unit_sums
-from vltrim.methods.registry import KD, BudgetConfig, Descriptor, Method, SearchResult, register
+from vltrim.methods.registry import KD, BudgetConfig, Descriptor, Method, Result, register
 from vltrim.progress import bar
 from vltrim.report import save_mope_table
 from vltrim.structure.groups import Group, UnitKind
@@ -234,10 +234,11 @@ def _start_at(t: Any, start: int, hidden: Any, k: int, swaps: dict[nn.Module, An
             t.layers[i] = layer
 
 
-def _upstream(b: Any, ffn: bool) -> list[nn.Module]:
-    """Modules of a block that run before the ablated units and so see clean inputs: for FFN neurons the
-    attention and fc1, for heads the q, k and v projections (once each, should a model share them)."""
-    mods = [b.attn.module, b.fc1] if ffn else [b.attn.q, b.attn.k, b.attn.v]
+def _upstream(b: Any, group: str, kind: str) -> list[nn.Module]:
+    """Modules of a block that run before the ablated units of ``group`` and so see clean inputs: for FFN neurons
+    every attention site and fc1, for heads their site's q, k and v or qkv (once each, should a model share them)."""
+    ffn = kind == UnitKind.NEURONS.value
+    mods = [*(a.module for a in b.sites), b.fc1] if ffn else b.site(group.rsplit(".", 2)[-2]).inputs()
     return list({id(m): m for m in mods}.values())
 
 
@@ -317,15 +318,15 @@ def fast_errors(
         clean[m] = torch.cat(parts)
     base = probe.metric(clean, probe.extras)
     errors = torch.zeros(len(ablations), dtype=torch.float64)
-    buckets: dict[tuple[str, int, str], list[int]] = {}
-    for i in mine:  # ablations of one kind in one block share that block's clean upstream outputs
+    buckets: dict[tuple[str, int, str, str], list[int]] = {}
+    for i in mine:  # ablations of one group share their block's clean upstream outputs
         a = ablations[i]
-        buckets.setdefault((a.tower, a.layer, a.kind), []).append(i)
+        buckets.setdefault((a.tower, a.layer, a.kind, a.group), []).append(i)
     with bar(progress) as pb:
         task = pb.add_task("mope scoring", total=len(mine), info="")
-        for (tower, layer, kind), idx in sorted(buckets.items()):
+        for (tower, layer, kind, group), idx in sorted(buckets.items()):
             t = towers[tower]
-            inner = {} if kind == UnitKind.LAYERS.value else _inner_outputs(model, probe, t, layer, cache, kind)
+            inner = {} if kind == UnitKind.LAYERS.value else _inner_outputs(model, probe, t, layer, cache, kind, group)
             for s in range(0, len(idx), k_max):
                 part = idx[s : s + k_max]
                 outs = _ablated_outputs(model, probe, t, layer, kind, [ablations[i] for i in part], sizes, cache, inner)
@@ -337,10 +338,12 @@ def fast_errors(
     return errors.tolist()
 
 
-def _inner_outputs(model: nn.Module, probe: Probe, t: Any, layer: int, cache: dict, kind: str) -> dict[int, dict]:
-    """Per calibration chunk, the clean outputs of block ``layer``'s modules upstream of ``kind``'s units (the
+def _inner_outputs(
+    model: nn.Module, probe: Probe, t: Any, layer: int, cache: dict, kind: str, group: str
+) -> dict[int, dict]:
+    """Per calibration chunk, the clean outputs of block ``layer``'s modules upstream of ``group``'s units (the
     forward starts at the block's cached input and stops after the block)."""
-    mods = _upstream(t.block(t.layers[layer]), kind == UnitKind.NEURONS.value)
+    mods = _upstream(t.block(t.layers[layer]), group, kind)
     out: dict[int, dict] = {}
 
     def stop(*_: Any) -> None:
@@ -456,7 +459,11 @@ def mope_table(ablations: list[Ablation], errors: list[float], costs: dict[str, 
 # ---- the method -------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class MoPEConfig(BudgetConfig):
-    """Settings of mope: module-wise pruning error, width then depth."""
+    """Settings of mope: module-wise pruning error, width then depth.
+
+    Its plans record (``plan_settings``) the unit kinds cut, depth_share, the number of calibration items used
+    (calib_size, at most the data's length), the task, group_size and fast; rounds when > 1 and the modalities (sorted)
+    when given; the budget options are in the plan's target."""
 
     units: str | tuple[str, ...] = "heads,neurons"
     depth_share: float = 0.0
@@ -467,6 +474,27 @@ class MoPEConfig(BudgetConfig):
     fast: bool = True
     modalities: list[str] | None = None
     rounds: int = 1
+
+    def validate(self) -> None:
+        number("depth_share", self.depth_share, high=1.0, low_open=False)
+        integer("rounds", self.rounds, 1)
+        if self.group_size is not None:
+            integer("group_size", self.group_size, 1)
+        if self.ablation_batch is not None:
+            integer("ablation_batch", self.ablation_batch, 1)
+        integer("calib_size", self.calib_size, 1)
+
+    def plan_settings(self, **found: Any) -> dict[str, Any]:
+        return {
+            "units": found["units"],
+            "depth_share": self.depth_share,
+            "calib_size": found["calib_size"],
+            "task": found["task"],
+            "group_size": self.group_size,
+            "fast": self.fast,
+            **({"rounds": self.rounds} if self.rounds > 1 else {}),
+            **({"modalities": sorted(self.modalities)} if self.modalities else {}),
+        }
 
 
 @register
@@ -480,27 +508,9 @@ class MoPEMethod(Method):
         kd=KD(hidden=1.0, embed=1.0),  # the paper's uni-modal distillation: hidden states and tower embeddings
     )
 
-    def task_settings(self, task: Task) -> dict[str, Any]:
+    def task_settings(self, task: Task, loss: Callable) -> dict[str, Any]:
         """What vltrim.plan's ``task`` gives the search: the task whose metric scores the modules (its name)."""
         return {"task": task.name}
-
-    def check_settings(
-        self,
-        depth_share: float = 0.0,
-        group_size: int | None = None,
-        ablation_batch: int | None = None,
-        fast: bool = True,
-        calib_size: int = 256,
-        rounds: int = 1,
-        **_: Any,
-    ) -> None:
-        number("depth_share", depth_share, high=1.0, low_open=False)
-        integer("rounds", rounds, 1)
-        if group_size is not None:
-            integer("group_size", group_size, 1)
-        if ablation_batch is not None:
-            integer("ablation_batch", ablation_batch, 1)
-        integer("calib_size", calib_size, 1)
 
     def search(self, model: nn.Module, target: float, **settings: Any) -> Plan:
         """The plan of `search_result`."""
@@ -529,14 +539,14 @@ class MoPEMethod(Method):
         loss_fn: Callable | None = None,
         batch_size: int | None = None,
         rounds: int = 1,
-    ) -> SearchResult:
+    ) -> Result:
         """Width then depth by MoPE on the first ``calib_size`` items of ``data``; returns the Plan with the
         MoPE table of both stages as the artefact "scores_table" (compress reports it). ``loss_fn``, ``batch_size`` and
         ``seed`` are accepted for compress's sake and unused: the scores are deterministic and need no loss.
         ``modalities`` (e.g. ['vision']) prunes those towers only (the paper's fine-tuning stage may prune one tower;
         its pre-training stage prunes both, the default). ``rounds`` > 1 cuts the width in that many steps, re-scoring
         the kept modules after each (not in the paper; each round costs one more scoring of what is left)."""
-        self.check_settings(depth_share, group_size, ablation_batch, fast, calib_size, rounds)
+        config = MoPEConfig.pick(locals())
         if data is None:
             raise ValueError(
                 "mope scores modules with the task metric: pass calibration data (vltrim.plan: calib_data=...; "
@@ -561,16 +571,7 @@ class MoPEMethod(Method):
             )
         budget = Budget(target, metric, align, allocation, max_ratio)
         keep, table = _width_then_depth(work, groups, budget, depth_share, group_size, score, rounds)
-        settings = {
-            "units": sorted({g.kind.value for g in groups}),
-            "depth_share": depth_share,
-            "calib_size": len(calib),
-            "task": task,
-            "group_size": group_size,
-            "fast": fast,
-            **({"rounds": rounds} if rounds > 1 else {}),
-            **({"modalities": sorted(modalities)} if modalities else {}),
-        }
+        settings = config.plan_settings(units=sorted({g.kind.value for g in groups}), calib_size=len(calib), task=task)
         plan = plan_from_keep(
             work,
             groups + [g for g in get_adapter(work).groups(work) if g.kind == UnitKind.LAYERS],
@@ -579,7 +580,7 @@ class MoPEMethod(Method):
             self.name,
             settings,
         )
-        return SearchResult(plan, {"scores_table": table})
+        return Result(plan, artifacts={"scores_table": table})
 
 
 def _unit_scores(

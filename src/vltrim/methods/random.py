@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -14,10 +15,16 @@ from vltrim.structure.select import ALLOCATION, MAX_RATIO, Budget
 
 @dataclass(frozen=True)
 class RandomConfig(BudgetConfig):
-    """Settings of random: random scores through the same ranking (the control)."""
+    """Settings of random: random scores through the same ranking (the control).
+
+    Its plans record (``plan_settings``) the unit kinds cut and the seed; the budget options are in the plan's
+    target."""
 
     normalize: str = "kind"
     ranking: str = "score"
+
+    def plan_settings(self, **found: Any) -> dict[str, Any]:
+        return {"units": found["units"], "seed": found["seed"]}
 
 
 @register
@@ -39,9 +46,10 @@ class RandomMethod(Method):
         normalize: str = "kind",
         ranking: str = "score",
     ):
+        config = RandomConfig.pick(locals())
         groups = prunable_groups(model, units)
         gen = torch.Generator().manual_seed(seed)
         scores = {g.name: torch.rand(g.size, generator=gen) for g in groups}
-        settings = {"units": sorted({g.kind.value for g in groups}), "seed": seed}
+        settings = config.plan_settings(units=sorted({g.kind.value for g in groups}), seed=seed)
         budget = Budget(target, metric, align, allocation, max_ratio, normalize, ranking)
         return plan_from_scores(model, groups, scores, budget, self.name, settings)

@@ -5,13 +5,15 @@ these; none of them looks at a method's signature or probes it for attributes.""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 from torch import nn
 
 from vltrim.methods.common import DEFAULT_UNITS
 from vltrim.structure.plan import Plan
+from vltrim.structure.result import Result
 from vltrim.structure.select import ALLOCATION, MAX_RATIO
 
 #: the budget options (structure.select.Budget and the unit kinds) a method may take in its Config
@@ -40,6 +42,8 @@ class Descriptor:
     calib_option: str | None = None  # the search input vltrim.plan's ``calib_data`` fills ("data", "train_data")
     runtime: tuple[str, ...] = ()  # which RUNTIME_INPUTS its search (or run) takes
     kd: KD = field(default_factory=KD)
+    # settings compress's rounds set themselves (``round_target``): refused from the user when rounds > 1
+    round_settings: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.runtime) - set(RUNTIME_INPUTS))
@@ -49,9 +53,53 @@ class Descriptor:
             raise ValueError(f"Descriptor.calib_option {self.calib_option!r} must be one of its runtime inputs")
 
 
+C = TypeVar("C", bound="MethodConfig")
+
+
 @dataclass(frozen=True)
 class MethodConfig:
-    """A method's own settings (and the budget options it takes) with their defaults; subclassed per method."""
+    """A method's own settings (and the budget options it takes) with their defaults; subclassed per method.
+
+    A Config validates itself: building one with a bad value raises the ValueError that names the setting
+    (``validate``, run by ``__post_init__``), so compress refuses a bad setting before any work and a search before
+    it scores. ``to_dict`` / ``from_dict`` serialise it (a JSON round trip: tuples are written as lists).
+
+    What a plan records: ``plan_settings(**found)``, by default the serialised config with what the search found or
+    was given (``found``) over it. A method whose plans record something else (the unit kinds it cut rather than the
+    ones asked, its seed and batch size, a count it resolved) overrides ``plan_settings`` and says in its Config's
+    docstring what is recorded; saved plans stay as they were."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Refuse a bad value of a setting (a ValueError naming it); nothing to refuse by default."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every setting by name, JSON-ready (tuples as lists)."""
+        return {
+            f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in dataclasses.fields(self)
+        }
+
+    @classmethod
+    def from_dict(cls: type[C], d: Mapping[str, Any]) -> C:
+        """The Config ``to_dict`` wrote (validated); an unknown key is refused, a missing one takes its default."""
+        unknown = sorted(set(d) - cls.names())
+        if unknown:
+            raise ValueError(f"{unknown} are not settings of {cls.__name__}; it takes {', '.join(sorted(cls.names()))}")
+        defaults = cls.defaults()
+        return cls(
+            **{k: tuple(v) if isinstance(defaults[k], tuple) and isinstance(v, list) else v for k, v in d.items()}
+        )
+
+    @classmethod
+    def pick(cls: type[C], values: Mapping[str, Any]) -> C:
+        """The Config of the settings among ``values`` (e.g. a search's arguments), validated."""
+        return cls(**{k: values[k] for k in cls.names() if k in values})
+
+    def plan_settings(self, **found: Any) -> dict[str, Any]:
+        """The settings a plan of this config records: the serialised config, ``found`` over it (see the class)."""
+        return {**self.to_dict(), **found}
 
     @classmethod
     def defaults(cls) -> dict[str, Any]:
@@ -87,13 +135,7 @@ class BudgetConfig(MethodConfig):
     max_ratio: float = MAX_RATIO
 
 
-@dataclass
-class SearchResult:
-    """A search's plan and what else it produced for the report (e.g. MoPE's module table); nothing is kept on the
-    registered method between searches."""
-
-    plan: Plan
-    artifacts: dict[str, Any] = field(default_factory=dict)
+SearchResult = Result  # the name a search's result had first
 
 
 class Method:
@@ -108,15 +150,13 @@ class Method:
     def search(self, model: nn.Module, target: float, **settings: Any) -> Plan:
         raise NotImplementedError
 
-    def search_result(self, model: nn.Module, target: float, **settings: Any) -> SearchResult:
+    def search_result(self, model: nn.Module, target: float, **settings: Any) -> Result:
         """The plan with the search's artefacts (none by default)."""
-        return SearchResult(self.search(model, target, **settings))
+        return Result(self.search(model, target, **settings))
 
-    def check_settings(self, **settings: Any) -> None:
-        """Refuse bad values of the method's settings before any work (a typo would only fail after a long search)."""
-
-    def task_settings(self, task: Any) -> dict[str, Any]:
-        """What vltrim.plan's ``task`` gives the search (its loss, or its name): nothing by default."""
+    def task_settings(self, task: Any, loss: Any) -> dict[str, Any]:
+        """What vltrim.plan's ``task`` gives the search: ``loss`` (the task's loss as compress derives it, see
+        `vltrim.tasks.loss.search_loss`), or the task's name; nothing by default."""
         return {}
 
     def round_target(self, *args: Any, **settings: Any) -> Any:

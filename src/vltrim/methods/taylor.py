@@ -65,11 +65,25 @@ def taylor_scores(
 
 @dataclass(frozen=True)
 class TaylorConfig(BudgetConfig):
-    """Settings of taylor: first-order Taylor importance on calibration batches."""
+    """Settings of taylor: first-order Taylor importance on calibration batches.
+
+    Its plans record (``plan_settings``) the unit kinds cut, num_batches and the search's batch size and seed; the
+    budget options (normalize and ranking too) are in the plan's target."""
 
     num_batches: int = 8
     normalize: str = TAYLOR_NORMALIZE
     ranking: str = TAYLOR_RANKING
+
+    def validate(self) -> None:
+        check_ranking(self.normalize, self.ranking)
+
+    def plan_settings(self, **found: Any) -> dict[str, Any]:
+        return {
+            "units": found["units"],
+            "num_batches": self.num_batches,
+            "batch_size": found["batch_size"],
+            "seed": found["seed"],
+        }
 
 
 @register
@@ -80,20 +94,9 @@ class TaylorMethod(Method):
     Config = TaylorConfig
     descriptor = Descriptor(data="required", calib_option="data", runtime=("data", "loss_fn", "batch_size", "seed"))
 
-    def task_settings(self, task: Task) -> dict[str, Any]:
+    def task_settings(self, task: Task, loss: Callable) -> dict[str, Any]:
         """What vltrim.plan's ``task`` gives the search: the task's loss, scored on the calibration data."""
-        return {"loss_fn": task.loss}
-
-    def check_settings(
-        self,
-        num_batches: int = 8,
-        batch_size: int = 16,
-        normalize: str = TAYLOR_NORMALIZE,
-        ranking: str = TAYLOR_RANKING,
-        **_: object,
-    ) -> None:
-        """Settings checked before any work (compress calls this before it starts)."""
-        check_ranking(normalize, ranking)
+        return {"loss_fn": loss}
 
     def search(
         self,
@@ -112,6 +115,7 @@ class TaylorMethod(Method):
         normalize: str = TAYLOR_NORMALIZE,
         ranking: str = TAYLOR_RANKING,
     ):
+        config = TaylorConfig.pick(locals())
         if data is None or loss_fn is None:
             raise ValueError(
                 "taylor needs calibration data and a loss: calib_data=... (the loss from task=...), or data=... and "
@@ -119,11 +123,6 @@ class TaylorMethod(Method):
             )
         groups = prunable_groups(model, units)
         scores = taylor_scores(model, groups, data, loss_fn, num_batches, batch_size, seed)
-        settings = {
-            "units": sorted({g.kind.value for g in groups}),
-            "num_batches": num_batches,
-            "batch_size": batch_size,
-            "seed": seed,
-        }
+        settings = config.plan_settings(units=sorted({g.kind.value for g in groups}), batch_size=batch_size, seed=seed)
         budget = Budget(target, metric, align, allocation, max_ratio, normalize, ranking)
         return plan_from_scores(model, groups, scores, budget, self.name, settings)

@@ -15,7 +15,7 @@ import copy
 import dataclasses
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -33,7 +33,7 @@ from vltrim.methods.common import (
     unit_sums,
     weight_taylor,
 )
-from vltrim.methods.registry import Descriptor, Method, MethodConfig, register
+from vltrim.methods.registry import Descriptor, Method, MethodConfig, Result, register
 from vltrim.structure.groups import Group
 from vltrim.structure.plan import Plan
 from vltrim.structure.select import ALLOCATION, MAX_RATIO, Budget, achieved, check_ranking, ranked, select
@@ -55,15 +55,34 @@ def update_steps(total: int, interval: int) -> list[int]:
     return sorted(set(range(interval, total + 1, interval)) | {total})
 
 
-@dataclass
-class SearchResult:
-    """What a training-based search leaves: the plan, the searched weights and the final masks."""
+class SearchResult(Result):
+    """What a training-based search leaves: the plan, the searched weights (``model``: the searched copy, hooks
+    removed; apply_plan(model, plan) is the subnet) and as artefacts the final masks, the saliency and the log."""
 
-    plan: Plan
-    model: nn.Module  # searched copy, hooks removed; apply_plan(model, plan) is the subnet
-    masks: dict[str, torch.Tensor]  # final mask values: exactly 0 (pruned) or 1 (kept)
-    scores: dict[str, torch.Tensor]  # accumulated saliency per unit (see `saliency`)
-    log: list[dict[str, Any]] = field(default_factory=list)  # one entry per mask update
+    def __init__(
+        self,
+        plan: Plan,
+        model: nn.Module,
+        masks: dict[str, torch.Tensor],
+        scores: dict[str, torch.Tensor],
+        log: list[dict[str, Any]] | None = None,
+    ):
+        super().__init__(plan, model, {"masks": masks, "scores": scores, "log": list(log or [])})
+
+    @property
+    def masks(self) -> dict[str, torch.Tensor]:
+        """Final mask values: exactly 0 (pruned) or 1 (kept)."""
+        return self.artifacts["masks"]
+
+    @property
+    def scores(self) -> dict[str, torch.Tensor]:
+        """Accumulated saliency per unit (see `saliency`)."""
+        return self.artifacts["scores"]
+
+    @property
+    def log(self) -> list[dict[str, Any]]:
+        """One entry per mask update."""
+        return self.artifacts["log"]
 
 
 def default_loss(model: nn.Module) -> Callable:
@@ -187,7 +206,11 @@ class _Search:
 
 @dataclass(frozen=True)
 class UPopConfig(MethodConfig):
-    """Settings of upop: progressive soft masks while the weights train."""
+    """Settings of upop: progressive soft masks while the weights train.
+
+    Its plans record (``plan_settings``) the unit kinds cut, the search's steps, interval, lr, batch size and seed,
+    then monotone, schedule, saliency_decay and saliency; the budget options (normalize and ranking too) are in the
+    plan's target."""
 
     interval: int = 10
     metric: str = "params"
@@ -202,6 +225,28 @@ class UPopConfig(MethodConfig):
     normalize: str = TAYLOR_NORMALIZE
     ranking: str = TAYLOR_RANKING
 
+    def validate(self) -> None:
+        check_ranking(self.normalize, self.ranking)
+        integer("interval", self.interval, 1)
+        number("saliency_decay", self.saliency_decay, high=1.0)
+        choice("saliency", self.saliency, SALIENCIES)
+        choice("schedule", self.schedule, SCHEDULES)
+        flag("monotone", self.monotone)
+
+    def plan_settings(self, **found: Any) -> dict[str, Any]:
+        return {
+            "units": found["units"],
+            "steps": found["steps"],
+            "interval": self.interval,
+            "lr": found["lr"],
+            "batch_size": found["batch_size"],
+            "seed": found["seed"],
+            "monotone": self.monotone,
+            "schedule": self.schedule,
+            "saliency_decay": self.saliency_decay,
+            "saliency": self.saliency,
+        }
+
 
 @register
 class UPopMethod(Method):
@@ -214,32 +259,12 @@ class UPopMethod(Method):
         runtime=("train_data", "loss_fn", "steps", "lr", "batch_size", "seed", "progress"),
     )
 
-    def task_settings(self, task: Task) -> dict[str, Any]:
+    def task_settings(self, task: Task, loss: Callable) -> dict[str, Any]:
         """What vltrim.plan's ``task`` gives the search: the task's loss, trained on (as the search's ``loss_fn``)."""
-        return {"loss_fn": task.loss}
+        return {"loss_fn": loss}
 
     def search(self, model: nn.Module, target: float, **settings: Any) -> Plan:
         return self.run(model, target, **settings).plan
-
-    def check_settings(
-        self,
-        steps: int = 1,
-        interval: int = 1,
-        saliency_decay: float = 1.0,
-        saliency: str = "taylor",
-        schedule: str = "constant",
-        monotone: bool = False,
-        normalize: str = TAYLOR_NORMALIZE,
-        ranking: str = TAYLOR_RANKING,
-    ) -> None:
-        """The search's own settings, checked before any work (compress calls this before it starts)."""
-        check_ranking(normalize, ranking)
-        integer("steps", steps, 1)
-        integer("interval", interval, 1)
-        number("saliency_decay", saliency_decay, high=1.0)
-        choice("saliency", saliency, SALIENCIES)
-        choice("schedule", schedule, SCHEDULES)
-        flag("monotone", monotone)
 
     def run(
         self,
@@ -277,7 +302,8 @@ class UPopMethod(Method):
         training loop: grad_accum, mixed_precision, output_dir, checkpoint_every, resume (a resumed search
         restores masks and scores too, and reaches the same plan)."""
         budget = Budget(target, metric, align, allocation, max_ratio, normalize, ranking)
-        self.check_settings(steps, interval, saliency_decay, saliency, schedule, monotone, normalize, ranking)
+        integer("steps", steps, 1)
+        config = UPopConfig.pick(locals())
         work = copy.deepcopy(model)
         groups = prunable_groups(work, units)
         state = _Search(groups, budget, steps, interval, monotone, saliency_decay, saliency, model=work)
@@ -299,18 +325,9 @@ class UPopMethod(Method):
             )
         finally:
             handles.remove()
-        settings = {
-            "units": sorted({g.kind.value for g in groups}),
-            "steps": steps,
-            "interval": interval,
-            "lr": lr,
-            "batch_size": batch_size,
-            "seed": seed,
-            "monotone": monotone,
-            "schedule": schedule,
-            "saliency_decay": saliency_decay,
-            "saliency": saliency,
-        }
+        settings = config.plan_settings(
+            units=sorted({g.kind.value for g in groups}), steps=steps, lr=lr, batch_size=batch_size, seed=seed
+        )
         plan = plan_from_keep(work, groups, state.keep, budget, self.name, settings)
         final = {n: v.detach().clone() for n, v in state.values.items()}
         return SearchResult(plan, work.eval(), final, state.scores, state.log)

@@ -200,7 +200,7 @@ def _run_chain(model: nn.Module, o: SimpleNamespace, stages: list[SimpleNamespac
     )
     if report["speed"] is not None:
         report["machine"] = machine()
-    return CompressResult(small, plans[-1], report, plans)
+    return CompressResult(plans[-1], small, {"report": report}, plans)
 
 
 def chain_settings(model: nn.Module, stages: list[SimpleNamespace]) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from contextlib import ExitStack, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -18,7 +18,6 @@ from torch.utils.data import Dataset
 
 from vltrim.arch import class_name, get_adapter
 from vltrim.arch.apply import apply_plan, plans_of
-from vltrim.arch.inputs import model_inputs
 from vltrim.arch.registry import usable_model
 from vltrim.checks import choice, flag, integer, number, path, text
 from vltrim.data.inputs import as_dataset
@@ -30,55 +29,11 @@ from vltrim.structure.plan import Plan
 from vltrim.structure.result import CompressResult
 from vltrim.structure.select import ALLOCATION, MAX_RATIO, Budget
 from vltrim.structure.sparsify import freeze_zeros, sparsified
-from vltrim.tasks import Task, get_task
+from vltrim.tasks import get_task
+from vltrim.tasks.loss import kd_defaults, task_loss
 from vltrim.train import train
-from vltrim.train.distill import attention_kd, attention_maps, hidden_kd, layer_outputs
 from vltrim.train.loop import SCHEDULES
 from vltrim.train.run_record import check_resume, model_fingerprint
-
-
-def task_loss(
-    task: Task,
-    teacher: nn.Module | None,
-    kd_weight: float = 1.0,
-    kd_hidden: float = 0.0,
-    kd_embed: float = 0.0,
-    task_weight: float = 1.0,
-    kd_attention: float = 0.0,
-) -> Callable[[nn.Module, Any], torch.Tensor]:
-    """The training loss of a compressed model: ``task_weight`` x the task loss (0: distillation only, e.g. MoPE's
-    pre-training stage on unlabelled pairs) + ``kd_weight`` x the task's distillation from ``teacher`` (logits /
-    similarity KL, + ``kd_embed`` x each tower's final-embedding distance where the task has towers) + ``kd_hidden`` x uni-modal
-    hidden-state MSE of every block to its teacher block + ``kd_attention`` x attention-map MSE of every block to its
-    teacher block (both mapped across dropped layers; attention maps head-averaged where head counts differ)."""
-    extra = {"embed_weight": kd_embed} if kd_embed and task.embed_kd else {}
-
-    def kd(student: nn.Module, batch: Any) -> torch.Tensor:
-        value = task_weight * task.loss(student, batch) if task_weight else 0.0
-        if kd_weight and teacher is not None and task.kd is not None:
-            value = value + kd_weight * task.kd(student, teacher, batch, **extra)
-        return value
-
-    def with_layers(student: nn.Module, batch: Any) -> torch.Tensor:
-        net = getattr(student, "module", student)  # under DDP the hooks sit on the wrapped model
-        with ExitStack() as stack:
-            hidden = [stack.enter_context(layer_outputs(m)) for m in (net, teacher)] if kd_hidden else None
-            maps = [stack.enter_context(attention_maps(m)) for m in (net, teacher)] if kd_attention else None
-            value = kd(student, batch)
-            ran_student, ran_teacher = hidden or maps
-            inputs = model_inputs(batch)
-            if not ran_student:  # task_weight 0 and no task distillation: nothing ran the student yet
-                get_adapter(net).forward(student, inputs)
-            if not ran_teacher:  # the task's own distillation did not run the teacher
-                with torch.no_grad():
-                    get_adapter(teacher).forward(teacher, inputs)
-        if hidden:
-            value = value + kd_hidden * hidden_kd(net, teacher, *hidden)
-        if maps:
-            value = value + kd_attention * attention_kd(net, teacher, *maps)
-        return value
-
-    return with_layers if (kd_hidden or kd_attention) and teacher is not None else kd
 
 
 def _search_inputs(
@@ -171,9 +126,9 @@ def stage_checked(o: dict[str, Any]) -> None:
         raise TypeError(f"method_settings must be a dict of method options, got {type(o['method_settings']).__name__}")
     o["method_settings"] = dict(o["method_settings"] or {})
     o["m"] = get_method(text("method", o["method"])) if o["plan"] is None else None
+    defaults = kd_defaults(o["task"], o["m"].descriptor.kd if o["m"] is not None else None)
     for k in ("kd_hidden", "kd_attention"):  # None: the method's default
-        default = getattr(o["m"].descriptor.kd, k.removeprefix("kd_")) if o["m"] is not None else 0.0
-        o[k] = number(k, default if o[k] is None else o[k], low_open=False)
+        o[k] = number(k, defaults[k] if o[k] is None else o[k], low_open=False)
     _check_loss_weights(o)
     if o["depth_share"] is not None:
         o["method_settings"]["depth_share"] = o["depth_share"]
@@ -206,7 +161,7 @@ def _check_loss_weights(o: dict[str, Any]) -> None:
                 f"distillation ({'its loss already matches the teacher embedding' if task.kd is None else 'logits KL'}); use 0"
             )
     else:
-        o["kd_embed"] = o["m"].descriptor.kd.embed if o["m"] is not None and task.embed_kd else 0.0
+        o["kd_embed"] = kd_defaults(task, o["m"].descriptor.kd if o["m"] is not None else None)["kd_embed"]
     o["task_weight"] = number("task_weight", o["task_weight"], low_open=False)
     if (
         o["task_weight"] == 0
@@ -269,8 +224,23 @@ def _check_budget_and_method(model: nn.Module, o: dict[str, Any]) -> None:
             f"method_settings {unknown} are not settings of {o['method']} (or are compress options); "
             f"it takes {', '.join(sorted(known)) or 'none'}"
         )
-    o["m"].check_settings(**({"steps": o["search_steps"]} if o["searches"] else {}), **o["method_settings"])
+    if o["searches"]:  # a search that trains takes at least one step
+        integer("steps", o["search_steps"], 1)
+    config(**o["method_settings"])  # the settings validate themselves, before any work
+    _refuse_round_settings(o["m"], o["method_settings"])
     o["budget_options"] = _budget_options(o["m"], o)
+
+
+def _refuse_round_settings(m: Method, settings: dict[str, Any]) -> None:
+    """With rounds > 1 compress sets a round-based method's ``descriptor.round_settings`` each round itself."""
+    if not m.descriptor.round_settings or settings.get("rounds", 1) <= 1:
+        return
+    for k in m.descriptor.round_settings:
+        if settings.get(k) is not None:
+            raise ValueError(
+                f"{k}: compress runs all the rounds itself (prune, retrain, prune more); leave {k} unset "
+                f"(vltrim.plan takes {k}, to plan one round by hand)"
+            )
 
 
 RUN_KEYS = (
@@ -378,7 +348,7 @@ def _run(model: nn.Module, o: SimpleNamespace, teacher: nn.Module | None = None)
     report["speed"] = compare(model, small, batch_size=o.latency_batch) if o.latency_batch > 0 else None
     if report["speed"] is not None:
         report["machine"] = machine()
-    return CompressResult(small, plans[-1], report, plans)
+    return CompressResult(plans[-1], small, {"report": report}, plans)
 
 
 def _round(

@@ -381,13 +381,13 @@ def unreachable(model: nn.Module, o: Any) -> str | None:
             if _default(m, "mode", given, "global") != "global":
                 return None
             adapter = get_adapter(model)
-            tokens = {t.name: t.tokens for t in adapter.towers(model)}
+            tokens = adapter.linear_tokens(model)
             layers = [
                 Layer(
                     n,
                     lin.out_features,
                     lin.in_features,
-                    tokens[n.split(".layers.")[0]],
+                    tokens[n],
                     torch.full(
                         (min(lin.out_features, lin.in_features),),
                         1.0 / min(lin.out_features, lin.in_features),

@@ -78,19 +78,29 @@ class Directions:
 
 
 def attention_costs(
-    hidden: int, heads: int, head_dim: int, q_tokens: int, kv_tokens: int, bias: bool, kv_hidden: int | None = None
+    hidden: int,
+    heads: int,
+    head_dim: int,
+    q_tokens: int,
+    kv_tokens: int,
+    bias: bool,
+    kv_hidden: int | None = None,
+    q_per_kv: int = 1,
 ) -> tuple[tuple[int, int], tuple[int, int]]:
-    """Exact (params, MACs) of one head and of one head_dim channel (all heads) of an attention layer.
+    """Exact (params, MACs) of one head unit and of one head_dim channel (all heads) of an attention site.
 
-    q,k,v contribute one row each per channel, the output projection one column; the two attention
-    matmuls (QK^T and AV) contribute q_tokens*kv_tokens MACs each per channel. ``kv_hidden`` is the
-    input width of k,v when it differs (cross-attention).
+    Per channel, a query head owns a q row and an out-projection column and runs the two attention matmuls (QK^T
+    and AV: q_tokens*kv_tokens MACs each); a key/value head owns a k row and a v row, which read ``kv_hidden``
+    inputs (another tower's width in cross-attention) over ``kv_tokens``. A head unit is one key/value head with
+    its ``q_per_kv`` query heads (GQA; 1 without), and ``heads`` counts query heads.
     """
     kv_hidden = hidden if kv_hidden is None else kv_hidden
     b = 1 if bias else 0
-    p_channel = (hidden + b) + 2 * (kv_hidden + b) + hidden  # q row, k row, v row, out column
-    m_channel = q_tokens * hidden + 2 * kv_tokens * kv_hidden + q_tokens * hidden + 2 * q_tokens * kv_tokens
-    return (p_channel * head_dim, m_channel * head_dim), (p_channel * heads, m_channel * heads)
+    kv_heads = heads // q_per_kv
+    pq, pkv = (hidden + b) + hidden, 2 * (kv_hidden + b)
+    mq, mkv = 2 * q_tokens * hidden + 2 * q_tokens * kv_tokens, 2 * kv_tokens * kv_hidden
+    unit = ((q_per_kv * pq + pkv) * head_dim, (q_per_kv * mq + mkv) * head_dim)
+    return unit, (heads * pq + kv_heads * pkv, heads * mq + kv_heads * mkv)
 
 
 def ffn_costs(hidden: int, tokens: int, bias: bool = True) -> tuple[int, int]:

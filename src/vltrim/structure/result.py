@@ -1,4 +1,4 @@
-"""What a compress run returns: the compressed model, the plans it applied and its report."""
+"""What a method and a compress run return: one `Result` (plan, model, artefacts)."""
 
 from __future__ import annotations
 
@@ -11,16 +11,33 @@ from vltrim.structure.plan import Plan
 
 
 @dataclass
-class CompressResult:
-    model: nn.Module  # the compressed, retrained model
-    plan: Plan  # the last plan applied (the only one of a one-stage, one-round run)
-    report: dict[str, Any] = field(
-        default_factory=dict
-    )  # metric before/after, params, MACs, latency; per round and stage
-    plans: list[Plan] = field(
-        default_factory=list
-    )  # every plan this run applied, in order (prune-retrain rounds, chains)
+class Result:
+    """A plan, the model it belongs to (a method's: a training search's trained copy, None for the model it was
+    given; a compress run's: the compressed, retrained model) and what else was produced (``artifacts``: MoPE's
+    module table, a run's report), which the runner writes beside a saved model."""
+
+    plan: Plan
+    model: nn.Module | None = None
+    artifacts: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class CompressResult(Result):
+    """A compress run's `Result`: ``plan`` is the last plan applied, ``plans`` every plan this run applied in order
+    (prune-retrain rounds, chains), ``report`` (an artefact) the metric before / after, params, MACs and latency per
+    round and stage."""
+
+    plans: list[Plan] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.plans:
             self.plans = [self.plan]
+        self.artifacts.setdefault("report", {})
+
+    @property
+    def report(self) -> dict[str, Any]:
+        return self.artifacts["report"]
+
+    @report.setter
+    def report(self, value: dict[str, Any]) -> None:
+        self.artifacts["report"] = value

@@ -1,4 +1,4 @@
-"""Physical slicing of Linear layers and attention blocks, in place (method-independent)."""
+"""Physical slicing of Linear layers and attention sites, in place (method-independent)."""
 
 from __future__ import annotations
 
@@ -11,37 +11,120 @@ from torch import nn
 
 
 @dataclass
-class AttentionSpec:
-    """Where one attention layer keeps its projections and its shape attributes.
+class AttentionSite:
+    """One attention of a block: self or cross, q/k/v as three Linears or one fused ``qkv`` (rows q | k | v), its
+    out-projection ``o``, and the module attributes that cache its shape.
 
-    The attention forward must reshape with -1 heads and pass its own scale attribute, which is left
-    untouched when head_dims shrink (the original 1/sqrt(head_dim) keeps outputs identical)."""
+    A head unit is one key/value head with the ``heads // kv_heads`` query heads that read it (GQA; 1 without). The
+    attention forward must reshape with -1 heads (or be given a forward patch, see `vltrim.arch.patches`) and keep
+    its own scale: the original 1/sqrt(head_dim) keeps outputs identical when head_dims shrink. ``name`` is the
+    site's place in group names ('attn' -> '...layers.3.attn.heads'); ``kv_tokens`` the key/value token count when it
+    is not the queries' (cross-attention reads another tower); ``modality`` the modality its groups join (a cross
+    site is 'fusion'), None for its tower's."""
 
     module: nn.Module
-    q: nn.Linear
-    k: nn.Linear
-    v: nn.Linear
+    q: nn.Linear | None
+    k: nn.Linear | None
+    v: nn.Linear | None
     o: nn.Linear
     heads_attr: str
     head_dim_attr: str
     all_head_size_attr: str | None = None
+    qkv: nn.Linear | None = None
+    name: str = "attn"
+    kv_tokens: int | None = None
+    modality: str | None = None
+    kv_heads_attr: str | None = None
 
-    @property
-    def num_heads(self) -> int:
-        return self.q.out_features // self.head_dim
+    @classmethod
+    def fused(cls, module: nn.Module, qkv: nn.Linear, o: nn.Linear, heads_attr: str, head_dim_attr: str,
+              **kw: Any) -> AttentionSite:  # fmt: skip
+        """A site whose q, k and v are one Linear (rows q | k | v)."""
+        return cls(module, None, None, None, o, heads_attr, head_dim_attr, qkv=qkv, **kw)
 
     @property
     def head_dim(self) -> int:
         return int(getattr(self.module, self.head_dim_attr))
 
+    @property
+    def q_per_kv(self) -> int:
+        """Query heads per key/value head (1 without GQA); slicing whole units keeps it."""
+        if self.kv_heads_attr is None:
+            return 1
+        return int(getattr(self.module, self.heads_attr)) // int(getattr(self.module, self.kv_heads_attr))
+
+    @property
+    def num_kv_heads(self) -> int:
+        if self.k is not None:
+            return self.k.out_features // self.head_dim
+        return self.qkv.out_features // (self.head_dim * (self.q_per_kv + 2))
+
+    @property
+    def num_heads(self) -> int:
+        """Query heads."""
+        if self.q is not None:
+            return self.q.out_features // self.head_dim
+        return self.num_kv_heads * self.q_per_kv
+
+    @property
+    def units(self) -> int:
+        """Head units (key/value heads; the query heads when there is no GQA)."""
+        return self.num_kv_heads
+
+    @property
+    def hidden(self) -> int:
+        """Input width of the queries."""
+        return (self.q if self.q is not None else self.qkv).in_features
+
+    @property
+    def kv_hidden(self) -> int:
+        """Input width of keys and values (another tower's width in cross-attention)."""
+        return (self.k if self.k is not None else self.qkv).in_features
+
+    @property
+    def bias(self) -> bool:
+        return (self.q if self.q is not None else self.qkv).bias is not None
+
+    def projections(self) -> dict[str, nn.Module]:
+        """Its Linears by short name: q, k, v, o, or qkv, o (the names `linears` and low-rank use)."""
+        if self.qkv is not None:
+            return {"qkv": self.qkv, "o": self.o}
+        return {"q": self.q, "k": self.k, "v": self.v, "o": self.o}
+
+    def inputs(self) -> list[nn.Module]:
+        """The Linears that read the block's hidden states before the heads (q, k, v or qkv)."""
+        return [m for n, m in self.projections().items() if n != "o"]
+
+
+AttentionSpec = AttentionSite  # the name before attention sites
+
 
 @dataclass
 class BlockSpec:
-    """One transformer block as the generic code sees it: an attention and an FFN (fc1 -> act -> fc2)."""
+    """One transformer block as the generic code sees it: its attention sites (self, then cross if any) and an FFN
+    (fc1 -> act -> fc2)."""
 
-    attn: AttentionSpec
+    sites: list[AttentionSite]
     fc1: nn.Linear
     fc2: nn.Linear
+
+    def __post_init__(self) -> None:
+        if isinstance(self.sites, AttentionSite):
+            self.sites = [self.sites]
+        names = [s.name for s in self.sites]
+        if not names or len(set(names)) != len(names):
+            raise ValueError(f"a block needs attention sites with distinct names, got {names}")
+
+    @property
+    def attn(self) -> AttentionSite:
+        """The first site (the block's self-attention)."""
+        return self.sites[0]
+
+    def site(self, name: str) -> AttentionSite:
+        for s in self.sites:
+            if s.name == name:
+                return s
+        raise KeyError(f"no attention site {name!r} in this block (sites: {[s.name for s in self.sites]})")
 
 
 @dataclass
@@ -82,29 +165,48 @@ def head_dim_channels(num_heads: int, head_dim: int, dims: Sequence[int]) -> lis
     return [h * head_dim + c for h in range(num_heads) for c in dims]
 
 
-def _slice_attention_rows(a: AttentionSpec, rows: list[int]) -> None:
-    for lin in (a.q, a.k, a.v):
-        slice_linear_(lin, out_idx=rows)
-    slice_linear_(a.o, in_idx=rows)
+def site_rows(a: AttentionSite, kind: str, keep: Sequence[int]) -> dict[str, list[int]]:
+    """Per projection of ``a`` (`AttentionSite.projections`), the rows (for o: the columns) that units ``keep`` of
+    ``kind`` ('heads': head units, 'head_dims': channels of every head) own."""
+    hd, r, heads, kv_heads = a.head_dim, a.q_per_kv, a.num_heads, a.num_kv_heads
+    if kind == "heads":
+        q = head_channels([u * r + j for u in keep for j in range(r)], hd)
+        kv = head_channels(keep, hd)
+    elif kind == "head_dims":
+        q, kv = head_dim_channels(heads, hd, keep), head_dim_channels(kv_heads, hd, keep)
+    else:
+        raise ValueError(f"an attention site has heads and head_dims, not {kind!r}")
+    if a.qkv is not None:
+        k0, v0 = heads * hd, (heads + kv_heads) * hd
+        return {"qkv": q + [k0 + i for i in kv] + [v0 + i for i in kv], "o": q}
+    return {"q": q, "k": kv, "v": kv, "o": q}
 
 
-def _sync_attrs(a: AttentionSpec, heads: int, head_dim: int) -> None:
+def _keep_site_units_(a: AttentionSite, kind: str, keep: Sequence[int]) -> None:
+    heads, kv_heads, hd = a.num_heads, a.num_kv_heads, a.head_dim
+    lins = a.projections()
+    for name, rows in site_rows(a, kind, keep).items():
+        slice_linear_(lins[name], **({"in_idx": rows} if name == "o" else {"out_idx": rows}))
+    if kind == "heads":
+        heads, kv_heads = len(keep) * a.q_per_kv, len(keep)
+    else:
+        hd = len(keep)
     setattr(a.module, a.heads_attr, heads)
-    setattr(a.module, a.head_dim_attr, head_dim)
+    if a.kv_heads_attr:
+        setattr(a.module, a.kv_heads_attr, kv_heads)
+    setattr(a.module, a.head_dim_attr, hd)
     if a.all_head_size_attr:
-        setattr(a.module, a.all_head_size_attr, heads * head_dim)
+        setattr(a.module, a.all_head_size_attr, heads * hd)
 
 
-def keep_heads_(a: AttentionSpec, keep: Sequence[int]) -> None:
-    hd = a.head_dim
-    _slice_attention_rows(a, head_channels(keep, hd))
-    _sync_attrs(a, len(keep), hd)
+def keep_heads_(a: AttentionSite, keep: Sequence[int]) -> None:
+    """Keep head units ``keep`` of a site (with GQA, each a key/value head and its query heads)."""
+    _keep_site_units_(a, "heads", keep)
 
 
-def keep_head_dims_(a: AttentionSpec, keep: Sequence[int]) -> None:
-    heads, hd = a.num_heads, a.head_dim
-    _slice_attention_rows(a, head_dim_channels(heads, hd, keep))
-    _sync_attrs(a, heads, len(keep))
+def keep_head_dims_(a: AttentionSite, keep: Sequence[int]) -> None:
+    """Keep channels ``keep`` of every head of a site (queries, keys and values alike)."""
+    _keep_site_units_(a, "head_dims", keep)
 
 
 def keep_neurons_(b: BlockSpec, keep: Sequence[int]) -> None:
