@@ -57,7 +57,7 @@ if __name__ == "__main__":
             f"CPU latency, median ms (batch {lat['batch_size']}, {lat['threads']} threads)",
             f"{t['latency_ms']:.1f}",
             f"{c['latency_ms']:.1f}",
-            f"{r['speedup']:.2f}x faster",
+            r.get("speedup_text", f"{r['speedup']:.2f}x faster"),
         ],
     ]
     md = (

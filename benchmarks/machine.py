@@ -29,10 +29,22 @@ def machine() -> dict:
     }
 
 
+LOAD_AT_START = os.getloadavg()[0] if hasattr(os, "getloadavg") else None  # when the benchmark script started
+IDLE_LOAD = 0.5  # a 1-minute load average below this at the start: nothing else was running
+
+
+def load_text() -> str:
+    """'idle machine (load 0.2 at start)' or 'busy machine (load 2.6 at start)': times depend on it."""
+    if LOAD_AT_START is None:
+        return "load unknown"
+    state = "idle" if LOAD_AT_START < IDLE_LOAD else "busy"
+    return f"{state} machine (1-minute load {LOAD_AT_START:.1f} at start)"
+
+
 def machine_line() -> str:
     m = machine()
     where = m["gpu"] or f"{m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads"
-    return f"{where}; torch {m['torch']}, transformers {m['transformers']}, Python {m['python']}"
+    return f"{where}, {load_text()}; torch {m['torch']}, transformers {m['transformers']}, Python {m['python']}"
 
 
 def line_plot(

@@ -163,3 +163,10 @@ def test_batched_masks_are_k_ablations_in_one_forward(fusion):
     with vltrim.masked(fusion, {name: BatchedMask(rows)}):
         batched = run(fusion, both)[0]
     assert max_diff([batched], [torch.cat(separate)]) < 1e-5
+
+
+def test_every_family_declares_inputs_known_by_modality(model):
+    from vltrim.arch.inputs import MODEL_INPUTS
+
+    names = get_adapter(model).input_names(model)
+    assert names and set(names) <= set(MODEL_INPUTS)

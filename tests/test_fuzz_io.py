@@ -69,7 +69,7 @@ def test_round_trip_records_checksums_and_is_bit_exact(saved):
     small, d = saved
     rec = json.loads((d / "vltrim.json").read_text())
     assert rec["format"] == "vltrim.model_dir" and rec["version"] == 1 and rec["algorithm"] == "sha256"
-    assert set(rec["files"]) == {"config.json", "plan.json", "model.safetensors"}
+    assert set(rec["files"]) == {"config.json", "plan.json", "model.safetensors", "modeling_vltrim.py"}
     for name, digest in rec["files"].items():
         assert hashlib.sha256((d / name).read_bytes()).hexdigest() == digest
     with warnings.catch_warnings():
@@ -123,15 +123,15 @@ def test_readme_is_not_checked(saved):
     assert _state_equal(small, vltrim.load(d))
 
 
-def test_old_directory_without_checksums_loads_with_a_warning(saved):
+def test_directory_without_checksums_is_refused_unless_verify_false(saved):
     small, d = saved
-    (d / "vltrim.json").unlink()
-    with pytest.warns(UserWarning, match="no vltrim.json"):
-        again = vltrim.load(d)
-    assert _state_equal(small, again)
+    (d / "vltrim.json").unlink()  # issue 20: deleting vltrim.json no longer turns the checks off
+    with pytest.raises(io.MissingModelFileError, match="no vltrim.json.*verify=False"):
+        vltrim.load(d)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        vltrim.load(d, verify=False)
+        again = vltrim.load(d, verify=False)
+    assert _state_equal(small, again)
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ from vltrim.data import SyntheticCaptions
 from vltrim.methods import _METHODS, BUDGET_OPTIONS, Descriptor, Method, MethodConfig, get_method, register
 from vltrim.methods.common import DEFAULT_UNITS, plan_from_scores, prunable_groups
 from vltrim.methods.registry import RUNTIME_INPUTS
-from vltrim.structure.select import ALLOCATION, MAX_RATIO, Budget
+from vltrim.structure.select import ALLOCATION, MAX_RATIO, Budget, select
 from vltrim.zoo import tiny_model
 
 
@@ -113,3 +113,23 @@ def test_a_new_method_runs_through_plan_compress_and_chains(reverse_method):
 def test_register_takes_only_methods():
     with pytest.raises(TypeError, match="Method subclass"):
         register(type("NotAMethod", (), {"name": "x"}))
+
+
+@pytest.mark.parametrize("name", ["l1", "taylor", "random", "heads", "mope"])
+def test_reach_is_the_target_the_greedy_can_just_meet(name):
+    """A method says what it can reach on a model: a target just under it plans, one just over it is refused."""
+    model = tiny_model("CLIPModel")
+    m = get_method(name)
+    top = m.reach(model, align=8)
+    assert 0 < top < 1
+    groups = prunable_groups(model, m.Config().units)
+    budget = Budget(min(0.999, top + 0.01), align=8)
+    with pytest.raises(ValueError, match="not reachable"):
+        select(groups, {g.name: torch.rand(g.size) for g in groups}, budget)
+    keep = select(groups, {g.name: torch.rand(g.size) for g in groups}, Budget(top - 1e-6, align=8))
+    assert keep
+
+
+def test_reach_is_none_where_the_target_means_something_else():
+    model = tiny_model("CLIPModel")
+    assert get_method("distill").reach(model) is None and get_method("lowrank").reach(model) is None

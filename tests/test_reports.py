@@ -71,7 +71,7 @@ def test_report_json_and_card_carry_everything(retrained):
         "## Method and settings",
         "## Data and steps",
         "## Quality",
-        "after search",
+        "after pruning",  # l1 does not train while it searches
         "after retraining",
         "## Cost",
         "latency measured on",
@@ -83,7 +83,10 @@ def test_report_json_and_card_carry_everything(retrained):
     assert "WARNING" not in card
     assert (out / "widths.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     sums = json.loads((out / "vltrim.json").read_text())
-    assert set(sums["files"]) == {"config.json", "plan.json", "model.safetensors"} and "report.json" in sums["reports"]
+    assert (
+        set(sums["files"]) == {"config.json", "plan.json", "model.safetensors", "modeling_vltrim.py"}
+        and "report.json" in sums["reports"]
+    )
     again = vltrim.load(out)
     assert all(torch.equal(a, b) for a, b in zip(res.model.state_dict().values(), again.state_dict().values()))
 
@@ -101,12 +104,15 @@ def test_loud_warning_when_pruned_without_retraining(tmp_path):
     assert "WARNING" in r.output and NOT_RETRAINED in _flat(r.output) and "Method and settings" in r.output
 
 
-def test_factorised_model_has_no_widths_plot(tmp_path):
+def test_factorised_model_widths_plot_shows_the_ranks(tmp_path):
+    """A low-rank model keeps every width: its widths.png shows what its factorised Linears keep instead."""
     res = vltrim.compress(tiny_model("BertModel"), "lowrank", 0.3, retrain_steps=0, latency_batch=0, progress=False)
     vltrim.save(res, tmp_path / "m")
-    assert (tmp_path / "m" / "report.json").is_file() and not (tmp_path / "m" / "widths.png").exists()
+    assert (tmp_path / "m" / "report.json").is_file() and (tmp_path / "m" / "widths.png").exists()
     card = (tmp_path / "m" / "README.md").read_text()
-    assert "Kept widths" not in card and "lowrank" in card and "Linears factorised" in card
+    assert "lowrank" in card and "Linears factorised" in card
+    rep = json.loads((tmp_path / "m" / "report.json").read_text())
+    assert all(0 < r["low_rank"]["params_kept"] < 1 for r in rep["widths"]["text"])
 
 
 def test_chain_report_lists_every_stage_and_widths_follow_dropped_layers(tmp_path):

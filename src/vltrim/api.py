@@ -9,8 +9,9 @@ from torch import nn
 from vltrim.arch.apply import BASE_CONFIG_ATTR, PLANS_ATTR, apply_plan, base_config, masked, plans_of
 from vltrim.arch.registry import get_adapter, usable_model
 from vltrim.checks import number, text
-from vltrim.data.inputs import as_dataset
+from vltrim.data.calibration import calibration_data
 from vltrim.methods import Method, available, get_method
+from vltrim.methods.registry import check_budget_options
 from vltrim.structure.groups import Group
 from vltrim.structure.plan import Plan
 from vltrim.tasks import TASKS, Task, default_task, get_task
@@ -51,6 +52,7 @@ def plan(
     usable_model(model)
     m = get_method(text("method", method))
     target = number("target", target, high=1.0)
+    check_budget_options({k: settings[k] for k in m.Config.budget() if k in settings})
     if calib_data is not None or task is not None:
         settings = {**settings, **_calibration(model, method, m, calib_data, task, settings)}
     try:
@@ -78,8 +80,8 @@ def _calibration(
     if calib_data is not None and option in settings:
         raise ValueError(f"method {method!r}: calib_data and {option}= are the same input (its data); pass one")
     t = get_task(text("task", task)) if task is not None else _default_task(model)
-    t.check(model)
-    given = {option: as_dataset(calib_data, "calib_data")[0]} if calib_data is not None else {}
+    t.check(model)  # the task gives the search its loss or metric: it must fit, with or without calib_data
+    given = {option: calibration_data(calib_data, model)} if calib_data is not None else {}
     given.update(m.task_settings(t, search_loss(t, model, m.descriptor.kd)))
     for k in given:
         if k in settings:

@@ -19,7 +19,7 @@ from vltrim.checks import choice, integer, number
 from vltrim.checks import device as checked_device
 from vltrim.demo import results_table, run_demo
 from vltrim.export import export
-from vltrim.io import check_save_destination, read_report
+from vltrim.io import ModelDirError, check_save_destination, read_report, vltrim_files
 from vltrim.measure import machine, measure
 from vltrim.report import NOT_RETRAINED, WIDTHS_PNG, sections, speedup_text
 from vltrim.run.artifacts import save as save_result
@@ -33,6 +33,7 @@ from vltrim.tasks.sources import DataSource, model_directory
 
 app = typer.Typer(
     add_completion=False,
+    rich_markup_mode=None,  # help text is plain: "pip install 'vltrim[export]'" keeps its brackets
     no_args_is_help=True,
     help="Make vision-language and unimodal Transformers smaller and really faster.",
 )
@@ -226,6 +227,17 @@ def report_cmd(
     _print_report(rep, checked, directory)
 
 
+def _print_warnings(rep: dict) -> None:
+    """A report's warnings: "pruned without retraining" loud in a red panel, the others as notes."""
+    from rich.panel import Panel
+
+    for w in rep.get("warnings", []):
+        loud = w.startswith(NOT_RETRAINED)
+        out_console.print(
+            Panel(Text(w), title="WARNING", style="bold red") if loud else Text("note: " + w, style="yellow")
+        )
+
+
 def _print_report(rep: dict, checked: bool | None, directory: Path) -> None:
     """Warnings (loud in a red panel), then one table per report section, then where the files are."""
     from rich.panel import Panel
@@ -240,11 +252,7 @@ def _print_report(rep: dict, checked: bool | None, directory: Path) -> None:
                 style="bold red",
             )
         )
-    for w in rep.get("warnings", []):
-        loud = w.startswith(NOT_RETRAINED)
-        out_console.print(
-            Panel(Text(w), title="WARNING", style="bold red") if loud else Text("note: " + w, style="yellow")
-        )
+    _print_warnings(rep)
     for s in sections(rep):
         tab = Table(title=s.title, title_justify="left", show_header=any(s.headers))
         for i, h in enumerate(s.headers):
@@ -316,8 +324,8 @@ def _print_export(r: dict) -> None:
     out_console.print(f"max abs diff vs torch: {p['max_abs_diff']:.3g}", highlight=False)
 
 
-def _check_cli_options(o: dict, out: Path) -> None:
-    """What can be checked before the model and data are loaded: counts, rates, flags and paths."""
+def _check_cli_options(o: dict, out: Path, model: str, force: bool) -> None:
+    """What can be checked before the model and data are loaded: counts, rates, flags and paths (`check_compress_out`)."""
     for k in ("search_steps", "retrain_steps", "latency_batch", "checkpoint_every"):
         integer(f"--{k.replace('_', '-')}", o[k])
     integer("--seed", o["seed"], maximum=MAX_SEED)
@@ -336,9 +344,34 @@ def _check_cli_options(o: dict, out: Path) -> None:
         raise typer.BadParameter("--checkpoint-every and --resume need --work-dir (checkpoints are written there)")
     if o["override"] and not o["resume"]:
         raise typer.BadParameter("--override only applies to --resume")
-    check_save_destination(
-        out
-    )  # a file, or a directory of files vltrim did not write, is refused now, not after the run
+    check_compress_out(out, model, force=force, resume=o["resume"], work_dir=o["work_dir"])  # now, not after the run
+
+
+def check_compress_out(
+    out: Path, model: str, force: bool = False, resume: bool = False, work_dir: Path | None = None
+) -> None:
+    """compress's --out, before anything is loaded or written: a new or empty directory; a previous vltrim output or
+    work_dir only with --resume (the same run continued) or --force (replaced); never a file, the root of the file
+    system, the source model's directory or a folder above it, or a directory holding other files (not even with
+    --force). A --work-dir inside --out is refused too: the run would fill --out with files before the save."""
+    try:
+        check_save_destination(out, source=source_dir(model))
+    except ModelDirError as e:
+        note = " (--force replaces only a previous vltrim output)" if force and out.is_dir() else ""
+        raise typer.BadParameter(f"--out: {e}{note}") from None
+    where = out.resolve()
+    if work_dir is not None and where in work_dir.resolve().parents:
+        raise typer.BadParameter(
+            f"--work-dir {work_dir} is inside --out {out}: give --out a directory of its own, or the work_dir itself"
+        )
+    kind = vltrim_files(out) if out.is_dir() else None
+    if kind is None or force or resume:
+        return
+    what = "model saved by vltrim" if kind == "model" else "vltrim run (a work_dir)"
+    raise typer.BadParameter(
+        f"--out {out} holds a previous {what}: pass --force to replace it, --resume (with its --work-dir) to "
+        "continue that run, or choose a new or empty directory"
+    )
 
 
 def _check_task_options(o: dict) -> None:
@@ -569,6 +602,9 @@ def _option(name: str) -> str:
     return "--set" if name == "settings" else "--" + name.replace("_", "-")
 
 
+_NO_MODEL, _NO_OUT = "<model>", "<vltrim: a stage has no --out>"  # placeholders, never used
+
+
 def _cli_stage(command: TyperCommand, part: list[str], i: int) -> tuple[str, dict]:
     """One ``--then NAME [options]`` part as (NAME, the options given on it), parsed by the compress command itself
     (same names, types and checks); an option of the whole chain, or an unknown one, is refused naming the stage."""
@@ -576,7 +612,7 @@ def _cli_stage(command: TyperCommand, part: list[str], i: int) -> tuple[str, dic
     if not part or part[0].startswith("-"):
         raise typer.BadParameter(f"{where}: {THEN} needs a method name first, e.g. {THEN} heads --target 0.3")
     try:  # MODEL and --out are required by the command: placeholders, never used
-        sub = command.make_context(THEN, ["<model>", "--out", "<out>", *part[1:]])
+        sub = command.make_context(THEN, [_NO_MODEL, "--out", _NO_OUT, *part[1:]])
     except Exception as e:  # click's usage errors (no such option, bad value), from typer's bundled click
         raise typer.BadParameter(f"{where}: {e.format_message() if hasattr(e, 'format_message') else e}") from None
     given = {
@@ -584,6 +620,8 @@ def _cli_stage(command: TyperCommand, part: list[str], i: int) -> tuple[str, dic
         for n, v in sub.params.items()
         if n not in ("model", "out") and getattr(sub.get_parameter_source(n), "name", None) == "COMMANDLINE"
     }
+    if str(sub.params.get("out")) != _NO_OUT:  # a stage's --out (the last given wins over the placeholder)
+        given["out"] = sub.params["out"]
     if "method" in given:
         raise typer.BadParameter(f"{where}: a stage's method is the name after {THEN}; drop --method there")
     shared = sorted(_option(n) for n in set(given) - set(STAGE_PARAMS))
@@ -601,7 +639,14 @@ def _cli_stage(command: TyperCommand, part: list[str], i: int) -> tuple[str, dic
 def compress(
     ctx: typer.Context,
     model: str = typer.Argument(..., help=MODEL_HELP),
-    out: Path = typer.Option(..., help="output directory for the compressed model"),
+    out: Path = typer.Option(
+        ...,
+        help="output directory for the compressed model: new or empty (a previous vltrim output needs --force, or "
+        "--resume for the same run); never the source model's directory or a folder holding other files",
+    ),
+    force: bool = typer.Option(
+        False, "--force", help="replace the previous vltrim output in --out (never a directory of other files)"
+    ),
     method: str = typer.Option(
         "l1",
         help="compression method (l1, taylor, random, upop, mope, heads, distill, lowrank, magnitude); "
@@ -710,9 +755,9 @@ def compress(
                 retrain_lr=retrain_lr,
             ),
         )
-        _check_cli_options(o, out)
         ms = _method_settings(settings)
-        chain = cli_stages(ctx, o["method"], ms, o["depth_share"])
+        chain = cli_stages(ctx, o["method"], ms, o["depth_share"])  # a stage's --out or --force is refused first
+        _check_cli_options(o, out, model, force)
         if chain is not None and plan_file is not None:
             raise typer.BadParameter(f"--plan applies one saved plan; it cannot start a chain ({THEN})")
         m = load_any(model)
@@ -770,9 +815,13 @@ def compress(
                 f"{report['after'][key]:.3f}",
                 f"{report['after'][key] / max(report['before'][key], 1e-9):.1%}",
             )
+    written = io.read_report(out)[0]  # the report as saved: source and compressed costs, warnings
+    src, now = written.get("source") or {}, written.get("model") or {}
+    for key, label in (("params", "params"), ("macs", "MACs")):
+        a, b = (c["a"][key], c["b"][key]) if c is not None else (src.get(key), now.get(key))
+        if isinstance(a, int) and isinstance(b, int) and b:
+            tab.add_row(label, f"{a:,}", f"{b:,}", f"{a / b:.2f}x")
     if c is not None:
-        tab.add_row("params", f"{c['a']['params']:,}", f"{c['b']['params']:,}", f"{c['params_ratio']:.2f}x")
-        tab.add_row("MACs", f"{c['a']['macs']:,}", f"{c['b']['macs']:,}", f"{c['macs_ratio']:.2f}x")
         tab.add_row(
             f"latency ms ({c['device']}, {c['threads']} thr, batch {c['batch_size']})",
             f"{c['a']['latency_ms']:.3f}",
@@ -780,6 +829,7 @@ def compress(
             speedup_text(c),
         )
     out_console.print(tab)
+    _print_warnings(written)
     out_console.print(f"saved to {out}/ (with report.json); reload with vltrim.load('{out}')")
 
 
@@ -908,9 +958,10 @@ def study_cmd(
         *([f"speedup b{min(bs)}", f"speedup b{big}"] if bs and big != min(bs) else [f"speedup b{big}"] if bs else []),
         "Pareto",
     ):
-        tab.add_column(col, justify="left" if col in ("method", "Pareto") else "right")
+        tab.add_column(col, justify="left" if col in ("method", "Pareto") else "right", overflow="fold")
     for r in res.rows:
-        speed = [r.get(f"speedup_b{b}") for b in dict.fromkeys([min(bs), big])] if bs else []
+        sizes = list(dict.fromkeys([min(bs), big])) if bs else []
+        speed = [_study_speedup(r, b) for b in sizes]
         tab.add_row(
             r["method"],
             "-" if r["ratio"] is None else f"{r['ratio']:g}",
@@ -918,18 +969,28 @@ def study_cmd(
             "-" if r["metric_vs_teacher"] is None else f"{r['metric_vs_teacher']:.1%}",
             _short(r["params"]),
             _short(r["macs"]),
-            *("-" if v is None else f"{v:.2f}x" for v in speed),
+            *speed,
             _front_codes(r["pareto"]),
         )
     out_console.print(tab)
     out_console.print(
-        "Pareto: on the front of the metric vs tN = latency at batch N, p = params, m = MACs", highlight=False
+        "Pareto: on the front of the metric vs tN = latency at batch N, p = params, m = MACs"
+        + ("; ? = speedup not conclusive (the paired rounds disagree: see results.md)" if bs else ""),
+        highlight=False,
     )
     out_console.print(
         f"written to {out}/: " + ", ".join(p.name for p in res.files.values()) + ", cells/, models/ "
         "(results.md: every column, what each ratio means, the machine)",
         highlight=False,
     )
+
+
+def _study_speedup(row: dict, batch: int) -> str:
+    """'1.84x', '0.97x?' when the cell's paired rounds do not agree (`measure.speedup_verdict`), '-' when not timed."""
+    v = row.get(f"speedup_b{batch}")
+    if v is None:
+        return "-"
+    return f"{v:.2f}x" + ("?" if row.get(f"speedup_b{batch}_conclusive") is False else "")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ import torch
 
 from vltrim import api, io
 from vltrim.arch import get_adapter
+from vltrim.measure import speedup_text
+from vltrim.progress import phase
 from vltrim.reference import datasets, load_reference
 from vltrim.run.artifacts import save as save_result
 from vltrim.run.compress import compress
@@ -32,8 +34,10 @@ def run_demo(
 ) -> dict[str, Any]:
     """Run the whole path through ``vltrim.compress`` and return (and save as results.json) every number shown."""
     out = Path(out)
-    teacher = load_reference(progress=progress)
-    data = datasets(train_size)
+    with phase("loading the built-in CLIP teacher", progress):
+        teacher = load_reference(progress=progress)
+    with phase(f"rendering the built-in data ({train_size} training image-caption pairs and the test split)", progress):
+        data = datasets(train_size)
     res = compress(
         teacher,
         method,
@@ -78,6 +82,7 @@ def run_demo(
             "latency_ms": speed["b"]["latency_ms"],
         },
         "speedup": speed["speedup"],
+        "speedup_text": speedup_text(speed) + (" faster" if speed["speedup_conclusive"] else ""),
         "params_ratio": speed["params_ratio"],
         "macs_ratio": speed["macs_ratio"],
         "latency": {k: speed[k] for k in ("device", "threads", "batch_size", "rounds")},
@@ -121,7 +126,7 @@ def results_table(r: dict[str, Any]):
         f"latency ms ({lat['device']}, {lat['threads']} thr, batch {lat['batch_size']})",
         f"{t['latency_ms']:.2f}",
         f"{c['latency_ms']:.2f}",
-        f"{r['speedup']:.2f}x faster",
+        r.get("speedup_text", f"{r['speedup']:.2f}x faster"),
     )
     tab.add_row("reloaded from disk", "", "bit-exact" if r["reload_bit_exact"] else "MISMATCH", "")
     return tab

@@ -60,11 +60,9 @@ def export(
         number("--atol", atol),
     )
     io._check_files(Path(path))  # noqa: SLF001 - "not a vltrim model directory" before anything else
+    file = _out_file(path, out)
     _require(["onnx", "onnxscript"] + (["onnxruntime"] if int8 else []), "--int8" if int8 else "ONNX export")
     model = io.load(path)
-    file = Path(out) if out is not None else Path(path) / "model.onnx"
-    if file.is_dir():
-        raise ValueError(f"--out {file} is a directory; give the .onnx file to write")
     file.parent.mkdir(parents=True, exist_ok=True)
     inputs = _inputs(model, batch_size)
     names = _export(model, inputs, file)
@@ -81,6 +79,20 @@ def export(
     if int8:
         result["int8"] = _int8(model, file, check, want, inputs, rounds)
     return result
+
+
+def _out_file(path: str | Path, out: str | Path | None) -> Path:
+    """The .onnx file to write (default: path/model.onnx), checked before any work: a directory, or a name not ending
+    in .onnx (another file it would overwrite: a model's config.json or weights, a user's file), is refused."""
+    file = Path(out) if out is not None else Path(path) / "model.onnx"
+    if file.is_dir():
+        raise ValueError(f"--out {file} is a directory; give the .onnx file to write")
+    if file.suffix.lower() != ".onnx":
+        raise ValueError(
+            f"--out {file} does not end in .onnx: vltrim export writes only .onnx files (and FILE.data, "
+            "<name>.int8.onnx beside them), so it never overwrites another file; give a name such as model.onnx"
+        )
+    return file
 
 
 # ---- packages ---------------------------------------------------------------------------------------------------

@@ -140,7 +140,8 @@ def resolve_folder(name_or_path: str | os.PathLike, hub: dict[str, Any]) -> Path
     from transformers.utils import cached_file
 
     files = [cached_file(str(name_or_path), n, subfolder=sub, **hub) for n in CHECKED]
-    cached_file(str(name_or_path), CHECKSUMS, subfolder=sub, _raise_exceptions_for_missing_entries=False, **hub)
+    for name in (CHECKSUMS, MODELING):  # vltrim.load names either one when it is missing
+        cached_file(str(name_or_path), name, subfolder=sub, _raise_exceptions_for_missing_entries=False, **hub)
     return Path(files[0]).parent
 
 

@@ -158,12 +158,53 @@ def _inputs(model: nn.Module, inputs: Any, batch_size: int) -> dict[str, Any]:
     return inputs
 
 
+def paired_speedup(base: list[float], times: list[float]) -> dict[str, Any]:
+    """From per-round times of a baseline and a model timed in the same rounds: ``speedup`` (median of the paired
+    ratios), ``speedup_quartiles``, ``speedup_conclusive`` and, when not conclusive, ``speedup_note`` (why)."""
+    ratios = [x / y for x, y in zip(base, times)]
+    speedup, q = statistics.median(ratios), _quartiles(ratios)
+    why = speedup_verdict(speedup, q)
+    return {
+        "speedup": speedup,
+        "speedup_quartiles": q,
+        "speedup_conclusive": why is None,
+        **({"speedup_note": why} if why else {}),
+    }
+
+
 def _quartiles(values: list[float]) -> list[float]:
     """First and third quartiles of ``values`` (both the value itself when there is one)."""
     if len(values) < 2:
         return [values[0], values[0]] if values else []
     q = statistics.quantiles(values, n=4, method="inclusive")
     return [q[0], q[2]]
+
+
+NOISY_SPREAD = 1.5  # paired rounds whose ratio's third quartile is this many times the first: a busy machine
+
+
+def speedup_verdict(speedup: float, quartiles: list[float]) -> str | None:
+    """None when the paired rounds agree on the speedup; else why the measurement is not conclusive: their middle half
+    straddles 1x (faster in some rounds, slower in others) or spreads over NOISY_SPREAD (the machine is busy)."""
+    if len(quartiles) != 2:
+        return None
+    lo, hi = quartiles
+    if lo <= 1.0 <= hi and not (lo == hi == 1.0):
+        return f"the middle half of the paired rounds spans {lo:.2f}-{hi:.2f}x, on both sides of 1x"
+    if lo > 0 and hi / lo > NOISY_SPREAD:
+        return f"the paired rounds spread from {lo:.2f}x to {hi:.2f}x: the machine is probably busy"
+    return None
+
+
+def speedup_text(sp: dict[str, Any]) -> str:
+    """'1.52x (rounds 1.48-1.57)' (the median paired ratio and its quartiles over rounds), or 'not conclusive (...)'
+    with the reason when the rounds disagree (`speedup_verdict`): a ratio is printed as a result only when it is one."""
+    q = sp.get("speedup_quartiles") or []
+    spread = f"rounds {q[0]:.2f}-{q[1]:.2f}" if len(q) == 2 else ""
+    why = speedup_verdict(sp["speedup"], q)
+    if why:
+        return f"not conclusive ({sp['speedup']:.2f}x median; {why}; rerun on an idle machine or with more rounds)"
+    return f"{sp['speedup']:.2f}x" + (f" ({spread})" if spread else "")
 
 
 def compare(
@@ -193,8 +234,7 @@ def compare(
         "b": mb,
         "params_ratio": ma["params"] / mb["params"],
         "macs_ratio": ma["macs"] / mb["macs"],
-        "speedup": statistics.median(x / y for x, y in zip(ta, tb)),  # median of paired per-round ratios
-        "speedup_quartiles": _quartiles([x / y for x, y in zip(ta, tb)]),  # their spread: how far to trust it
+        **paired_speedup(ta, tb),  # median of paired per-round ratios, their spread: how far to trust it
         "speedup_of_medians": ma["latency_ms"] / mb["latency_ms"],
         "rounds": rounds,
         **_context(a, inputs),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
@@ -50,3 +52,20 @@ def bar(enabled: bool = True) -> Progress | LogProgress:
         console=console,
         disable=not enabled,
     )
+
+
+LONG_PHASE_S = 2.0  # a phase that took longer says how long
+
+
+@contextmanager
+def phase(what: str, enabled: bool = True) -> Iterator[None]:
+    """One line saying what a step without a bar of its own is doing ('evaluating on 800 items ...'), and its time
+    when it took over LONG_PHASE_S: no long silence on the console. Plain lines, so a bar inside it still draws."""
+    if not enabled:
+        yield
+        return
+    t0 = time.time()
+    console.print(f"{what} ...", highlight=False)
+    yield
+    if time.time() - t0 > LONG_PHASE_S:
+        console.print(f"{what}: done in {time.time() - t0:.0f}s", highlight=False)

@@ -24,8 +24,10 @@ from torch import nn
 
 from vltrim._version import __version__
 from vltrim.arch.apply import base_config
+from vltrim.arch.base import block_linears
 from vltrim.arch.registry import class_name, get_adapter
-from vltrim.measure import count_macs, count_params, machine
+from vltrim.measure import count_macs, count_params, machine, speedup_text
+from vltrim.structure.factorize import FactorizedLinear
 from vltrim.structure.groups import UnitKind
 
 REPORT, WIDTHS_PNG = "report.json", "widths.png"
@@ -296,8 +298,23 @@ def layer_widths(model: nn.Module, plans: Sequence) -> dict[str, list[dict[str, 
             }
             now["mlp.neurons"] = b.fc1.out_features
             rows[o] = {"layer": o, **{_width_key(k): [v, first.get((t.name, o, k), v)] for k, v in now.items()}}
+            ranks = {n: [f.rank, min(f.in_features, f.out_features)] for n, f in _factorised(b).items()}
+            if ranks:
+                rows[o]["low_rank"] = {"ranks": ranks, "params_kept": _low_rank_share(_factorised(b).values())}
         out[t.name] = [rows[i] for i in range(n)]
     return out
+
+
+def _factorised(b: Any) -> dict[str, FactorizedLinear]:
+    return {n: f for n, f in block_linears(b).items() if isinstance(f, FactorizedLinear)}
+
+
+def _low_rank_share(lins: Any) -> float:
+    """Params the factorised Linears keep: sum r * (in + out) over sum in * out."""
+    lins = list(lins)
+    return sum(f.rank * (f.in_features + f.out_features) for f in lins) / sum(
+        f.in_features * f.out_features for f in lins
+    )
 
 
 def _width_key(group_key: str) -> str:
@@ -327,9 +344,12 @@ def _follow_plans(plans: Sequence) -> tuple[dict[str, list[int]], dict[tuple[str
 
 
 def widths_cut(widths: dict[str, list[dict[str, Any]]] | None) -> bool:
-    """Whether any layer was dropped or any width cut (factorised or sparsified models keep every width)."""
+    """Whether any layer was dropped, any width cut or any Linear factorised (sparsified models keep every width)."""
     rows = [r for layers in (widths or {}).values() for r in layers]
-    return any(r.get("dropped") or any(r[k][0] != r[k][1] for k in ("heads", "head_dims", "neurons")) for r in rows)
+    return any(
+        r.get("dropped") or r.get("low_rank") or any(r[k][0] != r[k][1] for k in ("heads", "head_dims", "neurons"))
+        for r in rows
+    )
 
 
 def _attention(row: dict[str, Any]) -> tuple[int, int]:
@@ -341,6 +361,16 @@ def _attention_label(row: dict[str, Any]) -> str:
     parts = [f"{row['heads'][0]}/{row['heads'][1]}h"] if row["heads"][0] != row["heads"][1] else []
     parts += [f"{row['head_dims'][0]}/{row['head_dims'][1]}d"] if row["head_dims"][0] != row["head_dims"][1] else []
     return "\n".join(parts)
+
+
+def _low_rank_text(layers: list[dict[str, Any]]) -> str:
+    """'54% (8 Linears, ranks 16-32)': what a tower's factorised Linears keep, averaged over its factorised layers."""
+    lr = [r["low_rank"] for r in layers if r.get("low_rank")]
+    if not lr:
+        return "-"
+    ranks = {n: v for x in lr for n, v in x["ranks"].items()}
+    n = sum(len(x["ranks"]) for x in lr)
+    return f"{sum(x['params_kept'] for x in lr) / len(lr):.0%} ({n} Linears, rank {_rank_text(ranks)})"
 
 
 def width_summary(widths: dict[str, list[dict[str, Any]]]) -> list[list[str]]:
@@ -379,27 +409,35 @@ def plot_widths(widths: dict[str, list[dict[str, Any]]], file: str | Path, title
 
 
 def _width_panel(ax: Any, tower: str, rows: list[dict[str, Any]], small: bool, legend: bool) -> None:
-    """One tower's bars: attention (heads x head dim) and FFN neurons, kept / original, per original layer."""
-    w, font = 0.4, 6 if small else 7
+    """One tower's bars: attention (heads x head dim) and FFN neurons, kept / original, per original layer, and the
+    params its factorised Linears keep when it has any. Every bar is labelled (a full one too: 'all 12h')."""
+    lowrank = any(r.get("low_rank") for r in rows)
+    n_bars = 3 if lowrank else 2
+    w, font = 0.8 / n_bars, 6 if small else 7
     for i, r in enumerate(rows):
         if r.get("dropped"):
-            ax.bar(i, 1.0, width=2 * w, color="none", edgecolor="0.55", hatch="///", lw=0.8)
+            ax.bar(i, 1.0, width=0.8, color="none", edgecolor="0.55", hatch="///", lw=0.8)
             ax.text(i, 0.5, "dropped", rotation=90, ha="center", va="center", fontsize=font, color="0.3")
             continue
         (ka, oa), (kn, on) = _attention(r), r["neurons"]
-        ax.bar(i - w / 2, ka / oa, width=w, color="tab:blue")
-        ax.bar(i + w / 2, kn / on, width=w, color="tab:orange")
-        for x, y, text in (
-            (i - w / 2, ka / oa, _attention_label(r)),
-            (i + w / 2, kn / on, f"{kn}/{on}" if kn != on else ""),
-        ):
-            if text:
-                ax.text(x, y + 0.02, text, rotation=90, ha="center", va="bottom", fontsize=font)
+        bars = [
+            (ka / oa, "tab:blue", _attention_label(r) or f"all {r['heads'][1]}h"),
+            (kn / on, "tab:orange", f"{kn}/{on}" if kn != on else f"all {on}"),
+        ]
+        if lowrank:
+            lr = r.get("low_rank")
+            bars.append(
+                (lr["params_kept"], "tab:green", f"r {_rank_text(lr['ranks'])}") if lr else (0, "none", "dense")
+            )
+        for j, (y, color, text) in enumerate(bars):
+            x = i + (j - (n_bars - 1) / 2) * w
+            ax.bar(x, y, width=w, color=color)
+            ax.text(x, y + 0.02, text, rotation=90, ha="center", va="bottom", fontsize=font)
     live = sum(not r.get("dropped") for r in rows)
     ax.set_title(f"{tower}: {live} of {len(rows)} layers kept", fontsize=9)
     ax.set_xticks(range(len(rows)), [str(r["layer"]) for r in rows], fontsize=font + 1)
     ax.set_xlim(-0.7, len(rows) - 0.3)
-    ax.set_ylim(0, 1.45)
+    ax.set_ylim(0, 1.6)
     ax.set_yticks([0, 0.25, 0.5, 0.75, 1.0])
     ax.set_xlabel("layer (original index)", fontsize=8)
     ax.set_ylabel("kept / original", fontsize=8)
@@ -408,17 +446,20 @@ def _width_panel(ax: Any, tower: str, rows: list[dict[str, Any]], small: bool, l
         return
     from matplotlib.patches import Patch
 
-    ax.legend(
-        handles=[
-            Patch(color="tab:blue", label="attention (heads x head dim)"),
-            Patch(color="tab:orange", label="FFN neurons"),
-            Patch(facecolor="none", edgecolor="0.55", hatch="///", label="layer dropped"),
-        ],
-        fontsize=7,
-        loc="upper left",
-        bbox_to_anchor=(1.01, 1.0),
-        frameon=False,
-    )
+    handles = [
+        Patch(color="tab:blue", label="attention (heads x head dim)"),
+        Patch(color="tab:orange", label="FFN neurons"),
+        Patch(facecolor="none", edgecolor="0.55", hatch="///", label="layer dropped"),
+    ]
+    if lowrank:
+        handles.insert(2, Patch(color="tab:green", label="low-rank: params its factorised\nLinears keep (r = ranks)"))
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+
+
+def _rank_text(ranks: dict[str, list[int]]) -> str:
+    """'32' when every factorised Linear of the layer has rank 32, else '16-48'."""
+    rs = sorted({r for r, _ in ranks.values()})
+    return str(rs[0]) if len(rs) == 1 else f"{rs[0]}-{rs[-1]}"
 
 
 def readable_axes(ax: Any, x_engineering: bool = True, y_engineering: bool = False, bins: int = 6) -> None:
@@ -447,14 +488,12 @@ def sections(rep: dict[str, Any]) -> list[Section]:
     """The report as titled tables: model, method and settings, data and steps, quality, cost, kept widths."""
     out = [_model_section(rep), _method_section(rep), _data_section(rep), _quality_section(rep), _cost_section(rep)]
     if widths_cut(rep.get("widths")):
-        out.append(
-            Section(
-                "Kept widths",
-                ["tower", "layers", "attention channels", "FFN neurons"],
-                width_summary(rep["widths"]),
-                f"per layer: {WIDTHS_PNG}",
-            )
-        )
+        headers = ["tower", "layers", "attention channels", "FFN neurons"]
+        rows = width_summary(rep["widths"])
+        if any(r.get("low_rank") for layers in rep["widths"].values() for r in layers):
+            headers.append("factorised Linears: params kept")
+            rows = [[*row, _low_rank_text(rep["widths"][row[0]])] for row in rows]
+        out.append(Section("Kept widths", headers, rows, f"per layer: {WIDTHS_PNG}"))
     return [s for s in out if s.rows]
 
 
@@ -590,13 +629,15 @@ def _data_text(d: Any) -> str:
 
 
 def _quality_section(rep: dict[str, Any]) -> Section:
-    """Rows per metric: before, after search and after retraining of every step, and the share kept."""
+    """Rows per metric: before, after search (after pruning, for a step whose search did not train) and after
+    retraining of every step, and the share kept."""
     before, after = rep.get("before") or {}, rep.get("after") or {}
     steps = steps_of(rep)
     cols, getters = [], []
     for label, s in steps:
         tag = f"{label.split(' (')[0]}: " if label else ""
-        cols += [f"{tag}after search", f"{tag}after retraining"]
+        searched = s.get("search_steps", rep.get("search_steps"))
+        cols += [f"{tag}{'after search' if searched else 'after pruning'}", f"{tag}after retraining"]
         getters += [s.get("after_search") or {}, s.get("after") or {}]
     keys = list(dict.fromkeys([*before, *after]))
     rows = [
@@ -637,13 +678,6 @@ def _cost_section(rep: dict[str, Any]) -> Section:
     else:
         note = "latency not measured (latency_batch=0)" if "speed" in rep else ""
     return Section("Cost", ["", "original", "compressed", "original / compressed"], rows, note)
-
-
-def speedup_text(sp: dict[str, Any]) -> str:
-    """'1.52x (rounds 1.48-1.57)': the median paired ratio and its quartiles over rounds (a wide range: a busy machine;
-    the two latency medians beside it may then disagree with the paired ratio)."""
-    q = sp.get("speedup_quartiles") or []
-    return f"{sp['speedup']:.2f}x" + (f" (rounds {q[0]:.2f}-{q[1]:.2f})" if len(q) == 2 else "")
 
 
 def _ratio(a: Any, b: Any) -> str:
@@ -729,33 +763,52 @@ def save_mope_table(table: list[dict[str, Any]], out: str | Path) -> tuple[Path,
 
 
 def _mope_heatmap(table: list[dict[str, Any]], path: Path) -> None:
+    """One panel per tower: a row per layer, the columns in sections (each attention site's heads, the FFN neuron
+    groups, and the whole layer only when the depth stage scored layers), separated by white lines; a cell no
+    module fills (a layer with fewer heads) is grey, not a colour."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     towers = sorted({r["group"].split(".layers")[0] for r in table})
-    fig, axes = plt.subplots(1, len(towers), figsize=(6 * len(towers), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(towers), figsize=(6.5 * len(towers), 4.2), squeeze=False)
     for ax, tower in zip(axes[0], towers):
         rows = [r for r in table if r["group"].split(".layers")[0] == tower]
+        sections = _mope_sections(rows)
         layers = 1 + max(r["layer"] for r in rows)
-        cols: dict[int, list[float]] = {}
-        for r in rows:
-            if r["kind"] != UnitKind.LAYERS.value:
-                cols.setdefault(r["layer"], []).append(r["error"])
-        width = max((len(v) for v in cols.values()), default=0)
-        grid = torch.full((layers, width + 1), float("nan"))
-        for i, v in cols.items():
-            grid[i, : len(v)] = torch.tensor(v)
-        for r in rows:
-            if r["kind"] == UnitKind.LAYERS.value:
-                grid[r["layer"], width] = r["error"]
-        im = ax.imshow(grid.numpy(), aspect="auto", cmap="viridis")
-        ax.set_title(f"{tower}: MoPE (metric drop) per head, FFN group | layer")
-        ax.set_xlabel("heads, then FFN neuron groups (last column: whole layer)")
+        grid = torch.full((layers, sum(w for _, w, _ in sections)), float("nan"))
+        start, ticks, labels = 0, [], []
+        for label, width, cells in sections:
+            for i, v in cells.items():
+                grid[i, start : start + len(v)] = torch.tensor(v)
+            if start:
+                ax.axvline(start - 0.5, color="white", lw=2.5)
+            ticks.append(start + (width - 1) / 2)
+            labels.append(label)
+            start += width
+        cmap = matplotlib.colormaps["viridis"].with_extremes(bad="0.85")
+        im = ax.imshow(grid.numpy(), aspect="auto", cmap=cmap, interpolation="nearest")
+        ax.set_xticks(ticks, labels, fontsize=8)
+        ax.set_title(f"{tower}: MoPE error (metric drop when the module is removed)", fontsize=9)
         ax.set_ylabel("layer")
         ax.set_yticks(range(layers))
-        fig.colorbar(im, ax=ax)
+        fig.colorbar(im, ax=ax, label="metric drop")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _mope_sections(rows: list[dict[str, Any]]) -> list[tuple[str, int, dict[int, list[float]]]]:
+    """(label, columns, per layer its errors in unit order) for each column section of a tower's heat map."""
+    by: dict[str, dict[int, list[float]]] = {}
+    for r in rows:
+        kind = r["kind"]
+        if kind == UnitKind.HEADS.value:
+            site = r["group"].rsplit(".", 2)[-2]
+            key = "heads" if site == "attn" else f"{site} heads"
+        else:
+            key = {UnitKind.NEURONS.value: "FFN neuron groups", UnitKind.LAYERS.value: "whole layer"}.get(kind, kind)
+        by.setdefault(key, {}).setdefault(r["layer"], []).append(r["error"])
+    order = sorted(by, key=lambda k: (k == "whole layer", k == "FFN neuron groups", k))
+    return [(k, max(len(v) for v in by[k].values()), by[k]) for k in order]

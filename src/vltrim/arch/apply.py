@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from torch import nn
 
@@ -45,8 +46,9 @@ def apply_plan(
     get their pattern's zeros (chosen from the weights, see structure/sparsify.py) and are tagged with it;
     ``zero_weights=False`` only tags them (``load``: the zeros come from the file, then the pattern is verified)."""
     adapter = get_adapter(model)
-    _check_no_factorised_slices(adapter, model, plan)
     groups = {g.name: g for g in adapter.groups(model)}
+    _check_no_factorised_slices(adapter, model, plan)  # a group left out because it was factorised: said so
+    plan.check_group_names(class_name(model), groups)  # a renamed or unknown group, named before anything reads it
     plan.validate(class_name(model), groups.values())
     out = model if inplace else copy.deepcopy(model)
     history, base = plans_of(model), copy.deepcopy(base_config(model))
@@ -61,6 +63,14 @@ def apply_plan(
     return out
 
 
+def _linears_of(adapter, model: nn.Module, name: Any) -> list[str]:
+    """The Linears group ``name`` slices; none for a name the model does not have (`Plan.check_group_names` says so)."""
+    try:
+        return adapter.group_linears(model, name)
+    except (KeyError, ValueError, AttributeError, IndexError):
+        return []
+
+
 def _check_no_factorised_slices(adapter, model: nn.Module, plan: Plan) -> None:
     """PlanError if the plan slices a group whose Linear an earlier plan factorised or sparsified (a factorised
     layer has no rows or columns to keep; slicing a sparse one breaks its recorded pattern), or factorises a
@@ -68,8 +78,8 @@ def _check_no_factorised_slices(adapter, model: nn.Module, plan: Plan) -> None:
     lins = adapter.linears(model)
     done = {n for n, m in lins.items() if isinstance(m, FactorizedLinear)}
     sparse = {n for n, m in lins.items() if getattr(m, SPARSE_TAG, None)}
-    for name in sorted(plan.keep):
-        for n in adapter.group_linears(model, name):
+    for name in sorted(plan.keep) if isinstance(plan.keep, dict) else ():
+        for n in _linears_of(adapter, model, name):
             if n in done or n in sparse:
                 what, step = ("factorised", "factorize") if n in done else ("sparsified", "sparsify")
                 raise PlanError(

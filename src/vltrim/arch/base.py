@@ -37,6 +37,11 @@ class TransformerAdapter:
     def reference_inputs(self, model: nn.Module, batch_size: int = 1) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    def input_names(self, model: nn.Module) -> tuple[str, ...]:
+        """The model inputs this family feeds ``model`` (each declared by modality in `vltrim.arch.inputs`): the
+        keys of its reference input unless a family says otherwise."""
+        return tuple(self.reference_inputs(model, batch_size=1))
+
     def forward(self, model: nn.Module, inputs: dict[str, Any]) -> Any:
         """Run the model on inputs (overridable when a family needs a particular call)."""
         return model(**inputs)

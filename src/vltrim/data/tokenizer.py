@@ -3,11 +3,27 @@
 from __future__ import annotations
 
 import json
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 SPECIALS = ("[pad]", "[unk]", "[bos]", "[eos]")  # ids 0..3; eos != 2 so CLIP pools at the first eos
+UNKNOWN_WARN = 0.2  # share of unknown words above which tokenizing texts warns: the model would learn from [unk]s
+
+
+def warn_unknown(texts: Sequence[str], unknown: int, words: int, vocabulary: int, what: str, example: str) -> None:
+    """Warn when more than `UNKNOWN_WARN` of the ``words`` of ``texts`` are unknown to a tokenizer (``what``, with
+    ``vocabulary`` words; ``example`` a text with unknown words): training or scoring on such text sees mostly the
+    unknown token."""
+    if words and unknown / words > UNKNOWN_WARN:
+        warnings.warn(
+            f"{unknown / words:.0%} of the words of {len(texts)} texts ({unknown} of {words}) are unknown to {what} "
+            f"(a vocabulary of {vocabulary} words), e.g. {example[:60]!r}: they all become [unk], so the model would "
+            "learn from unknown tokens; use a tokenizer that knows the texts (the model's own: --tokenizer DIR)",
+            stacklevel=3,
+        )
 
 
 class WordTokenizer:
@@ -34,10 +50,16 @@ class WordTokenizer:
         n = max_length or self.max_length
         ids = torch.full((len(texts), n), self.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(texts), n), dtype=torch.long)
+        unknown = words = 0
+        example = ""
         for i, t in enumerate(texts):
             e = self.encode(t, n)
             ids[i, : len(e)] = torch.tensor(e)
             mask[i, : len(e)] = 1
+            unk = sum(1 for w in e[1:-1] if w == self.unk_token_id)
+            example = example or (t if unk else "")
+            unknown, words = unknown + unk, words + len(e) - 2
+        warn_unknown(texts, unknown, words, len(self.vocab) - len(SPECIALS), "the built-in word tokenizer", example)
         return {"input_ids": ids, "attention_mask": mask}
 
     def save(self, path: str | Path) -> None:

@@ -23,7 +23,6 @@ import json
 import os
 import secrets
 import shutil
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -52,14 +51,18 @@ from vltrim.io.layout import (
     PLAN,
     REPORT,
     REPORT_FILES,
+    RUN_FORMAT,
+    RUN_RECORD,
     WEIGHTS,
     MissingModelFileError,
     ModelDirError,
 )
 from vltrim.report import model_card, report_from_plans
-from vltrim.structure.plan import Plan, PlanError, dumps_plans, read_json, read_plans
+from vltrim.structure.plan import PLAN_FORMAT, PLANS_FORMAT, Plan, PlanError, dumps_plans, read_json, read_plans
 from vltrim.structure.result import CompressResult
 from vltrim.structure.sparsify import check_sparsity
+
+PLAN_FORMATS = (PLAN_FORMAT, PLANS_FORMAT)
 
 
 # ---- save ---------------------------------------------------------------------------------------------
@@ -80,13 +83,16 @@ def save(
     files into it (a run's report and artefacts: `vltrim.run.artifacts`); a report.json among them gets its SHA-256
     recorded in vltrim.json's "reports". A `CompressResult` is saved with `vltrim.save`, which writes its report.
     Every file is written to a temporary directory next to ``path`` first, so a bad plan or a crash never
-    leaves a directory that ``load`` accepts while being wrong. An existing vltrim directory is overwritten; files
-    derived from the model it held are removed (`vltrim export`'s model.onnx, and report files when this save has none)."""
+    leaves a directory that ``load`` accepts while being wrong. ``path`` must be new, empty, or a directory vltrim
+    wrote (a saved model, a run's work_dir): an existing vltrim model directory is overwritten, and files derived from
+    the model it held are removed (`vltrim export`'s model.onnx, and report files when this save has none); a file,
+    a directory holding other files, the root of the file system, and ``source`` or a folder above it are refused
+    before anything is written (`check_save_destination`)."""
     if isinstance(model, CompressResult):
         raise TypeError(
             "vltrim.io.save writes a model: save a CompressResult with vltrim.save, which writes its report too"
         )
-    out = save_destination(model, path)
+    out = save_destination(model, path, source)
     plans = saved_plans(model)
     texts = {
         CONFIG: remote_code.config_text(base_config(model), model),
@@ -116,12 +122,12 @@ def save(
     return out
 
 
-def save_destination(model: nn.Module, path: str | Path) -> Path:
+def save_destination(model: nn.Module, path: str | Path, source: str | Path | None = None) -> Path:
     """Where ``save`` writes ``model``, checked before anything is written: an unsupported model, a bad path, or a
-    destination that holds another tool's files fail here."""
+    destination ``save`` refuses (see `check_save_destination`) fail here."""
     get_adapter(model)
     out = checked_path("path", path)
-    check_save_destination(out)
+    check_save_destination(out, source=source)
     return out
 
 
@@ -138,20 +144,66 @@ def _make_readable(folder: Path) -> None:
         p.chmod((0o777 if p.is_dir() else 0o666) & ~mask)
 
 
-def check_save_destination(out: str | Path) -> None:
-    """ModelDirError if ``save`` would write over a file, or over files of a directory vltrim did not write (an HF
-    model dir, a project); callers may check it before long work."""
-    out = Path(out)
+def _make_readable_files(files: list[Path]) -> None:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    for f in files:
+        f.chmod(0o666 & ~mask)
+
+
+def check_save_destination(out: str | Path, source: str | Path | None = None) -> None:
+    """ModelDirError unless ``save`` may write to ``out`` without losing or littering anyone's files: ``out`` must not
+    exist, be an empty directory, or be a directory vltrim wrote (`vltrim_files`: a saved model, which is then
+    replaced, or a run's work_dir). Refused: a file; the root of the file system; the directory of the ``source``
+    model or any folder above it (saving there would overwrite or mix in with the model compressed); any other
+    non-empty directory. Callers check it before long work."""
+    out = checked_path("path", out)
+    where = out.resolve()
     if out.exists() and not out.is_dir():
         raise ModelDirError(f"cannot save a model to {out}: it is a file, not a directory")
-    if not out.is_dir() or (out / PLAN).exists() or (out / CHECKSUMS).exists():
-        return
-    clash = sorted(n for n in (CONFIG, WEIGHTS, CARD, MODELING) if (out / n).exists())
-    if clash:
+    if where == Path(where.anchor):
         raise ModelDirError(
-            f"cannot save a model to {out}: it already holds {', '.join(clash)} that vltrim did not write "
-            f"(no {PLAN}); saving would overwrite them. Choose a new or empty directory"
+            f"cannot save a model to {out}: it is the root of the file system; choose a new or empty directory"
         )
+    if source is not None:
+        src = checked_path("source", source).resolve()
+        if where == src or where in src.parents:
+            what = "the directory of the source model" if where == src else f"a folder above the source model {src}"
+            raise ModelDirError(
+                f"cannot save a model to {out}: it is {what}, whose files saving would overwrite or mix in with; "
+                "choose a new or empty directory"
+            )
+    if not out.is_dir() or vltrim_files(out):
+        return
+    names = sorted(p.name for p in out.iterdir())
+    if names:
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        raise ModelDirError(
+            f"cannot save a model to {out}: it holds files vltrim did not write ({shown}) and no {CHECKSUMS}; saving "
+            "would mix the model's files in with them. Choose a new or empty directory"
+        )
+
+
+def vltrim_files(folder: str | Path) -> str | None:
+    """What vltrim wrote ``folder`` as: "model" (a saved model: vltrim.json, or plan.json of a save that recorded no
+    checksums), "run" (a compress run's work_dir: run.json) or None (empty, missing, or anything else)."""
+    folder = Path(folder)
+    if _json_format(folder / CHECKSUMS) == CHECKSUMS_FORMAT or _json_format(folder / PLAN) in PLAN_FORMATS:
+        return "model"
+    if _json_format(folder / RUN_RECORD) == RUN_FORMAT:
+        return "run"
+    return None
+
+
+def _json_format(file: Path) -> Any:
+    """The "format" field of a small JSON file (None if it is missing, unreadable or not such a file)."""
+    try:
+        if not file.is_file() or file.stat().st_size > (1 << 24):
+            return None
+        d = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return d.get("format") if isinstance(d, dict) else None
 
 
 def _install(tmp: Path, out: Path) -> None:
@@ -172,7 +224,9 @@ def _install(tmp: Path, out: Path) -> None:
 
 
 def _checksums_text(folder: Path) -> str:
-    files = {name: sha256_file(folder / name) for name in CHECKED}
+    """vltrim.json for the files in ``folder``: the SHA-256 of config.json, plan.json, model.safetensors and (when
+    there) modeling_vltrim.py, which transformers runs; report.json's apart (load does not check it)."""
+    files = {name: sha256_file(folder / name) for name in CHECKED + (MODELING,) if (folder / name).is_file()}
     reports = {REPORT: sha256_file(folder / REPORT)} if (folder / REPORT).is_file() else {}
     return json.dumps(
         {
@@ -208,9 +262,10 @@ def sha256_file(file: Path) -> str:
 def load(path: str | Path, device: str | torch.device = "cpu", verify: bool = True) -> nn.Module:
     """Rebuild a model saved by ``save`` (same class, same pruned shapes, bit-exact weights), in eval mode.
 
-    With ``verify`` (default) config.json, plan.json and model.safetensors must match the SHA-256 recorded in
-    vltrim.json, or ModelDirError names the file that changed; a directory saved before vltrim recorded
-    checksums (no vltrim.json) loads with a UserWarning. ``verify=False`` skips the check (files edited on purpose).
+    With ``verify`` (default) config.json, plan.json, model.safetensors and modeling_vltrim.py (when its checksum
+    was recorded) must match the SHA-256 recorded in vltrim.json, or ModelDirError names the file that changed or is
+    missing; a directory without vltrim.json (deleted, or saved before vltrim recorded checksums) is refused with a
+    MissingModelFileError. ``verify=False`` loads without checking, knowingly (files edited on purpose, an old save).
     (``vltrim.load`` also takes the names "reference" and "tiny:<Class>": see vltrim.models.)"""
     if not isinstance(verify, bool):
         raise TypeError(f"verify must be True or False, got {verify!r}")
@@ -266,18 +321,23 @@ def _looks_like(path: Path) -> str:
     return f"it holds {shown}"
 
 
-def _verify(path: Path) -> None:
-    """Compare each checked file's SHA-256 with vltrim.json; ModelDirError naming every file that differs."""
+def _verify(path: Path, skip: tuple[str, ...] = ()) -> None:
+    """Compare each recorded file's SHA-256 with vltrim.json; ModelDirError naming every file that differs. A
+    directory without vltrim.json is refused: nothing in it could be checked."""
     if not (path / CHECKSUMS).is_file():
-        warnings.warn(
-            f"{path} has no {CHECKSUMS} (saved by a vltrim that recorded no checksums): its files cannot be "
-            "verified. Save it again to add one; pass verify=False to skip this check",
-            UserWarning,
-            stacklevel=3,
+        raise MissingModelFileError(
+            f"{path} has no {CHECKSUMS}, so none of its files can be verified: it was deleted, or the directory was "
+            f"saved by a vltrim that recorded no checksums. To load it unverified knowingly, pass verify=False "
+            f"(vltrim.load({str(path)!r}, verify=False)); saving the model again writes a new {CHECKSUMS}"
         )
-        return
-    recorded = _read_checksums(path)
+    recorded = {n: d for n, d in _read_checksums(path, skip).items() if n not in skip}
     changed = [n for n, digest in recorded.items() if sha256_file(path / n) != digest]
+    if changed == [MODELING]:
+        raise ModelDirError(
+            f"{MODELING} in {path} does not match the checksum recorded at save time in {CHECKSUMS} (truncated or "
+            "edited?): it is the code transformers runs for AutoModel.from_pretrained(..., trust_remote_code=True). "
+            f"{_REWRITE_MODELING.format(path=str(path))}"
+        )
     if changed:
         verb = "does" if len(changed) == 1 else "do"
         raise ModelDirError(
@@ -286,7 +346,44 @@ def _verify(path: Path) -> None:
         )
 
 
-def _read_checksums(path: Path) -> dict[str, str]:
+_REWRITE_MODELING = (
+    "vltrim.io.restore_modeling({path!r}) writes it again (after checking the other files), "
+    "or pass verify=False to load the directory without checking anything"
+)
+
+
+def restore_modeling(path: str | Path) -> Path:
+    """Write a saved model's modeling_vltrim.py again (deleted, truncated or edited) and record its new SHA-256 in
+    vltrim.json; config.json, plan.json and model.safetensors are verified first (ModelDirError if they do not
+    match). Returns the file written."""
+    path = checked_path("path", path)
+    _check_files(path)
+    _verify(path, skip=(MODELING,))
+    try:
+        cls = model_class(read_plans(path / PLAN)[0].model_class)
+    except UnsupportedModelError as e:
+        raise UnsupportedModelError(f"{path / PLAN}: {e}") from None
+    ref = _read_config(path).get("auto_map", {})
+    ref = ref.get("AutoModel") if isinstance(ref, dict) else None
+    name = (
+        ref.rsplit(".", 1)[-1]
+        if isinstance(ref, str) and ref.isascii() and ref.rsplit(".", 1)[-1].isidentifier()
+        else None
+    )
+    file = path / MODELING
+    tmp = path / f".{MODELING}.tmp-{secrets.token_hex(4)}"
+    tmp.write_text(remote_code.modeling_text(cls, name), encoding="utf-8")
+    os.replace(tmp, file)
+    d = read_json(path / CHECKSUMS, error=ModelDirError)
+    d["files"][MODELING] = sha256_file(file)
+    tmp = path / f".{CHECKSUMS}.tmp-{secrets.token_hex(4)}"
+    tmp.write_text(json.dumps(d, indent=1), encoding="utf-8")
+    os.replace(tmp, path / CHECKSUMS)
+    _make_readable_files([file, path / CHECKSUMS])
+    return file
+
+
+def _read_checksums(path: Path, skip: tuple[str, ...] = ()) -> dict[str, str]:
     """{file: sha256} from vltrim.json, every field checked; every checked file must be listed and present."""
     file = path / CHECKSUMS
     hint = "; pass verify=False to load without checking"
@@ -304,7 +401,13 @@ def _read_checksums(path: Path) -> dict[str, str]:
     unlisted = [n for n in CHECKED if n not in files]
     if unlisted:
         raise ModelDirError(f"{file} records no checksum for {', '.join(unlisted)}{hint}")
-    absent = [n for n in files if not _inside(path, n)]
+    absent = [n for n in files if n not in skip and not _inside(path, n)]
+    if absent == [MODELING]:
+        raise MissingModelFileError(
+            f"{path} has no {MODELING}, which {file} records: it was deleted or moved, and without it transformers' "
+            f"AutoModel.from_pretrained(..., trust_remote_code=True) cannot load the directory. "
+            f"{_REWRITE_MODELING.format(path=str(path))}"
+        )
     if absent:
         raise MissingModelFileError(f"{file} records {', '.join(absent)}, which {path} does not hold")
     return files

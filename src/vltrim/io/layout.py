@@ -8,6 +8,7 @@ CONFIG, PLAN, WEIGHTS, CARD, CHECKSUMS = "config.json", "plan.json", "model.safe
 MODELING = "modeling_vltrim.py"  # the class transformers' auto classes load (config.json's auto_map; see hf.py)
 CHECKED = (CONFIG, PLAN, WEIGHTS)  # files whose SHA-256 is recorded in vltrim.json (README.md is for people)
 CHECKSUMS_FORMAT, CHECKSUMS_VERSION = "vltrim.model_dir", 1
+RUN_RECORD, RUN_FORMAT = "run.json", "vltrim.run"  # the record of a compress run's work_dir (train/run_record.py)
 REPORT = "report.json"  # with a compress result: the run's report; its SHA-256 is in vltrim.json's "reports", which load does not check
 REPORT_FILES = (
     REPORT,

@@ -82,29 +82,28 @@ def config_text(config: Any, model: nn.Module) -> str:
 
 def modeling_source(model: nn.Module) -> str:
     """Text of modeling_vltrim.py for ``model``'s class: one subclass of the transformers class, loaded by vltrim."""
-    cls = registered_class(model)
-    return f'''"""A {cls.__name__} pruned by vltrim (written by vltrim {__version__}).
-
-Load it with transformers (vltrim must be installed: pip install vltrim):
-
-    from transformers import AutoModel
-    model = AutoModel.from_pretrained("<this directory>", trust_remote_code=True)
-
-from_pretrained rebuilds the pruned shapes from config.json + plan.json and loads model.safetensors strictly
-(vltrim.load): the model vltrim saved, bit for bit, or an error naming the file that does not match."""
-import transformers
-import vltrim
-
-try:
-    from vltrim.hf import VltrimPretrainedMixin
-except ImportError as e:
-    raise ImportError(f"the installed vltrim {{getattr(vltrim, '__version__', '?')}} has no vltrim.hf, which this "
-                      "model (saved by vltrim {__version__}) needs to load with transformers: upgrade vltrim") from e
+    return modeling_text(registered_class(model))
 
 
-class {remote_name(cls)}(VltrimPretrainedMixin, transformers.{cls.__name__}):
-    """transformers' {cls.__name__} with the pruned shapes recorded in plan.json, loaded by vltrim."""
-'''
+def modeling_text(cls: type, name: str | None = None) -> str:
+    """modeling_vltrim.py for the transformers class ``cls``. The code comes first and the explanation after it, as
+    comments: a file cut short (truncated) still runs, and loading it through vltrim.load then names the file as not
+    matching its recorded checksum, instead of transformers raising a SyntaxError from inside its import machinery.
+    ``name``: the class name config.json's auto_map gives (default: `remote_name`)."""
+    return f"""import transformers
+import vltrim.hf  # a vltrim with vltrim.hf must be installed: pip install -U vltrim
+class {name or remote_name(cls)}(vltrim.hf.VltrimPretrainedMixin, transformers.{cls.__name__}): pass  # noqa: E701
+# A {cls.__name__} pruned by vltrim (written by vltrim {__version__}).
+#
+# Load it with transformers (vltrim must be installed: pip install vltrim):
+#
+#     from transformers import AutoModel
+#     model = AutoModel.from_pretrained("<this directory>", trust_remote_code=True)
+#
+# from_pretrained rebuilds the pruned shapes from config.json + plan.json and loads model.safetensors strictly
+# (vltrim.load): the model vltrim saved, bit for bit, or an error naming the file that does not match. This file's
+# SHA-256 is recorded in vltrim.json too: a truncated or edited copy is refused by name.
+"""
 
 
 # ---- what came with the model -----------------------------------------------------------------------------

@@ -11,10 +11,12 @@ from torch import nn
 
 from vltrim.arch import class_name, get_adapter
 from vltrim.arch.apply import apply_plan
+from vltrim.data.calibration import check_batch_values, class_count, text_vocab_rows
 from vltrim.measure import count_macs, count_params
 from vltrim.structure.groups import Group, UnitKind
 from vltrim.structure.plan import Plan
 from vltrim.structure.select import Budget, achieved, ranked, select
+from vltrim.train.loop import batch_indices, batches
 
 DEFAULT_UNITS = ("head_dims", "neurons")
 # how taylor and upop compare units across groups (see Budget): Taylor scores per parameter removed, one scale per
@@ -96,6 +98,18 @@ def unit_sums(model: nn.Module, group: Group, value: Callable[[torch.Tensor], to
         u = rows.view(group.size, -1).sum(1) if group.kind == UnitKind.HEADS else rows.view(-1, hd).sum(0)
         total = u if total is None else total + u
     return total
+
+
+def checked_batches(
+    data: Any, batch_size: int, seed: int, model: nn.Module, option: str = "calib_data"
+) -> Iterator[dict[str, Any]]:
+    """`vltrim.train.loop.batches` of calibration ``data``, each batch checked as it is drawn (token ids inside
+    ``model``'s vocabulary, labels inside its classes, finite values: `vltrim.data.calibration`), the error naming
+    the item's index in ``data``."""
+    rows, classes = text_vocab_rows(model), class_count(model)
+    for i, b in enumerate(batches(data, batch_size, seed)):
+        check_batch_values(b, option, batch_indices(len(data), batch_size, seed, i), rows, classes)
+        yield b
 
 
 @contextmanager

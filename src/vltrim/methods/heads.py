@@ -25,13 +25,13 @@ from torch.utils.data import Dataset
 
 from vltrim.arch.apply import masked
 from vltrim.checks import choice, integer
-from vltrim.methods.common import plan_from_keep, prunable_groups, seeded
+from vltrim.data.calibration import calibration_data
+from vltrim.methods.common import checked_batches, plan_from_keep, prunable_groups, seeded
 from vltrim.methods.registry import BudgetConfig, Descriptor, Method, Result, register
 from vltrim.structure.groups import Group
 from vltrim.structure.plan import Plan
 from vltrim.structure.select import ALLOCATION, MAX_RATIO, Budget, achieved, select
 from vltrim.tasks import Task
-from vltrim.train.loop import batches
 
 SCHEDULES = ("geometric", "linear")
 
@@ -54,7 +54,7 @@ def head_scores(
     dev = next(work.parameters()).device
     values = {g.name: _mask(g, (pruned or {}).get(g.name, []), dev) for g in groups}
     total = {g.name: torch.zeros(g.size, dtype=torch.float64) for g in groups}
-    it = batches(data, batch_size, seed)
+    it = checked_batches(data, batch_size, seed, model)
     with masked(work, values), seeded(seed, dev):  # dropout masks from the seed
         for _ in range(num_batches):
             loss_fn(work, {k: v.to(dev) for k, v in next(it).items()}).backward()
@@ -194,6 +194,7 @@ class HeadsMethod(Method):
                 "heads needs calibration data and a loss: calib_data=... (the loss from task=...), or data=... and "
                 "loss_fn=(model, batch) -> loss (vltrim.compress passes its train_data and task loss)"
             )
+        data = calibration_data(data, model)
         if (units.split(",") if isinstance(units, str) else list(units)) != ["heads"]:
             raise ValueError(f"heads prunes whole attention heads: units must be 'heads', got {units!r}")
         groups = prunable_groups(model, "heads", modalities)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any
@@ -23,7 +23,9 @@ from torch.utils.data import Dataset
 
 from vltrim.arch import class_name, get_adapter
 from vltrim.checks import flag, integer, kept_modes, number
+from vltrim.data.calibration import calibration_data, check_batch_values, class_count, is_item, text_vocab_rows
 from vltrim.measure import count_macs, count_params
+from vltrim.methods.common import checked_batches
 from vltrim.methods.registry import Descriptor, Method, MethodConfig, register
 from vltrim.structure.costs import cost_of
 from vltrim.structure.factorize import saves_params
@@ -104,13 +106,44 @@ def _round(t: torch.Tensor) -> torch.Tensor:
     return torch.tensor([float(f"{v:.{SCALE_DIGITS}g}") for v in t.tolist()], dtype=torch.float64)
 
 
-def calibration_batches(data: Any, num_batches: int, batch_size: int, seed: int) -> Iterable[dict[str, Any]]:
-    """At most ``num_batches`` input dicts from ``data``: one dict, an iterable of dicts, or a Dataset (batched)."""
-    if isinstance(data, dict):
-        return [data]
-    if isinstance(data, Dataset):
-        return islice(batches(data, batch_size, seed), min(num_batches, max(1, math.ceil(len(data) / batch_size))))
-    return islice(data, num_batches)
+def calibration_batches(
+    data: Any, num_batches: int, batch_size: int, seed: int, model: nn.Module | None = None
+) -> Iterable[dict[str, Any]]:
+    """At most ``num_batches`` input dicts from ``data``: one batch dict, a list of batch dicts, or anything compress
+    takes as data (a map-style dataset, a list of item dicts, a DataLoader, a Hugging Face Dataset), batched. A dict
+    whose tensors are one item's (pixel_values of 3 dimensions, token ids of 1) is an item, not a batch. Every batch
+    passes the calibration check (`vltrim.data.calibration`) against ``model``."""
+    if isinstance(data, Mapping) and not is_item(data):
+        return _checked([data], model)
+    if isinstance(data, (list, tuple)) and data and isinstance(data[0], Mapping) and not is_item(data[0]):
+        return _checked(list(data[:num_batches]), model)
+    if not isinstance(data, Dataset) and _is_batch_stream(data):
+        return islice(data, num_batches)  # an iterator of batches (read once): not checked ahead
+    data = calibration_data([data] if isinstance(data, Mapping) else data, model, "data")
+    n = min(num_batches, max(1, math.ceil(len(data) / batch_size)))
+    return islice(
+        checked_batches(data, batch_size, seed, model, "data")
+        if model is not None
+        else batches(data, batch_size, seed),
+        n,
+    )
+
+
+def _is_batch_stream(data: Any) -> bool:
+    """An iterator or generator of batch dicts (no length, no indexing): lowrank's own older input form."""
+    return hasattr(data, "__next__") or (hasattr(data, "__iter__") and not hasattr(data, "__getitem__"))
+
+
+def _checked(batches_: list[Any], model: nn.Module | None) -> list[Any]:
+    """The batch dicts ``batches_``, each checked (vocabulary, labels, finite values) against ``model``."""
+    rows = text_vocab_rows(model) if model is not None else None
+    classes = class_count(model) if model is not None else None
+    for i, b in enumerate(batches_):
+        if not isinstance(b, Mapping):
+            raise TypeError(f"data: batch {i} is a {type(b).__name__}, not a dict of input tensors")
+        n = next((len(v) for v in b.values() if torch.is_tensor(v) and v.dim()), 1)
+        check_batch_values(b, f"data (batch {i})", list(range(n)), rows, classes)
+    return batches_
 
 
 # ---- rank choice --------------------------------------------------------------------------------
@@ -275,7 +308,7 @@ class LowRankMethod(Method):
                 model,
                 lins,
                 calibration_batches(
-                    data, integer("num_batches", num_batches, 1), integer("batch_size", batch_size, 1), seed
+                    data, integer("num_batches", num_batches, 1), integer("batch_size", batch_size, 1), seed, model
                 ),
             )
             if weighted

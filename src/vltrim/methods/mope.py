@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from torch import nn
 from vltrim.arch import class_name, get_adapter, masks
 from vltrim.arch.apply import apply_plan, masked
 from vltrim.checks import integer, number
+from vltrim.data.calibration import check_calibration
 from vltrim.data.inputs import as_dataset, in_order
 from vltrim.methods.common import plan_from_keep, prunable_groups, unit_sums
 from vltrim.methods.registry import KD, BudgetConfig, Descriptor, Method, Result, register
@@ -125,7 +127,9 @@ PROBES = {"retrieval": _retrieval_probe, "classification": _classification_probe
 def make_probe(task: str, data: Any, batch_size: int = 64) -> Probe:
     """The probe of ``task`` on calibration ``data`` (any form `as_dataset` accepts)."""
     data, _ = as_dataset(data, "calib_data")
-    return _probe(task, data, data, batch_size)
+    probe = _probe(task, data, data, batch_size)  # first: a field the task needs is missing
+    check_calibration(data, "calib_data", None, range(len(data)), *DISTINCT)
+    return probe
 
 
 def _probe(task: str, data: Any, items: Any, batch_size: int) -> Probe:
@@ -557,12 +561,14 @@ class MoPEMethod(Method):
         for attr in ("collate", "class_texts", "captions_by_label"):
             if hasattr(data, attr):
                 setattr(calib, attr, getattr(data, attr))
-        probe = _probe(task, data, calib, eval_batch)
+        probe = _probe(task, data, calib, eval_batch)  # first: a field the task needs is missing
+        check_calibration(data, "calib_data", model, range(len(calib)), *DISTINCT)
         work = copy.deepcopy(model).eval()
-        score = (
+        score = _warn_if_flat(
             (lambda m, ab: fast_errors(m, probe, ab, ablation_batch, progress))
             if fast
-            else (lambda m, ab: naive_errors(m, probe, ab, progress))
+            else (lambda m, ab: naive_errors(m, probe, ab, progress)),
+            len(calib),
         )
         groups = prunable_groups(work, units, modalities)
         if any(g.kind == UnitKind.HEAD_DIMS for g in groups):
@@ -581,6 +587,35 @@ class MoPEMethod(Method):
             settings,
         )
         return Result(plan, artifacts={"scores_table": table})
+
+
+#: MoPE ranks modules by how much the task metric drops without each: the fewest distinct calibration items that can
+#: make two modules' errors differ, and why (`vltrim.data.calibration.check_calibration` puts it in its error)
+DISTINCT = (
+    2,
+    "mope ranks modules by how much the task metric drops without each, and on fewer distinct items every module "
+    "scores the same (the plan would be arbitrary)",
+)
+
+
+def _warn_if_flat(
+    score: Callable[[nn.Module, list[Ablation]], list[float]], items: int
+) -> Callable[[nn.Module, list[Ablation]], list[float]]:
+    """``score`` that warns when every module of a scoring gets the same error: the plan is then arbitrary (ties are
+    broken by weight magnitude), typically because the calibration data are too few or too alike for the metric."""
+
+    def scored(model: nn.Module, ablations: list[Ablation]) -> list[float]:
+        errors = score(model, ablations)
+        if len(errors) > 1 and max(errors) == min(errors):
+            warnings.warn(
+                f"mope: all {len(errors)} modules scored the same error ({errors[0]:.4g}) on {items} calibration "
+                "items, so the metric cannot tell them apart and the cut is decided by weight magnitude alone; "
+                "give more (and more varied) calibration items",
+                stacklevel=2,
+            )
+        return errors
+
+    return scored
 
 
 def _unit_scores(

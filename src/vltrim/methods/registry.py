@@ -5,16 +5,18 @@ these; none of them looks at a method's signature or probes it for attributes.""
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, TypeVar
 
 from torch import nn
 
-from vltrim.methods.common import DEFAULT_UNITS
+from vltrim.checks import integer, number, text
+from vltrim.methods.common import DEFAULT_UNITS, parse_units, prunable_groups
 from vltrim.structure.plan import Plan
 from vltrim.structure.result import Result
-from vltrim.structure.select import ALLOCATION, MAX_RATIO
+from vltrim.structure.select import ALLOCATION, MAX_RATIO, reachable
 
 #: the budget options (structure.select.Budget and the unit kinds) a method may take in its Config
 BUDGET_OPTIONS = ("metric", "align", "units", "allocation", "max_ratio")
@@ -70,6 +72,7 @@ class MethodConfig:
     docstring what is recorded; saved plans stay as they were."""
 
     def __post_init__(self) -> None:
+        check_budget_options({k: getattr(self, k) for k in self.budget()})
         self.validate()
 
     def validate(self) -> None:
@@ -135,6 +138,31 @@ class BudgetConfig(MethodConfig):
     max_ratio: float = MAX_RATIO
 
 
+def check_budget_options(values: Mapping[str, Any]) -> None:
+    """The budget options a Config holds (metric, align, units, allocation, max_ratio; see `BUDGET_OPTIONS`), each
+    refused with a ValueError naming it when its type or value is wrong (align 2.5, '8' or None; units 5), before a
+    search turns it into a raw Python error."""
+    if "metric" in values:
+        text("metric", values["metric"])
+    if "align" in values:
+        align = values["align"]
+        if not isinstance(align, numbers.Integral) or isinstance(align, bool):  # 8.0 too: a search slices by it
+            raise ValueError(f"align must be an integer >= 1 (e.g. 8), got {align!r} ({type(align).__name__})")
+        integer("align", align, 1)
+    if "units" in values:
+        units = values["units"]
+        if not isinstance(units, (str, list, tuple)) or not all(isinstance(u, str) for u in units):
+            raise ValueError(
+                f"units must be a string like 'head_dims,neurons' (or a list of unit names), got {units!r} "
+                f"({type(units).__name__})"
+            )
+        parse_units(units)
+    if "allocation" in values:
+        text("allocation", values["allocation"])
+    if "max_ratio" in values:
+        number("max_ratio", values["max_ratio"], high=1.0)
+
+
 SearchResult = Result  # the name a search's result had first
 
 
@@ -153,6 +181,15 @@ class Method:
     def search_result(self, model: nn.Module, target: float, **settings: Any) -> Result:
         """The plan with the search's artefacts (none by default)."""
         return Result(self.search(model, target, **settings))
+
+    def reach(self, model: nn.Module, **settings: Any) -> float | None:
+        """The largest ``target`` this method can meet on ``model`` with these settings (a share of the prunable
+        metric of its unit kinds, given align and max_ratio), or None where its target means something else (distill:
+        layers; lowrank, magnitude: their own shares)."""
+        if self.descriptor.step != "keep" or not issubclass(self.Config, BudgetConfig):
+            return None
+        c = self.Config.pick(settings)
+        return reachable(prunable_groups(model, c.units), c.metric, c.align, c.max_ratio)
 
     def task_settings(self, task: Any, loss: Any) -> dict[str, Any]:
         """What vltrim.plan's ``task`` gives the search: ``loss`` (the task's loss as compress derives it, see

@@ -14,10 +14,12 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from vltrim.data.calibration import calibration_data
 from vltrim.methods.common import (
     DEFAULT_UNITS,
     TAYLOR_NORMALIZE,
     TAYLOR_RANKING,
+    checked_batches,
     plan_from_scores,
     prunable_groups,
     seeded,
@@ -28,7 +30,6 @@ from vltrim.methods.registry import BudgetConfig, Descriptor, Method, register
 from vltrim.structure.groups import Group
 from vltrim.structure.select import ALLOCATION, MAX_RATIO, Budget, check_ranking
 from vltrim.tasks import Task
-from vltrim.train.loop import batches
 
 
 def taylor_scores(
@@ -48,7 +49,7 @@ def taylor_scores(
     dev = next(model.parameters()).device
     scores = {g.name: torch.zeros(g.size, dtype=torch.float64) for g in groups}
     model.train()
-    it = batches(data, batch_size, seed)
+    it = checked_batches(data, batch_size, seed, model)
     try:
         with seeded(seed, dev):  # dropout masks from the seed
             for _ in range(num_batches):
@@ -121,6 +122,7 @@ class TaylorMethod(Method):
                 "taylor needs calibration data and a loss: calib_data=... (the loss from task=...), or data=... and "
                 "loss_fn=(model, batch) -> loss (vltrim.compress passes its train_data and task loss)"
             )
+        data = calibration_data(data, model)
         groups = prunable_groups(model, units)
         scores = taylor_scores(model, groups, data, loss_fn, num_batches, batch_size, seed)
         settings = config.plan_settings(units=sorted({g.kind.value for g in groups}), batch_size=batch_size, seed=seed)

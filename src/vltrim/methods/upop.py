@@ -24,6 +24,7 @@ from torch.utils.data import Dataset
 
 from vltrim.arch import get_adapter, masks
 from vltrim.checks import choice, flag, integer, number
+from vltrim.data.calibration import calibration_data
 from vltrim.methods.common import (
     DEFAULT_UNITS,
     TAYLOR_NORMALIZE,
@@ -301,9 +302,10 @@ class UPopMethod(Method):
         weights recent steps more (1: accumulated from the start, as the paper). ``loop`` goes to the
         training loop: grad_accum, mixed_precision, output_dir, checkpoint_every, resume (a resumed search
         restores masks and scores too, and reaches the same plan)."""
+        config = UPopConfig.pick(locals())
         budget = Budget(target, metric, align, allocation, max_ratio, normalize, ranking)
         integer("steps", steps, 1)
-        config = UPopConfig.pick(locals())
+        train_data = calibration_data(train_data, model, "train_data")
         work = copy.deepcopy(model)
         groups = prunable_groups(work, units)
         state = _Search(groups, budget, steps, interval, monotone, saliency_decay, saliency, model=work)

@@ -38,7 +38,7 @@ def save(model: Any, path: str | Path, card_extra: str = "", source: str | Path 
             f"the CompressResult's report must be a dict (as compress makes it), got {type(model.report).__name__}"
         )
     net, run = model.model, model.report
-    out = io.save_destination(net, path)  # before the report is built: a bad destination fails first
+    out = io.save_destination(net, path, source)  # before the report is built: a bad destination fails first
     plans = io.saved_plans(net)
     report = build_report(net, [p for p in plans if not p.empty], run, source)
     return io.save(

@@ -30,15 +30,18 @@ from torch import nn
 
 from vltrim.arch.apply import plans_of
 from vltrim.checks import kept_modes, text
-from vltrim.measure import compare, count_params, machine
+from vltrim.measure import count_params, machine
 from vltrim.methods import get_method
 from vltrim.run.options import CompressOptions
 from vltrim.run.runner import (
     HALF,
     _run,
+    data_fingerprints,
     data_summary,
+    evaluate,
     finished,
     keep_result,
+    measure_speed,
     run_settings,
     shared_checked,
     stage_checked,
@@ -173,7 +176,10 @@ def check_order(specs: list[tuple[str, dict[str, Any]]], done: list[Plan]) -> No
 def _run_chain(model: nn.Module, o: SimpleNamespace, stages: list[SimpleNamespace]) -> CompressResult:
     """Every stage on the previous stage's model, distilling from ``model``; one result with every plan."""
     if o.work_dir is not None:
-        check_resume(o.work_dir, chain_settings(model, stages), o.resume, o.override)
+        fingerprints = data_fingerprints(o)  # once for the chain; every stage records the same
+        for s in stages:
+            s.fingerprints = fingerprints
+        check_resume(o.work_dir, chain_settings(model, stages), o.resume, o.override, fingerprints)
     dtype = next(model.parameters()).dtype
     teacher = copy.deepcopy(model).float() if dtype in HALF else model  # every stage trains in fp32
     report: dict[str, Any] = {
@@ -183,7 +189,7 @@ def _run_chain(model: nn.Module, o: SimpleNamespace, stages: list[SimpleNamespac
         "data": data_summary(o),
     }
     if o.eval_data is not None and o.evaluate_before:
-        report["before"] = o.task.evaluate(model, o.eval_data)
+        report["before"] = evaluate(o, model, "before compression")
     net, rows = teacher, []
     for i, s in enumerate(stages, 1):
         net, row = _stage(net, teacher, s, i, last=i == len(stages))
@@ -192,11 +198,11 @@ def _run_chain(model: nn.Module, o: SimpleNamespace, stages: list[SimpleNamespac
     plans = plans_of(small)[len(plans_of(model)) :]
     report["stages"] = rows
     if o.eval_data is not None:
-        report["after"] = o.task.evaluate(small, o.eval_data) if dtype in HALF else rows[-1]["after"]
+        report["after"] = evaluate(o, small, "after the chain") if dtype in HALF else rows[-1]["after"]
     report.update(
         plan=[p.achieved for p in plans],
         params=count_params(small),
-        speed=compare(model, small, batch_size=o.latency_batch) if o.latency_batch > 0 else None,
+        speed=measure_speed(o, model, small),
     )
     if report["speed"] is not None:
         report["machine"] = machine()

@@ -14,13 +14,14 @@ from vltrim.run.chain import run_chain
 from vltrim.run.options import Stage
 from vltrim.structure.plan import Plan
 from vltrim.structure.result import CompressResult
+from vltrim.tasks import check_task_fit, default_task
 
 
 def compress(
     model: nn.Module,
     method: str | Sequence[Stage] = "upop",
     target: float = 0.5,
-    task: str = "retrieval",
+    task: str | None = None,
     train_data: Any = None,
     eval_data: Any = None,
     calib_data: Any = None,
@@ -56,7 +57,9 @@ def compress(
     evaluate_before: bool = True,
 ) -> CompressResult:
     """Compress ``model`` with ``method`` to remove ``target`` of its prunable ``metric``; ``model`` is not changed
-    (not even its train/eval mode), and every option is checked before any work starts.
+    (not even its train/eval mode), and every option is checked before any work starts. ``task`` (loss and metric)
+    defaults to the first that fits the model (retrieval, classification, sentence-embedding); one that does not fit
+    is refused.
 
     Training-based searches (upop) train a copy on ``train_data`` while they decide; then the subnet is
     retrained ``retrain_steps`` with the task loss + ``kd_weight`` x distillation from the original (+ ``kd_hidden``
@@ -94,6 +97,9 @@ def compress(
 
     Every option is declared once more, with its scope (whole run, chain stage or method), in
     `vltrim.run.options.CompressOptions`; a test keeps that declaration and this signature equal."""
+    if task is None and isinstance(model, nn.Module):
+        task = default_task(model)  # the first task that fits it (retrieval, classification, sentence-embedding)
+    check_task_fit(model, task, train_data, eval_data, calib_data)
     if isinstance(method, (list, tuple)):
         return run_chain(locals())
     o = runner._checked(locals())

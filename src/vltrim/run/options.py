@@ -40,7 +40,7 @@ class CompressOptions:
     model: nn.Module = _option("shared")
     method: str | Sequence[Stage] = _option("chain", "upop")
     target: float = _option("stage", 0.5)
-    task: str = _option("shared", "retrieval")
+    task: str | None = _option("shared", None)  # None: the first task that fits the model
     train_data: Any = _option("shared", None)
     eval_data: Any = _option("shared", None)
     calib_data: Any = _option("shared", None)

@@ -6,8 +6,8 @@ import copy
 import json
 import shutil
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -20,11 +20,13 @@ from vltrim.arch import class_name, get_adapter
 from vltrim.arch.apply import apply_plan, plans_of
 from vltrim.arch.registry import usable_model
 from vltrim.checks import choice, flag, integer, number, path, text
+from vltrim.data.fingerprint import fingerprint
 from vltrim.data.inputs import as_dataset
 from vltrim.io import load, save
 from vltrim.measure import compare, count_params, machine
 from vltrim.methods import Method, get_method
 from vltrim.methods.common import prunable_groups
+from vltrim.progress import phase
 from vltrim.structure.plan import Plan
 from vltrim.structure.result import CompressResult
 from vltrim.structure.select import ALLOCATION, MAX_RATIO, Budget
@@ -32,7 +34,7 @@ from vltrim.structure.sparsify import freeze_zeros, sparsified
 from vltrim.tasks import get_task
 from vltrim.tasks.loss import kd_defaults, task_loss
 from vltrim.train import train
-from vltrim.train.loop import SCHEDULES
+from vltrim.train.loop import SCHEDULES, CheckpointError
 from vltrim.train.run_record import check_resume, model_fingerprint
 
 
@@ -298,14 +300,22 @@ def run_settings(o: SimpleNamespace, fingerprint: str | None) -> dict[str, Any]:
     """What a checkpoint in work_dir depends on (``fingerprint``: of the model compressed): resuming with any of it
     changed mixes two runs."""
     out = {k: getattr(o, k) for k in RUN_KEYS}
-    out.update(
-        task=o.task.name,
-        model=fingerprint,
-        train_data_size=len(o.train_data) if o.train_data is not None else 0,
-        calib_data_size=len(o.calib_data) if o.calib_data is not None else 0,
-        plan=o.plan.to_dict() if o.plan is not None else None,
-    )
+    out.update(task=o.task.name, model=fingerprint, plan=o.plan.to_dict() if o.plan is not None else None)
     return out
+
+
+DATA_OPTIONS = ("train_data", "eval_data", "calib_data")
+
+
+def data_fingerprints(o: SimpleNamespace) -> dict[str, Any]:
+    """The content fingerprint of each dataset of the run (`vltrim.data.fingerprint`; None: not given), computed once
+    per run and kept on ``o``: what run.json records, so a resume with other data is refused naming it."""
+    if getattr(o, "fingerprints", None) is None:
+        with phase("fingerprinting the data (for resume)", o.progress):
+            o.fingerprints = {
+                k: fingerprint(getattr(o, k)) if getattr(o, k) is not None else None for k in DATA_OPTIONS
+            }
+    return o.fingerprints
 
 
 # ---- the run: rounds of search -> apply -> retrain ----------------------------------------------------------
@@ -316,9 +326,31 @@ RESULT, RESULT_REPORT = "result", "result.json"  # a finished round's or chain s
 def _run(model: nn.Module, o: SimpleNamespace, teacher: nn.Module | None = None) -> CompressResult:
     """One compress run (or one stage of a chain): ``o.rounds`` rounds of search (or ``o.plan``) -> apply -> retrain,
     distilling from ``teacher`` (None: ``model`` itself, as float32)."""
-    t = o.task
+    overridden = []
     if o.work_dir is not None:
-        check_resume(o.work_dir, run_settings(o, model_fingerprint(model)), o.resume, o.override)
+        overridden = check_resume(
+            o.work_dir, run_settings(o, model_fingerprint(model)), o.resume, o.override, data_fingerprints(o)
+        )
+    with _naming(overridden):
+        return _run_checked(model, o, teacher)
+
+
+@contextmanager
+def _naming(overridden: list[str]) -> Iterator[None]:
+    """A checkpoint that does not fit the run, in a resume that overrode differences: the error names them."""
+    try:
+        yield
+    except CheckpointError as e:
+        if not overridden:
+            raise
+        raise CheckpointError(
+            f"{e}\nthis resume was forced (override=True) although:\n  " + "\n  ".join(overridden)
+        ) from None
+
+
+def _run_checked(model: nn.Module, o: SimpleNamespace, teacher: nn.Module | None) -> CompressResult:
+    """`_run` after the work dir's checks: the rounds and the report."""
+    t = o.task
     dtype = next(model.parameters()).dtype
     net = copy.deepcopy(model).float() if dtype in HALF else model  # training needs fp32 weights
     loss = task_loss(
@@ -335,7 +367,7 @@ def _run(model: nn.Module, o: SimpleNamespace, teacher: nn.Module | None = None)
         "data": data_summary(o),
     }
     if o.eval_data is not None and o.evaluate_before:
-        report["before"] = t.evaluate(model, o.eval_data)
+        report["before"] = evaluate(o, model, "before compression")
     small, plans, rows = net, [], []
     for r in range(1, o.rounds + 1):
         small, plan, row = _round(start=net, net=small, o=o, loss=loss, r=r, report=report)
@@ -343,9 +375,9 @@ def _run(model: nn.Module, o: SimpleNamespace, teacher: nn.Module | None = None)
         rows.append(row)
     small = small.to(dtype).eval()
     if o.eval_data is not None:
-        rows[-1]["after"] = t.evaluate(small, o.eval_data)
+        rows[-1]["after"] = evaluate(o, small, "after retraining")
     _summarise(report, rows, o.eval_data is not None)
-    report["speed"] = compare(model, small, batch_size=o.latency_batch) if o.latency_batch > 0 else None
+    report["speed"] = measure_speed(o, model, small)
     if report["speed"] is not None:
         report["machine"] = machine()
     return CompressResult(plans[-1], small, {"report": report}, plans)
@@ -372,7 +404,7 @@ def _round(
     before, steps = _split(o.retrain_steps, o.rounds, r)
     tag = {"round": r} if o.rounds > 1 else {}
     if o.eval_data is not None:
-        row["after_search"] = o.task.evaluate(small, o.eval_data)
+        row["after_search"] = evaluate(o, small, "after search" if o.searches else "after pruning")
         row["curve"] = [
             {**tag, "retrain_step": before, "total_steps": report["search_steps"] + before, **row["after_search"]}
         ]
@@ -408,7 +440,7 @@ def _round(
     row.update(retrain_steps=steps, plan=plan.achieved if plan is not None else None, params=count_params(small))
     if not last:
         if o.eval_data is not None:
-            row["after"] = o.task.evaluate(small.eval(), o.eval_data)
+            row["after"] = evaluate(o, small.eval(), f"after round {r}")
         keep_result(d, small, row)
     return small, plan, row
 
@@ -445,15 +477,33 @@ def _plan(
         )
         return res.plan, res.model
     data = o.calib_data if o.calib_data is not None else o.train_data
-    found = m.search_result(
-        net, target, **common, **_search_inputs(m, data, loss, o.batch_size, o.seed + r - 1, o.task.name, o.progress)
-    )
+    with phase(f"{m.name}: scoring and selecting units (target {target:g})", o.progress):
+        found = m.search_result(
+            net,
+            target,
+            **common,
+            **_search_inputs(m, data, loss, o.batch_size, o.seed + r - 1, o.task.name, o.progress),
+        )
     plan = found.plan
     if "scores_table" in found.artifacts:  # MoPE's module table: report.json, mope.csv / mope.png
         report["scores_table"] = found.artifacts["scores_table"]
     if o.rounds > 1:
         plan.settings["prune_round"] = [r, o.rounds]
     return plan, net
+
+
+def evaluate(o: SimpleNamespace, model: nn.Module, when: str) -> dict[str, float]:
+    """The task metric on the eval data, with a line saying so (evaluation has no bar of its own)."""
+    with phase(f"evaluating {when} on {len(o.eval_data)} items", o.progress):
+        return o.task.evaluate(model, o.eval_data)
+
+
+def measure_speed(o: SimpleNamespace, model: nn.Module, small: nn.Module) -> dict[str, Any] | None:
+    """`compare` of the original and the compressed model at ``latency_batch`` (None when it is 0), announced."""
+    if o.latency_batch <= 0:
+        return None
+    with phase(f"measuring latency (batch {o.latency_batch}, original and compressed interleaved)", o.progress):
+        return compare(model, small, batch_size=o.latency_batch)
 
 
 def _split(steps: int, rounds: int, r: int) -> tuple[int, int]:

@@ -25,6 +25,7 @@ import math
 import os
 import secrets
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,8 +38,9 @@ from vltrim import io as vio
 from vltrim.arch import class_name, get_adapter
 from vltrim.arch.registry import usable_model
 from vltrim.checks import flag, integer, kept_modes, number, path, text
+from vltrim.data.fingerprint import data_change, fingerprint
 from vltrim.data.inputs import as_dataset
-from vltrim.measure import _latency_stats, _runner, _time_rounds, count_macs, count_params, machine
+from vltrim.measure import _latency_stats, _runner, _time_rounds, count_macs, count_params, machine, paired_speedup
 from vltrim.methods import BUDGET_OPTIONS, Method, available, get_method
 from vltrim.methods.common import prunable_groups
 from vltrim.methods.lowrank import Layer, global_ranks
@@ -183,8 +185,11 @@ def check_batches(batches: Any, name: str = "latency_batches") -> list[int]:
 
 
 def check_out(out: Any, name: str = "out") -> Path:
-    """The study directory: new, empty, or one holding a study (study.json); a file or another directory is refused."""
+    """The study directory: new, empty, or one holding a study (study.json); a file, the file-system root or another
+    directory is refused."""
     out = path(name, out)
+    if out.resolve() == Path(out.resolve().anchor):
+        raise StudyError(f"{name} {out} is the root of the file system; choose a new or empty directory")
     if out.exists() and not out.is_dir():
         raise StudyError(f"{name} {out} is a file, not a directory")
     if out.is_dir() and not (out / STUDY_FILE).exists() and any(out.iterdir()):
@@ -218,21 +223,37 @@ def pareto_front(costs: Sequence[float], metrics: Sequence[float]) -> list[bool]
 
 # ---- fingerprints, atomic files ---------------------------------------------------------------------------------
 def data_digest(data: Any) -> dict[str, Any]:
-    """Size and SHA-256 of the first, middle and last items (a cheap check that a rerun uses the same data)."""
-    n = len(data)
-    h = hashlib.sha256(str(n).encode())
-    for i in sorted({0, n // 2, n - 1}):
-        item = data[i]
-        for k in sorted(item) if isinstance(item, dict) else [None]:
-            v = item[k] if k is not None else item
-            h.update(f"{k}:".encode())
-            if torch.is_tensor(v):
-                v = v.detach().cpu().contiguous()
-                h.update(f"{v.dtype}{tuple(v.shape)}".encode())
-                h.update(v.reshape(-1).view(torch.uint8).numpy().tobytes())
-            else:
-                h.update(repr(v).encode())
-    return {"size": n, "sha256_of_3_items": h.hexdigest()}
+    """The data's size and content fingerprint: SHA-256 over every item, in order (`vltrim.data.fingerprint`), so a
+    rerun with one item changed anywhere recomputes its cells instead of reporting stale metrics."""
+    return fingerprint(data)
+
+
+def _checksum(rec: dict[str, Any]) -> str:
+    """SHA-256 of a cell record's canonical JSON without its own "checksum" key."""
+    body = json.dumps({k: v for k, v in rec.items() if k != "checksum"}, sort_keys=True, default=str)
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def _write_cell(file: Path, rec: dict[str, Any]) -> None:
+    """A cell record with its checksum (a hand-edited or damaged file is then not reused), written atomically."""
+    rec = json.loads(json.dumps(rec, default=str))  # as read back: the checksum covers what the file holds
+    _write_atomic(file, json.dumps({**rec, "checksum": _checksum(rec)}, indent=1))
+
+
+def _read_cell(file: Path) -> dict[str, Any] | None:
+    """A cell record whose checksum matches (None: no file, unreadable, no checksum or edited); a record that is
+    there but does not match its checksum is recomputed, with a warning saying so."""
+    rec = _read(file)
+    if rec is None:
+        return None
+    if rec.get("checksum") != _checksum(rec):
+        why = "has no checksum (written by an older vltrim)" if "checksum" not in rec else "does not match its checksum"
+        warnings.warn(
+            f"{file} {why}: it was edited or damaged since the study wrote it, so it is not reused; recomputing it",
+            stacklevel=3,
+        )
+        return None
+    return rec
 
 
 def _write_atomic(file: Path, text: str) -> None:
@@ -291,6 +312,8 @@ def study(
     (e.g. ``{"kd_weight": 0.5, "align": 1}``; budget options such as align or metric only to the methods that take them). Every option and every cell's compress options are checked before
     any work. A rerun with the same settings skips finished cells (``out/cells/<cell>.json``); an ``out`` holding a
     study of another model, data, task or settings is refused unless ``override`` (its cells are then recomputed).
+    The data is compared by content (SHA-256 over every item of train_data and eval_data), so one changed caption
+    is a change; a cell file that does not match its checksum (edited by hand) is recomputed, with a warning.
     ``latency_rounds`` / ``latency_warmup`` / ``min_round_s``: timing rounds (median reported), warm-up calls, and
     the least seconds of one round. ``model`` is not changed."""
     o = _check(locals())
@@ -482,12 +505,17 @@ def _cell_key(o: dict[str, Any], cell: Cell) -> dict[str, Any]:
     )
 
 
+DATA_SETTINGS = ("train_data", "eval_data")  # compared by content fingerprint, named by `data_change`
+
+
 def differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    """'name: made with A, now B' for every setting that differs (missing on one side included)."""
-    return [
+    """'name: made with A, now B' for every setting that differs (missing on one side included); the data first,
+    as 'train data (train_data): other content, same size (32 items)'."""
+    data = [c for k in DATA_SETTINGS if (c := data_change(k, saved.get(k), now.get(k))) is not None]
+    return data + [
         f"{k}: made with {saved.get(k, '<not recorded>')!r}, now {now.get(k, '<not recorded>')!r}"
         for k in sorted(set(saved) | set(now))
-        if saved.get(k, "<not recorded>") != now.get(k, "<not recorded>")
+        if k not in DATA_SETTINGS and saved.get(k, "<not recorded>") != now.get(k, "<not recorded>")
     ]
 
 
@@ -558,7 +586,7 @@ def _original(model: nn.Module, o: dict[str, Any], ref1: dict[str, Any]) -> dict
     """The baseline's metric, params and MACs (read back from cells/original.json when it matches)."""
     file = o["out"] / CELLS / f"{ORIGINAL}.json"
     key = _plain(o["settings"])
-    rec = _read(file)
+    rec = _read_cell(file) if file.exists() else None
     if rec is not None and rec.get("key") == key:
         return rec
     rec = {
@@ -569,13 +597,14 @@ def _original(model: nn.Module, o: dict[str, Any], ref1: dict[str, Any]) -> dict
         "nonzero_params": _nonzero(model),
         "macs": count_macs(model, ref1),
     }
-    _write_atomic(file, json.dumps(rec, indent=1, default=str))
+    _write_cell(file, rec)
     return rec
 
 
 def _finished(o: dict[str, Any], cell: Cell) -> dict[str, Any] | None:
     """The cell's record if it was finished with these settings and its model directory is there."""
-    rec = _read(o["out"] / CELLS / f"{cell.name}.json")
+    file = o["out"] / CELLS / f"{cell.name}.json"
+    rec = _read_cell(file) if file.exists() else None
     if rec is None or rec.get("key") != _cell_key(o, cell) or not (o["out"] / MODELS / cell.name / vio.PLAN).exists():
         return None
     return {**rec, "cached": True}
@@ -616,7 +645,7 @@ def _run_cell(model: nn.Module, o: dict[str, Any], cell: Cell, ref1: dict[str, A
         "plan_achieved": res.plan.achieved,
         "model_dir": f"{MODELS}/{cell.name}",
     }
-    _write_atomic(o["out"] / CELLS / f"{cell.name}.json", json.dumps(rec, indent=1, default=str))
+    _write_cell(o["out"] / CELLS / f"{cell.name}.json", rec)
     return rec
 
 
@@ -666,17 +695,9 @@ def _latency(model: nn.Module, o: dict[str, Any], pb: Any, job: int) -> dict[int
             times = _time_rounds(
                 [_runner(models[n], inputs) for n in names], o["latency_rounds"], o["latency_warmup"], o["min_round_s"]
             )
-        base = times[0]
-        result[b] = {
-            n: {**_latency_stats(t), "speedup": _median([x / y for x, y in zip(base, t)])} for n, t in zip(names, times)
-        }
+        result[b] = {n: {**_latency_stats(t), **paired_speedup(times[0], t)} for n, t in zip(names, times)}
         pb.update(job, advance=1, info=f"latency, batch {b}")
     return result
-
-
-def _median(xs: list[float]) -> float:
-    s = sorted(xs)
-    return (s[(len(s) - 1) // 2] + s[len(s) // 2]) / 2
 
 
 # ---- results ------------------------------------------------------------------------------------------------------
@@ -706,6 +727,7 @@ def _rows(
                 t.get("latency_iqr_ms"),
                 t.get("speedup"),
             )
+            row[f"speedup_b{b}_conclusive"] = t.get("speedup_conclusive")
         row.update(
             search_steps=rec.get("search_steps"),
             retrain_steps=rec.get("retrain_steps"),
@@ -784,7 +806,7 @@ def _markdown(o: dict[str, Any], rows: list[dict[str, Any]], mach: dict[str, Any
         "",
         f"Every cell is one `vltrim.compress` run with {s['retrain_steps']} retraining steps (seed {s['seed']}); "
         f"training-based searches (upop) also search {o['search_steps']} steps. Metric: {metric} on "
-        f"{s['eval_data']['size']} evaluation items.",
+        f"{s['eval_data']['items']} evaluation items.",
         "",
         "Ratio: magnitude = share of block-Linear weights zeroed (weights stay dense: params, MACs and CPU time do not "
         "change); 2:4 = magnitude with the 2:4 pattern, one cell at its fixed 50% sparsity whatever the ratios; distill = "
@@ -806,7 +828,11 @@ def _markdown(o: dict[str, Any], rows: list[dict[str, Any]], mach: dict[str, Any
             _f(r["macs"], ","),
         ]
         for b in batches:
-            cells += [_f(r.get(f"latency_b{b}_ms"), ".3f"), _f(r.get(f"speedup_b{b}"), ".2f", "x")]
+            conclusive = r.get(f"speedup_b{b}_conclusive") is not False
+            cells += [
+                _f(r.get(f"latency_b{b}_ms"), ".3f"),
+                _f(r.get(f"speedup_b{b}"), ".2f", "x" if conclusive else "x?"),
+            ]
         steps = "-" if r["cell"] == ORIGINAL or r["metric"] is None else f"{r['search_steps']} + {r['retrain_steps']}"
         cells += [steps, _f(r["wall_s"], ".1f"), r["pareto"] or "-"]
         lines.append("| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |")
@@ -815,7 +841,8 @@ def _markdown(o: dict[str, Any], rows: list[dict[str, Any]], mach: dict[str, Any
         "",
         f"Latency: every model reloaded from `models/<cell>/` and timed with the original in one interleaved run per "
         f"batch ({o['latency_rounds']} rounds, median; speedup = median over rounds of the original's time / the cell's "
-        "in the same round). Compare ratios within this table, not absolute times across runs."
+        "in the same round; 'x?': not conclusive, the middle half of the paired rounds lies on both sides of 1x or "
+        "spreads wide, as on a busy machine). Compare ratios within this table, not absolute times across runs."
         if batches
         else "Latency: not measured (latency_batches empty).",
         "",
@@ -830,6 +857,17 @@ def _f(v: Any, spec: str, suffix: str = "") -> str:
     return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, spec) + suffix
 
 
+def _point_labels(rows: list[dict[str, Any]], key: str) -> dict[tuple[float, float], str]:
+    """One annotation per plotted position: its cells' ratios, with the methods named where several cells share it."""
+    at: dict[tuple[float, float], list[dict[str, Any]]] = {}
+    for r in rows:
+        at.setdefault((r[key], r["metric"]), []).append(r)
+    return {
+        xy: f"{rs[0]['ratio']:g}" if len(rs) == 1 else ", ".join(f"{r['method']} {r['ratio']:g}" for r in rs)
+        for xy, rs in at.items()
+    }
+
+
 def _plot(rows: list[dict[str, Any]], key: str, xlabel: str, metric: str, file: Path) -> None:
     import matplotlib
 
@@ -842,43 +880,35 @@ def _plot(rows: list[dict[str, Any]], key: str, xlabel: str, metric: str, file: 
     markers = "osD^vP<>Xhp"
     colours = plt.get_cmap("tab10").colors
     methods = list(dict.fromkeys(r["method"] for r in pts if r["cell"] != ORIGINAL))
-    for i, m in enumerate(methods):
+    for i, m in enumerate(methods):  # hollow markers shrinking per method: cells at the same point stay visible
         mine = [r for r in pts if r["method"] == m and r["cell"] != ORIGINAL]
         ax.scatter(
             [r[key] for r in mine],
             [r["metric"] for r in mine],
             marker=markers[i % len(markers)],
-            color=colours[i % len(colours)],
-            s=45,
+            facecolors="none",
+            edgecolors=colours[i % len(colours)],
+            linewidths=1.6,
+            s=max(25, 110 - 18 * i),
             label=m,
             zorder=3,
         )
-        for r in mine:
-            ax.annotate(
-                f"{r['ratio']:g}",
-                (r[key], r["metric"]),
-                textcoords="offset points",
-                xytext=(4, 3),
-                fontsize=7,
-                color="0.3",
-            )
+    for (x, y), label in _point_labels([r for r in pts if r["cell"] != ORIGINAL], key).items():
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7, color="0.3")
     for r in pts:
         if r["cell"] == ORIGINAL:
             ax.scatter([r[key]], [r["metric"]], marker="*", s=220, color="black", label="original", zorder=4)
     front = sorted(
         (r for r in pts if _front_label(key) in r["pareto"].split(", ")), key=lambda r: (r[key], r["metric"])
     )
-    if front:
-        ax.plot(
-            [r[key] for r in front],
-            [r["metric"] for r in front],
-            drawstyle="steps-post",
-            ls="--",
-            color="0.45",
-            lw=1.2,
-            label="Pareto front",
-            zorder=2,
-        )
+    if front:  # the front's points ringed (a one-point front has no line to draw), joined when there are several
+        ax.scatter(
+            [r[key] for r in front], [r["metric"] for r in front], s=260, facecolors="none", edgecolors="0.45",
+            linestyle="--", linewidths=1.0, zorder=2, label=f"Pareto front ({len(front)} point{'s' * (len(front) > 1)})",
+        )  # fmt: skip
+        if len(front) > 1:
+            ax.plot([r[key] for r in front], [r["metric"] for r in front], drawstyle="steps-post", ls="--",
+                    color="0.45", lw=1.2, zorder=2)  # fmt: skip
     ax.xaxis.set_major_locator(MaxNLocator(nbins=6))
     ax.yaxis.set_major_locator(MaxNLocator(nbins=6))
     if not key.startswith("latency"):

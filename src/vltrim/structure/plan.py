@@ -3,6 +3,7 @@ sparsity patterns for each Linear)."""
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import os
@@ -75,16 +76,32 @@ class Plan:
         )
 
     # ---- validation ---------------------------------------------------------------------------
+    def check_group_names(self, model_class: str, names: Iterable[str]) -> None:
+        """PlanError naming the first group of ``keep`` (or of ``sizes`` / ``kinds``) this model does not have (a
+        renamed group, a plan for another model): the groups are checked by name before anything looks them up."""
+        if self.model_class != model_class:
+            raise PlanError(f"plan was made for {self.model_class}, not {model_class}")
+        known = list(names)
+        if not isinstance(self.keep, dict):
+            raise PlanError(f"plan keep must map group names to kept indices, got {type(self.keep).__name__}")
+        for name in self.keep:
+            if name not in known:
+                raise PlanError(_unknown_group(name, model_class, known))
+            if name not in self.sizes or name not in self.kinds:
+                missing = " and ".join(f for f, d in (("sizes", self.sizes), ("kinds", self.kinds)) if name not in d)
+                raise PlanError(
+                    f"plan group {name!r} has kept indices but no entry in the plan's {missing} (renamed in one "
+                    "place only?)"
+                )
+
     def validate(self, model_class: str, groups: Iterable[Group]) -> None:
         """Raise PlanError unless every group exists here with the same kind and size and its
         kept indices are unique, in range and not empty."""
-        if self.model_class != model_class:
-            raise PlanError(f"plan was made for {self.model_class}, not {model_class}")
+        groups = list(groups)
+        self.check_group_names(model_class, [g.name for g in groups])
         by_name = {g.name: g for g in groups}
         for name, idx in self.keep.items():
-            g = by_name.get(name)
-            if g is None:
-                raise PlanError(f"plan group {name!r} does not exist in this {model_class}")
+            g = by_name[name]
             if g.kind.value != self.kinds.get(name) or g.size != self.sizes.get(name):
                 pruned = g.kind.value == self.kinds.get(name) and g.size == len(idx)
                 raise PlanError(
@@ -266,6 +283,19 @@ class Plan:
 
 
 # ---- files ----------------------------------------------------------------------------------------
+def _unknown_group(name: Any, model_class: str, known: list[str]) -> str:
+    """The message for a plan group the model does not have, with the closest existing name when one is close."""
+    close = difflib.get_close_matches(str(name), known, n=1, cutoff=0.6)
+    hint = (
+        f"; did you mean {close[0]!r}? (renamed?)"
+        if close
+        else f"; its groups are named like {known[0]!r}"
+        if known
+        else "; it has no prunable groups"
+    )
+    return f"plan group {name!r} does not exist in this {model_class}{hint}"
+
+
 def read_plans(path: str | Path) -> list[Plan]:
     """The plans in a plan file: one plan, or a chain (``{"format": "vltrim.plans", "plans": [...]}``)."""
     d = read_json(path)

@@ -145,6 +145,22 @@ def removal_chunks(size: int, step: int) -> list[int]:
     return [first] + [step] * ((size - first) // step - 1)
 
 
+def reachable(groups: Sequence[Group], metric: str = "params", align: int = 8, max_ratio: float = MAX_RATIO) -> float:
+    """The largest share of ``groups``' prunable ``metric`` a cut can remove: every group down to one aligned step,
+    or to ``max_ratio`` of its units (what `cut` reaches when it runs out of chunks)."""
+    cost = cost_of(metric)
+    total = sum(cost.saved(g, g.size) for g in groups)
+    done = 0
+    for g in groups:
+        removed = 0
+        for c in removal_chunks(g.size, g.align_step(align)):
+            if removed + c > max_ratio * g.size + 1e-9:
+                break
+            removed += c
+        done += cost.saved(g, removed)
+    return done / total if total else 0.0
+
+
 def rank_quantiles(groups: list[Group], scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Each unit's rank inside its group as a fraction (0 = lowest): one ranking of these cuts every group
     at the same share, so scores decide only which units of a group go ('uniform' allocation)."""

@@ -37,11 +37,14 @@ class Task:
     embed_kd: bool = False  # kd takes embed_weight: uni-modal distillation of each tower's final embedding
 
     def check(self, model: nn.Module) -> None:
-        """Refuse a model this task cannot train or evaluate, before any work (names task and model)."""
+        """Refuse a model this task cannot train or evaluate, before any work (names task and model, and the tasks
+        that do fit the model)."""
         if not self.fits(model):
+            fitting = [n for n, t in TASKS.items() if t.fits(model)]
+            pick = f"task={fitting[0]!r} (--task {fitting[0]})" if fitting else f"one of {', '.join(sorted(TASKS))}"
             raise ValueError(
                 f"task {self.name!r} needs {self.needs}; {type(model).__name__} is not one. "
-                f"Pick the task that fits the model ({', '.join(sorted(TASKS))})"
+                f"Pick the task that fits the model: {pick}"
             )
 
     def try_data(self, model: nn.Module, data: Any, option: str, evaluate: bool = False) -> None:
@@ -116,6 +119,21 @@ TASKS: dict[str, Task] = {
 }
 
 
+def check_task_fit(model: Any, task: Any, *data: Any) -> None:
+    """Refuse ``task`` (a name) for ``model`` before any work, even when no data is given (``data``: the run's train /
+    eval / calibration data, None when not given): a task that does not fit the model would be recorded in the
+    report as if it had judged it. Refused when the task does not fit and data is given or another task fits the model
+    (a model no task fits, compressed without data, keeps the task it was given: nothing uses it). What is not a
+    model or a task name here is left to the option checks that follow."""
+    if not isinstance(task, str) or task not in TASKS or not isinstance(model, nn.Module):
+        return
+    if not hasattr(model, "config"):
+        return
+    t = TASKS[task]
+    if not t.fits(model) and (any(d is not None for d in data) or any(x.fits(model) for x in TASKS.values())):
+        t.check(model)
+
+
 def default_task(model: nn.Module) -> str:
     """The first task that fits ``model`` (retrieval, classification, sentence-embedding); 'retrieval' when none does."""
     return next((t.name for t in TASKS.values() if t.fits(model)), "retrieval")
@@ -131,6 +149,7 @@ __all__ = [
     "TASKS",
     "SentenceDistillData",
     "Task",
+    "check_task_fit",
     "classification_kd",
     "classification_loss",
     "contrastive_loss",

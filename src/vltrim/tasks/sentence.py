@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from vltrim.progress import bar
+
 TEXT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
 
@@ -54,6 +56,7 @@ class SentenceDistillData(Dataset):
         max_length: int = 128,
         batch_size: int = 64,
         labels: Sequence[int] | None = None,
+        progress: bool = True,
     ):
         if not texts:
             raise ValueError("SentenceDistillData needs at least one sentence")
@@ -67,15 +70,13 @@ class SentenceDistillData(Dataset):
         self.labels = None if labels is None else torch.as_tensor(list(labels), dtype=torch.long)
         teacher.eval()
         dev = next(teacher.parameters()).device
-        with torch.no_grad():
-            embs = [
-                sentence_embedding(
-                    teacher, {k: v.to(dev) for k, v in self.collate(self.items[i : i + batch_size]).items()}
-                )
-                .float()
-                .cpu()
-                for i in range(0, len(texts), batch_size)
-            ]
+        embs = []
+        with torch.no_grad(), bar(progress) as pb:
+            job = pb.add_task("teacher embeddings", total=len(texts), info="")
+            for i in range(0, len(texts), batch_size):
+                batch = {k: v.to(dev) for k, v in self.collate(self.items[i : i + batch_size]).items()}
+                embs.append(sentence_embedding(teacher, batch).float().cpu())
+                pb.update(job, advance=len(embs[-1]))
         self.teacher_embedding = torch.cat(embs)
 
     def collate(self, items: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

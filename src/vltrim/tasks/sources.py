@@ -29,6 +29,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from vltrim.arch.inputs import PRIMARY_INPUTS
+from vltrim.data.calibration import text_vocab_rows
 from vltrim.data.manifest import (
     CLIP_MEAN,
     CLIP_STD,
@@ -75,19 +76,6 @@ def image_size(model: nn.Module) -> int | None:
     cfg = getattr(model.config, "vision_config", None) or model.config
     size = getattr(cfg, "image_size", None)
     return size if isinstance(size, int) or size is None else int(size[0])
-
-
-def text_vocab_rows(model: nn.Module) -> int | None:
-    """Rows of the model's token embedding table (None for a model that reads no text)."""
-    for owner in (model, getattr(model, "text_model", None)):
-        try:
-            emb = owner.get_input_embeddings() if owner is not None else None
-        except (NotImplementedError, AttributeError):
-            emb = None
-        if isinstance(emb, nn.Embedding):
-            return emb.num_embeddings
-    cfg = getattr(model.config, "text_config", None)
-    return getattr(cfg, "vocab_size", None) if cfg is not None else None
 
 
 def _dual(model: nn.Module) -> bool:

@@ -200,7 +200,26 @@ def load_checkpoint(path: Path, model: nn.Module, opt, sched, hook: StepHook | N
     """Restore a checkpoint in place; returns (completed steps, losses so far). CheckpointError naming it if it
     cannot be read or does not fit the model."""
     try:
-        model.load_state_dict(load_file(str(path / "model.safetensors")), strict=True)
+        weights = load_file(str(path / "model.safetensors"))
+    except Exception as e:  # a damaged file
+        why = (str(e).strip().splitlines() or [""])[0][:200]
+        raise CheckpointError(
+            f"cannot resume from {path} ({type(e).__name__}: {why}): it is damaged; delete {path.name} to resume "
+            "from the one before, or rerun without resume"
+        ) from None
+    mine = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    other = [k for k in sorted(set(mine) | set(weights)) if k not in weights or mine.get(k) != tuple(weights[k].shape)]
+    if other:
+        k = other[0]
+        raise CheckpointError(
+            f"cannot resume from {path}: its weights have other names or shapes than this run's model ({len(other)} "
+            f"tensors, e.g. {k}: {tuple(weights[k].shape) if k in weights else 'absent'} in the checkpoint, "
+            f"{mine.get(k, 'absent')} now): it was made for another model or plan (a search on other data or "
+            "options plans other widths or ranks); resume with the run's original data and options, or rerun "
+            "without resume"
+        )
+    try:
+        model.load_state_dict(weights, strict=True)
         s = torch.load(path / "state.pt", weights_only=False)
         opt.load_state_dict(s["optimizer"])
         sched.load_state_dict(s["scheduler"])

@@ -2,7 +2,10 @@
 
 A checkpoint only means something for the options that made it: resuming a search with another target,
 step count, batch size, seed, data or model silently mixes two runs (a plan that removes 35% while
-plan.json says 50%). `check_resume` lists every difference and refuses unless the user overrides."""
+plan.json says 50%). `check_resume` lists every difference and refuses unless the user overrides. The data is
+compared by content (`vltrim.data.fingerprint`: every item), so one changed item of the same-size train, eval or
+calibration data is named; a run.json written before data fingerprints existed cannot vouch for its data, which
+is a difference too."""
 
 from __future__ import annotations
 
@@ -15,7 +18,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from vltrim.data.fingerprint import data_changes
+
 RUN_FILE = "run.json"
+LEGACY_KEYS = ("train_data_size", "calib_data_size")  # recorded before data fingerprints; the fingerprints replace them
 
 
 class ResumeMismatchError(ValueError):
@@ -55,8 +61,8 @@ def differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
     return out
 
 
-def _recorded_settings(record: Path) -> dict[str, Any]:
-    """The "settings" object of run.json; ResumeMismatchError naming the file if it is unreadable or malformed."""
+def _recorded(record: Path) -> dict[str, Any]:
+    """run.json as a dict with a "settings" object; ResumeMismatchError naming the file if unreadable or malformed."""
     try:
         saved = json.loads(record.read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError) as e:
@@ -64,35 +70,56 @@ def _recorded_settings(record: Path) -> dict[str, Any]:
     settings = saved.get("settings") if isinstance(saved, dict) else None
     if not isinstance(settings, dict):
         raise ResumeMismatchError(f'{record} is not a vltrim run record (no "settings" object)')
-    return settings
+    return saved
 
 
-def _differences_from(record: Path, now: dict[str, Any]) -> list[str]:
-    """The differences between run.json and ``now``; an unreadable or malformed run.json is itself one."""
+def _differences_from(record: Path, now: dict[str, Any], data: dict[str, Any] | None) -> list[str]:
+    """The differences between run.json and ``now`` (options) and ``data`` (fingerprints; None: not compared): the
+    data first, each named; an unreadable or malformed run.json is itself one."""
     try:
-        return differences(_recorded_settings(record), now)
+        saved = _recorded(record)
     except ResumeMismatchError as e:
         return [str(e)]
+    settings = {k: v for k, v in saved["settings"].items() if k not in LEGACY_KEYS}
+    found = []
+    if data is not None:
+        then = saved.get("data")
+        if isinstance(then, dict):
+            found = data_changes(then, data)
+        else:
+            found = [
+                f"{record} records no fingerprint of the data (written by an older vltrim), so it cannot tell "
+                "whether the train, eval and calibration data are the ones the checkpoints were made with"
+            ]
+    return found + differences(settings, now)
 
 
-def check_resume(work_dir: Path, settings: dict[str, Any], resume: bool, override: bool) -> list[str]:
-    """Before a run in ``work_dir``: refuse a resume whose settings differ from run.json (unless ``override``),
-    then record the settings. Returns the differences that were overridden (empty if none)."""
+def check_resume(
+    work_dir: Path, settings: dict[str, Any], resume: bool, override: bool, data: dict[str, Any] | None = None
+) -> list[str]:
+    """Before a run in ``work_dir``: refuse a resume whose settings differ from run.json, or whose ``data``
+    fingerprints (``{"train_data": ..., "eval_data": ..., "calib_data": ...}``, see `vltrim.data.fingerprint`)
+    differ from the recorded ones (unless ``override``), then record both. Returns the differences that were
+    overridden (empty if none)."""
     now = _plain(settings)
     record = work_dir / RUN_FILE
     diffs: list[str] = []
     if resume and record.exists():
-        diffs = _differences_from(record, now)
+        diffs = _differences_from(record, now, data)
     elif resume and any(work_dir.glob("*/checkpoint-*")):
         diffs = [f"{record} is missing, so the options of the checkpoints in {work_dir} cannot be checked"]
     if diffs and not override:
         raise ResumeMismatchError(
-            f"cannot resume {work_dir} with other options:\n  "
+            f"cannot resume {work_dir} with other options or data:\n  "
             + "\n  ".join(diffs)
-            + "\nrerun with the original options, use another work_dir, or pass override=True (CLI: --override) to resume anyway"
+            + "\nrerun with the original options and data, use another work_dir, or pass override=True "
+            "(CLI: --override) to resume anyway"
         )
     work_dir.mkdir(parents=True, exist_ok=True)
     tmp = record.with_name(RUN_FILE + ".tmp")
-    tmp.write_text(json.dumps({"format": "vltrim.run", "settings": now, "overridden": diffs}, indent=1))
+    body: dict[str, Any] = {"format": "vltrim.run", "settings": now}
+    if data is not None:
+        body["data"] = data
+    tmp.write_text(json.dumps({**body, "overridden": diffs}, indent=1))
     tmp.replace(record)
     return diffs
