@@ -1,4 +1,4 @@
-"""Run by tests/test_distributed.py under torchrun: a UPop search on 2 CPU processes (gloo)."""
+"""Run by tests/test_distributed.py under torchrun: UPop and modal-adaptive searches on 2 CPU processes (gloo)."""
 
 import json
 import sys
@@ -8,6 +8,7 @@ from accelerate import PartialState
 
 from vltrim.data import SyntheticCaptions
 from vltrim.methods import get_method
+from vltrim.tasks.retrieval import contrastive_loss
 from vltrim.zoo import tiny_model
 
 
@@ -35,6 +36,18 @@ if __name__ == "__main__":
         progress=False,
     )
     weights = sum(float(p.detach().double().sum()) for p in res.model.parameters())
+    gated = get_method("modal-adaptive").run(
+        tiny_model("CLIPModel"),
+        0.4,
+        train_data=SyntheticCaptions("train", 128),
+        loss_fn=contrastive_loss,
+        steps=6,
+        lr=1e-3,
+        batch_size=8,
+        gate_lr=0.1,
+        lagrangian_lr=0.1,
+        progress=False,
+    )
     out = {
         "rank": state.process_index,
         "world": state.num_processes,
@@ -42,6 +55,8 @@ if __name__ == "__main__":
         "weights": weights,
         "scores": {n: s.tolist() for n, s in res.scores.items()},
         "mope": mope_errors(),
+        "modal_keep": gated.plan.keep,
+        "modal_log": gated.artifacts["search_log"][-1],
     }
     with open(f"{sys.argv[1]}/rank{state.process_index}.json", "w") as f:
         json.dump(out, f)

@@ -28,8 +28,9 @@ def flat_outputs(out) -> list[torch.Tensor]:
 
 
 def run(model, inputs) -> list[torch.Tensor]:
+    """Every output of the family's forward (a VQA model's includes its answer decoder's logits)."""
     with torch.no_grad():
-        return flat_outputs(model(**inputs))
+        return flat_outputs(get_adapter(model).forward(model, inputs))
 
 
 def max_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:

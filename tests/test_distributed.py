@@ -41,6 +41,9 @@ def test_upop_search_on_two_processes_agrees(tmp_path):
     assert ranks[0]["keep"] == ranks[1]["keep"] and ranks[0]["keep"]
     assert ranks[0]["scores"] == ranks[1]["scores"]
     assert abs(ranks[0]["weights"] - ranks[1]["weights"]) < 1e-6
+    # modal-adaptive's gates and multipliers live outside the model: their gradients are averaged over ranks too
+    assert ranks[0]["modal_keep"] == ranks[1]["modal_keep"] and ranks[0]["modal_keep"]
+    assert ranks[0]["modal_log"] == ranks[1]["modal_log"]
     # MoPE scoring sharded over the 2 ranks gives every rank the single-process values
     sys.path.insert(0, str(script.parent))
     from _ddp_search import mope_errors

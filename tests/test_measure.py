@@ -23,6 +23,9 @@ def test_compare_gives_ratios_of_one_run():
     assert c["batch_size"] == 2
     lo, hi = c["speedup_quartiles"]  # the spread of the paired ratios, shown beside the median
     assert lo <= c["speedup"] <= hi
+    from vltrim.measure import speedup_verdict
     from vltrim.report import speedup_text
 
-    assert speedup_text(c) == f"{c['speedup']:.2f}x (rounds {lo:.2f}-{hi:.2f})"
+    why = speedup_verdict(c["speedup"], [lo, hi])  # a shared machine's noise can make 3 rounds disagree
+    want = f"{c['speedup']:.2f}x (rounds {lo:.2f}-{hi:.2f})" if not why else f"not conclusive ({c['speedup']:.2f}x"
+    assert speedup_text(c).startswith(want)

@@ -37,8 +37,8 @@ def plan(
 
     Data-driven methods (heads, mope, taylor, upop) take ``calib_data`` (anything compress takes as data: a map-style
     dataset of dict items, a list of dicts, a DataLoader, a Hugging Face Dataset) and ``task`` (a task name, e.g.
-    'retrieval', 'classification', 'sentence-embedding'; None: the first task that fits ``model``, as the CLI
-    picks it, and an error naming ``task`` when none does). The task gives the method what it scores with: the task's
+    'retrieval', 'classification', 'sentence-embedding', or BLIP's 'itm-retrieval', 'vqa', 'captioning'; None: the
+    first task that fits ``model``, as the CLI picks it, and an error naming ``task`` when none does). The task gives the method what it scores with: the task's
     loss (heads, taylor: scored on calib_data; upop: trained on calib_data) or its metric (mope). The loss is the one
     compress searches with (`vltrim.tasks.loss.search_loss`): the task loss, the task's distillation from ``model``
     itself (the unpruned model) and the method's default distillation weights, so the plan is the one compress's

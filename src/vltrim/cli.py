@@ -649,7 +649,7 @@ def compress(
     ),
     method: str = typer.Option(
         "l1",
-        help="compression method (l1, taylor, random, upop, mope, heads, distill, lowrank, magnitude); "
+        help="compression method (l1, taylor, random, upop, mope, modal-adaptive, heads, distill, lowrank, magnitude); "
         "'--then NAME [--target ... --set ...]' chains another method on the result (stage options follow it)",
     ),
     target: float = typer.Option(0.5, help="fraction of prunable cost to remove, in (0, 1)"),
@@ -672,14 +672,17 @@ def compress(
     plan_file: Path | None = typer.Option(None, "--plan", help="apply this plan.json instead of searching"),
     task: str | None = typer.Option(
         None,
-        help="retrieval (image-text), classification (image classifier) or sentence-embedding "
-        "(text encoder): the loss that retrains and the metric that judges; default: the one that fits the model",
+        help="retrieval (image-text), classification (image classifier), sentence-embedding (text encoder), "
+        "itm-retrieval, vqa or captioning (BLIP): the loss that retrains and the metric that judges; default: the one "
+        "that fits the model",
     ),
     data: str | None = typer.Option(
         None,
         help="training data: retrieval: 'builtin', an image-caption manifest (.jsonl/.csv) or an "
         "image folder; classification: an image folder root/<class>/<images>; sentence-embedding: "
-        "sentences (.txt one per line, .jsonl/.csv with a 'text' field); any task: hf:DIR (datasets.save_to_disk)",
+        "sentences (.txt one per line, .jsonl/.csv with a 'text' field); itm-retrieval / captioning: 'builtin' "
+        "or an image-caption manifest; vqa: 'builtin' or a manifest with image, question, answer; any task: hf:DIR "
+        "(datasets.save_to_disk)",
     ),
     eval_data: str | None = typer.Option(None, help="evaluation data, same forms as --data"),
     tokenizer: str | None = typer.Option(

@@ -139,15 +139,18 @@ def _output_names(model: nn.Module, inputs: dict[str, torch.Tensor]) -> list[str
     return [k for k, v in out.items() if torch.is_tensor(v)]
 
 
-def _dynamic_shapes(inputs: dict[str, torch.Tensor]) -> dict[str, dict[int, Any]]:
-    """Batch axes (image and text batches apart in a dual encoder) and the sequence axis, as torch.export Dims."""
+def _dynamic_shapes(model: nn.Module, inputs: dict[str, torch.Tensor]) -> dict[str, dict[int, Any]]:
+    """Batch axes (image and text batches apart in a dual encoder, one batch where the model pairs them) and the
+    sequence axis, as torch.export Dims."""
     from torch.export import Dim
 
-    modalities = sorted({MODEL_INPUTS[k].modality for k in inputs})
+    paired = get_adapter(model).paired_inputs(model)
+    modalities = ["batch"] if paired else sorted({MODEL_INPUTS[k].modality for k in inputs})
     names = {"vision": "image_batch", "text": "text_batch"}
     batch = {m: Dim(names.get(m, f"{m}_batch") if len(modalities) > 1 else "batch") for m in modalities}
     seq = Dim("sequence")
-    return {k: {0: batch[MODEL_INPUTS[k].modality], **({1: seq} if k in SEQUENCE_INPUTS else {})} for k in inputs}
+    axis = lambda k: "batch" if paired else MODEL_INPUTS[k].modality  # noqa: E731
+    return {k: {0: batch[axis(k)], **({1: seq} if k in SEQUENCE_INPUTS else {})} for k in inputs}
 
 
 @contextlib.contextmanager
@@ -181,7 +184,7 @@ def _export(model: nn.Module, inputs: dict[str, torch.Tensor], file: Path) -> li
                 kwargs=inputs,
                 input_names=list(inputs),
                 output_names=names,
-                dynamic_shapes=_dynamic_shapes(inputs),
+                dynamic_shapes=_dynamic_shapes(model, inputs),
                 dynamo=True,
                 external_data=big,
             )
@@ -208,7 +211,7 @@ def _parity_inputs(model: nn.Module, batch_size: int) -> dict[str, torch.Tensor]
     """Inputs unlike the export's: another batch size (one image fewer than texts in a dual encoder) and a sequence a
     quarter shorter (its last token, e.g. eos, kept)."""
     inputs = _inputs(model, batch_size)
-    if "pixel_values" in inputs and "input_ids" in inputs:
+    if "pixel_values" in inputs and "input_ids" in inputs and not get_adapter(model).paired_inputs(model):
         inputs["pixel_values"] = inputs["pixel_values"][:-1]
     for k in SEQUENCE_INPUTS:
         if k in inputs and inputs[k].shape[1] > 2:

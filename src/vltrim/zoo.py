@@ -25,6 +25,25 @@ def _bert_cfg(**kw) -> tf.BertConfig:
     return tf.BertConfig(**dict(TINY, vocab_size=64, max_position_embeddings=32), **kw)
 
 
+# BLIP: text ids as the built-in word tokenizer numbers them ([pad] 0, [bos] 2 starts a decoder, [eos] 3 ends one)
+TINY_BLIP_TEXT = dict(
+    TINY_TEXT, vocab_size=96, bos_token_id=2, eos_token_id=3, sep_token_id=3, max_position_embeddings=24
+)
+# BlipVisionConfig's initializer_range defaults to 1e-10: a tiny tower would give every image the same states.
+TINY_BLIP_VISION = dict(TINY_VISION, intermediate_size=80, initializer_range=0.02)
+
+
+def _blip_cfg(vision_width: int = 48) -> tf.BlipConfig:
+    """Vision narrower than text, so a cross-attention's key/value width is not its query width (the VQA answer
+    decoder cross-attends to the question encoder, built with ``encoder_hidden_size``: both widths must agree)."""
+    return tf.BlipConfig(
+        vision_config=dict(TINY_BLIP_VISION, hidden_size=vision_width),
+        text_config=dict(TINY_BLIP_TEXT, encoder_hidden_size=vision_width),
+        projection_dim=32,
+        image_text_hidden_size=32,
+    )
+
+
 def _dual() -> nn.Module:
     vision = tf.ViTModel(tf.ViTConfig(**TINY_VISION))
     text = tf.BertModel(_bert_cfg())
@@ -54,6 +73,10 @@ _BUILDERS = {
     "BertModel": lambda: tf.BertModel(_bert_cfg()),
     "BertForSequenceClassification": lambda: tf.BertForSequenceClassification(_bert_cfg(num_labels=3)),
     "VisionTextDualEncoderModel": _dual,
+    "BlipModel": lambda: tf.BlipModel(_blip_cfg()),
+    "BlipForImageTextRetrieval": lambda: tf.BlipForImageTextRetrieval(_blip_cfg()),
+    "BlipForQuestionAnswering": lambda: tf.BlipForQuestionAnswering(_blip_cfg(vision_width=64)),
+    "BlipForConditionalGeneration": lambda: tf.BlipForConditionalGeneration(_blip_cfg()),
 }
 
 TINY_CLASSES = sorted(_BUILDERS)  # the built-in families' classes

@@ -42,6 +42,11 @@ class TransformerAdapter:
         keys of its reference input unless a family says otherwise."""
         return tuple(self.reference_inputs(model, batch_size=1))
 
+    def paired_inputs(self, model: nn.Module) -> bool:
+        """True when the model reads image i with text i (a fusion encoder): one batch for all inputs. A dual encoder
+        embeds its image and text batches apart (False)."""
+        return False
+
     def forward(self, model: nn.Module, inputs: dict[str, Any]) -> Any:
         """Run the model on inputs (overridable when a family needs a particular call)."""
         return model(**inputs)
@@ -165,6 +170,15 @@ class TransformerAdapter:
         if group.kind == UnitKind.NEURONS:
             return masks.mask_neurons(b, values)
         return masks.mask_layers(t, values)
+
+    def fold(self, model: nn.Module, group: Group, values: torch.Tensor) -> None:
+        """Scale the weights so the unmasked model computes what ``mask(model, group, values)`` does (heads and FFN
+        neurons: each scales one Linear's input columns)."""
+        if group.kind == UnitKind.HEADS:
+            return masks.fold_heads(self.site(model, group.name), values)
+        if group.kind == UnitKind.NEURONS:
+            return masks.fold_neurons(self.locate(model, group.name)[2], values)
+        raise ValueError(f"mask values of {group.kind} units cannot be folded into the weights ({group.name})")
 
     def slice(self, model: nn.Module, group: Group, keep: list[int]) -> None:
         """Physically keep only units ``keep`` of ``group`` (in place); an attention whose class has a forward

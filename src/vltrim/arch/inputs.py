@@ -28,6 +28,8 @@ MODEL_INPUTS: dict[str, ModelInput] = {
         ModelInput("input_ids", "text", floating=False, sequence=True, primary=True),
         ModelInput("attention_mask", "text", floating=False, sequence=True, primary=False),
         ModelInput("token_type_ids", "text", floating=False, sequence=True, primary=False),
+        ModelInput("decoder_input_ids", "text", floating=False, sequence=True, primary=False),
+        ModelInput("decoder_attention_mask", "text", floating=False, sequence=True, primary=False),
     )
 }
 FLOATING_INPUTS = tuple(k for k, i in MODEL_INPUTS.items() if i.floating)

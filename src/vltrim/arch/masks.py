@@ -152,6 +152,20 @@ def mask_neurons(b: BlockSpec, values: MaskValues) -> HandleGroup:
     return HandleGroup([b.fc2.register_forward_pre_hook(pre)])
 
 
+@torch.no_grad()
+def fold_heads(a: AttentionSite, values: torch.Tensor) -> None:
+    """Multiply each head unit's out-projection input columns by its value: the weights then compute what
+    `mask_heads` with ``values`` computes (a gate's kept value made part of the model)."""
+    w = a.o.weight
+    w.copy_((w.unflatten(1, (a.units, a.q_per_kv * a.head_dim)) * values.to(w)[None, :, None]).flatten(1))
+
+
+@torch.no_grad()
+def fold_neurons(b: BlockSpec, values: torch.Tensor) -> None:
+    """Multiply fc2's input columns by the neurons' values (what `mask_neurons` computes)."""
+    b.fc2.weight.mul_(values.to(b.fc2.weight)[None, :])
+
+
 def mask_layers(t: Tower, values: MaskValues) -> HandleGroup:
     """Blend each block with the identity: m*block(x) + (1-m)*x; 0 is the block removed."""
     p = as_param(values)

@@ -270,28 +270,34 @@ def _csv_rows(path: Path, text: str) -> list[tuple[int, Any]]:
     return rows
 
 
+class MissingField(ValueError):
+    """A manifest row lacks a field the data needs (callers add what their task takes)."""
+
+
 def _field(path: Path, n: int, line: int, row: dict, key: str, what: str) -> str:
     """Row ``n``'s ``key`` as a non-empty string; a null, empty, missing or non-string value is refused."""
     where = f"{path} row {n} (line {line})"
     if key not in row:
-        raise ValueError(f"{where} lacks '{key}' (has {sorted(str(k) for k in row if k is not None)})")
+        raise MissingField(f"{where} lacks '{key}' (has {sorted(str(k) for k in row if k is not None)})")
     v = row[key]
     if v is None:
         why = "is null" if path.suffix.lower() == ".jsonl" else "is missing (the row has too few cells)"
         raise ValueError(f"{where}: the {what} field '{key}' {why}")
     if not isinstance(v, str):
+        one = "answer" if what == "answer" else "caption"
         raise ValueError(
             f"{where}: the {what} field '{key}' must be a string, got {type(v).__name__} {str(v)[:60]!r}"
-            + ("; one caption per row: repeat the image on several rows" if isinstance(v, list) else "")
+            + (f"; one {one} per row: repeat the image on several rows" if isinstance(v, list) else "")
         )
     if not v.strip():
         raise ValueError(f"{where}: the {what} field '{key}' is empty")
     return v
 
 
-def read_manifest(path: str | Path, image_key: str = "image", caption_key: str = "caption") -> list[tuple[Path, str]]:
-    """(image path, caption) rows of a UTF-8 .jsonl or .csv manifest; relative image paths are relative to the
-    manifest. Every row needs a non-empty string caption and image path: anything else is an error naming the row."""
+def read_rows(path: str | Path, image_key: str, texts: Sequence[tuple[str, str]]) -> list[tuple[Any, ...]]:
+    """(image path, text, ...) rows of a UTF-8 .jsonl or .csv manifest, one text per (key, what) of ``texts``;
+    relative image paths are relative to the manifest. Every field must be a non-empty string: anything else is an
+    error naming the row (a missing field: `MissingField`)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"manifest {path} does not exist" + (" (it is a directory)" if path.is_dir() else ""))
@@ -300,19 +306,40 @@ def read_manifest(path: str | Path, image_key: str = "image", caption_key: str =
         raise ValueError(f"manifest must be .jsonl or .csv, got {path.name}")
     text = _decoded(path)
     rows = _jsonl_rows(path, text) if suffix == ".jsonl" else _csv_rows(path, text)
+    like = "{" + ", ".join(f'"{k}": ...' for k in (image_key, *(k for k, _ in texts))) + "}"
     out = []
     for n, (line, r) in enumerate(rows, 1):
         if not isinstance(r, dict):
-            raise ValueError(
-                f"{path} row {n} (line {line}) must be a JSON object like "
-                f'{{"{image_key}": ..., "{caption_key}": ...}}, got {type(r).__name__}'
-            )
+            raise ValueError(f"{path} row {n} (line {line}) must be a JSON object like {like}, got {type(r).__name__}")
         img = Path(_field(path, n, line, r, image_key, "image path"))
-        caption = _field(path, n, line, r, caption_key, "caption")
-        out.append((img if img.is_absolute() else path.parent / img, caption))
+        values = [_field(path, n, line, r, key, what) for key, what in texts]
+        out.append((img if img.is_absolute() else path.parent / img, *values))
     if not out:
         raise ValueError(f"manifest {path} has no rows")
     return out
+
+
+def read_manifest(path: str | Path, image_key: str = "image", caption_key: str = "caption") -> list[tuple[Path, str]]:
+    """(image path, caption) rows of a UTF-8 .jsonl or .csv manifest; relative image paths are relative to the
+    manifest. Every row needs a non-empty string caption and image path: anything else is an error naming the row."""
+    return read_rows(path, image_key, [(caption_key, "caption")])
+
+
+def _checked_images(path: Path, files: Sequence[Path], check: bool) -> None:
+    """Every image a manifest lists exists and (``check``) can be read; errors name the manifest."""
+    missing = [str(p) for p in files if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} images listed in {path} are missing, e.g. {missing[0]}")
+    if check:
+        verify_images(files, path)
+
+
+def _check_tokenizer(tokenizer: Any) -> None:
+    if not callable(tokenizer):
+        raise TypeError(
+            f"tokenizer must be callable like a Hugging Face tokenizer (texts -> input_ids, attention_mask), "
+            f"got {type(tokenizer).__name__}"
+        )
 
 
 class ImageCaptionManifest(Dataset):
@@ -334,17 +361,9 @@ class ImageCaptionManifest(Dataset):
         processor: Processor | None = None,
     ):
         path, image_size = checked_path("path", path), integer("image_size", image_size, 1)
-        if not callable(tokenizer):
-            raise TypeError(
-                f"tokenizer must be callable like a Hugging Face tokenizer (texts -> input_ids, attention_mask), "
-                f"got {type(tokenizer).__name__}"
-            )
+        _check_tokenizer(tokenizer)
         self.rows = read_manifest(path, image_key, caption_key)
-        missing = [str(p) for p, _ in self.rows if not p.is_file()]
-        if missing:
-            raise FileNotFoundError(f"{len(missing)} images listed in {path} are missing, e.g. {missing[0]}")
-        if check_images:
-            verify_images([p for p, _ in self.rows], path)
+        _checked_images(path, [p for p, _ in self.rows], check_images)
         self.captions = [c for _, c in self.rows]
         ids = {c: i for i, c in enumerate(dict.fromkeys(self.captions))}
         self.labels = torch.tensor([ids[c] for c in self.captions])
@@ -353,6 +372,14 @@ class ImageCaptionManifest(Dataset):
         )
         self.input_ids, self.attention_mask = enc["input_ids"], enc["attention_mask"]
         self.image_size, self.mean, self.std, self.processor = image_size, mean, std, processor
+        self.tokenizer = tokenizer  # decodes generated captions (captioning evaluation)
+        self._by_image: dict[Path, list[str]] = {}
+        for p, c in self.rows:
+            self._by_image.setdefault(p, []).append(c)
+
+    def references(self, i: int) -> list[str]:
+        """The captions of every row of item i's image (a COCO-style manifest lists an image once per caption)."""
+        return list(self._by_image[self.rows[i][0]])
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -364,6 +391,74 @@ class ImageCaptionManifest(Dataset):
             "attention_mask": self.attention_mask[i],
             "label": self.labels[i],
         }
+
+
+IGNORE_INDEX = -100  # label of a padded answer token: no loss there
+
+
+def encode_questions(
+    tokenizer: Callable, questions: Sequence[str], answers: Sequence[str], max_length: int, answer_length: int | None
+) -> dict[str, torch.Tensor]:
+    """Questions as input_ids / attention_mask (``max_length`` tokens) and answers as the decoder's
+    decoder_input_ids / decoder_attention_mask ('[bos] answer [eos]' then padding) and labels (-100 at padding);
+    answers take ``answer_length`` tokens, or (None) as many as the longest answer (at most ``max_length``)."""
+    q = tokenizer(list(questions), padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
+    n = answer_length or max_length
+    a = tokenizer(list(answers), padding="max_length", truncation=True, max_length=n, return_tensors="pt")
+    ids, mask = a["input_ids"], a["attention_mask"]
+    if answer_length is None:
+        longest = int(mask.sum(1).max()) if len(mask) else 1
+        ids, mask = ids[:, :longest], mask[:, :longest]
+    return {
+        "input_ids": q["input_ids"],
+        "attention_mask": q["attention_mask"],
+        "decoder_input_ids": ids,
+        "decoder_attention_mask": mask,
+        "labels": ids.masked_fill(mask == 0, IGNORE_INDEX),
+    }
+
+
+class ImageQuestionManifest(Dataset):
+    """Image-question-answer rows of a manifest (.jsonl / .csv with 'image', 'question', 'answer') as VQA items:
+    {pixel_values, input_ids, attention_mask (the question), decoder_input_ids, decoder_attention_mask (the answer),
+    labels (-100 at padding), answer (an index into ``answers``: the file's distinct answers, sorted)}. Images are
+    checked and prepared as `ImageCaptionManifest` does; ``answer_length`` None: the longest answer's tokens."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        tokenizer: Callable,
+        image_size: int,
+        max_length: int = 77,
+        answer_length: int | None = None,
+        image_key: str = "image",
+        question_key: str = "question",
+        answer_key: str = "answer",
+        mean=CLIP_MEAN,
+        std=CLIP_STD,
+        check_images: bool = True,
+        processor: Processor | None = None,
+    ):
+        path, image_size = checked_path("path", path), integer("image_size", image_size, 1)
+        answer_length = None if answer_length is None else integer("answer_length", answer_length, 2)
+        _check_tokenizer(tokenizer)
+        rows = read_rows(path, image_key, [(question_key, "question"), (answer_key, "answer")])
+        _checked_images(path, [r[0] for r in rows], check_images)
+        self.files = [r[0] for r in rows]
+        self.questions, self.answer_texts = [r[1] for r in rows], [r[2] for r in rows]
+        self.answers = sorted(set(self.answer_texts))
+        index = {a: k for k, a in enumerate(self.answers)}
+        self.answer = torch.tensor([index[a] for a in self.answer_texts])
+        self.fields = encode_questions(tokenizer, self.questions, self.answer_texts, max_length, answer_length)
+        self.tokenizer = tokenizer  # decodes generated answers (vqa evaluation)
+        self.image_size, self.mean, self.std, self.processor = image_size, mean, std, processor
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        image = load_image(self.files[i], self.image_size, self.mean, self.std, self.processor)
+        return {"pixel_values": image, **{k: v[i] for k, v in self.fields.items()}, "answer": self.answer[i]}
 
 
 def _visible(p: Path) -> bool:

@@ -62,6 +62,28 @@ class WordTokenizer:
         warn_unknown(texts, unknown, words, len(self.vocab) - len(SPECIALS), "the built-in word tokenizer", example)
         return {"input_ids": ids, "attention_mask": mask}
 
+    def _words(self, ids: Sequence[int] | torch.Tensor) -> list[str]:
+        """The vocabulary words of one sequence of ``ids``; ids outside the vocabulary (a model's padded one) are [unk]."""
+        ids = ids.tolist() if torch.is_tensor(ids) else ids
+        if isinstance(ids, (int, str)) or any(isinstance(i, (list, tuple)) for i in ids):
+            raise ValueError("decode takes one sequence of ids (a list or 1-D tensor); batch_decode takes several")
+        return [self.vocab[i] if 0 <= i < len(self.vocab) else SPECIALS[self.unk_token_id] for i in map(int, ids)]
+
+    def decode(self, ids: Sequence[int] | torch.Tensor, skip_special_tokens: bool = True) -> str:
+        """The words of token ``ids`` joined by spaces, as HF's ``decode`` (to read generated captions);
+        ``skip_special_tokens`` stops at the first [eos] and drops [pad] [unk] [bos]."""
+        words = self._words(ids)
+        if skip_special_tokens:
+            eos = SPECIALS[self.eos_token_id]
+            words = [w for w in words[: words.index(eos) if eos in words else None] if w not in SPECIALS]
+        return " ".join(words)
+
+    def batch_decode(
+        self, sequences: Sequence[Sequence[int]] | torch.Tensor, skip_special_tokens: bool = True
+    ) -> list[str]:
+        """:meth:`decode` of each sequence (rows of a 2-D tensor, or a list of id lists), as HF's ``batch_decode``."""
+        return [self.decode(s, skip_special_tokens=skip_special_tokens) for s in sequences]
+
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps({"vocab": self.vocab, "max_length": self.max_length}))
 

@@ -1,6 +1,17 @@
 """Compression methods: one file each, registered by name. A method returns a Plan; it never edits the model."""
 
-from vltrim.methods import distill, heads, l1, lowrank, magnitude, mope, random, taylor, upop  # noqa: F401  (registration)
+from vltrim.methods import (  # noqa: F401  (registration)
+    distill,
+    heads,
+    l1,
+    lowrank,
+    magnitude,
+    modal_adaptive,
+    mope,
+    random,
+    taylor,
+    upop,
+)
 from vltrim.methods.registry import (
     _METHODS,
     BUDGET_OPTIONS,
@@ -10,6 +21,7 @@ from vltrim.methods.registry import (
     MethodConfig,
     Result,
     SearchResult,
+    TrainingSearch,
     available,
     get_method,
     register,
@@ -23,6 +35,7 @@ __all__ = [
     "MethodConfig",
     "Result",
     "SearchResult",
+    "TrainingSearch",
     "available",
     "get_method",
     "register",

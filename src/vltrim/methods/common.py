@@ -175,3 +175,13 @@ def plan_from_keep(
             model_macs_after=count_macs(small, adapter.reference_inputs(small, 1)),
         )
     return plan
+
+
+def mean_over_ranks(g: torch.Tensor) -> torch.Tensor:
+    """``g`` averaged over processes (a search's own gradients, which DDP does not average), so every rank ranks the
+    same saliency and reaches the same plan."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        g = g.clone()
+        torch.distributed.all_reduce(g)
+        g /= torch.distributed.get_world_size()
+    return g

@@ -28,9 +28,26 @@ from vltrim.structure.slicing import Tower
 from vltrim.train.distill import layer_map
 
 
-def tower_layers(model: nn.Module, layers: int | dict[str, int]) -> dict[str, int]:
+def parse_layers(layers: int | str | dict[str, int]) -> int | dict[str, int]:
+    """``layers`` as the CLI writes it too: 'vision:6,text:3' (tower or modality: count) is a dict, '2' an int."""
+    if not isinstance(layers, str):
+        return layers
+    if ":" not in layers:
+        return integer("layers", int(layers) if layers.strip().isdigit() else layers, 1)
+    out: dict[str, int] = {}
+    for part in layers.split(","):
+        name, _, count = part.partition(":")
+        if not name.strip() or not count.strip().isdigit():
+            raise ValueError(f"layers: {part!r} is not TOWER:COUNT (e.g. layers=vision:6,text:3)")
+        out[name.strip()] = int(count)
+    return out
+
+
+def tower_layers(model: nn.Module, layers: int | str | dict[str, int]) -> dict[str, int]:
     """Layers each tower keeps, by tower name: ``layers`` an int (every tower) or a dict keyed by tower name or
-    modality (towers left out keep all their layers). Errors name the option, the tower and its depth."""
+    modality (towers left out keep all their layers; 'vision:6,text:3' is that dict). Errors name the option, the
+    tower and its depth."""
+    layers = parse_layers(layers)
     towers = get_adapter(model).towers(model)
     if isinstance(layers, dict):
         asked = {t.name: _asked_for(t, layers) for t in towers}
@@ -95,7 +112,7 @@ class DistillConfig(MethodConfig):
     Its plans record (``plan_settings``) ``layers`` resolved to a count per tower name and the teacher layers each
     tower kept (kept_layers); the budget is in the plan's target."""
 
-    layers: int | dict[str, int] | None = None
+    layers: int | str | dict[str, int] | None = None
     metric: str = "params"
     align: int = 8
     units: str | tuple[str, ...] = ",".join(DEFAULT_UNITS)
@@ -104,8 +121,8 @@ class DistillConfig(MethodConfig):
 
     def validate(self) -> None:
         """An int ``layers`` (a dict's counts are checked against the model's towers, `tower_layers`)."""
-        if self.layers is not None and not isinstance(self.layers, dict):
-            integer("layers", self.layers, 1)
+        if self.layers is not None and not isinstance(parse_layers(self.layers), dict):
+            integer("layers", parse_layers(self.layers), 1)
 
     def plan_settings(self, **found: Any) -> dict[str, Any]:
         return {"layers": self.layers, "kept_layers": found["kept_layers"]}

@@ -2,8 +2,10 @@
 
 MoPE(module) = Z(model) - Z(model without the module), Z the task metric itself on calibration data
 (retrieval: mean R@1, or zero-shot top-1 with class prompts; classification: top-1; sentence embedding:
-cosine to the teacher). Modules: every attention head, every FFN neuron group (neurons ordered inside
-their layer by weight magnitude, then cut into blocks of ``group_size``), and every layer.
+cosine to the teacher; BLIP's itm-retrieval: mean R@1 after ITM re-ranking; vqa and captioning: minus the
+teacher-forced loss of the gold answer / caption, as generated answers tie on a calibration set). Modules:
+every attention head, every FFN neuron group (neurons ordered inside their layer by weight magnitude, then
+cut into blocks of ``group_size``), and every layer.
 Width first: heads and FFN groups of every tower are ranked by error per removed cost in one global,
 cost-exact, aligned cut. Then depth: the error of every layer is recomputed on the width-pruned model
 and the layers with the least error per cost are dropped until ``depth_share`` of the cut comes from
@@ -13,9 +15,10 @@ Scoring is exact and fast: an ablation starts from the cached input of its block
 once), reuses the clean outputs of the projections upstream of the ablated units in that block (q/k/v for
 a head; attention and fc1 for FFN neurons; a removed layer is skipped), and the other towers' outputs are
 computed once; on an accelerator several ablations share one batched forward (masks with a leading
-ablation dimension). ``fast=False`` runs one full evaluation per module (the naive
-reference the fast path is tested against). Under torch.distributed each rank scores a slice of the
-modules and the errors are summed over ranks."""
+ablation dimension). Models whose towers feed each other (BLIP: the text encoder cross-attends to the
+image) are scored by one full evaluation per module (`Probe.joint`). ``fast=False`` runs one full
+evaluation per module (the naive reference the fast path is tested against). Under torch.distributed
+each rank scores a slice of the modules and the errors are summed over ranks."""
 
 from __future__ import annotations
 
@@ -43,9 +46,13 @@ from vltrim.structure.groups import Group, UnitKind
 from vltrim.structure.plan import Plan
 from vltrim.structure.select import ALLOCATION, MAX_RATIO, Budget, select
 from vltrim.tasks import Task
+from vltrim.tasks.captioning import caption_nll
 from vltrim.tasks.classification import class_logits
+from vltrim.tasks.itm import evaluate_itm
 from vltrim.tasks.retrieval import image_embeds, recall_at_k, text_embeds
 from vltrim.tasks.sentence import sentence_embedding
+from vltrim.tasks.vqa import NEEDED as NEEDED_VQA
+from vltrim.tasks.vqa import vqa_nll
 
 Outputs = dict[str, torch.Tensor]
 
@@ -61,6 +68,9 @@ class Probe:
     output: dict[str, Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]]
     metric: Callable[[Outputs, dict[str, torch.Tensor]], float]
     extras: dict[str, torch.Tensor]
+    #: the metric of the whole model at once, for tasks whose towers feed each other (BLIP: the text encoder
+    #: cross-attends to the image): an ablation re-runs everything, so only `naive_errors` scores them
+    joint: Callable[[nn.Module], float] | None = None
 
 
 def _chunks(data: Any, batch_size: int) -> list[dict[str, torch.Tensor]]:
@@ -124,6 +134,48 @@ def _sentence_probe(data: Any, chunks: list[dict[str, torch.Tensor]]) -> Probe:
 PROBES = {"retrieval": _retrieval_probe, "classification": _classification_probe, "sentence-embedding": _sentence_probe}
 
 
+def _needs(chunks: list[dict[str, torch.Tensor]], task: str, keys: tuple[str, ...]) -> None:
+    missing = [k for k in keys if not chunks or k not in chunks[0]]
+    if missing:
+        have = sorted(chunks[0]) if chunks else []
+        raise ValueError(f"calib_data for {task} needs {', '.join(map(repr, missing))} in every item; they have {have}")
+
+
+def _itm_probe(items: Any, chunks: list[dict[str, torch.Tensor]], batch_size: int) -> Probe:
+    """Mean R@1 both ways after ITM re-ranking of the ITC top k (the task's own metric; ITC alone would give the
+    fusion encoder no error)."""
+    _needs(chunks, "itm-retrieval", ("pixel_values", "input_ids"))
+    return Probe({}, {}, _no_metric, {}, joint=lambda m: evaluate_itm(m, items, batch_size=batch_size)["mean_R@1"])
+
+
+def _likelihood_probe(task: str, keys: tuple[str, ...], loss: Callable) -> Callable[..., Probe]:
+    """Minus the mean teacher-forced loss of the gold answer / caption: generated exact match and CIDEr tie on a
+    calibration set of a few hundred items (most ablations change no output), the likelihood does not."""
+
+    def make(items: Any, chunks: list[dict[str, torch.Tensor]], batch_size: int) -> Probe:
+        _needs(chunks, task, keys)
+        sizes = [len(c["input_ids"]) for c in chunks]
+
+        def metric(model: nn.Module) -> float:
+            return -sum(loss(model, c).item() * n for c, n in zip(chunks, sizes)) / sum(sizes)
+
+        return Probe({}, {}, _no_metric, {}, joint=metric)
+
+    return make
+
+
+def _no_metric(outputs: Outputs, extras: dict[str, torch.Tensor]) -> float:
+    raise AssertionError("a joint probe has no per-tower metric")
+
+
+#: tasks of models whose towers feed each other: scored as a whole (`Probe.joint`)
+JOINT_PROBES = {
+    "itm-retrieval": _itm_probe,
+    "vqa": _likelihood_probe("vqa", NEEDED_VQA, vqa_nll),
+    "captioning": _likelihood_probe("captioning", ("pixel_values", "input_ids"), caption_nll),
+}
+
+
 def make_probe(task: str, data: Any, batch_size: int = 64) -> Probe:
     """The probe of ``task`` on calibration ``data`` (any form `as_dataset` accepts)."""
     data, _ = as_dataset(data, "calib_data")
@@ -134,8 +186,12 @@ def make_probe(task: str, data: Any, batch_size: int = 64) -> Probe:
 
 def _probe(task: str, data: Any, items: Any, batch_size: int) -> Probe:
     """The probe of ``task`` on ``items`` (``data`` or a subset of it; class prompts are read from ``data``)."""
+    if task in JOINT_PROBES:
+        return JOINT_PROBES[task](items, _chunks(items, batch_size), batch_size)
     if task not in PROBES:
-        raise ValueError(f"mope scores with the task metric; task must be one of {', '.join(PROBES)}, got {task!r}")
+        raise ValueError(
+            f"mope scores with the task metric; task must be one of {', '.join([*PROBES, *JOINT_PROBES])}, got {task!r}"
+        )
     return PROBES[task](data, _chunks(items, batch_size))
 
 
@@ -175,6 +231,8 @@ def naive_errors(model: nn.Module, probe: Probe, ablations: list[Ablation], prog
 
 
 def _metric(model: nn.Module, probe: Probe) -> float:
+    if probe.joint is not None:
+        return probe.joint(model)
     return probe.metric({m: _outputs(model, probe, m) for m in probe.batches}, probe.extras)
 
 
@@ -566,7 +624,7 @@ class MoPEMethod(Method):
         work = copy.deepcopy(model).eval()
         score = _warn_if_flat(
             (lambda m, ab: fast_errors(m, probe, ab, ablation_batch, progress))
-            if fast
+            if fast and probe.joint is None
             else (lambda m, ab: naive_errors(m, probe, ab, progress)),
             len(calib),
         )

@@ -200,6 +200,28 @@ class Method:
         raise NotImplementedError(f"{self.name} does not prune in rounds")
 
 
+class TrainingSearch(Method):
+    """A method whose search trains a copy of the model on the task loss (``run``; its steps count as training):
+    vltrim.plan's ``task`` gives it the loss, and its plan is ``run``'s."""
+
+    descriptor: ClassVar[Descriptor] = Descriptor(
+        data="required",
+        trains=True,
+        calib_option="train_data",
+        runtime=("train_data", "loss_fn", "steps", "lr", "batch_size", "seed", "progress"),
+    )
+
+    def task_settings(self, task: Any, loss: Any) -> dict[str, Any]:
+        """What vltrim.plan's ``task`` gives the search: the task's loss, trained on (as the search's ``loss_fn``)."""
+        return {"loss_fn": loss}
+
+    def search(self, model: nn.Module, target: float, **settings: Any) -> Plan:
+        return self.run(model, target, **settings).plan
+
+    def run(self, model: nn.Module, target: float, **settings: Any) -> Result:
+        raise NotImplementedError
+
+
 _METHODS: dict[str, Method] = {}
 
 

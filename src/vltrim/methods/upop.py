@@ -29,16 +29,16 @@ from vltrim.methods.common import (
     DEFAULT_UNITS,
     TAYLOR_NORMALIZE,
     TAYLOR_RANKING,
+    mean_over_ranks,
     plan_from_keep,
     prunable_groups,
     unit_sums,
     weight_taylor,
 )
-from vltrim.methods.registry import Descriptor, Method, MethodConfig, Result, register
+from vltrim.methods.registry import MethodConfig, Result, TrainingSearch, register
 from vltrim.structure.groups import Group
 from vltrim.structure.plan import Plan
 from vltrim.structure.select import ALLOCATION, MAX_RATIO, Budget, achieved, check_ranking, ranked, select
-from vltrim.tasks import Task
 from vltrim.tasks.retrieval import contrastive_loss
 from vltrim.train import train
 from vltrim.train.loop import SCHEDULES
@@ -92,15 +92,6 @@ def default_loss(model: nn.Module) -> Callable:
     raise ValueError(f"upop needs loss_fn=... for {type(model).__name__} (a callable (model, batch) -> loss)")
 
 
-def _mean_over_ranks(g: torch.Tensor) -> torch.Tensor:
-    """Mask gradients averaged over processes, so every rank ranks the same saliency (same plan)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        g = g.clone()
-        torch.distributed.all_reduce(g)
-        g /= torch.distributed.get_world_size()
-    return g
-
-
 def _pruned(g: Group, keep: dict[str, list[int]]) -> list[int]:
     """Indices of ``g`` that ``keep`` removes (none when the group is not listed)."""
     return sorted(set(range(g.size)) - set(keep.get(g.name, range(g.size))))
@@ -148,7 +139,7 @@ class _Search:
             if self.model is not None:  # taylor: |w * dL/dw| over the unit's weights (DDP has averaged the grads)
                 self.scores[g.name].mul_(self.decay).add_(unit_sums(self.model, g, weight_taylor))
             elif v.grad is not None:
-                grad = _mean_over_ranks(v.grad.detach()).double().cpu()
+                grad = mean_over_ranks(v.grad.detach()).double().cpu()
                 self.scores[g.name].mul_(self.decay).add_(grad if self.signed else grad.abs())
             v.grad = None
         t = step + 1
@@ -250,22 +241,9 @@ class UPopConfig(MethodConfig):
 
 
 @register
-class UPopMethod(Method):
+class UPopMethod(TrainingSearch):
     name = "upop"
     Config = UPopConfig
-    descriptor = Descriptor(
-        data="required",
-        trains=True,
-        calib_option="train_data",
-        runtime=("train_data", "loss_fn", "steps", "lr", "batch_size", "seed", "progress"),
-    )
-
-    def task_settings(self, task: Task, loss: Callable) -> dict[str, Any]:
-        """What vltrim.plan's ``task`` gives the search: the task's loss, trained on (as the search's ``loss_fn``)."""
-        return {"loss_fn": loss}
-
-    def search(self, model: nn.Module, target: float, **settings: Any) -> Plan:
-        return self.run(model, target, **settings).plan
 
     def run(
         self,

@@ -44,6 +44,7 @@ from vltrim.run.runner import (
     measure_speed,
     run_settings,
     shared_checked,
+    split_of,
     stage_checked,
     try_data,
 )
@@ -202,6 +203,7 @@ def _run_chain(model: nn.Module, o: SimpleNamespace, stages: list[SimpleNamespac
     report.update(
         plan=[p.achieved for p in plans],
         params=count_params(small),
+        modality_split=split_of(model, small, plans),
         speed=measure_speed(o, model, small),
     )
     if report["speed"] is not None:

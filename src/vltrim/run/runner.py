@@ -29,7 +29,7 @@ from vltrim.methods.common import prunable_groups
 from vltrim.progress import phase
 from vltrim.structure.plan import Plan
 from vltrim.structure.result import CompressResult
-from vltrim.structure.select import ALLOCATION, MAX_RATIO, Budget
+from vltrim.structure.select import ALLOCATION, MAX_RATIO, Budget, modality_split
 from vltrim.structure.sparsify import freeze_zeros, sparsified
 from vltrim.tasks import get_task
 from vltrim.tasks.loss import kd_defaults, task_loss
@@ -377,6 +377,7 @@ def _run_checked(model: nn.Module, o: SimpleNamespace, teacher: nn.Module | None
     if o.eval_data is not None:
         rows[-1]["after"] = evaluate(o, small, "after retraining")
     _summarise(report, rows, o.eval_data is not None)
+    report["modality_split"] = split_of(model, small, plans)
     report["speed"] = measure_speed(o, model, small)
     if report["speed"] is not None:
         report["machine"] = machine()
@@ -530,6 +531,15 @@ def _loop(o: SimpleNamespace, d: Path | None, stage: str) -> dict[str, Any]:
         checkpoint_every=o.checkpoint_every if d is not None else 0,
         resume=o.resume and d is not None,
     )
+
+
+def split_of(model: nn.Module, small: nn.Module, plans: list[Plan]) -> dict[str, Any] | None:
+    """The report's ``modality_split``: the share of each modality's (and its attention's and FFN's) params and MACs
+    that ``plans`` removed from ``model`` (`vltrim.structure.select.modality_split`); None when a plan factorises or
+    sparsifies (what it removes is not units of a width group)."""
+    if any(p.factorize or p.sparsify for p in plans):
+        return None
+    return modality_split(get_adapter(model).groups(model), get_adapter(small).groups(small))
 
 
 def _summarise(report: dict[str, Any], rows: list[dict[str, Any]], evaluated: bool) -> None:

@@ -303,3 +303,42 @@ def achieved(groups: list[Group], keep: dict[str, list[int]]) -> dict[str, float
         out[f"prunable_{metric}"] = total
         out[f"{metric}_removed"] = gone / total if total else 0.0
     return out
+
+
+#: how `modality_split` names a unit kind's share: heads and head dims are both the attention's width
+SPLIT_KINDS = {UnitKind.HEADS: "attention", UnitKind.HEAD_DIMS: "attention", UnitKind.NEURONS: "ffn"}
+
+
+def modality_split(before: list[Group], after: list[Group]) -> dict[str, dict[str, dict[str, float]]]:
+    """Share of each modality's prunable params and MACs removed, in all ("removed") and per unit kind ("attention",
+    "ffn"), from the width groups of a model ``before`` and ``after`` compression (removed layers count through the
+    groups they take away). Attention is costed by its heads groups, by its head-dim groups where a model has none."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for metric in ("params", "macs"):
+        cost = cost_of(metric)
+        was, now = _split_costs(before, cost), _split_costs(after, cost)
+        out[metric] = {}
+        for modality in sorted({m for m, _ in was}):
+            kinds = sorted(k for m, k in was if m == modality)
+            total, left = sum(was[modality, k] for k in kinds), sum(now.get((modality, k), 0.0) for k in kinds)
+            out[metric][modality] = {
+                "removed": _share(left, total),
+                **{k: _share(now.get((modality, k), 0.0), was[modality, k]) for k in kinds},
+            }
+    return out
+
+
+def _share(left: float, total: float) -> float:
+    return round(1.0 - left / total, 6) if total else 0.0
+
+
+def _split_costs(groups: list[Group], cost: Cost) -> dict[tuple[str, str], float]:
+    """Cost of every (modality, "attention" | "ffn") over ``groups``, each weight counted once."""
+    heads = {g.modality for g in groups if g.kind == UnitKind.HEADS}
+    sums: dict[tuple[str, str], float] = {}
+    for g in groups:
+        if g.kind not in SPLIT_KINDS or (g.kind == UnitKind.HEAD_DIMS and g.modality in heads):
+            continue
+        key = (g.modality, SPLIT_KINDS[g.kind])
+        sums[key] = sums.get(key, 0.0) + cost.saved(g, g.size)
+    return sums

@@ -215,10 +215,15 @@ def keep_neurons_(b: BlockSpec, keep: Sequence[int]) -> None:
 
 
 def keep_layers_(t: Tower, keep: Sequence[int]) -> None:
+    """Keep blocks ``keep`` of a tower, renumbered: a module's ``layer_idx`` (the slot of its layer in a generation
+    cache) becomes its new position, and the tower's configs count the kept layers."""
     kept = [t.layers[i] for i in sorted(keep)]
     while len(t.layers):
         del t.layers[len(t.layers) - 1]
-    for layer in kept:
+    for j, layer in enumerate(kept):
         t.layers.append(layer)
+        for m in layer.modules():
+            if isinstance(getattr(m, "layer_idx", None), int):
+                m.layer_idx = j
     for cfg in t.configs:
         cfg.num_hidden_layers = len(kept)

@@ -13,7 +13,9 @@ from torch.utils.data import default_collate
 
 from vltrim.checks import kept_modes
 from vltrim.data.inputs import Sample
+from vltrim.tasks.captioning import caption_kd, caption_loss, evaluate_captioning
 from vltrim.tasks.classification import classification_kd, classification_loss, evaluate_classification
+from vltrim.tasks.itm import evaluate_itm, itm_kd, itm_loss
 from vltrim.tasks.retrieval import (
     contrastive_loss,
     evaluate_retrieval,
@@ -23,6 +25,7 @@ from vltrim.tasks.retrieval import (
 )
 from vltrim.tasks.sentence import SentenceDistillData, embedding_loss, evaluate_embeddings
 from vltrim.tasks.sources import check_token_ids
+from vltrim.tasks.vqa import evaluate_vqa, vqa_kd, vqa_loss
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,25 @@ def _first_line(e: Exception) -> str:
     return (str(e).strip().splitlines() or [""])[0][:300]
 
 
+def _vision_language(model: nn.Module, *parts: str) -> bool:
+    return all(isinstance(getattr(model, p, None), nn.Module) for p in ("vision_model", *parts))
+
+
+def _image_text_matching(model: nn.Module) -> bool:
+    """BLIP-style retrieval: a text encoder cross-attending to the image, with an image-text matching head."""
+    return _vision_language(model, "text_encoder", "itm_head", "vision_proj", "text_proj")
+
+
+def _question_answering(model: nn.Module) -> bool:
+    """BLIP-style VQA: a question encoder cross-attending to the image, an answer decoder reading the question."""
+    return _vision_language(model, "text_encoder", "text_decoder")
+
+
+def _captioner(model: nn.Module) -> bool:
+    """BLIP-style captioning: a text decoder cross-attending to the image, no text encoder."""
+    return _vision_language(model, "text_decoder") and not hasattr(model, "text_encoder")
+
+
 def _dual(model: nn.Module) -> bool:
     return hasattr(model, "get_image_features") and hasattr(model, "get_text_features")
 
@@ -116,6 +138,35 @@ TASKS: dict[str, Task] = {
         "a text encoder returning last_hidden_state (BERT, MiniLM, a CLIP text tower)",
         _text_encoder,
     ),
+    "itm-retrieval": Task(
+        "itm-retrieval",
+        itm_loss,
+        itm_kd,
+        evaluate_itm,
+        "mean_R@1",
+        "an image-text matching model: a text encoder cross-attending to the image, with an ITM head "
+        "(BlipForImageTextRetrieval)",
+        _image_text_matching,
+    ),
+    "vqa": Task(
+        "vqa",
+        vqa_loss,
+        vqa_kd,
+        evaluate_vqa,
+        "accuracy",
+        "a visual question answering model: a question encoder over the image and an answer decoder "
+        "(BlipForQuestionAnswering)",
+        _question_answering,
+    ),
+    "captioning": Task(
+        "captioning",
+        caption_loss,
+        caption_kd,
+        evaluate_captioning,
+        "CIDEr",
+        "an image captioning model: a text decoder cross-attending to the image (BlipForConditionalGeneration)",
+        _captioner,
+    ),
 }
 
 
@@ -135,7 +186,8 @@ def check_task_fit(model: Any, task: Any, *data: Any) -> None:
 
 
 def default_task(model: nn.Module) -> str:
-    """The first task that fits ``model`` (retrieval, classification, sentence-embedding); 'retrieval' when none does."""
+    """The first task that fits ``model`` (retrieval, classification, sentence-embedding, itm-retrieval, vqa,
+    captioning); 'retrieval' when none does."""
     return next((t.name for t in TASKS.values() if t.fits(model)), "retrieval")
 
 
@@ -149,17 +201,26 @@ __all__ = [
     "TASKS",
     "SentenceDistillData",
     "Task",
+    "caption_kd",
+    "caption_loss",
     "check_task_fit",
     "classification_kd",
     "classification_loss",
     "contrastive_loss",
     "default_task",
     "embedding_loss",
+    "evaluate_captioning",
     "evaluate_classification",
     "evaluate_embeddings",
+    "evaluate_itm",
     "evaluate_retrieval",
+    "evaluate_vqa",
     "get_task",
+    "itm_kd",
+    "itm_loss",
     "recall_at_k",
     "similarity_kd_loss",
+    "vqa_kd",
+    "vqa_loss",
     "zero_shot_accuracy",
 ]

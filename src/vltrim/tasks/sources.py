@@ -5,6 +5,13 @@
   classification      an image folder root/<class>/<images> (classes in sorted order), or hf:DIR
   sentence-embedding  a text file (.txt: one sentence per line; .jsonl / .csv: a 'text' or 'sentence' field and an
                       optional 'label'), or hf:DIR; the unpruned model's embeddings are computed once, as the targets
+  itm-retrieval,      'builtin' (rendered scenes with captions, `vltrim.data.scenes`), an image-caption manifest
+  captioning          (.jsonl / .csv; a captioning reference is every caption of the same image), or hf:DIR
+  vqa                 'builtin' (rendered scenes with questions), an image-question-answer manifest (.jsonl / .csv
+                      with 'image', 'question', 'answer'), or hf:DIR
+
+The built-in scenes carry their own word tokenizer (the model's vocabulary must hold it); eval datasets of captioning
+and vqa carry the tokenizer that decodes generated text (``.tokenizer``).
 
 hf:DIR is a directory written by ``datasets``' ``save_to_disk`` (a DatasetDict gives its 'train' split to training,
 'validation' / 'val' / 'test' to evaluation; hf:DIR/SPLIT picks one): columns the model takes (pixel_values,
@@ -16,9 +23,10 @@ only (never downloaded), and one whose vocabulary does not fit the model's embed
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,11 +43,16 @@ from vltrim.data.manifest import (
     CLIP_STD,
     ImageCaptionManifest,
     ImageFolder,
+    ImageQuestionManifest,
+    MissingField,
     ModelImageProcessor,
     _visible,
+    encode_questions,
     image_tensor,
 )
 from vltrim.data.prompts import ClassPrompts
+from vltrim.data.scenes import SceneCaptions, SceneQA
+from vltrim.data.scenes import tokenizer as scene_tokenizer
 from vltrim.data.sentences import SENTENCE_SUFFIXES, read_sentences
 from vltrim.data.synthetic import MEAN, STD, SyntheticCaptions, tokenizer
 from vltrim.io.remote_code import transformer_path
@@ -57,10 +70,22 @@ FORMS = {
     "classification": "an image folder root/<class>/<images>, or hf:DIR (a datasets.save_to_disk directory with image and label columns)",
     "sentence-embedding": "a text file of sentences (.txt: one per line; .jsonl / .csv: a 'text' field, optional 'label'), "
     "or hf:DIR (a datasets.save_to_disk directory with a text column)",
+    "itm-retrieval": "'builtin' (rendered scenes with captions), an image-caption manifest (.jsonl / .csv with 'image' "
+    "and 'caption' columns), or hf:DIR (a datasets.save_to_disk directory with image and caption columns)",
+    "captioning": "'builtin' (rendered scenes with captions), an image-caption manifest (.jsonl / .csv with 'image' "
+    "and 'caption' columns; an image on several rows has several reference captions), or hf:DIR (a "
+    "datasets.save_to_disk directory with image and caption columns)",
+    "vqa": "'builtin' (rendered scenes with questions), an image-question-answer manifest (.jsonl / .csv with 'image', "
+    "'question' and 'answer' columns), or hf:DIR (a datasets.save_to_disk directory with image, question and answer "
+    "columns)",
 }
+SCENE_TASKS = ("itm-retrieval", "captioning", "vqa")  # the BLIP tasks: built-in data from vltrim.data.scenes
+BUILTIN_SIZES = {"train": 8000, "val": 1000}  # items of the built-in scenes per split (rendered in a few seconds)
 TEXT_COLUMNS = ("text", "sentence", "caption", "sentence1")
 IMAGE_COLUMNS = ("image", "img", "pixel_values")
 LABEL_COLUMNS = ("label", "labels")
+QUESTION_COLUMNS = ("question",)
+ANSWER_COLUMNS = ("answer", "multiple_choice_answer")  # VQAv2's single answer column
 
 
 def model_directory(spec: str) -> Path | None:
@@ -313,6 +338,8 @@ class DataSource:
             raise ValueError("--tokenizer: the classification task reads no text; drop it")
         if self.task != "classification" and (self.tokenizer_spec is not None or any(s != BUILTIN for s in given)):
             self.tokenizer  # noqa: B018 - loads and checks it
+        if self.task in SCENE_TASKS and BUILTIN in given:
+            self._check_scenes_fit(next(o for s, o in zip(specs, options) if s == BUILTIN))
 
     def open(self, spec: str, option: str, split: str) -> Dataset:
         """The dataset ``spec`` names (see the module docstring); errors name ``option``."""
@@ -326,6 +353,8 @@ class DataSource:
         return getattr(self, "_" + self.task.replace("-", "_"))(path, option)
 
     def _builtin(self, option: str, split: str) -> Dataset:
+        if self.task in SCENE_TASKS and _dual(self.model):
+            return self._builtin_scenes(option, split)
         if self.task != "retrieval" or not _dual(self.model):
             raise ValueError(
                 f"{option} builtin is image-caption data for an image-text model (task retrieval); "
@@ -340,6 +369,53 @@ class DataSource:
         if path.suffix.lower() not in (".jsonl", ".csv"):
             raise ValueError(f"{option} {path}: the retrieval task takes {FORMS['retrieval']}")
         return ImageCaptionManifest(path, self.tokenizer, max_length=self.max_length, **self.images)
+
+    def _builtin_scenes(self, option: str, split: str) -> Dataset:
+        """The built-in scenes of the task at the model's image size and text length, checked to fit the model."""
+        self._check_scenes_fit(option)
+        try:
+            return builtin_scenes(self.task == "vqa", split, image_size(self.model), self.max_length)
+        except ValueError as e:
+            raise ValueError(f"{option} builtin: {e}") from None
+
+    def _check_scenes_fit(self, option: str) -> None:
+        """Refuse a model whose token embedding table is smaller than the scenes' own word tokenizer."""
+        rows, size = text_vocab_rows(self.model), len(scene_tokenizer())
+        if rows is not None and size > rows:
+            raise ValueError(
+                f"{option} builtin: the built-in scenes are tokenized with their own word tokenizer ({size} tokens), "
+                f"but {type(self.model).__name__}'s token embedding table has {rows} rows: its ids would index past "
+                f"the table. Use a model with at least {size} token rows, or your own data (a manifest or hf:DIR) "
+                "tokenized with the model's own tokenizer (--tokenizer DIR, else the model directory's)"
+            )
+
+    def _itm_retrieval(self, path: Path, option: str) -> Dataset:
+        return self._caption_manifest(path, option)
+
+    def _captioning(self, path: Path, option: str) -> Dataset:
+        return self._caption_manifest(path, option)
+
+    def _caption_manifest(self, path: Path, option: str) -> Dataset:
+        self._manifest_file(path, option)
+        with self._takes():
+            return ImageCaptionManifest(path, self.tokenizer, max_length=self.max_length, **self.images)
+
+    def _vqa(self, path: Path, option: str) -> Dataset:
+        self._manifest_file(path, option)
+        with self._takes():
+            return ImageQuestionManifest(path, self.tokenizer, max_length=self.max_length, **self.images)
+
+    def _manifest_file(self, path: Path, option: str) -> None:
+        if path.is_dir() or path.suffix.lower() not in (".jsonl", ".csv"):
+            raise ValueError(f"{option} {path}: the {self.task} task takes {FORMS[self.task]}")
+
+    @contextlib.contextmanager
+    def _takes(self) -> Iterator[None]:
+        """Adds what the task takes to a missing manifest field or dataset column."""
+        try:
+            yield
+        except (MissingField, MissingColumn) as e:
+            raise ValueError(f"{e}; the {self.task} task takes {FORMS[self.task]}") from None
 
     def _classification(self, path: Path, option: str) -> Dataset:
         if not path.is_dir():
@@ -365,11 +441,31 @@ class DataSource:
         if self.task == "sentence-embedding":
             labels = _column(ds, LABEL_COLUMNS, where, required=False)
             return self._sentences(ds[_text_column(ds, where)], ds[labels] if labels else None)
+        if self.task in SCENE_TASKS:
+            return self._scene_hf(ds, where)
         image = _image_column(ds, where)
         if self.task == "classification":
             label = _column(ds, LABEL_COLUMNS, where, required=True)
             return HFImages(ds, image, label, _label_map(self.model, ds, label, where), self.images, where)
         return HFPairs(ds, image, _text_column(ds, where), self.tokenizer, self.max_length, self.images, where)
+
+    def _scene_hf(self, ds: Any, where: str) -> Dataset:
+        """A dataset's image and caption columns (itm-retrieval, captioning) or image, question and answer (vqa)."""
+        with self._takes():
+            image = _image_column(ds, where)
+            if self.task != "vqa":
+                return HFPairs(ds, image, _text_column(ds, where), self.tokenizer, self.max_length, self.images, where)
+            question = _string_column(ds, QUESTION_COLUMNS, where)
+            answer = _string_column(ds, ANSWER_COLUMNS, where)
+        return HFQuestions(ds, image, question, answer, self.tokenizer, self.max_length, self.images, where)
+
+
+@functools.lru_cache(maxsize=4)
+def builtin_scenes(questions: bool, split: str, size: int, max_length: int) -> Dataset:
+    """The built-in scenes of one split (rendered once per process: read-only): SceneQA for ``questions``, else
+    SceneCaptions (itm-retrieval and captioning share them)."""
+    make = SceneQA if questions else SceneCaptions
+    return make(split, BUILTIN_SIZES.get(split, BUILTIN_SIZES["val"]), image_size=size, max_length=max_length)
 
 
 @functools.lru_cache(maxsize=4)
@@ -418,10 +514,14 @@ def _split(ds: Any, d: Path, option: str, split: str) -> Any:
     return ds[name]
 
 
+class MissingColumn(ValueError):
+    """A dataset lacks a column the task needs."""
+
+
 def _column(ds: Any, names: Sequence[str], where: str, required: bool) -> str | None:
     col = next((c for c in names if c in ds.column_names), None)
     if col is None and required:
-        raise ValueError(f"{where} has no {' / '.join(repr(n) for n in names)} column (columns {ds.column_names})")
+        raise MissingColumn(f"{where} has no {' / '.join(repr(n) for n in names)} column (columns {ds.column_names})")
     return col
 
 
@@ -430,7 +530,7 @@ def _text_column(ds: Any, where: str) -> str:
     strings = [c for c, f in ds.features.items() if getattr(f, "dtype", None) in ("string", "large_string")]
     col = next((c for c in TEXT_COLUMNS if c in strings), None) or (strings[0] if len(strings) == 1 else None)
     if col is None:
-        raise ValueError(
+        raise MissingColumn(
             f"{where}: no text column (one of {', '.join(TEXT_COLUMNS)}, or a single string column) "
             f"among {ds.column_names}"
         )
@@ -442,11 +542,30 @@ def _image_column(ds: Any, where: str) -> str:
     images = [c for c, f in ds.features.items() if type(f).__name__ == "Image"]
     col = images[0] if images else next((c for c in IMAGE_COLUMNS if c in ds.column_names), None)
     if col is None:
-        raise ValueError(
+        raise MissingColumn(
             f"{where}: no image column (a datasets.Image feature, or one named {', '.join(IMAGE_COLUMNS)}) "
             f"among {ds.column_names}"
         )
     return col
+
+
+def _string_column(ds: Any, names: Sequence[str], where: str) -> str:
+    """The first of ``names`` among the dataset's columns, checked to hold strings (one per row)."""
+    col = _column(ds, names, where, required=True)
+    dtype = getattr(ds.features[col], "dtype", None)
+    if dtype not in ("string", "large_string"):
+        what = type(ds.features[col]).__name__ if dtype is None else dtype
+        raise ValueError(f"{where}: column '{col}' holds {what}, not strings: one string per row (repeat the image)")
+    return col
+
+
+def _strings(ds: Any, col: str, where: str) -> list[str]:
+    """The column's values, every one a non-empty string (a null or blank one is refused, naming its row)."""
+    values = list(ds[col])
+    bad = next((i for i, v in enumerate(values) if not isinstance(v, str) or not v.strip()), None)
+    if bad is not None:
+        raise ValueError(f"{where} row {bad}: the '{col}' value is {values[bad]!r}; every row needs a non-empty string")
+    return values
 
 
 def _label_map(model: nn.Module, ds: Any, label: str, where: str) -> list[int] | None:
@@ -513,6 +632,7 @@ class HFPairs(Dataset):
         enc = tokenizer(captions, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
         self.input_ids, self.attention_mask = enc["input_ids"], enc["attention_mask"]
         self.ds, self.image, self.opts, self.where = ds, image, images, where
+        self.captions, self.tokenizer = captions, tokenizer  # captioning's references and decoder
 
     def __len__(self) -> int:
         return len(self.ds)
@@ -524,6 +644,36 @@ class HFPairs(Dataset):
             "attention_mask": self.attention_mask[i],
             "label": self.labels[i],
         }
+
+
+class HFQuestions(Dataset):
+    """Rows of a Hugging Face dataset with an image, a question and an answer as VQA items (the format of
+    `ImageQuestionManifest`: ``answer`` indexes ``answers``, the dataset's distinct answers, sorted)."""
+
+    def __init__(
+        self,
+        ds: Any,
+        image: str,
+        question: str,
+        answer: str,
+        tokenizer: Callable,
+        max_length: int,
+        images: dict[str, Any],
+        where: str,
+    ):
+        self.questions, self.answer_texts = _strings(ds, question, where), _strings(ds, answer, where)
+        self.answers = sorted(set(self.answer_texts))
+        index = {a: k for k, a in enumerate(self.answers)}
+        self.answer = torch.tensor([index[a] for a in self.answer_texts])
+        self.fields = encode_questions(tokenizer, self.questions, self.answer_texts, max_length, None)
+        self.tokenizer, self.ds, self.image, self.opts, self.where = tokenizer, ds, image, images, where
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        image = _image(self.ds[int(i)][self.image], f"{self.where} row {i}", self.opts)
+        return {"pixel_values": image, **{k: v[i] for k, v in self.fields.items()}, "answer": self.answer[i]}
 
 
 def _image(value: Any, where: str, opts: dict[str, Any]) -> torch.Tensor:

@@ -93,7 +93,9 @@ def lr_factor(step: int, steps: int, warmup: int, schedule: str = "cosine") -> f
 def lr_schedule(
     opt: torch.optim.Optimizer, steps: int, warmup: int, schedule: str = "cosine"
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, steps, warmup, schedule))
+    """The model's group follows ``schedule`` after warm-up; further groups (`train`'s param_groups) keep their LR."""
+    model = [lambda step: lr_factor(step, steps, warmup, schedule)]
+    return torch.optim.lr_scheduler.LambdaLR(opt, model + [lambda _step: 1.0] * (len(opt.param_groups) - 1))
 
 
 def _rng_state() -> dict[str, Any]:
@@ -270,6 +272,7 @@ def train(
     log_every: int = 10,
     schedule: str = "cosine",
     after_step: Callable[[int, nn.Module], None] | None = None,
+    param_groups: list[dict[str, Any]] | None = None,
 ) -> list[float]:
     """Train ``model`` in place for ``steps`` optimizer steps; returns the loss of every step.
 
@@ -277,7 +280,10 @@ def train(
     processes examples. With ``output_dir``: JSONL log (log.jsonl) every ``log_every`` steps, a
     checkpoint every ``checkpoint_every`` steps, and ``resume`` continues from the latest one. ``schedule``:
     'cosine' or 'constant' after the warm-up. ``after_step(done, model)`` runs after each optimizer step
-    (e.g. to evaluate a learning curve); the model is back in train mode afterwards."""
+    (e.g. to evaluate a learning curve); the model is back in train mode afterwards. ``param_groups``: more AdamW
+    parameter groups beside the model's (parameters outside it, e.g. a search's gates and multipliers, each group
+    with its own ``lr``, ``weight_decay`` and optionally ``maximize``); their LR is constant (no warm-up, no decay)
+    and their gradients are not clipped with the model's."""
     _check_settings(
         model,
         steps,
@@ -300,7 +306,10 @@ def train(
     if out is not None and acc.is_main_process:
         clean_output_dir(out, resume)
     model.to(acc.device)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
+    extra = [dict(g) for g in param_groups or []]
+    opt = torch.optim.AdamW(
+        [{"params": [p for p in model.parameters() if p.requires_grad]}, *extra], lr=lr, weight_decay=weight_decay
+    )
     sched = lr_schedule(opt, steps, max(1, int(warmup * steps)), schedule)
     start, losses = 0, []
     ckpt = latest_checkpoint(out) if resume and out is not None and out.exists() else None
