@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 import train_blip_teachers as teachers  # noqa: E402
-from harness import CACHE, RESULTS, mean_sd  # noqa: E402
+from harness import CACHE, RESULTS, mean_sd, run_jobs  # noqa: E402
 from machine import machine, machine_line  # noqa: E402
 
 TASKS = list(teachers.CLASSES)
@@ -460,13 +460,7 @@ def main(a) -> None:
         STATE["missing"] = missing
     jobs.sort(key=lambda j: (cost[j["task"]], j["target"], j["seed"]))  # 2x first, then seed by seed
     t0 = time.time()
-    if a.jobs > 1:
-        import multiprocessing as mp
-
-        with mp.get_context("fork").Pool(a.jobs) as pool:
-            rows = pool.map(run_job, jobs, chunksize=1)
-    else:
-        rows = [run_job(j) for j in jobs]
+    rows = run_jobs(run_job, jobs, a.jobs)
     runs_s = round(time.time() - t0)
     speed = {}
     if a.latency:

@@ -148,6 +148,16 @@ def job_key(j: dict) -> str:
     return f"{j['method']}-{j['variant']}-t{j['target']}-s{j['seed']}"
 
 
+def run_jobs(run: Callable[[dict], dict], jobs: list[dict], processes: int) -> list[dict]:
+    """``run`` of every job, in ``processes`` forked workers (they inherit STATE) or in this process."""
+    if processes <= 1:
+        return [run(j) for j in jobs]
+    import multiprocessing as mp
+
+    with mp.get_context("fork").Pool(processes) as pool:
+        return pool.map(run, jobs, chunksize=1)
+
+
 def run_job(j: dict) -> dict:
     """One method, variant, target and seed through vltrim.compress (cached as JSON)."""
     import torch
@@ -409,13 +419,7 @@ def run(
         STATE["teacher"] = get_task(task).evaluate(STATE["model"], STATE["eval"])  # once, not in every run
     jobs.sort(key=lambda j: j["method"] != "upop")  # the longest first
     t0 = time.time()
-    if a.jobs > 1:
-        import multiprocessing as mp
-
-        with mp.get_context("fork").Pool(a.jobs) as pool:
-            rows = pool.map(run_job, jobs, chunksize=1)
-    else:
-        rows = [run_job(j) for j in jobs]
+    rows = run_jobs(run_job, jobs, a.jobs)
     tables, summary = summarise(rows, a, metrics)
     RESULTS.mkdir(exist_ok=True)
     plot(

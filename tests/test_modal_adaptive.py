@@ -254,3 +254,22 @@ def test_kill_and_resume_restore_gates_and_multipliers(tmp_path):
     assert a == b
     sa, sb = full.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_gates_draw_afresh_when_a_task_calls_the_towers_itself():
+    from vltrim.data.scenes import SceneCaptions
+    from vltrim.tasks.itm import itm_loss
+
+    model = tiny_model("BlipForImageTextRetrieval").train()
+    g = _gates(model)
+    handles = masks.attach(get_adapter(model), model, g.gates)
+    data = SceneCaptions("val", 4, image_size=32, max_length=24)
+    batch = torch.utils.data.default_collate([data[i] for i in range(4)])
+    try:
+        name = next(x.name for x in g.groups if x.modality == "text" and x.kind == UnitKind.NEURONS)
+        itm_loss(model, batch)  # never calls model.forward: the towers' own hooks draw
+        first = g.gates[name].values().clone()
+        itm_loss(model, batch)
+        assert not torch.equal(first, g.gates[name].values())
+    finally:
+        handles.remove()

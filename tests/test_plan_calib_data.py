@@ -139,7 +139,8 @@ def test_data_free_methods_refuse_calib_data_and_task(method):
     model, task, data = case("CLIPModel")
     for given in (dict(calib_data=data), dict(task=task), dict(calib_data=data, task=task)):
         with pytest.raises(
-            ValueError, match=rf"method '{method}' takes no calib_data or task.*heads, mope, taylor, upop"
+            ValueError,
+            match=rf"method '{method}' takes no calib_data or task.*heads, modal-adaptive, mope, taylor, upop",
         ):
             vltrim.plan(model, method, 0.3, **given)
     vltrim.plan(model, method, 0.3)  # without them, as before

@@ -31,7 +31,7 @@ class HandleGroup:
 # ---- mask parametrisations ------------------------------------------------------------------------------------
 class MaskParam:
     """Where a group's unit values come from: ``values()`` is read by every hook of one forward (so all hooks of a
-    group see the same draw); ``resample(training)`` runs once before each forward of the model (`attach`)."""
+    group see the same draw); ``resample(training)`` runs once before each forward of its tower (`attach`)."""
 
     def values(self) -> torch.Tensor:
         raise NotImplementedError
@@ -185,10 +185,11 @@ def mask_layers(t: Tower, values: MaskValues) -> HandleGroup:
 
 def attach(adapter, model: nn.Module, values: dict[str, MaskValues]) -> HandleGroup:
     """Register masks for several groups at once (``values``: group name -> tensor of its size or `MaskParam`); the
-    parametrisations resample once before each forward of ``model`` (in its train / eval mode)."""
+    parametrisations resample once per forward of their tower (before its first block, in its train / eval mode),
+    so a task that calls the towers itself (BLIP's ITM, VQA) draws fresh gates as the model's own forward does."""
     groups = {g.name: g for g in adapter.groups(model)}
     params = {name: as_param(v) for name, v in values.items()}
-    handles = []
+    handles, drawn = [], {}
     for name, p in params.items():
         if name not in groups:
             raise KeyError(f"no group {name!r} in this {type(model).__name__}")
@@ -196,14 +197,15 @@ def attach(adapter, model: nn.Module, values: dict[str, MaskValues]) -> HandleGr
         if n != groups[name].size:
             raise ValueError(f"mask for {name} has {n} values, the group has {groups[name].size} units")
         handles.append(adapter.mask(model, groups[name], p))
-    drawn = [p for p in params.values() if type(p).resample is not MaskParam.resample]
-    if drawn:
+        if type(p).resample is not MaskParam.resample:
+            drawn.setdefault(adapter.locate(model, name)[0].layers[0], []).append(p)
+    for first, ps in drawn.items():
 
-        def resample(mod, _args):
-            for p in drawn:
+        def resample(mod, _args, ps=ps):
+            for p in ps:
                 p.resample(mod.training)
 
-        handles.append(model.register_forward_pre_hook(resample))
+        handles.append(first.register_forward_pre_hook(resample))
     return HandleGroup(handles)
 
 

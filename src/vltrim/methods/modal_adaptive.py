@@ -2,7 +2,8 @@
 distilled student ("distilling then pruning").
 
 A hard-concrete gate (temperature 2/3, stretch (-0.1, 1.1); Louizos et al. 2018) on every attention head and FFN
-neuron of every tower (vision, text, fusion, decoder), a fresh gate drawn each training step, the deterministic gate
+neuron of every tower (vision, text, fusion, decoder), a fresh gate drawn in every training forward of its
+tower (BLIP's ITM loss runs the text encoder twice a step, ITC and ITM, and they draw apart), the deterministic gate
 in eval. log-alpha starts as the reference sets it (heads 10, FFN neurons 0) and is clamped to [ln 0.01, ln 100]
 after each step. One budget over all modalities: the expected share of the prunable cost removed, s = the sum over
 units of P(gate shut) x the unit's exact cost (the shared cost model, so a cross-attention head costs its key/value
@@ -90,10 +91,9 @@ class _Search:
         return self.target * min(1.0, self.step / self.warmup) if self.warmup else self.target
 
     def loss(self, base: Callable) -> Callable:
-        """``base`` + the Lagrangian, with fresh gates drawn first (the model's own forward may not run)."""
+        """``base`` + the Lagrangian (the gates draw afresh in every tower forward, `masks.attach`)."""
 
         def search_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-            self.gates.resample(model.training)
             return base(model, batch) + self.gates.lagrangian(self.target_now())
 
         return search_loss
