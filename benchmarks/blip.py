@@ -31,7 +31,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 import train_blip_teachers as teachers  # noqa: E402
-from harness import CACHE, RESULTS, mean_sd, run_jobs  # noqa: E402
+from harness import (  # noqa: E402
+    CACHE,
+    CHAIN,
+    RESULTS,
+    chain_achieved,
+    chain_stages,
+    mean_sd,
+    method_notes,
+    plans,
+    run_jobs,
+)
 from machine import machine, machine_line  # noqa: E402
 
 TASKS = list(teachers.CLASSES)
@@ -118,11 +128,16 @@ def run_job(j: dict) -> dict:
         return json.loads(out.read_text())
     a, task = STATE["args"], j["task"]
     total, search = steps_of(a, task)
-    search = search if get_method(j["method"]).descriptor.trains else 0
+    method, settings = j["method"], method_settings(a, task, j["method"]) or None
     t0 = time.time()
+    if CHAIN in method:  # distill>modal-adaptive: stages and steps as benchmarks/harness.py runs them
+        method = chain_stages(STATE["model"][task], method, j["target"], total, settings or {})
+        search, settings = method[1][1]["search_steps"], None
+    elif not get_method(method).descriptor.trains:
+        search = 0
     res = vltrim.compress(
         STATE["model"][task],
-        j["method"],
+        method,
         j["target"],
         task=task,
         train_data=STATE["train"][task],
@@ -136,19 +151,21 @@ def run_job(j: dict) -> dict:
         latency_batch=0,
         progress=False,
         seed=j["seed"],
-        method_settings=method_settings(a, task, j["method"]) or None,
+        method_settings=settings,
         evaluate_before=False,
     )
+    chain = res.report.get("stages")
     from vltrim.tasks import get_task
 
     r = {
         **j,
         "after": get_task(task).evaluate(res.model, STATE["eval"][task]),
-        "achieved": res.plan.achieved,
+        "achieved": chain_achieved(STATE["model"][task], res.model) if chain else res.plan.achieved,
         "modality_split": res.report["modality_split"],
         "seconds": round(time.time() - t0),
-        "search_seconds": res.report.get("search_seconds"),
-        "plan": res.plan.to_dict(),
+        "search_seconds": sum(s["search_seconds"] or 0 for s in chain) if chain else res.report.get("search_seconds"),
+        "plan": None if chain else res.plan.to_dict(),
+        **({"plans": [p.to_dict() for p in vltrim.plans_of(res.model)]} if chain else {}),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(r))
@@ -283,7 +300,7 @@ def describe(a, task: str) -> str:
         f"the task's probe on {mope} training items (itm-retrieval: re-ranked mean R@1; vqa, captioning: minus the "
         f"gold answer's / caption's mean loss), one whole-model evaluation per module (time below), and adds "
         f"hidden-state distillation. Metric: {what} on {a.eval_size} test items (scene descriptions never seen in "
-        f"training). Mean ± sd over seeds {', '.join(map(str, a.seeds))}."
+        f"training).{method_notes(a.methods, search, total)} Mean ± sd over seeds {', '.join(map(str, a.seeds))}."
     )
 
 
@@ -341,7 +358,10 @@ def latency(rows: list[dict], a, task: str, model) -> dict:
                 None,
             )
             if r is not None:
-                models[f"{m}, {ratio(t)}"] = vltrim.apply_plan(model, Plan.from_dict(r["plan"])).eval()
+                small = model
+                for p in plans(r):  # a chain row: every stage's plan
+                    small = vltrim.apply_plan(small, Plan.from_dict(p))
+                models[f"{m}, {ratio(t)}"] = small.eval()
     adapter = vltrim.get_adapter(model)
     columns, times = [], {}
     for b in (1, a.batch_size):

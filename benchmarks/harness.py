@@ -73,9 +73,12 @@ def arguments(description: str, **defaults: Any) -> argparse.ArgumentParser:
     )
     ap.add_argument(
         "--from-results",
-        action="store_true",
-        help="first fill the run cache from the committed "
-        "benchmarks/results/<stem>.json (its settings must match), so a report or --latency needs no rerun",
+        nargs="*",
+        metavar="RESULTS_JSON[:METHOD,...]",
+        help="first fill the run cache from committed results files run with the same settings (none named: "
+        "benchmarks/results/<stem>.json; a run in two files: the first named wins, a variant of no settings counts "
+        "as the method's default; ':upop,mope' after a file takes only those methods' runs), so a report, --latency or a "
+        "new method beside old rows needs no rerun",
     )
     ap.add_argument(
         "--depth",
@@ -126,8 +129,9 @@ def settings_key(a) -> str:
     return hashlib.sha1(json.dumps(shared, sort_keys=True).encode()).hexdigest()[:10]
 
 
-def restore_cache(path: Path, a) -> None:
-    """Write the runs saved in a results file back into the run cache, if they were run with these settings."""
+def restore_cache(path: Path, a, only: list[str] | None = None) -> None:
+    """Write the runs saved in a results file (of the methods ``only``, None: all) back into the run cache, if they
+    were run with these settings."""
     if not path.exists():
         raise SystemExit(f"--from-results: {path} does not exist")
     saved = json.loads(path.read_text())
@@ -137,11 +141,22 @@ def restore_cache(path: Path, a) -> None:
         raise SystemExit(
             f"--from-results: {path} was run with other settings ({', '.join(differ) or 'options added since'})"
         )
+    restored = 0
+    wanted = {(m, t, seed) for m in a.methods for t in a.targets for seed in a.seeds}
     for r in saved["rows"]:
+        if not r.get("settings") and r["method"] != "peer":
+            r = {**r, "variant": "default"}  # a variant of no settings (e.g. a seeded rerun) is the method's default
         out = STATE["cache"] / f"{job_key(r)}.json"
+        if (
+            (r["method"], r["target"], r["seed"]) not in wanted
+            and r["method"] != "peer"
+            or (only and r["method"] not in only)
+        ):
+            continue
+        restored += 1
         if not out.exists():
             out.write_text(json.dumps(r))
-    print(f"--from-results: {len(saved['rows'])} runs from {path}", flush=True)
+    print(f"--from-results: {restored} runs from {path}", flush=True)
 
 
 def job_key(j: dict) -> str:
@@ -169,9 +184,14 @@ def run_job(j: dict) -> dict:
     if out.exists():
         return json.loads(out.read_text())
     a = STATE["args"]
-    search = a.search_steps if get_method(j["method"]).descriptor.trains else 0
     options, settings = _split_settings(j["settings"] or {})
     t0 = time.time()
+    if CHAIN in j["method"]:
+        r = {**j, **_chain_row(j, a, options, settings), "seconds": round(time.time() - t0)}
+        out.write_text(json.dumps(r))
+        print(f"{job_key(j)}: {r['curve'][-1]} ({r['seconds']} s)", flush=True)
+        return r
+    search = a.search_steps if get_method(j["method"]).descriptor.trains else 0
     try:
         res = _compress(j, a, search, options, settings)
     except RuntimeError as e:  # the peer cannot reach this target (e.g. its global head-dim ranking at 4x)
@@ -191,10 +211,116 @@ def run_job(j: dict) -> dict:
         "seconds": round(time.time() - t0),
         "search_seconds": res.report.get("search_seconds"),
         "plan": res.plan.to_dict(),
+        "split": res.report.get("modality_split"),
     }
     out.write_text(json.dumps(r))
     print(f"{job_key(j)}: {r['curve'][-1]} ({r['seconds']} s)", flush=True)
     return r
+
+
+CHAIN = ">"  # a job method "distill>modal-adaptive": EfficientVLM's pipeline, see _chain_row
+
+
+def chain_stages(model, method: str, target: float, total_steps: int, settings: dict) -> list[tuple[str, dict]]:
+    """The stages of ``distill>METHOD`` at ``target``: the distilled student keeps the layers nearest to removing half
+    the target, then METHOD (with ``settings``) removes the rest, so the chain ends at the same share of the original's
+    prunable params as every other row. The total steps split in three: distillation (the student's retraining),
+    METHOD's search, its retraining."""
+    import vltrim
+    from vltrim.methods import get_method
+    from vltrim.structure.select import prunable_cost
+
+    first, second = method.split(CHAIN)
+    adapter = vltrim.get_adapter(model)
+    student = vltrim.apply_plan(model, get_method(first).search(model, target / 2))
+    left = prunable_cost(adapter.groups(student)) / prunable_cost(adapter.groups(model))
+    third = total_steps // 3
+    return [
+        (first, {"target": target / 2, "retrain_steps": third}),
+        (
+            second,
+            {
+                "target": 1 - (1 - target) / left,
+                "search_steps": third,
+                "retrain_steps": total_steps - 2 * third,
+                **settings,
+            },
+        ),
+    ]
+
+
+def chain_achieved(model, small) -> dict:
+    """What a chain removed from ``model``: shares of its prunable params and MACs, and the model params / MACs."""
+    import torch
+
+    import vltrim
+    from vltrim.measure import count_macs
+    from vltrim.structure.select import prunable_cost
+
+    adapter = vltrim.get_adapter(model)
+    inputs = adapter.reference_inputs(model, 1)
+    with torch.no_grad():
+        macs = count_macs(model, inputs), count_macs(small, inputs)
+    return {
+        **{
+            f"{m}_removed": 1 - prunable_cost(adapter.groups(small), m) / prunable_cost(adapter.groups(model), m)
+            for m in ("params", "macs")
+        },
+        "model_params_after": vltrim.count_params(small),
+        "model_macs_before": macs[0],
+        "model_macs_after": macs[1],
+    }
+
+
+def _chain_row(j: dict, a, options: dict, settings: dict) -> dict:
+    """A ``distill>METHOD`` row (`chain_stages`): its curve counts every step of the chain; the row records every
+    plan and what the chain removed."""
+    import vltrim
+
+    stages = chain_stages(STATE["model"], j["method"], j["target"], a.total_steps, settings)
+    res = _compress({**j, "method": stages}, a, stages[1][1]["search_steps"], options, {})
+    curve, done = [], 0
+    for i, row in enumerate(res.report["stages"], 1):  # retrain_step: the last stage's (equal-retraining tables)
+        last = i == len(stages)
+        curve += [
+            {
+                **p,
+                "stage": i,
+                "total_steps": done + p["total_steps"],
+                "retrain_step": p["retrain_step"] if last else None,
+            }
+            for p in row["curve"]
+        ]
+        done += row["search_steps"] + row["retrain_steps"]
+    return {
+        "curve": curve,
+        "teacher": STATE["teacher"],
+        "achieved": chain_achieved(STATE["model"], res.model),
+        "stage_targets": [st[1]["target"] for st in stages],
+        "search_seconds": sum(row["search_seconds"] or 0 for row in res.report["stages"]),
+        "plan": None,
+        "plans": [p.to_dict() for p in vltrim.plans_of(res.model)],
+        "split": res.report["modality_split"],
+    }
+
+
+def method_notes(methods: list[str], search_steps: int, total_steps: int) -> str:
+    """How the rows that a benchmark's own description may not name spend the total steps."""
+    notes = []
+    if "modal-adaptive" in methods:
+        notes.append(
+            f"modal-adaptive learns its gates and multipliers for {search_steps} of the steps (task loss, its "
+            "distillation and the Lagrangian), then retrains"
+        )
+    third = total_steps // 3
+    notes += [
+        f"{m.replace(CHAIN, ' > ')} distils the layer-dropped student (each tower keeps the layers nearest to removing "
+        f"half the target) {third} steps, then {m.split(CHAIN)[1]} searches {third} steps on it for the rest of the "
+        f"cut and retrains {total_steps - 2 * third}, every stage distilling from the original"
+        for m in methods
+        if CHAIN in m
+    ]
+    return "".join(f" {n[0].upper()}{n[1:]}." for n in notes)
 
 
 def _compress(j: dict, a, search: int, options: dict, settings: dict):
@@ -317,6 +443,11 @@ def summarise(rows: list[dict], a, metrics: list[tuple[str, str]]) -> tuple[str,
             f"**What the plans at {target:.0%} remove** (mean over seeds; MACs at the adapter's reference input):\n\n"
             + cost_table(rows, labels, target)
         )
+        if any(r.get("split") for r in rows):
+            parts.append(
+                f"**Where the plans at {target:.0%} cut** (share of each modality's prunable params removed, attention "
+                "and FFN in brackets; mean over seeds):\n\n" + split_table(rows, labels, target)
+            )
     parts.append(time_table(rows, labels, a))
     return "\n\n".join(parts), summary
 
@@ -391,8 +522,10 @@ def run(
     stem = stem + (f"_{a.tag}" if a.tag else "")
     STATE.update(cache=CACHE / "harness" / f"{stem}-{settings_key(a)}", args=a, task=task)
     STATE["cache"].mkdir(parents=True, exist_ok=True)
-    if a.from_results:
-        restore_cache(RESULTS / f"{stem}.json", a)
+    if a.from_results is not None:
+        for spec in a.from_results or [str(RESULTS / f"{stem}.json")]:
+            path, _, only = spec.partition(":")
+            restore_cache(Path(path), a, only.split(",") if only else None)
     jobs = [
         {"method": m, "variant": v, "settings": s, "target": t, "seed": seed}
         for t in a.targets
@@ -420,6 +553,7 @@ def run(
     jobs.sort(key=lambda j: j["method"] != "upop")  # the longest first
     t0 = time.time()
     rows = run_jobs(run_job, jobs, a.jobs)
+    fill_splits(rows, a, build)
     tables, summary = summarise(rows, a, metrics)
     RESULTS.mkdir(exist_ok=True)
     plot(
@@ -445,12 +579,55 @@ def run(
     }
     (RESULTS / f"{stem}.json").write_text(json.dumps(out, indent=1))
     md = (
-        f"{describe(a)} Mean ± sd over seeds {', '.join(map(str, a.seeds))} (seed: search, calibration and batch order). "
+        f"{describe(a)}{method_notes(a.methods, a.search_steps, a.total_steps)} Mean ± sd over seeds {', '.join(map(str, a.seeds))} (seed: search, calibration and batch order). "
         f"Plot: benchmarks/results/{stem}.png.\n\n{tables}\n\nMeasured on: {machine_line()}, {a.jobs} processes of 1 thread.\n"
     )
     (RESULTS / f"{stem}.md").write_text(md)
     print(md)
     return out
+
+
+def plans(r: dict) -> list[dict]:
+    """A row's plans in the order they apply to the original (a chain row has several)."""
+    return r.get("plans") or ([r["plan"]] if r.get("plan") else [])
+
+
+def fill_splits(rows: list[dict], a, build: Callable[[Any], tuple[Any, Any, Any]]) -> None:
+    """``split`` (the report's modality_split) of rows cached before it was recorded, from their plans."""
+    import vltrim
+    from vltrim.run.runner import split_of
+    from vltrim.structure.plan import Plan
+
+    missing = [r for r in rows if plans(r) and not r.get("split")]
+    if not missing:
+        return
+    model = STATE.get("model") or build(a)[0]
+    STATE["model"] = model
+    for r in missing:
+        ps, small = [Plan.from_dict(p) for p in plans(r)], model
+        for p in ps:
+            small = vltrim.apply_plan(small, p)
+        r["split"] = split_of(model, small, ps)
+
+
+def split_table(rows: list[dict], labels: list[str], target: float) -> str:
+    """Share of each modality's prunable params each row removed at ``target`` (attention / FFN in brackets),
+    mean over seeds: the split a global ranking or learned gates chose."""
+    from vltrim.report import markdown_table
+
+    ok = [r for r in rows if r["target"] == target and r.get("split")]
+    modalities = sorted({m for r in ok for m in r["split"]["params"]})
+    table = []
+    for name in labels:
+        rs = [r["split"]["params"] for r in ok if label(r) == name]
+        if not rs:
+            continue
+        cells = []
+        for m in modalities:
+            mean = lambda k: statistics.mean(s[m].get(k, 0.0) for s in rs)  # noqa: E731, B023
+            cells.append(f"{mean('removed'):.0%} (attn {mean('attention'):.0%}, FFN {mean('ffn'):.0%})")
+        table.append([name] + cells)
+    return markdown_table(["row"] + [f"{m} params removed" for m in modalities], table)
 
 
 def widths_plot(rows: list[dict], a, path: Path) -> None:
@@ -511,12 +688,15 @@ def latency_table(rows: list[dict], a, build: Callable[[Any], tuple[Any, Any, An
                 (
                     r
                     for r in rows
-                    if label(r) == name and r["target"] == target and r.get("plan") and r["seed"] == min(a.seeds)
+                    if label(r) == name and r["target"] == target and plans(r) and r["seed"] == min(a.seeds)
                 ),
                 None,
             )
             if r is not None:
-                models[f"{name}, {target:.0%}"] = vltrim.apply_plan(model, Plan.from_dict(r["plan"]))
+                small = model
+                for p in plans(r):
+                    small = vltrim.apply_plan(small, Plan.from_dict(p))
+                models[f"{name}, {target:.0%}"] = small
     adapter = vltrim.get_adapter(model)
     speed = {}
     for batch in (1, a.batch_size):

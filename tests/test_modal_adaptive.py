@@ -256,20 +256,34 @@ def test_kill_and_resume_restore_gates_and_multipliers(tmp_path):
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-def test_gates_draw_afresh_when_a_task_calls_the_towers_itself():
+def test_gates_draw_once_per_step_when_a_task_calls_the_towers_itself():
+    """BLIP's ITM loss runs the text encoder twice (ITC, then ITM) and never calls model.forward: both read the step's
+    one draw (as the reference), the next step draws afresh; generic gates (per_forward) draw in every tower forward."""
     from vltrim.data.scenes import SceneCaptions
+    from vltrim.methods.modal_adaptive import _Search
     from vltrim.tasks.itm import itm_loss
 
     model = tiny_model("BlipForImageTextRetrieval").train()
     g = _gates(model)
+    name = next(x.name for x in g.groups if x.modality == "text" and x.kind == UnitKind.NEURONS)
+    seen = []
     handles = masks.attach(get_adapter(model), model, g.gates)
+    hook = model.text_encoder.encoder.layer[0].register_forward_pre_hook(
+        lambda *_: seen.append(g.gates[name].values().clone())
+    )
     data = SceneCaptions("val", 4, image_size=32, max_length=24)
     batch = torch.utils.data.default_collate([data[i] for i in range(4)])
+    loss = _Search(g, 0.5, 2).loss(itm_loss)
     try:
-        name = next(x.name for x in g.groups if x.modality == "text" and x.kind == UnitKind.NEURONS)
-        itm_loss(model, batch)  # never calls model.forward: the towers' own hooks draw
-        first = g.gates[name].values().clone()
+        loss(model, batch)
+        assert len(seen) >= 2 and all(torch.equal(seen[0], v) for v in seen)
+        first, seen[:] = seen[0], []
+        loss(model, batch)
+        assert not torch.equal(first, seen[0])
+        g.gates[name].per_forward = True  # a generic gate: every tower forward draws
+        seen[:] = []
         itm_loss(model, batch)
-        assert not torch.equal(first, g.gates[name].values())
+        assert not torch.equal(seen[0], seen[1])
     finally:
         handles.remove()
+        hook.remove()

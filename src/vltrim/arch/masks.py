@@ -56,18 +56,31 @@ class BatchedMask(ScalarMask):
 
 class HardConcreteGate(nn.Module, MaskParam):
     """Hard-concrete gates of L0 pruning (Louizos et al. 2018): one log-alpha per unit; in training a fresh
-    stretched, clamped sample per forward, in eval the deterministic gate clamp(sigmoid(log_alpha) * (r - l) + l)."""
+    stretched, clamped sample per forward of its tower (``per_forward=False``: only when `draw` is called, e.g. once
+    per training step), in eval the deterministic gate clamp(sigmoid(log_alpha) * (r - l) + l)."""
 
-    def __init__(self, size: int, init: float = 0.0, temperature: float = 2 / 3, limits: tuple = (-0.1, 1.1)) -> None:
+    def __init__(
+        self,
+        size: int,
+        init: float = 0.0,
+        temperature: float = 2 / 3,
+        limits: tuple = (-0.1, 1.1),
+        per_forward: bool = True,
+    ) -> None:
         super().__init__()
         self.log_alpha = nn.Parameter(torch.full((size,), float(init)))
         self.temperature, (self.low, self.high) = temperature, limits
+        self.per_forward = per_forward
         self._draw: torch.Tensor | None = None
 
     def resample(self, training: bool) -> None:
         if not training:
             self._draw = None
-            return
+        elif self.per_forward or self._draw is None:
+            self.draw()
+
+    def draw(self) -> None:
+        """A fresh training sample, held until the next draw (or an eval forward)."""
         u = torch.rand_like(self.log_alpha).clamp(1e-6, 1 - 1e-6)
         s = torch.sigmoid((u.log() - (-u).log1p() + self.log_alpha) / self.temperature)
         self._draw = (s * (self.high - self.low) + self.low).clamp(0, 1)

@@ -2,9 +2,9 @@
 distilled student ("distilling then pruning").
 
 A hard-concrete gate (temperature 2/3, stretch (-0.1, 1.1); Louizos et al. 2018) on every attention head and FFN
-neuron of every tower (vision, text, fusion, decoder), a fresh gate drawn in every training forward of its
-tower (BLIP's ITM loss runs the text encoder twice a step, ITC and ITM, and they draw apart), the deterministic gate
-in eval. log-alpha starts as the reference sets it (heads 10, FFN neurons 0) and is clamped to [ln 0.01, ln 100]
+neuron of every tower (vision, text, fusion, decoder), one fresh draw per training step read by every forward of
+the step (BLIP's ITM loss runs the text encoder twice, ITC and ITM: both see it, as in the reference), the
+deterministic gate in eval. log-alpha starts as the reference sets it (heads 10, FFN neurons 0) and is clamped to [ln 0.01, ln 100]
 after each step. One budget over all modalities: the expected share of the prunable cost removed, s = the sum over
 units of P(gate shut) x the unit's exact cost (the shared cost model, so a cross-attention head costs its key/value
 width and the image tokens) over the prunable total, is driven to the target t by the Lagrangian
@@ -48,7 +48,9 @@ class Gates:
     def __init__(self, groups: list[Group], metric: str, init: dict[UnitKind, float], temperature: float):
         cost = cost_of(metric)
         self.groups = groups
-        self.gates = {g.name: HardConcreteGate(g.size, init[g.kind], temperature) for g in groups}
+        self.gates = {  # drawn once per training step (`draw`), as the reference: BLIP's ITM loss runs a tower twice
+            g.name: HardConcreteGate(g.size, init[g.kind], temperature, per_forward=False) for g in groups
+        }
         self.unit_cost = {g.name: cost.saved(g, g.size) / g.size for g in groups}
         self.total = sum(self.unit_cost[g.name] * g.size for g in groups)
         self.lambdas = nn.Parameter(torch.zeros(2))
@@ -71,6 +73,11 @@ class Gates:
         for g in self.gates.values():
             g.resample(training)
 
+    def draw(self) -> None:
+        """This training step's gates: every forward of the step (ITC and ITM, student and KD) reads the same draw."""
+        for g in self.gates.values():
+            g.draw()
+
     @torch.no_grad()
     def clamp_(self) -> None:
         for p in self.log_alphas():
@@ -91,9 +98,10 @@ class _Search:
         return self.target * min(1.0, self.step / self.warmup) if self.warmup else self.target
 
     def loss(self, base: Callable) -> Callable:
-        """``base`` + the Lagrangian (the gates draw afresh in every tower forward, `masks.attach`)."""
+        """``base`` + the Lagrangian, on one fresh draw of the gates per call (one training step's batch)."""
 
         def search_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+            self.gates.draw()
             return base(model, batch) + self.gates.lagrangian(self.target_now())
 
         return search_loss

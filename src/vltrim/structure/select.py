@@ -328,6 +328,12 @@ def modality_split(before: list[Group], after: list[Group]) -> dict[str, dict[st
     return out
 
 
+def prunable_cost(groups: list[Group], metric: str = "params") -> float:
+    """A model's prunable ``metric`` (params or MACs of its attention and FFN width, heads counted once): what a
+    compressed model has left of it compares chains of plans (e.g. distill, then prune) with single plans."""
+    return sum(_split_costs(groups, cost_of(metric)).values())
+
+
 def _share(left: float, total: float) -> float:
     return round(1.0 - left / total, 6) if total else 0.0
 
