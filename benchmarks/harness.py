@@ -212,6 +212,7 @@ def run_job(j: dict) -> dict:
         "search_seconds": res.report.get("search_seconds"),
         "plan": res.plan.to_dict(),
         "split": res.report.get("modality_split"),
+        "search_end": (res.report.get("search_log") or [None])[-1],
     }
     out.write_text(json.dumps(r))
     print(f"{job_key(j)}: {r['curve'][-1]} ({r['seconds']} s)", flush=True)
@@ -301,6 +302,7 @@ def _chain_row(j: dict, a, options: dict, settings: dict) -> dict:
         "plan": None,
         "plans": [p.to_dict() for p in vltrim.plans_of(res.model)],
         "split": res.report["modality_split"],
+        "search_end": (res.report["stages"][-1].get("search_log") or [None])[-1],
     }
 
 
@@ -447,6 +449,11 @@ def summarise(rows: list[dict], a, metrics: list[tuple[str, str]]) -> tuple[str,
             parts.append(
                 f"**Where the plans at {target:.0%} cut** (share of each modality's prunable params removed, attention "
                 "and FFN in brackets; mean over seeds):\n\n" + split_table(rows, labels, target)
+            )
+        if any(r.get("search_end") and r["target"] == target for r in rows):
+            parts.append(
+                f"**Where the gate searches at {target:.0%} ended** (last search step, mean over seeds; the plan then "
+                "keeps units by P(gate open) to the exact target):\n\n" + search_table(rows, labels, target)
             )
     parts.append(time_table(rows, labels, a))
     return "\n\n".join(parts), summary
@@ -628,6 +635,23 @@ def split_table(rows: list[dict], labels: list[str], target: float) -> str:
             cells.append(f"{mean('removed'):.0%} (attn {mean('attention'):.0%}, FFN {mean('ffn'):.0%})")
         table.append([name] + cells)
     return markdown_table(["row"] + [f"{m} params removed" for m in modalities], table)
+
+
+def search_table(rows: list[dict], labels: list[str], target: float) -> str:
+    """Where the gate searches ended (mean over seeds): the expected share of the prunable cost their gates remove
+    against the target they were driven to, and the multipliers."""
+    from vltrim.report import markdown_table
+
+    table = []
+    for name in labels:
+        ends = [r["search_end"] for r in rows if label(r) == name and r["target"] == target and r.get("search_end")]
+        if ends:
+            mean = lambda k: statistics.mean(e[k] for e in ends)  # noqa: E731, B023
+            table.append(
+                [name, f"{mean('target_now'):.3f}", f"{mean('expected_removed'):.3f}"]
+                + [f"{mean(k):.3f}" for k in ("lambda_1", "lambda_2")]
+            )
+    return markdown_table(["row", "target (its stage's)", "expected removed", "lambda_1", "lambda_2"], table)
 
 
 def widths_plot(rows: list[dict], a, path: Path) -> None:

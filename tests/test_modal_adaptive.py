@@ -189,6 +189,8 @@ def test_chain_distill_then_modal_adaptive_reloads_bit_exactly(tmp_path):
     a, b = res.model.state_dict(), back.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert res.report["modality_split"]["params"]["vision"]["removed"] > 0
+    log = res.report["stages"][1]["search_log"]  # the search's trace reaches the report: one row per step
+    assert [r["step"] for r in log] == [1, 2, 3, 4] and log[-1]["target_now"] == pytest.approx(0.4)
 
 
 def test_layers_as_the_cli_writes_them():

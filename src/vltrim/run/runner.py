@@ -476,6 +476,8 @@ def _plan(
             **common,
             **_loop(o, _round_dir(o, r), "search"),
         )
+        if "search_log" in res.artifacts:  # modal-adaptive: expected share removed, ramped target, multipliers
+            report["search_log"] = res.artifacts["search_log"]
         return res.plan, res.model
     data = o.calib_data if o.calib_data is not None else o.train_data
     with phase(f"{m.name}: scoring and selecting units (target {target:g})", o.progress):
