@@ -476,8 +476,7 @@ def _plan(
             **common,
             **_loop(o, _round_dir(o, r), "search"),
         )
-        if "search_log" in res.artifacts:  # modal-adaptive: expected share removed, ramped target, multipliers
-            report["search_log"] = res.artifacts["search_log"]
+        _report_artifacts(report, res.artifacts)
         return res.plan, res.model
     data = o.calib_data if o.calib_data is not None else o.train_data
     with phase(f"{m.name}: scoring and selecting units (target {target:g})", o.progress):
@@ -488,11 +487,19 @@ def _plan(
             **_search_inputs(m, data, loss, o.batch_size, o.seed + r - 1, o.task.name, o.progress),
         )
     plan = found.plan
-    if "scores_table" in found.artifacts:  # MoPE's module table: report.json, mope.csv / mope.png
-        report["scores_table"] = found.artifacts["scores_table"]
+    _report_artifacts(report, found.artifacts)
     if o.rounds > 1:
         plan.settings["prune_round"] = [r, o.rounds]
     return plan, net
+
+
+#: a search's artefacts that go into the report: MoPE's module table (report.json, mope.csv / mope.png) and
+#: modal-adaptive's per-step trace (expected share removed, ramped target, multipliers)
+REPORTED_ARTIFACTS = ("scores_table", "search_log")
+
+
+def _report_artifacts(report: dict[str, Any], artifacts: dict[str, Any]) -> None:
+    report.update({k: artifacts[k] for k in REPORTED_ARTIFACTS if k in artifacts})
 
 
 def evaluate(o: SimpleNamespace, model: nn.Module, when: str) -> dict[str, float]:
