@@ -21,7 +21,7 @@ from vltrim.demo import results_table, run_demo
 from vltrim.export import export
 from vltrim.io import ModelDirError, check_save_destination, read_report, vltrim_files
 from vltrim.measure import machine, measure
-from vltrim.report import NOT_RETRAINED, WIDTHS_PNG, sections, speedup_text
+from vltrim.report import NOT_RETRAINED, WIDTHS_PNG, sections, speedup_text, split_rows
 from vltrim.run.artifacts import save as save_result
 from vltrim.run.compress import compress as run_compress
 from vltrim.run.options import CompressOptions
@@ -824,6 +824,8 @@ def compress(
         a, b = (c["a"][key], c["b"][key]) if c is not None else (src.get(key), now.get(key))
         if isinstance(a, int) and isinstance(b, int) and b:
             tab.add_row(label, f"{a:,}", f"{b:,}", f"{a / b:.2f}x")
+    for row in split_rows(src.get("split"), now.get("split")):
+        tab.add_row(*row)
     if c is not None:
         tab.add_row(
             f"latency ms ({c['device']}, {c['threads']} thr, batch {c['batch_size']})",

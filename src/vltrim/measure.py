@@ -39,6 +39,54 @@ def count_macs(model: nn.Module, inputs: dict[str, Any]) -> int:
     return fc.get_total_flops() // 2
 
 
+def cost_split(model: nn.Module, inputs: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """Params and MACs (of one forward on ``inputs``, the reference input by default) of the model's front end (the
+    modules its adapter declares outside the Transformer blocks, e.g. a speech model's CNN feature encoder), of its
+    Transformer blocks (all pruning can reach: every method removes units of them) and of the rest (embeddings,
+    heads), with each part's share of the whole. Empty when the family declares no front end."""
+    adapter = get_adapter(model)
+    front = adapter.front_end(model)
+    if not front:
+        return {}
+    blocks = [layer for t in adapter.towers(model) for layer in t.layers]
+    inputs = adapter.reference_inputs(model, 1) if inputs is None else inputs
+    macs = _macs_of_parts(model, inputs, {"front_end": front, "blocks": blocks})
+    params = {k: sum(p.numel() for m in mods for p in m.parameters()) for k, mods in (("front_end", front),
+                                                                                        ("blocks", blocks))}  # fmt: skip
+    total = {"params": count_params(model), "macs": sum(macs.values())}
+    params["other"] = total["params"] - params["front_end"] - params["blocks"]
+    return {
+        k: {"params": params[k], "macs": macs[k],
+            **{f"{c}_share": (params if c == "params" else macs)[k] / max(total[c], 1) for c in ("params", "macs")}}
+        for k in ("front_end", "blocks", "other")
+    }  # fmt: skip
+
+
+def _macs_of_parts(model: nn.Module, inputs: dict[str, Any], parts: dict[str, list[nn.Module]]) -> dict[str, int]:
+    """MACs of one forward, split among ``parts`` (disjoint module lists) and 'other': each module's flops are the
+    counter's growth between its pre- and post-forward hooks."""
+    got = {k: 0 for k in parts}
+    with torch.no_grad(), eager_attention(model.modules()), FlopCounterMode(display=False) as fc:
+        handles = []
+        for name, mods in parts.items():
+            for m in mods:
+                start: list[int] = []
+                handles.append(m.register_forward_pre_hook(lambda _m, _a, s=start: s.append(fc.get_total_flops())))
+                handles.append(
+                    m.register_forward_hook(
+                        lambda _m, _a, _o, s=start, k=name: got.__setitem__(k, got[k] + fc.get_total_flops() - s.pop())
+                    )
+                )
+        try:
+            get_adapter(model).forward(model, _to(inputs, _device(model)))
+        finally:
+            for h in handles:
+                h.remove()
+        total = fc.get_total_flops()
+    out = {k: v // 2 for k, v in got.items()}
+    return {**out, "other": total // 2 - sum(out.values())}
+
+
 def _runner(model: nn.Module, inputs: dict[str, Any]) -> Callable[[], None]:
     adapter, inputs = get_adapter(model), _to(inputs, _device(model))
 
@@ -121,6 +169,7 @@ def measure(
     flag("latency", latency)
     inputs = _inputs(model, inputs, batch_size)
     out: dict[str, Any] = {"params": count_params(model), "macs": count_macs(model, inputs), **_context(model, inputs)}
+    out.update({"split": split} if (split := cost_split(model, inputs)) else {})
     if latency:
         with kept_modes(model):
             model.eval()
@@ -229,6 +278,8 @@ def compare(
         ta, tb = _time_rounds([_runner(a, inputs), _runner(b, inputs)], rounds, warmup, min_round_s)
     ma = {"params": count_params(a), "macs": count_macs(a, inputs), **_latency_stats(ta)}
     mb = {"params": count_params(b), "macs": count_macs(b, inputs), **_latency_stats(tb)}
+    for m, model in ((ma, a), (mb, b)):
+        m.update({"split": split} if (split := cost_split(model, inputs)) else {})
     return {
         "a": ma,
         "b": mb,

@@ -26,7 +26,7 @@ from vltrim._version import __version__
 from vltrim.arch.apply import base_config
 from vltrim.arch.base import block_linears
 from vltrim.arch.registry import class_name, get_adapter
-from vltrim.measure import count_macs, count_params, machine, speedup_text
+from vltrim.measure import cost_split, count_macs, count_params, machine, speedup_text
 from vltrim.structure.factorize import FactorizedLinear
 from vltrim.structure.groups import UnitKind
 
@@ -184,23 +184,26 @@ def _source(model: nn.Module, plans: Sequence, run: dict[str, Any], source: str 
         or (str(source) if source is not None else None)
         or getattr(base_config(model), "_name_or_path", "")
     )
-    return {
+    out = {
         "name": name or None,
         "class": class_name(model),
         "params": speed.get("a", {}).get("params", first.get("model_params_before")),
         "macs": first.get("model_macs_before"),
     }
+    split = run.get("source_split") or speed.get("a", {}).get("split")
+    return {**out, **({"split": split} if split else {})}
 
 
 def _costs_now(model: nn.Module) -> dict[str, Any]:
     """Params and MACs (the adapter's reference input, batch 1) of the saved model."""
 
-    return {
+    out = {
         "class": class_name(model),
         "params": count_params(model),
         "macs": count_macs(model, get_adapter(model).reference_inputs(model, 1)),
         "macs_input": "reference input, batch 1",
     }
+    return {**out, **({"split": split} if (split := cost_split(model)) else {})}
 
 
 def _plan_entry(p: Any) -> dict[str, Any]:
@@ -664,6 +667,7 @@ def _cost_section(rep: dict[str, Any]) -> Section:
             _ratio(src.get("macs"), now.get("macs")),
         ],
     ]
+    rows += split_rows((sp or {}).get("a", {}).get("split", src.get("split")), now.get("split"))
     if sp:
         a, b = sp["a"], sp["b"]
         rows.append(
@@ -678,6 +682,23 @@ def _cost_section(rep: dict[str, Any]) -> Section:
     else:
         note = "latency not measured (latency_batch=0)" if "speed" in rep else ""
     return Section("Cost", ["", "original", "compressed", "original / compressed"], rows, note)
+
+
+SPLIT_PARTS = (("front_end", "front end (not prunable)"), ("blocks", "Transformer blocks"))
+
+
+def split_rows(a: Any, b: Any) -> list[list[str]]:
+    """A row per part of `vltrim.measure.cost_split` with its share of its model's params / MACs, original ``a`` vs
+    compressed ``b`` (shares do not depend on the batch size); none when either has no split (no front end)."""
+    if not isinstance(a, dict) or not isinstance(b, dict):
+        return []
+    rows = []
+    for key, label in SPLIT_PARTS:
+        x, y = a.get(key) or {}, b.get(key) or {}
+        if all(k in p for p in (x, y) for k in ("params_share", "macs_share")):
+            cells = [f"{p['params_share']:.1%} / {p['macs_share']:.1%}" for p in (x, y)]
+            rows.append([f"{label}: share of params / MACs", *cells, ""])
+    return rows
 
 
 def _ratio(a: Any, b: Any) -> str:

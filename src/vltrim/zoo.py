@@ -44,6 +44,22 @@ def _blip_cfg(vision_width: int = 48) -> tf.BlipConfig:
     )
 
 
+# speech: the usual 320x CNN stride (1 s -> 49 frames) with narrow convolutions; no layer drop or time masking
+TINY_AUDIO = dict(
+    TINY,
+    conv_dim=(16,) * 7,
+    num_conv_pos_embeddings=16,
+    num_conv_pos_embedding_groups=4,
+    classifier_proj_size=32,
+    layerdrop=0.0,
+    mask_time_prob=0.0,
+)
+
+
+def _speech(model: type, config: type, **kw) -> Callable[[], nn.Module]:
+    return lambda: model(config(**TINY_AUDIO, **kw))
+
+
 def _dual() -> nn.Module:
     vision = tf.ViTModel(tf.ViTConfig(**TINY_VISION))
     text = tf.BertModel(_bert_cfg())
@@ -77,6 +93,14 @@ _BUILDERS = {
     "BlipForImageTextRetrieval": lambda: tf.BlipForImageTextRetrieval(_blip_cfg()),
     "BlipForQuestionAnswering": lambda: tf.BlipForQuestionAnswering(_blip_cfg(vision_width=64)),
     "BlipForConditionalGeneration": lambda: tf.BlipForConditionalGeneration(_blip_cfg()),
+    "HubertModel": _speech(tf.HubertModel, tf.HubertConfig),
+    "HubertForSequenceClassification": _speech(tf.HubertForSequenceClassification, tf.HubertConfig, num_labels=5),
+    "Wav2Vec2Model": _speech(tf.Wav2Vec2Model, tf.Wav2Vec2Config, do_stable_layer_norm=True, feat_extract_norm="layer"),
+    "Wav2Vec2ForSequenceClassification": _speech(tf.Wav2Vec2ForSequenceClassification, tf.Wav2Vec2Config, num_labels=5),
+    "WavLMModel": _speech(tf.WavLMModel, tf.WavLMConfig, num_buckets=32, max_bucket_distance=64),
+    "WavLMForSequenceClassification": _speech(
+        tf.WavLMForSequenceClassification, tf.WavLMConfig, num_labels=5, num_buckets=32, max_bucket_distance=64
+    ),
 }
 
 TINY_CLASSES = sorted(_BUILDERS)  # the built-in families' classes

@@ -47,6 +47,11 @@ class TransformerAdapter:
         embeds its image and text batches apart (False)."""
         return False
 
+    def front_end(self, model: nn.Module) -> list[nn.Module]:
+        """Modules outside the Transformer blocks that run on every input and that no method prunes (a speech model's
+        CNN feature encoder): reports give their share of params and MACs, the part pruning cannot reach."""
+        return []
+
     def forward(self, model: nn.Module, inputs: dict[str, Any]) -> Any:
         """Run the model on inputs (overridable when a family needs a particular call)."""
         return model(**inputs)
@@ -60,7 +65,7 @@ class TransformerAdapter:
             for i, layer in enumerate(t.layers):
                 b = t.block(layer)
                 out.extend(self._block_groups(t, i, b))
-                layer_params.append(sum(p.numel() for p in layer.parameters()))
+                layer_params.append(_block_params(layer, b))
                 layer_macs.append(self._block_macs(t, b))
             if len(t.layers):
                 out.append(
@@ -127,9 +132,13 @@ class TransformerAdapter:
     def factorize(
         self, model: nn.Module, name: str, rank: int, scales: list[float] | None = None, compute: bool = True
     ) -> None:
-        """Replace the dense Linear ``name`` by its rank-``rank`` FactorizedLinear (in place)."""
+        """Replace the dense Linear ``name`` by its rank-``rank`` FactorizedLinear (in place); an attention whose own
+        forward calls none of its Linears gets its forward patch (`vltrim.arch.patches.patch_opaque_`)."""
         lin = self.linears(model)[name]
         replace_module_(model, lin, factorize_linear(lin, rank, scales, compute))
+        site, _, _ = name.rpartition(".")
+        if not site.endswith(".mlp"):
+            patches.patch_opaque_(self.site(model, site + ".heads").module)
 
     def group_linears(self, model: nn.Module, group_name: str) -> list[str]:
         """Names of the Linears a width group slices ('...attn.heads' -> its q, k, v, o or qkv, o; '...mlp.neurons' ->
@@ -214,10 +223,19 @@ def block_linear_tokens(t: Tower, b: BlockSpec) -> dict[str, int]:
 
 
 def site_costs(t: Tower, a: AttentionSite) -> tuple[tuple[int, int], tuple[int, int]]:
-    """Exact (params, MACs) of one head unit and of one head_dim channel of a site (see `attention_costs`)."""
-    return attention_costs(
+    """Exact (params, MACs) of one head unit and of one head_dim channel of a site (see `attention_costs`), a head
+    unit with what its query heads cost beyond the projections (`AttentionSite.head_extra`)."""
+    (hp, hm), dim = attention_costs(
         a.hidden, a.num_heads, a.head_dim, t.tokens, _kv_tokens(t, a), a.bias, a.kv_hidden, a.q_per_kv
     )
+    xp, xm = a.head_extra
+    return (hp + a.q_per_kv * xp, hm + a.q_per_kv * xm * t.tokens), dim
+
+
+def _block_params(layer: nn.Module, b: BlockSpec) -> int:
+    """Parameters removing the block removes (its tower modules stay, see `BlockSpec.tower_modules`)."""
+    shared = {id(p) for m in b.tower_modules.values() for p in m.parameters()}
+    return sum(p.numel() for p in layer.parameters() if id(p) not in shared)
 
 
 def _factorised(*mods: nn.Module) -> bool:

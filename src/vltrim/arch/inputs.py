@@ -15,9 +15,9 @@ class ModelInput:
     """One keyword input of a model's forward."""
 
     name: str
-    modality: str  # "vision" | "text"
-    floating: bool  # pixel values are floats; ids and masks are integers
-    sequence: bool  # axis 1 is the token sequence (a dynamic axis of an export)
+    modality: str  # "vision" | "text" | "audio"
+    floating: bool  # pixel values and waveforms are floats; ids and masks are integers
+    sequence: bool  # axis 1 is the token sequence or the waveform's samples (a dynamic axis of an export)
     primary: bool  # it carries its modality: a dataset with this field already holds model inputs
 
 
@@ -25,6 +25,7 @@ MODEL_INPUTS: dict[str, ModelInput] = {
     i.name: i
     for i in (
         ModelInput("pixel_values", "vision", floating=True, sequence=False, primary=True),
+        ModelInput("input_values", "audio", floating=True, sequence=True, primary=True),
         ModelInput("input_ids", "text", floating=False, sequence=True, primary=True),
         ModelInput("attention_mask", "text", floating=False, sequence=True, primary=False),
         ModelInput("token_type_ids", "text", floating=False, sequence=True, primary=False),
@@ -66,6 +67,12 @@ def text_inputs(
     if token_types:
         out["token_type_ids"] = torch.zeros_like(ids)
     return out
+
+
+def audio_inputs(batch_size: int, samples: int, seed: int = 2) -> dict[str, torch.Tensor]:
+    """input_values: ``samples`` of a mono waveform per item (unit-variance noise, what a normalising feature
+    extractor gives)."""
+    return {"input_values": torch.randn(batch_size, samples, generator=_gen(seed))}
 
 
 def patch_tokens(config) -> int:

@@ -13,6 +13,7 @@ import math
 import torch
 from torch import nn
 
+from vltrim.arch.patches import hookable
 from vltrim.structure.slicing import AttentionSite, BlockSpec, Tower
 
 
@@ -131,7 +132,7 @@ def mask_heads(a: AttentionSite, values: MaskValues) -> HandleGroup:
         y = _scale(args[0].unflatten(-1, (units, width)), m.unsqueeze(-1), unit_dims=2).flatten(-2)
         return (y, *args[1:])
 
-    return HandleGroup([a.o.register_forward_pre_hook(pre)])
+    return _with_patch(a, [a.o.register_forward_pre_hook(pre)])
 
 
 def mask_head_dims(a: AttentionSite, values: MaskValues) -> HandleGroup:
@@ -151,8 +152,15 @@ def mask_head_dims(a: AttentionSite, values: MaskValues) -> HandleGroup:
         return torch.cat([_scale(q, _per_channel(m, heads)), k, _scale(v, _per_channel(m, kv_heads))], dim=-1)
 
     if a.qkv is not None:
-        return HandleGroup([a.qkv.register_forward_hook(fused)])
-    return HandleGroup([a.q.register_forward_hook(make(heads)), a.v.register_forward_hook(make(kv_heads))])
+        return _with_patch(a, [a.qkv.register_forward_hook(fused)])
+    return _with_patch(a, [a.q.register_forward_hook(make(heads)), a.v.register_forward_hook(make(kv_heads))])
+
+
+def _with_patch(a: AttentionSite, handles: list) -> HandleGroup:
+    """The hooks of a site's mask, with the site's forward patch while they are attached when its own forward calls
+    no hookable Linear (`vltrim.arch.patches.hookable`)."""
+    undo = hookable(a.module)
+    return HandleGroup(handles + ([undo] if undo is not None else []))
 
 
 def mask_neurons(b: BlockSpec, values: MaskValues) -> HandleGroup:

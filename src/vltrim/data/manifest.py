@@ -294,10 +294,12 @@ def _field(path: Path, n: int, line: int, row: dict, key: str, what: str) -> str
     return v
 
 
-def read_rows(path: str | Path, image_key: str, texts: Sequence[tuple[str, str]]) -> list[tuple[Any, ...]]:
+def read_rows(
+    path: str | Path, image_key: str, texts: Sequence[tuple[str, str]], file_what: str = "image path"
+) -> list[tuple[Any, ...]]:
     """(image path, text, ...) rows of a UTF-8 .jsonl or .csv manifest, one text per (key, what) of ``texts``;
-    relative image paths are relative to the manifest. Every field must be a non-empty string: anything else is an
-    error naming the row (a missing field: `MissingField`)."""
+    relative image paths are relative to the manifest (``file_what``: what the file field is called in errors). Every
+    field must be a non-empty string: anything else is an error naming the row (a missing field: `MissingField`)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"manifest {path} does not exist" + (" (it is a directory)" if path.is_dir() else ""))
@@ -311,7 +313,7 @@ def read_rows(path: str | Path, image_key: str, texts: Sequence[tuple[str, str]]
     for n, (line, r) in enumerate(rows, 1):
         if not isinstance(r, dict):
             raise ValueError(f"{path} row {n} (line {line}) must be a JSON object like {like}, got {type(r).__name__}")
-        img = Path(_field(path, n, line, r, image_key, "image path"))
+        img = Path(_field(path, n, line, r, image_key, file_what))
         values = [_field(path, n, line, r, key, what) for key, what in texts]
         out.append((img if img.is_absolute() else path.parent / img, *values))
     if not out:

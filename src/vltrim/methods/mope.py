@@ -108,13 +108,18 @@ def _retrieval_probe(data: Any, chunks: list[dict[str, torch.Tensor]]) -> Probe:
     )
 
 
-def _classification_probe(data: Any, chunks: list[dict[str, torch.Tensor]]) -> Probe:
-    labels = _extra(chunks, "label")
-    if labels is None:
-        raise ValueError("calib_data for classification needs a 'label' field (the class of each image)")
-    return Probe(
-        {"vision": chunks}, {"vision": class_logits}, lambda o, e: _top1(o["vision"], e["label"]), {"label": labels}
-    )
+def _classification_probe(tower: str) -> Callable[[Any, list[dict[str, torch.Tensor]]], Probe]:
+    """Top-1 of a classifier whose one tower (vision or audio) reads the items."""
+
+    def make(data: Any, chunks: list[dict[str, torch.Tensor]]) -> Probe:
+        labels = _extra(chunks, "label")
+        if labels is None:
+            raise ValueError("calib_data for classification needs a 'label' field (the class of each item)")
+        return Probe(
+            {tower: chunks}, {tower: class_logits}, lambda o, e: _top1(o[tower], e["label"]), {"label": labels}
+        )
+
+    return make
 
 
 def _sentence_probe(data: Any, chunks: list[dict[str, torch.Tensor]]) -> Probe:
@@ -131,7 +136,12 @@ def _sentence_probe(data: Any, chunks: list[dict[str, torch.Tensor]]) -> Probe:
     )
 
 
-PROBES = {"retrieval": _retrieval_probe, "classification": _classification_probe, "sentence-embedding": _sentence_probe}
+PROBES = {
+    "retrieval": _retrieval_probe,
+    "classification": _classification_probe("vision"),
+    "audio-classification": _classification_probe("audio"),
+    "sentence-embedding": _sentence_probe,
+}
 
 
 def _needs(chunks: list[dict[str, torch.Tensor]], task: str, keys: tuple[str, ...]) -> None:
@@ -279,14 +289,19 @@ def _swapped(root: nn.Module, target: nn.Module, replacement: nn.Module) -> Iter
 
 
 @contextmanager
-def _start_at(t: Any, start: int, hidden: Any, k: int, swaps: dict[nn.Module, Any], is_tuple: bool) -> Iterator[None]:
-    """Temporarily replace blocks 0..start-1 by ``hidden`` (k copies of the input block ``start`` gets), and inside
-    block ``start`` each module in ``swaps`` by its (k times tiled) clean output."""
+def _start_at(
+    t: Any, start: int, entry: dict, k: int, swaps: dict[nn.Module, Any], removed: bool = False
+) -> Iterator[None]:
+    """Temporarily replace blocks 0..start-1 by what block start-1 returned on the chunk (``entry``, recorded by
+    `_block_inputs`; k times tiled): the input block ``start`` gets, with whatever else blocks hand on (WavLM's
+    position bias); ``removed``: block start-1 is ablated, its own input is handed on instead (with the rest of its
+    output, as a layer mask computes it). Inside block ``start``, each module in ``swaps`` is replaced by its (k times
+    tiled) clean output."""
     saved = [t.layers[i] for i in range(start)]
-    hidden = _tiled(hidden, k)
+    handed_on = _tiled(_handed_on(entry, start - 1, removed), k) if start else None
     try:
         for i in range(start):
-            t.layers[i] = _Cached((hidden,) if is_tuple else hidden)
+            t.layers[i] = _Cached(handed_on)
         with ExitStack() as stack:
             for mod, out in swaps.items():
                 stack.enter_context(_swapped(t.layers[start], mod, _Cached(_tiled(out, k))))
@@ -322,14 +337,23 @@ def _record(modules: list[nn.Module], store: dict) -> Iterator[None]:
             h.remove()
 
 
+def _handed_on(entry: dict, i: int, removed: bool) -> Any:
+    """What block i hands the next block: its recorded output, or when it is removed its input in the output's place."""
+    out = entry[("out", i)]
+    if not removed:
+        return out
+    x = entry[("in", i)]
+    return (x, *out[1:]) if isinstance(out, tuple) else x
+
+
 @contextmanager
 def _block_inputs(t: Any, store: dict) -> Iterator[None]:
-    """Record every block's input hidden states (and whether blocks return tuples)."""
+    """Record every block's input hidden states and its output (all it returns)."""
 
     def block_hook(i: int):
         def hook(_mod, args, kwargs, out):
             store[("in", i)] = (args[0] if args else kwargs["hidden_states"]).detach()
-            store["tuple"] = isinstance(out, tuple)
+            store[("out", i)] = _detached(out)
 
         return hook
 
@@ -416,7 +440,7 @@ def _inner_outputs(
         handle = t.layers[layer].register_forward_hook(stop)
         try:
             with (
-                _start_at(t, layer, cache[(t.name, c)][("in", layer)], 1, {}, cache[(t.name, c)]["tuple"]),
+                _start_at(t, layer, cache[(t.name, c)], 1, {}),
                 _record(mods, out[c]),
             ):
                 probe.output[t.modality](model, batch)
@@ -452,7 +476,7 @@ def _ablated_outputs(
         parts = []
         for c, batch in enumerate(probe.batches[t.modality]):
             entry = cache[(t.name, c)]
-            with _start_at(t, start, entry[("in", layer)], k, inner.get(c, {}), entry["tuple"]):
+            with _start_at(t, start, entry, k, inner.get(c, {}), removed=kind == UnitKind.LAYERS.value):
                 parts.append(probe.output[t.modality](model, _repeat(batch, k)).float())
         stacked = torch.cat([p.unflatten(0, (k, -1)) for p in parts], dim=1)
     finally:

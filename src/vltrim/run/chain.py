@@ -30,21 +30,20 @@ from torch import nn
 
 from vltrim.arch.apply import plans_of
 from vltrim.checks import kept_modes, text
-from vltrim.measure import count_params, machine
+from vltrim.measure import count_params
 from vltrim.methods import get_method
 from vltrim.run.options import CompressOptions
 from vltrim.run.runner import (
     HALF,
     _run,
+    costs_of,
     data_fingerprints,
     data_summary,
     evaluate,
     finished,
     keep_result,
-    measure_speed,
     run_settings,
     shared_checked,
-    split_of,
     stage_checked,
     try_data,
 )
@@ -200,14 +199,7 @@ def _run_chain(model: nn.Module, o: SimpleNamespace, stages: list[SimpleNamespac
     report["stages"] = rows
     if o.eval_data is not None:
         report["after"] = evaluate(o, small, "after the chain") if dtype in HALF else rows[-1]["after"]
-    report.update(
-        plan=[p.achieved for p in plans],
-        params=count_params(small),
-        modality_split=split_of(model, small, plans),
-        speed=measure_speed(o, model, small),
-    )
-    if report["speed"] is not None:
-        report["machine"] = machine()
+    report.update(plan=[p.achieved for p in plans], params=count_params(small), **costs_of(o, model, small, plans))
     return CompressResult(plans[-1], small, {"report": report}, plans)
 
 

@@ -23,7 +23,7 @@ from vltrim.checks import choice, flag, integer, number, path, text
 from vltrim.data.fingerprint import fingerprint
 from vltrim.data.inputs import as_dataset
 from vltrim.io import load, save
-from vltrim.measure import compare, count_params, machine
+from vltrim.measure import compare, cost_split, count_params, machine
 from vltrim.methods import Method, get_method
 from vltrim.methods.common import prunable_groups
 from vltrim.progress import phase
@@ -377,10 +377,7 @@ def _run_checked(model: nn.Module, o: SimpleNamespace, teacher: nn.Module | None
     if o.eval_data is not None:
         rows[-1]["after"] = evaluate(o, small, "after retraining")
     _summarise(report, rows, o.eval_data is not None)
-    report["modality_split"] = split_of(model, small, plans)
-    report["speed"] = measure_speed(o, model, small)
-    if report["speed"] is not None:
-        report["machine"] = machine()
+    report.update(costs_of(o, model, small, plans))
     return CompressResult(plans[-1], small, {"report": report}, plans)
 
 
@@ -506,6 +503,18 @@ def evaluate(o: SimpleNamespace, model: nn.Module, when: str) -> dict[str, float
     """The task metric on the eval data, with a line saying so (evaluation has no bar of its own)."""
     with phase(f"evaluating {when} on {len(o.eval_data)} items", o.progress):
         return o.task.evaluate(model, o.eval_data)
+
+
+def costs_of(o: SimpleNamespace, model: nn.Module, small: nn.Module, plans: list[Plan]) -> dict[str, Any]:
+    """The report's cost keys: ``modality_split`` (what the plans removed per modality), ``source_split`` (the
+    original's front end / Transformer blocks split, `vltrim.measure.cost_split`, for a family with a front end),
+    ``speed`` (`measure_speed`) and, when timed, ``machine``."""
+    out = {"modality_split": split_of(model, small, plans), "speed": measure_speed(o, model, small)}
+    if split := cost_split(model):
+        out["source_split"] = split
+    if out["speed"] is not None:
+        out["machine"] = machine()
+    return out
 
 
 def measure_speed(o: SimpleNamespace, model: nn.Module, small: nn.Module) -> dict[str, Any] | None:

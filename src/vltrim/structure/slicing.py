@@ -20,7 +20,9 @@ class AttentionSite:
     its own scale: the original 1/sqrt(head_dim) keeps outputs identical when head_dims shrink. ``name`` is the
     site's place in group names ('attn' -> '...layers.3.attn.heads'); ``kv_tokens`` the key/value token count when it
     is not the queries' (cross-attention reads another tower); ``modality`` the modality its groups join (a cross
-    site is 'fusion'), None for its tower's."""
+    site is 'fusion'), None for its tower's. ``head_params`` names parameters with one entry per query head along a
+    dim, (module, attribute, dim), sliced with the heads (WavLM's gate constant); ``head_extra`` the (params, MACs
+    per token) each query head costs beyond its projections and attention matmuls (WavLM's position-bias gate)."""
 
     module: nn.Module
     q: nn.Linear | None
@@ -35,6 +37,8 @@ class AttentionSite:
     kv_tokens: int | None = None
     modality: str | None = None
     kv_heads_attr: str | None = None
+    head_params: tuple[tuple[nn.Module, str, int], ...] = ()
+    head_extra: tuple[int, int] = (0, 0)
 
     @classmethod
     def fused(cls, module: nn.Module, qkv: nn.Linear, o: nn.Linear, heads_attr: str, head_dim_attr: str,
@@ -102,11 +106,14 @@ AttentionSpec = AttentionSite  # the name before attention sites
 @dataclass
 class BlockSpec:
     """One transformer block as the generic code sees it: its attention sites (self, then cross if any) and an FFN
-    (fc1 -> act -> fc2)."""
+    (fc1 -> act -> fc2). ``tower_modules`` are modules held by this block but read by the whole tower, by their path
+    in the block (WavLM's relative position table in its first layer): they survive the block's removal (moved to the
+    first kept block, same path) and are not part of its cost."""
 
     sites: list[AttentionSite]
     fc1: nn.Linear
     fc2: nn.Linear
+    tower_modules: dict[str, nn.Module] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if isinstance(self.sites, AttentionSite):
@@ -182,12 +189,25 @@ def site_rows(a: AttentionSite, kind: str, keep: Sequence[int]) -> dict[str, lis
     return {"q": q, "k": kv, "v": kv, "o": q}
 
 
+KEPT_HEADS_ATTR = "vltrim_kept_heads"  # a sliced attention module's query heads, as indices of the unpruned ones
+
+
+def kept_heads(module: nn.Module, heads: int) -> list[int]:
+    """The original indices of the query heads ``module`` (now of ``heads`` heads) kept: what a forward that reads a
+    per-head tensor computed outside the site with every original head (a shared position bias) selects."""
+    return list(getattr(module, KEPT_HEADS_ATTR, range(heads)))
+
+
 def _keep_site_units_(a: AttentionSite, kind: str, keep: Sequence[int]) -> None:
     heads, kv_heads, hd = a.num_heads, a.num_kv_heads, a.head_dim
     lins = a.projections()
     for name, rows in site_rows(a, kind, keep).items():
         slice_linear_(lins[name], **({"in_idx": rows} if name == "o" else {"out_idx": rows}))
     if kind == "heads":
+        q_heads = [u * a.q_per_kv + j for u in keep for j in range(a.q_per_kv)]
+        _slice_head_params_(a, q_heads)
+        before = kept_heads(a.module, heads)
+        setattr(a.module, KEPT_HEADS_ATTR, [before[h] for h in q_heads])
         heads, kv_heads = len(keep) * a.q_per_kv, len(keep)
     else:
         hd = len(keep)
@@ -197,6 +217,14 @@ def _keep_site_units_(a: AttentionSite, kind: str, keep: Sequence[int]) -> None:
     setattr(a.module, a.head_dim_attr, hd)
     if a.all_head_size_attr:
         setattr(a.module, a.all_head_size_attr, heads * hd)
+
+
+def _slice_head_params_(a: AttentionSite, q_heads: Sequence[int]) -> None:
+    """Keep the entries of query heads ``q_heads`` in every per-head parameter of the site."""
+    for module, attr, dim in a.head_params:
+        p = getattr(module, attr)
+        idx = torch.as_tensor(list(q_heads), dtype=torch.long, device=p.device)
+        setattr(module, attr, nn.Parameter(p.data.index_select(dim, idx).contiguous(), requires_grad=p.requires_grad))
 
 
 def keep_heads_(a: AttentionSite, keep: Sequence[int]) -> None:
@@ -216,8 +244,11 @@ def keep_neurons_(b: BlockSpec, keep: Sequence[int]) -> None:
 
 def keep_layers_(t: Tower, keep: Sequence[int]) -> None:
     """Keep blocks ``keep`` of a tower, renumbered: a module's ``layer_idx`` (the slot of its layer in a generation
-    cache) becomes its new position, and the tower's configs count the kept layers."""
+    cache) becomes its new position, the tower's configs count the kept layers, and the tower modules of removed
+    blocks move to the first kept block (`BlockSpec.tower_modules`)."""
     kept = [t.layers[i] for i in sorted(keep)]
+    if kept:
+        _move_tower_modules_(t, [layer for i, layer in enumerate(t.layers) if i not in set(keep)], kept[0])
     while len(t.layers):
         del t.layers[len(t.layers) - 1]
     for j, layer in enumerate(kept):
@@ -227,3 +258,13 @@ def keep_layers_(t: Tower, keep: Sequence[int]) -> None:
                 m.layer_idx = j
     for cfg in t.configs:
         cfg.num_hidden_layers = len(kept)
+
+
+def _move_tower_modules_(t: Tower, removed: Sequence[nn.Module], first: nn.Module) -> None:
+    """Give ``first`` the tower modules of the ``removed`` blocks that it lacks, at the same path."""
+    for layer in removed:
+        for path, module in t.block(layer).tower_modules.items():
+            parent, _, attr = path.rpartition(".")
+            holder = first.get_submodule(parent) if parent else first
+            if getattr(holder, attr, None) is None:
+                setattr(holder, attr, module)

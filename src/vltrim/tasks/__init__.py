@@ -102,6 +102,11 @@ def _image_classifier(model: nn.Module) -> bool:
     return "ForImageClassification" in type(model).__name__
 
 
+def _audio_classifier(model: nn.Module) -> bool:
+    """A clip classifier over a waveform (HuBERT / wav2vec 2.0 / WavLM ...ForSequenceClassification)."""
+    return "input_values" in inspect.signature(model.forward).parameters and hasattr(model, "classifier")
+
+
 def _text_encoder(model: nn.Module) -> bool:
     params = inspect.signature(model.forward).parameters
     return (
@@ -128,6 +133,16 @@ TASKS: dict[str, Task] = {
         "top1",
         "an image classifier (a *ForImageClassification model with a head)",
         _image_classifier,
+    ),
+    "audio-classification": Task(
+        "audio-classification",
+        classification_loss,
+        classification_kd,
+        evaluate_classification,
+        "top1",
+        "an audio classifier reading a waveform (HubertForSequenceClassification, Wav2Vec2ForSequenceClassification, "
+        "WavLMForSequenceClassification)",
+        _audio_classifier,
     ),
     "sentence-embedding": Task(
         "sentence-embedding",

@@ -1,4 +1,6 @@
-"""Image classification (ViT / DeiT classifiers): cross-entropy, logit distillation, top-1 accuracy."""
+"""Classification of images (ViT / DeiT classifiers) and of audio clips (HuBERT / wav2vec 2.0 / WavLM classifiers):
+cross-entropy, logit distillation, top-1 accuracy. One set of functions serves both: the model reads its own primary
+input (pixel_values or input_values)."""
 
 from __future__ import annotations
 
@@ -7,13 +9,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from vltrim.arch.inputs import PRIMARY_INPUTS
 from vltrim.checks import kept_modes
 from vltrim.data.inputs import in_order
 from vltrim.train.distill import logits_kl
 
 
 def class_logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    return model(pixel_values=batch["pixel_values"]).logits
+    """Logits of the batch's primary input (pixel_values or input_values), labels and anything else left out."""
+    return model(**{k: v for k, v in batch.items() if k in PRIMARY_INPUTS}).logits
 
 
 def _labels(batch: dict[str, torch.Tensor], classes: int) -> torch.Tensor:
@@ -55,7 +59,7 @@ def evaluate_classification(model: nn.Module, data: Dataset, batch_size: int = 2
     with kept_modes(model):
         model.eval()
         for batch in in_order(data, batch_size):
-            logits = class_logits(model, {"pixel_values": batch["pixel_values"].to(dev)})
+            logits = class_logits(model, {k: v.to(dev) for k, v in batch.items() if k in PRIMARY_INPUTS})
             labels, pred = _labels(batch, logits.shape[-1]), logits.argmax(-1).cpu()
             correct += (pred == labels.cpu()).sum().item()
             total += len(pred)

@@ -3,6 +3,9 @@
   retrieval           'builtin', an image-caption manifest (.jsonl / .csv), an image folder root/<class>/<images>
                       (each image captioned "a photo of a <class>"), or hf:DIR
   classification      an image folder root/<class>/<images> (classes in sorted order), or hf:DIR
+  audio-classification an audio folder root/<class>/<clips> (.wav / .flac / .ogg), a manifest (.csv / .jsonl with
+                      'audio' (or 'path') and 'label'), or hf:DIR with an audio column and a label column; clips are
+                      checked (mono, at least the model's rate), resampled to it and cut or padded to 1 s
   sentence-embedding  a text file (.txt: one sentence per line; .jsonl / .csv: a 'text' or 'sentence' field and an
                       optional 'label'), or hf:DIR; the unpruned model's embeddings are computed once, as the targets
   itm-retrieval,      'builtin' (rendered scenes with captions, `vltrim.data.scenes`), an image-caption manifest
@@ -37,6 +40,15 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from vltrim.arch.inputs import PRIMARY_INPUTS
+from vltrim.data.audio import (
+    SAMPLING_RATE,
+    AudioClips,
+    ClipOptions,
+    audio_problem,
+    folder_files,
+    manifest_files,
+    read_audio,
+)
 from vltrim.data.calibration import text_vocab_rows
 from vltrim.data.manifest import (
     CLIP_MEAN,
@@ -68,6 +80,9 @@ FORMS = {
     "retrieval": "'builtin', an image-caption manifest (.jsonl / .csv with 'image' and 'caption' columns), an image "
     "folder root/<class>/<images>, or hf:DIR (a datasets.save_to_disk directory)",
     "classification": "an image folder root/<class>/<images>, or hf:DIR (a datasets.save_to_disk directory with image and label columns)",
+    "audio-classification": "an audio folder root/<class>/<clips> (.wav / .flac / .ogg, mono, at least 16 kHz), a "
+    "manifest (.csv / .jsonl with an 'audio' (or 'path') column and a 'label' column; paths relative to it), or hf:DIR "
+    "(a datasets.save_to_disk directory with an audio column and a label column)",
     "sentence-embedding": "a text file of sentences (.txt: one per line; .jsonl / .csv: a 'text' field, optional 'label'), "
     "or hf:DIR (a datasets.save_to_disk directory with a text column)",
     "itm-retrieval": "'builtin' (rendered scenes with captions), an image-caption manifest (.jsonl / .csv with 'image' "
@@ -83,6 +98,8 @@ SCENE_TASKS = ("itm-retrieval", "captioning", "vqa")  # the BLIP tasks: built-in
 BUILTIN_SIZES = {"train": 8000, "val": 1000}  # items of the built-in scenes per split (rendered in a few seconds)
 TEXT_COLUMNS = ("text", "sentence", "caption", "sentence1")
 IMAGE_COLUMNS = ("image", "img", "pixel_values")
+AUDIO_COLUMNS = ("audio", "path", "file")
+TEXTLESS_TASKS = ("classification", "audio-classification")
 LABEL_COLUMNS = ("label", "labels")
 QUESTION_COLUMNS = ("question",)
 ANSWER_COLUMNS = ("answer", "multiple_choice_answer")  # VQAv2's single answer column
@@ -334,9 +351,9 @@ class DataSource:
                 raise FileNotFoundError(
                     f"{option} {spec!r} does not exist; the {self.task} task takes {FORMS[self.task]}"
                 )
-        if self.task == "classification" and self.tokenizer_spec is not None:
-            raise ValueError("--tokenizer: the classification task reads no text; drop it")
-        if self.task != "classification" and (self.tokenizer_spec is not None or any(s != BUILTIN for s in given)):
+        if self.task in TEXTLESS_TASKS and self.tokenizer_spec is not None:
+            raise ValueError(f"--tokenizer: the {self.task} task reads no text; drop it")
+        if self.task not in TEXTLESS_TASKS and (self.tokenizer_spec is not None or any(s != BUILTIN for s in given)):
             self.tokenizer  # noqa: B018 - loads and checks it
         if self.task in SCENE_TASKS and BUILTIN in given:
             self._check_scenes_fit(next(o for s, o in zip(specs, options) if s == BUILTIN))
@@ -423,6 +440,28 @@ class DataSource:
         classes = use_classes(self.model, folder_classes(path), f"{option} {path}")
         return ImageFolder(path, classes=classes, **self.images)
 
+    @functools.cached_property
+    def clips(self) -> ClipOptions:
+        """How audio is prepared: the rate and per-clip normalisation of the model directory's feature extractor
+        (preprocessor_config.json), else 16 kHz, not normalised; 1 s clips."""
+        cfg = {}
+        if self.directory is not None and (self.directory / PROCESSOR_FILE).is_file():
+            cfg = json.loads((self.directory / PROCESSOR_FILE).read_text())
+        return ClipOptions(rate=int(cfg.get("sampling_rate", SAMPLING_RATE)), normalize=bool(cfg.get("do_normalize")))
+
+    def _audio_classification(self, path: Path, option: str) -> Dataset:
+        where = f"{option} {path}"
+        if path.is_dir():
+            return AudioClips(
+                folder_files(path, use_classes(self.model, folder_classes(path), where)), where, self.clips
+            )
+        if path.suffix.lower() not in (".jsonl", ".csv"):
+            raise ValueError(f"{where}: the audio-classification task takes {FORMS['audio-classification']}")
+        with self._takes():
+            rows = manifest_files(path)
+        classes = use_classes(self.model, sorted({name for _, name in rows}), where)
+        return AudioClips([(p, classes.index(name)) for p, name in rows], where, self.clips)
+
     def _sentence_embedding(self, path: Path, option: str) -> Dataset:
         if path.is_dir() or path.suffix.lower() not in SENTENCE_SUFFIXES:
             raise ValueError(f"{option} {path}: the sentence-embedding task takes {FORMS['sentence-embedding']}")
@@ -443,6 +482,11 @@ class DataSource:
             return self._sentences(ds[_text_column(ds, where)], ds[labels] if labels else None)
         if self.task in SCENE_TASKS:
             return self._scene_hf(ds, where)
+        if self.task == "audio-classification":
+            with self._takes():
+                audio = _column(ds, AUDIO_COLUMNS, where, required=True)
+                label = _column(ds, LABEL_COLUMNS, where, required=True)
+            return HFAudio(ds, audio, label, _label_map(self.model, ds, label, where), self.clips, where)
         image = _image_column(ds, where)
         if self.task == "classification":
             label = _column(ds, LABEL_COLUMNS, where, required=True)
@@ -618,6 +662,58 @@ class HFImages(Dataset):
             "pixel_values": _image(row[self.image], f"{self.where} row {i}", self.opts),
             "label": torch.tensor(self.map[y] if self.map is not None else y),
         }
+
+
+class HFAudio(Dataset):
+    """Rows of a Hugging Face dataset with an audio column (a datasets.Audio feature, read undecoded, or file paths)
+    and a class label as {'input_values', 'label'} items; every clip is checked when built (`audio_problem`)."""
+
+    def __init__(
+        self, ds: Any, audio: str, label: str, label_map: list[int] | None, options: ClipOptions, where: str
+    ) -> None:
+        import datasets
+
+        if isinstance(ds.features[audio], datasets.Audio):
+            ds = ds.cast_column(audio, datasets.Audio(decode=False))  # decoded here: no torchcodec needed
+        self.ds, self.audio, self.label, self.map, self.options, self.where = (
+            ds,
+            audio,
+            label,
+            label_map,
+            options,
+            where,
+        )
+        bad = [
+            (i, why) for i, v in enumerate(ds[audio]) if (why := audio_problem(_audio_source(v, where), options.rate))
+        ]
+        if bad:
+            shown = "; ".join(f"row {i} {why}" for i, why in bad[:5])
+            raise ValueError(f"{where}: {len(bad)} of {len(ds)} clips cannot be used: {shown}")
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        row = self.ds[int(i)]
+        x = read_audio(_audio_source(row[self.audio], self.where), self.options.rate, f"{self.where} row {i}")
+        y = int(row[self.label])
+        return {
+            "input_values": self.options.prepare(x),
+            "label": torch.tensor(self.map[y] if self.map is not None else y),
+        }
+
+
+def _audio_source(value: Any, where: str) -> bytes | Path:
+    """An undecoded datasets.Audio value ({'bytes', 'path'}) or a file path as what `read_audio` reads."""
+    if isinstance(value, dict) and value.get("bytes"):
+        return value["bytes"]
+    file = value.get("path") if isinstance(value, dict) else value if isinstance(value, (str, Path)) else None
+    if not file:
+        raise TypeError(f"{where}: an audio value is {type(value).__name__}, not audio (a datasets.Audio column, or "
+                        "a column of audio file paths)")  # fmt: skip
+    if not Path(file).is_file():
+        raise FileNotFoundError(f"{where}: audio file {str(file)!r} does not exist")
+    return Path(file)
 
 
 class HFPairs(Dataset):

@@ -91,16 +91,13 @@ def layer_outputs(model: nn.Module) -> Iterator[dict[str, list[torch.Tensor]]]:
 def attention_maps(model: nn.Module) -> Iterator[dict[str, list[torch.Tensor]]]:
     """Collect the attention probabilities [batch, heads, queries, keys] of every block of every tower during the
     forwards inside the block (the latest forward's, per tower). The attention runs eager meanwhile (SDPA and flash
-    kernels return no probabilities); the model's own implementation is restored on exit."""
+    kernels return no probabilities); the model's own implementation is restored on exit. An attention that returns
+    none is refused at the first forward (`_probabilities`)."""
     towers = get_adapter(model).towers(model)
     mods = [(t.name, [t.block(layer).attn.module for layer in t.layers]) for t in towers]
     attention = [m for _, ms in mods for m in ms]
-    with eager_attention(attention) as switched, _collect(mods, _probabilities) as states:
-        if attention and not switched:
-            raise ValueError(
-                f"attention distillation: {type(attention[0]).__name__} has no config to switch to eager attention"
-            )
-        yield states
+    with eager_attention(attention), _collect(mods, _probabilities) as states:
+        yield states  # an attention with no config of its own (WavLM's) returns its probabilities anyway
 
 
 def _probabilities(out: Any) -> torch.Tensor:
