@@ -30,6 +30,10 @@ def calib(name: str):
         )
     if name == "ViTForImageClassification":
         return model, "classification", shape_data("val", 24)
+    if name == "WavLMForSequenceClassification":  # blocks hand on a position bias too
+        g = torch.Generator().manual_seed(0)
+        clips = [{"input_values": torch.randn(16_000, generator=g), "label": torch.tensor(i % 5)} for i in range(24)]
+        return model, "audio-classification", clips
     if name == "SiglipModel":  # zero-shot with class prompts
         d = SyntheticCaptions("val", 24)
         images = [{"pixel_values": d.pixel_values[i], "label": d.labels[i] % 4} for i in range(24)]
@@ -47,6 +51,8 @@ def calib(name: str):
         ("ViTForImageClassification", 3),
         ("SiglipModel", 3),
         ("VisionTextDualEncoderModel", 3),
+        ("WavLMForSequenceClassification", 3),
+        ("WavLMForSequenceClassification", 1),
     ],
 )
 def test_fast_scoring_equals_naive(name, k):

@@ -242,3 +242,87 @@ def test_compress_from_the_shell(wavs, tmp_path):
     assert set(report["model"]["split"]) == {"front_end", "blocks", "other"}
     small = vltrim.load(out)
     assert vltrim.count_params(small) == report["model"]["params"] < report["source"]["params"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["HubertForSequenceClassification", "WavLMForSequenceClassification"])
+def test_pruned_speech_classifier_exports_with_a_dynamic_clip_length(tmp_path, name):
+    pytest.importorskip("onnxruntime")
+    from vltrim import export as ex
+
+    model = tiny_model(name)
+    d = vltrim.save(vltrim.apply_plan(model, vltrim.plan(model, "l1", 0.5)), tmp_path / "m")
+    r = ex.export(d, rounds=1)
+    assert r["inputs"]["input_values"] == ["batch", "samples"]
+    assert r["parity"]["shapes"]["input_values"][1] != 16_000 and r["parity"]["max_abs_diff"] < 1e-4
+
+
+def test_measure_takes_the_clip_length_and_shows_the_split():
+    from typer.testing import CliRunner
+
+    from vltrim.cli import app
+
+    r = CliRunner().invoke(app, ["measure", "tiny:HubertModel", "--seconds", "2", "--rounds", "1", "--json"])
+    assert r.exit_code == 0, r.output
+    got = json.loads(r.output[r.output.index("{") :])
+    model = tiny_model("HubertModel")
+    assert got["macs"] == vltrim.count_macs(model, audio_inputs(1, 32_000))
+    assert got["split"]["front_end"]["params"] == cost_split(model)["front_end"]["params"]
+    r = CliRunner().invoke(app, ["measure", "tiny:BertModel", "--seconds", "2"])
+    assert r.exit_code != 0 and "reads no waveform" in r.output
+
+
+def test_macs_are_counted_in_eval_mode_whatever_the_model_mode():
+    """A model in training mode may skip layers (HuBERT's layer drop): MACs are the inference forward's, every time."""
+    import transformers as tf
+
+    from vltrim.zoo import TINY_AUDIO
+
+    model = tf.HubertModel(tf.HubertConfig(**{**TINY_AUDIO, "layerdrop": 0.9}))
+    inputs = audio_inputs(1, 16_000)
+    model.eval()
+    want = vltrim.count_macs(model, inputs)
+    model.train()
+    assert {vltrim.count_macs(model, inputs) for _ in range(5)} == {want} and model.training
+
+
+def test_wavlm_masks_hold_the_patch_until_the_last_one_goes():
+    """WavLM's own forward calls none of its Linears: each mask holds the forward patch, the class comes back only
+    when the last is removed (in any order), and a model sliced meanwhile keeps it."""
+    from transformers.models.wavlm.modeling_wavlm import WavLMAttention
+
+    model = tiny_model("WavLMModel")
+    adapter, inputs = get_adapter(model), audio_inputs(1, 16_000)
+    heads, dims = (
+        next(g for g in adapter.groups(model) if g.name == f"audio.layers.0.attn.{k}") for k in ("heads", "head_dims")
+    )
+    attn = model.encoder.layers[0].attention
+    with torch.no_grad():
+        plain = model(**inputs).last_hidden_state
+        h1, h2 = adapter.mask(model, heads, torch.ones(4)), adapter.mask(model, dims, torch.zeros(16))
+        h1.remove()
+        assert type(attn) is not WavLMAttention and not torch.equal(model(**inputs).last_hidden_state, plain)
+        h2.remove()
+    assert type(attn) is WavLMAttention
+
+
+def test_missing_and_24_bit_files_are_named_up_front(wavs, tmp_path, monkeypatch):
+    import vltrim.data.audio as audio
+
+    m = tmp_path / "m.csv"
+    m.write_text(f"audio,label\n{wavs / 'no' / '0.wav'},no\n{tmp_path / 'gone.wav'},yes\n")
+    _, src = _source()
+    with pytest.raises(ValueError, match="gone.wav does not exist"):
+        src.open(str(m), "--data", "train")
+    deep = _write(tmp_path / "deep.wav", 16_000)
+    sf.write(str(deep), np.zeros((16_000, 1), "float32"), 16_000, subtype="PCM_24")
+    monkeypatch.setattr(audio, "_soundfile", lambda: None)
+    assert "24-bit WAV needs soundfile" in audio_problem(deep)
+
+
+def test_a_later_manifest_row_without_its_audio_is_named(tmp_path, wavs):
+    m = tmp_path / "m.jsonl"
+    m.write_text(json.dumps({"audio": str(wavs / "no" / "0.wav"), "label": "no"}) + "\n" + json.dumps({"label": "up"}))
+    _, src = _source()
+    with pytest.raises(ValueError, match="row 2 .* lacks 'audio'"):
+        src.open(str(m), "--data", "train")

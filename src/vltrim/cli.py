@@ -14,9 +14,11 @@ from rich.text import Text
 from typer.core import TyperCommand
 
 from vltrim import api, io, models
-from vltrim.arch import model_class
+from vltrim.arch import get_adapter, model_class
+from vltrim.arch.inputs import audio_inputs
 from vltrim.checks import choice, integer, number
 from vltrim.checks import device as checked_device
+from vltrim.data.audio import SAMPLING_RATE
 from vltrim.demo import results_table, run_demo
 from vltrim.export import export
 from vltrim.io import ModelDirError, check_save_destination, read_report, vltrim_files
@@ -172,6 +174,9 @@ def measure_cmd(
     batch_size: int = typer.Option(1, help="batch of the reference input"),
     device: str = typer.Option("cpu", help="cpu or cuda"),
     rounds: int = typer.Option(15, help="timing rounds (median reported)"),
+    seconds: float | None = typer.Option(
+        None, help="speech models: the clip length in seconds (default: the 1 s reference clip)"
+    ),
     as_json: bool = typer.Option(
         False, "--json", help="print the measurement as JSON (with the machine) instead of a table"
     ),
@@ -180,7 +185,8 @@ def measure_cmd(
     try:
         dev = checked_device("--device", device)
         m = load_any(model).to(dev)
-        r = {**measure(m, batch_size=batch_size, rounds=rounds), "machine": machine()}
+        inputs = clip_inputs(m, batch_size, seconds)
+        r = {**measure(m, inputs=inputs, batch_size=batch_size, rounds=rounds), "machine": machine()}
     except Exception as e:  # noqa: BLE001
         _fail(e)
     if as_json:
@@ -194,6 +200,13 @@ def measure_cmd(
         ("MACs", f"{r['macs']:,}"),
         ("latency ms (median)", f"{r['latency_ms']:.3f}"),
         ("latency IQR ms", f"{r['latency_iqr_ms']:.3f}"),
+        *(
+            (
+                f"{part}: params / MACs",
+                f"{p['params']:,} ({p['params_share']:.1%}) / {p['macs']:,} ({p['macs_share']:.1%})",
+            )
+            for part, p in r.get("split", {}).items()
+        ),
         ("batch size", str(r["batch_size"])),
         ("rounds", str(r["rounds"])),
         ("device", r["device"]),
@@ -208,6 +221,16 @@ def measure_cmd(
         f"transformers {mach['transformers']}",
         highlight=False,
     )
+
+
+def clip_inputs(model, batch_size: int, seconds: float | None) -> dict | None:
+    """The --seconds clip of a speech model (a waveform at 16 kHz); None (the reference input) without --seconds."""
+    if seconds is None:
+        return None
+    number("--seconds", seconds)
+    if "input_values" not in get_adapter(model).input_names(model):
+        raise ValueError(f"--seconds: {type(model).__name__} reads no waveform; it applies to speech models")
+    return audio_inputs(integer("--batch-size", batch_size, 1), round(seconds * SAMPLING_RATE))
 
 
 @app.command("report")
@@ -672,14 +695,17 @@ def compress(
     plan_file: Path | None = typer.Option(None, "--plan", help="apply this plan.json instead of searching"),
     task: str | None = typer.Option(
         None,
-        help="retrieval (image-text), classification (image classifier), sentence-embedding (text encoder), "
+        help="retrieval (image-text), classification (image classifier), audio-classification (speech classifier), "
+        "sentence-embedding (text encoder), "
         "itm-retrieval, vqa or captioning (BLIP): the loss that retrains and the metric that judges; default: the one "
         "that fits the model",
     ),
     data: str | None = typer.Option(
         None,
         help="training data: retrieval: 'builtin', an image-caption manifest (.jsonl/.csv) or an "
-        "image folder; classification: an image folder root/<class>/<images>; sentence-embedding: "
+        "image folder; classification: an image folder root/<class>/<images>; audio-classification: an audio "
+        "folder root/<class>/<clips> (.wav/.flac/.ogg) or a manifest (.csv/.jsonl with 'audio' and 'label'); "
+        "sentence-embedding: "
         "sentences (.txt one per line, .jsonl/.csv with a 'text' field); itm-retrieval / captioning: 'builtin' "
         "or an image-caption manifest; vqa: 'builtin' or a manifest with image, question, answer; any task: hf:DIR "
         "(datasets.save_to_disk)",

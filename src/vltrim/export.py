@@ -32,7 +32,7 @@ from vltrim.measure import _runner as torch_runner
 FORMATS = ("onnx",)
 EXTRA = "pip install 'vltrim[export]'"
 #: the model inputs the exported graph takes (the keyword inputs of _Forward.forward)
-EXPORTED_INPUTS = ("pixel_values", "input_ids", "attention_mask", "token_type_ids")
+EXPORTED_INPUTS = ("pixel_values", "input_values", "input_ids", "attention_mask", "token_type_ids")
 SINGLE_FILE_BYTES = 1 << 30  # larger models keep their weights in FILE.data beside the .onnx (protobuf's 2 GiB limit)
 
 
@@ -115,9 +115,13 @@ class _Forward(nn.Module):
         super().__init__()
         self.model, self.outputs = model, outputs
 
-    def forward(self, pixel_values=None, input_ids=None, attention_mask=None, token_type_ids=None):  # noqa: D102
+    def forward(self, pixel_values=None, input_ids=None, attention_mask=None, token_type_ids=None, input_values=None):  # noqa: D102
         given = dict(
-            pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            pixel_values=pixel_values,
+            input_values=input_values,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
         )
         out = get_adapter(self.model).forward(self.model, {k: v for k, v in given.items() if v is not None})
         return tuple(out[k] for k in self.outputs)
@@ -148,9 +152,11 @@ def _dynamic_shapes(model: nn.Module, inputs: dict[str, torch.Tensor]) -> dict[s
     modalities = ["batch"] if paired else sorted({MODEL_INPUTS[k].modality for k in inputs})
     names = {"vision": "image_batch", "text": "text_batch"}
     batch = {m: Dim(names.get(m, f"{m}_batch") if len(modalities) > 1 else "batch") for m in modalities}
-    seq = Dim("sequence")
+    seq = {"text": Dim("sequence"), "audio": Dim("samples")}  # token positions; a waveform's samples
     axis = lambda k: "batch" if paired else MODEL_INPUTS[k].modality  # noqa: E731
-    return {k: {0: batch[axis(k)], **({1: seq} if k in SEQUENCE_INPUTS else {})} for k in inputs}
+    return {
+        k: {0: batch[axis(k)], **({1: seq[MODEL_INPUTS[k].modality]} if k in SEQUENCE_INPUTS else {})} for k in inputs
+    }
 
 
 @contextlib.contextmanager

@@ -33,8 +33,10 @@ def _device(model: nn.Module) -> torch.device:
 
 
 def count_macs(model: nn.Module, inputs: dict[str, Any]) -> int:
-    """Multiply-accumulates of one forward on ``inputs`` (matmuls, convolutions, attention)."""
-    with torch.no_grad(), eager_attention(model.modules()), FlopCounterMode(display=False) as fc:
+    """Multiply-accumulates of one inference forward on ``inputs`` (matmuls, convolutions, attention), in eval mode
+    (a model in training mode may skip layers: layer drop), the model's mode restored."""
+    with torch.no_grad(), kept_modes(model), eager_attention(model.modules()), FlopCounterMode(display=False) as fc:
+        model.eval()
         get_adapter(model).forward(model, _to(inputs, _device(model)))
     return fc.get_total_flops() // 2
 
@@ -66,7 +68,8 @@ def _macs_of_parts(model: nn.Module, inputs: dict[str, Any], parts: dict[str, li
     """MACs of one forward, split among ``parts`` (disjoint module lists) and 'other': each module's flops are the
     counter's growth between its pre- and post-forward hooks."""
     got = {k: 0 for k in parts}
-    with torch.no_grad(), eager_attention(model.modules()), FlopCounterMode(display=False) as fc:
+    with torch.no_grad(), kept_modes(model), eager_attention(model.modules()), FlopCounterMode(display=False) as fc:
+        model.eval()
         handles = []
         for name, mods in parts.items():
             for m in mods:

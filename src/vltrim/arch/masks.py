@@ -210,13 +210,14 @@ def attach(adapter, model: nn.Module, values: dict[str, MaskValues]) -> HandleGr
     so a task that calls the towers itself (BLIP's ITM, VQA) draws fresh gates as the model's own forward does."""
     groups = {g.name: g for g in adapter.groups(model)}
     params = {name: as_param(v) for name, v in values.items()}
-    handles, drawn = [], {}
-    for name, p in params.items():
+    for name, p in params.items():  # every group checked before any hook (a bad one leaves the model as it was)
         if name not in groups:
             raise KeyError(f"no group {name!r} in this {type(model).__name__}")
         n = p.values().shape[-1]
         if n != groups[name].size:
             raise ValueError(f"mask for {name} has {n} values, the group has {groups[name].size} units")
+    handles, drawn = [], {}
+    for name, p in params.items():
         handles.append(adapter.mask(model, groups[name], p))
         if type(p).resample is not MaskParam.resample:
             drawn.setdefault(adapter.locate(model, name)[0].layers[0], []).append(p)

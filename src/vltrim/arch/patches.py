@@ -13,6 +13,7 @@ The patch is recorded by the module's class and replayed by everything that rebu
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 
 from torch import nn
@@ -41,10 +42,12 @@ def forward_patch(original: type[nn.Module], opaque: bool = False) -> Callable[[
 
 
 def patch_(module: nn.Module) -> bool:
-    """Give ``module`` its class's forward patch, if one is registered (True when it has one now)."""
+    """Give ``module`` its class's forward patch for good, if one is registered (True when it has one now); a mask
+    holding the patch (`hookable`) no longer takes it away when removed."""
     patched = _PATCHES.get(type(module))
     if patched is not None:
         module.__class__ = patched
+    _MASK_USERS.pop(module, None)
     return type(module) in _PATCHES.values()
 
 
@@ -54,27 +57,47 @@ def patched_modules(model: nn.Module) -> dict[str, str]:
     return {n: type(m).__name__ for n, m in model.named_modules() if type(m) in patches}
 
 
+_MASK_USERS: weakref.WeakKeyDictionary[nn.Module, int] = weakref.WeakKeyDictionary()  # masks holding a patch
+
+
 class _Unpatch:
-    """Puts a module's original class back (a hook-like handle: ``remove()``)."""
+    """A mask's hold on its module's patch (a hook-like handle): the last ``remove()`` puts the original class back."""
 
     def __init__(self, module: nn.Module, original: type) -> None:
-        self.module, self.original = module, original
+        self.module, self.original, self.held = module, original, True
 
     def remove(self) -> None:
-        self.module.__class__ = self.original
+        if not self.held:
+            return
+        self.held = False
+        if self.module not in _MASK_USERS:  # patched for good meanwhile (sliced or factorised in place)
+            return
+        _MASK_USERS[self.module] -= 1
+        if self.module in _MASK_USERS and _MASK_USERS[self.module] == 0:
+            del _MASK_USERS[self.module]
+            self.module.__class__ = self.original
 
 
 def patch_opaque_(module: nn.Module) -> None:
     """Give ``module`` its patch when its class's own forward calls none of its Linears (one of them was replaced)."""
-    if type(module) in _OPAQUE:
+    if type(module) in _OPAQUE or module in _MASK_USERS:
         patch_(module)
 
 
 def hookable(module: nn.Module) -> _Unpatch | None:
     """Give ``module`` its patch while a mask is attached when its class's forward calls none of its Linears
-    (`forward_patch` ``opaque``); the returned handle's ``remove()`` restores the class. None when nothing changed."""
-    original = type(module)
-    if original not in _OPAQUE:
+    (`forward_patch` ``opaque``); the class comes back when the last mask holding the patch is removed. None when
+    nothing needs holding (no patch needed, or patched for good by slicing)."""
+    if module in _MASK_USERS:
+        _MASK_USERS[module] += 1
+        return _Unpatch(module, _original(type(module)))
+    if type(module) not in _OPAQUE:
         return None
-    patch_(module)
+    original = type(module)
+    module.__class__ = _PATCHES[original]
+    _MASK_USERS[module] = 1
     return _Unpatch(module, original)
+
+
+def _original(patched: type) -> type:
+    return next(o for o, p in _PATCHES.items() if p is patched)

@@ -9,6 +9,7 @@ heard) are refused. Higher rates are resampled (windowed-sinc, see `resample`)."
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import wave
@@ -55,6 +56,8 @@ def audio_info(source: str | Path | bytes) -> AudioInfo:
         i = sf.info(f)
         return AudioInfo(int(i.samplerate), int(i.channels), int(i.frames))
     with wave.open(f if isinstance(f, io.BytesIO) else str(f), "rb") as w:
+        if w.getsampwidth() not in (1, 2, 4):
+            raise ValueError(f"{8 * w.getsampwidth()}-bit WAV needs soundfile (pip install soundfile)")
         return AudioInfo(w.getframerate(), w.getnchannels(), w.getnframes())
 
 
@@ -78,6 +81,8 @@ def _decode(source: str | Path | bytes) -> tuple[np.ndarray, int]:
 
 def audio_problem(source: str | Path | bytes, rate: int = SAMPLING_RATE) -> str | None:
     """Why this file cannot feed a model that reads mono audio at ``rate`` Hz, or None when it can."""
+    if not isinstance(source, bytes) and not Path(source).is_file():
+        return "does not exist" + (" (it is a directory)" if Path(source).is_dir() else "")
     try:
         info = audio_info(source)
     except Exception as e:  # noqa: BLE001 - soundfile and wave raise several kinds on a broken file
@@ -107,24 +112,41 @@ def verify_audio(files: Sequence[Path], source: str | Path, rate: int = SAMPLING
         raise ValueError(f"{source}: {len(bad)} of {len(files)} audio files cannot be used: {shown}{more}")
 
 
+MAX_KERNEL = 4_000_000  # taps of a resampling kernel: rates whose ratio reduces to large numbers are refused
+
+
 def resample(x: torch.Tensor, orig: int, new: int, zeros: int = 6, rolloff: float = 0.99) -> torch.Tensor:
     """``x`` (samples, last dim) from ``orig`` Hz to ``new`` Hz by band-limited (Hann-windowed sinc) interpolation,
     ``zeros`` zero crossings each side, the cut-off at ``rolloff`` x the lower Nyquist frequency."""
     if orig == new:
         return x
-    g = math.gcd(orig, new)
-    o, n = orig // g, new // g
-    base = min(o, n) * rolloff
-    width = math.ceil(zeros * o / base)
-    t = (torch.arange(0, -n, -1, dtype=torch.float64)[:, None] / n + torch.arange(-width, width + o) / o) * base
-    t = t.clamp(-zeros, zeros)
-    window = torch.cos(t * math.pi / zeros / 2) ** 2
-    t = t * math.pi
-    kernel = torch.where(t == 0, torch.ones_like(t), torch.sin(t) / t) * window * base / o
+    kernel, width, o, n = _sinc_kernel(orig, new, zeros, rolloff)
     flat = x.reshape(-1, 1, x.shape[-1])
     y = F.conv1d(F.pad(flat, (width, width + o)), kernel.to(x.dtype)[:, None], stride=o)
     y = y.transpose(1, 2).reshape(flat.shape[0], -1)[:, : math.ceil(n * x.shape[-1] / o)]
     return y.reshape(*x.shape[:-1], -1)
+
+
+@functools.lru_cache(maxsize=8)
+def _sinc_kernel(orig: int, new: int, zeros: int, rolloff: float) -> tuple[torch.Tensor, int, int, int]:
+    """The polyphase kernel [new', taps] of a rate change (rates reduced by their gcd to orig', new'), its padding
+    width and the reduced rates (computed once per rate pair)."""
+    g = math.gcd(orig, new)
+    o, n = orig // g, new // g
+    base = min(o, n) * rolloff
+    width = math.ceil(zeros * o / base)
+    if n * (2 * width + o) > MAX_KERNEL:
+        raise ValueError(
+            f"resampling {orig} Hz to {new} Hz needs a {n} x {2 * width + o} kernel (the rates share only a factor "
+            f"{g}); convert the audio to a common rate first (e.g. sox in.wav -r {new} out.wav)"
+        )
+    t = torch.arange(0, -n, -1, dtype=torch.float64)[:, None] / n
+    t = (t + torch.arange(-width, width + o, dtype=torch.float64) / o) * base
+    t = t.clamp(-zeros, zeros)
+    window = torch.cos(t * math.pi / zeros / 2) ** 2
+    t = t * math.pi
+    kernel = torch.where(t == 0, torch.ones_like(t), torch.sin(t) / t) * window * base / o
+    return kernel.float(), width, o, n
 
 
 def fit_length(x: torch.Tensor, samples: int) -> torch.Tensor:
@@ -166,7 +188,9 @@ class ClipOptions:
         return round(self.rate * self.seconds)
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalised over the real samples (as a feature extractor does), then cut or padded to the clip length."""
+        """Cut to the clip length, normalised over its real samples (as a feature extractor does after truncating),
+        then padded to the clip length."""
+        x = fit_length(x, self.samples) if x.shape[-1] > self.samples else x
         return fit_length(normalized(x) if self.normalize else x, self.samples)
 
 
@@ -216,10 +240,10 @@ AUDIO_KEYS = ("audio", "path", "file")  # a manifest's column of audio files: th
 def manifest_files(path: Path) -> list[tuple[Path, str]]:
     """(audio file, class name) rows of a .csv / .jsonl manifest with an 'audio' (or 'path' / 'file') column and a
     'label' column; relative paths are relative to the manifest."""
-    for key in AUDIO_KEYS:
+    for key in AUDIO_KEYS:  # the first key the first row has; a later row without it is named as it is
         try:
             return read_rows(path, key, [("label", "label")], file_what="audio file")
         except MissingField as e:
-            if f"lacks '{key}'" not in str(e):  # the row has the file but lacks its label
+            if not (str(e).startswith(f"{path} row 1 ") and f"lacks '{key}'" in str(e)):
                 raise
     raise MissingField(f"{path}: its rows name no audio file (a column {' / '.join(map(repr, AUDIO_KEYS))})")

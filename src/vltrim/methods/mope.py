@@ -35,6 +35,7 @@ from torch import nn
 
 from vltrim.arch import class_name, get_adapter, masks
 from vltrim.arch.apply import apply_plan, masked
+from vltrim.arch.patches import hookable
 from vltrim.checks import integer, number
 from vltrim.data.calibration import check_calibration
 from vltrim.data.inputs import as_dataset, in_order
@@ -429,25 +430,28 @@ def _inner_outputs(
 ) -> dict[int, dict]:
     """Per calibration chunk, the clean outputs of block ``layer``'s modules upstream of ``group``'s units (the
     forward starts at the block's cached input and stops after the block)."""
-    mods = _upstream(t.block(t.layers[layer]), group, kind)
+    block = t.block(t.layers[layer])
+    mods = _upstream(block, group, kind)
     out: dict[int, dict] = {}
 
     def stop(*_: Any) -> None:
         raise _Stop
 
-    for c, batch in enumerate(probe.batches[t.modality]):
-        out[c] = {}
-        handle = t.layers[layer].register_forward_hook(stop)
-        try:
-            with (
-                _start_at(t, layer, cache[(t.name, c)], 1, {}),
-                _record(mods, out[c]),
-            ):
-                probe.output[t.modality](model, batch)
-        except _Stop:
-            pass
-        finally:
-            handle.remove()
+    holds = [h for a in block.sites if (h := hookable(a.module)) is not None]  # the Linears run as modules (WavLM)
+    try:
+        for c, batch in enumerate(probe.batches[t.modality]):
+            out[c] = {}
+            handle = t.layers[layer].register_forward_hook(stop)
+            try:
+                with _start_at(t, layer, cache[(t.name, c)], 1, {}), _record(mods, out[c]):
+                    probe.output[t.modality](model, batch)
+            except _Stop:
+                pass
+            finally:
+                handle.remove()
+    finally:
+        for h in holds:
+            h.remove()
     return out
 
 

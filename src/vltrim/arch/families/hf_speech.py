@@ -48,7 +48,7 @@ class SlicedWavLMAttention(WavLMAttention):
         if position_bias is None:  # the first layer: the shared table's bias, for every original head
             bias = self.compute_bias(t, t)
             position_bias = bias.unsqueeze(0).repeat(bsz, 1, 1, 1).view(-1, t, t)
-        heads = kept_heads(self, self.q_proj.out_features // self.head_dim)
+        heads = kept_heads(self, self.num_heads)
         idx = torch.as_tensor(heads, device=hidden_states.device)
         gate_in = hidden_states.unflatten(-1, (-1, self.gru_rel_pos_linear.in_features)).transpose(1, 2)[:, idx]
         proj = self.gru_rel_pos_linear(gate_in).unflatten(-1, (2, GATE_OUTPUTS // 2)).sum(-1)
