@@ -134,16 +134,6 @@ TASKS: dict[str, Task] = {
         "an image classifier (a *ForImageClassification model with a head)",
         _image_classifier,
     ),
-    "audio-classification": Task(
-        "audio-classification",
-        classification_loss,
-        classification_kd,
-        evaluate_classification,
-        "top1",
-        "an audio classifier reading a waveform (HubertForSequenceClassification, Wav2Vec2ForSequenceClassification, "
-        "WavLMForSequenceClassification)",
-        _audio_classifier,
-    ),
     "sentence-embedding": Task(
         "sentence-embedding",
         embedding_loss,
@@ -182,6 +172,16 @@ TASKS: dict[str, Task] = {
         "an image captioning model: a text decoder cross-attending to the image (BlipForConditionalGeneration)",
         _captioner,
     ),
+    "audio-classification": Task(
+        "audio-classification",
+        classification_loss,
+        classification_kd,
+        evaluate_classification,
+        "top1",
+        "an audio classifier reading a waveform (HubertForSequenceClassification, Wav2Vec2ForSequenceClassification, "
+        "WavLMForSequenceClassification)",
+        _audio_classifier,
+    ),
 }
 
 
@@ -202,7 +202,7 @@ def check_task_fit(model: Any, task: Any, *data: Any) -> None:
 
 def default_task(model: nn.Module) -> str:
     """The first task that fits ``model`` (retrieval, classification, sentence-embedding, itm-retrieval, vqa,
-    captioning); 'retrieval' when none does."""
+    captioning, audio-classification); 'retrieval' when none does."""
     return next((t.name for t in TASKS.values() if t.fits(model)), "retrieval")
 
 
