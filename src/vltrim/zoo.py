@@ -56,6 +56,12 @@ TINY_AUDIO = dict(
 )
 
 
+def _roberta(model: type, config: type, **kw) -> Callable[[], nn.Module]:
+    """Positions start after the padding index (1): 16 usable tokens."""
+    text = dict(TINY, vocab_size=64, max_position_embeddings=18, pad_token_id=1, bos_token_id=0, eos_token_id=2)
+    return lambda: model(config(**text, **kw))
+
+
 def _speech(model: type, config: type, **kw) -> Callable[[], nn.Module]:
     return lambda: model(config(**TINY_AUDIO, **kw))
 
@@ -93,6 +99,12 @@ _BUILDERS = {
     "BlipForImageTextRetrieval": lambda: tf.BlipForImageTextRetrieval(_blip_cfg()),
     "BlipForQuestionAnswering": lambda: tf.BlipForQuestionAnswering(_blip_cfg(vision_width=64)),
     "BlipForConditionalGeneration": lambda: tf.BlipForConditionalGeneration(_blip_cfg()),
+    "RobertaModel": _roberta(tf.RobertaModel, tf.RobertaConfig),
+    "RobertaForSequenceClassification": _roberta(tf.RobertaForSequenceClassification, tf.RobertaConfig, num_labels=3),
+    "XLMRobertaModel": _roberta(tf.XLMRobertaModel, tf.XLMRobertaConfig),
+    "XLMRobertaForSequenceClassification": _roberta(
+        tf.XLMRobertaForSequenceClassification, tf.XLMRobertaConfig, num_labels=3
+    ),
     "HubertModel": _speech(tf.HubertModel, tf.HubertConfig),
     "HubertForSequenceClassification": _speech(tf.HubertForSequenceClassification, tf.HubertConfig, num_labels=5),
     "Wav2Vec2Model": _speech(tf.Wav2Vec2Model, tf.Wav2Vec2Config, do_stable_layer_norm=True, feat_extract_norm="layer"),
