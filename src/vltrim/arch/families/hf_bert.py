@@ -28,22 +28,26 @@ def bert_block(layer: nn.Module) -> BlockSpec:
     return BlockSpec(attn, layer.intermediate.dense, layer.output.dense)
 
 
-def _root(model: nn.Module) -> nn.Module:
-    return model.bert if hasattr(model, "bert") else model
-
-
 @register(BertModel, BertForSequenceClassification)
 class BertAdapter(TransformerAdapter):
-    """One text tower; cross-attention layers of a decoder config are left whole."""
+    """One text tower; cross-attention layers of a decoder config are left whole. A BERT-style family differs only in
+    its backbone attribute, the positions it reserves and whether it reads token types (`hf_roberta.py`)."""
+
+    root_attr = "bert"  # the backbone of a model with a head
+    reserved_positions = 0  # positions a sequence cannot use (RoBERTa's start after the padding index)
+    token_types = True
+
+    def _root(self, model: nn.Module) -> nn.Module:
+        return getattr(model, self.root_attr) if hasattr(model, self.root_attr) else model
 
     def _tokens(self, cfg) -> int:
-        return min(REFERENCE_TOKENS, cfg.max_position_embeddings)
+        return min(REFERENCE_TOKENS, cfg.max_position_embeddings - self.reserved_positions)
 
     def towers(self, model: nn.Module) -> list[Tower]:
-        root = _root(model)
+        root = self._root(model)
         cfgs = [root.config] + ([model.config] if model.config is not root.config else [])
         return [Tower("text", "text", root.encoder.layer, bert_block, self._tokens(root.config), cfgs)]
 
     def reference_inputs(self, model: nn.Module, batch_size: int = 1) -> dict:
-        cfg = _root(model).config
-        return text_inputs(cfg, batch_size, self._tokens(cfg), token_types=True)
+        cfg = self._root(model).config
+        return text_inputs(cfg, batch_size, self._tokens(cfg), token_types=self.token_types)
