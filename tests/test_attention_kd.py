@@ -76,6 +76,20 @@ def test_attention_maps_restore_the_implementation_even_on_error():
     assert model.config.vision_config._attn_implementation == impl
 
 
+@pytest.mark.parametrize("name", ["DistilBertModel", "MPNetModel", "ModernBertModel", "Dinov2Model"])
+def test_attention_maps_of_every_encoder_family(name):
+    """Every layer yields its probabilities, MPNet's too (its attention returns them only when asked)."""
+    model = tiny_model(name).eval()
+    tower = vltrim.get_adapter(model).towers(model)[0]
+    with torch.no_grad(), attention_maps(model) as maps:
+        model(**vltrim.get_adapter(model).reference_inputs(model, 2))
+    probs = maps[tower.name]
+    assert len(probs) == len(tower.layers)
+    for p in probs:
+        assert p.dim() == 4 and p.shape[0] == 2
+        torch.testing.assert_close(p.sum(-1), torch.ones_like(p.sum(-1)))
+
+
 def test_compress_distill_with_kd_attention(monkeypatch):
     calls = []
     real = compress_mod.attention_kd

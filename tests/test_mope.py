@@ -19,16 +19,19 @@ from vltrim.tasks import SentenceDistillData
 from vltrim.zoo import tiny_model
 
 
+TEXT_ENCODERS = ("BertModel", "DistilBertModel", "MPNetModel", "ModernBertModel")
+
+
 def calib(name: str):
     """(model, task, calibration data) for each kind of probe."""
     model = tiny_model(name)
-    if name == "BertModel":
+    if name in TEXT_ENCODERS:
         return (
             model,
             "sentence-embedding",
             SentenceDistillData(TEXTS, tokenizer(16), tiny_model(name, seed=1), max_length=16),
         )
-    if name == "ViTForImageClassification":
+    if name in ("ViTForImageClassification", "Dinov2ForImageClassification"):
         return model, "classification", shape_data("val", 24)
     if name == "WavLMForSequenceClassification":  # blocks hand on a position bias too
         g = torch.Generator().manual_seed(0)
@@ -48,7 +51,12 @@ def calib(name: str):
         ("CLIPModel", 1),
         ("BertModel", 3),
         ("BertModel", 1),
+        ("DistilBertModel", 3),
+        ("MPNetModel", 3),
+        ("ModernBertModel", 3),  # the model's forward reads its layers' attention_type: the stand-ins carry it
+        ("ModernBertModel", 1),
         ("ViTForImageClassification", 3),
+        ("Dinov2ForImageClassification", 3),
         ("SiglipModel", 3),
         ("VisionTextDualEncoderModel", 3),
         ("WavLMForSequenceClassification", 3),

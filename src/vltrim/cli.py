@@ -697,7 +697,8 @@ def compress(
         None,
         help="retrieval (image-text), classification (image classifier), audio-classification (speech classifier), "
         "sentence-embedding (text encoder), "
-        "itm-retrieval, vqa or captioning (BLIP): the loss that retrains and the metric that judges; default: the one "
+        "itm-retrieval, vqa or captioning (BLIP), segmentation (semantic segmenter): the loss that retrains and the "
+        "metric that judges; default: the one "
         "that fits the model",
     ),
     data: str | None = typer.Option(
@@ -707,7 +708,8 @@ def compress(
         "folder root/<class>/<clips> (.wav/.flac/.ogg) or a manifest (.csv/.jsonl with 'audio' and 'label'); "
         "sentence-embedding: "
         "sentences (.txt one per line, .jsonl/.csv with a 'text' field); itm-retrieval / captioning: 'builtin' "
-        "or an image-caption manifest; vqa: 'builtin' or a manifest with image, question, answer; any task: hf:DIR "
+        "or an image-caption manifest; vqa: 'builtin' or a manifest with image, question, answer; segmentation: "
+        "'builtin' or a folder root/images/<name>.png|jpg + root/masks/<name>.png (class index per pixel); any task: hf:DIR "
         "(datasets.save_to_disk)",
     ),
     eval_data: str | None = typer.Option(None, help="evaluation data, same forms as --data"),

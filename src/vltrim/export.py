@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import inspect
 import io as _io
 import logging
 import warnings
@@ -31,8 +32,6 @@ from vltrim.measure import _runner as torch_runner
 
 FORMATS = ("onnx",)
 EXTRA = "pip install 'vltrim[export]'"
-#: the model inputs the exported graph takes (the keyword inputs of _Forward.forward)
-EXPORTED_INPUTS = ("pixel_values", "input_values", "input_ids", "attention_mask", "token_type_ids")
 SINGLE_FILE_BYTES = 1 << 30  # larger models keep their weights in FILE.data beside the .onnx (protobuf's 2 GiB limit)
 
 
@@ -115,16 +114,31 @@ class _Forward(nn.Module):
         super().__init__()
         self.model, self.outputs = model, outputs
 
-    def forward(self, pixel_values=None, input_ids=None, attention_mask=None, token_type_ids=None, input_values=None):  # noqa: D102
+    def forward(  # noqa: D102 - one keyword per model input (arch/inputs.py); EXPORTED_INPUTS reads this signature
+        self,
+        pixel_values=None,
+        input_values=None,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        decoder_input_ids=None,
+        decoder_attention_mask=None,
+    ):
         given = dict(
             pixel_values=pixel_values,
             input_values=input_values,
             input_ids=input_ids,
             attention_mask=attention_mask,
             token_type_ids=token_type_ids,
+            decoder_input_ids=decoder_input_ids,
+            decoder_attention_mask=decoder_attention_mask,
         )
         out = get_adapter(self.model).forward(self.model, {k: v for k, v in given.items() if v is not None})
         return tuple(out[k] for k in self.outputs)
+
+
+#: the model inputs the exported graph takes (the keyword inputs of _Forward.forward)
+EXPORTED_INPUTS = tuple(inspect.signature(_Forward.forward).parameters)[1:]
 
 
 def _inputs(model: nn.Module, batch_size: int) -> dict[str, torch.Tensor]:
@@ -145,18 +159,18 @@ def _output_names(model: nn.Module, inputs: dict[str, torch.Tensor]) -> list[str
 
 def _dynamic_shapes(model: nn.Module, inputs: dict[str, torch.Tensor]) -> dict[str, dict[int, Any]]:
     """Batch axes (image and text batches apart in a dual encoder, one batch where the model pairs them) and the
-    sequence axis, as torch.export Dims."""
+    sequence axes (a decoder's own: a VQA answer is not as long as its question), as torch.export Dims."""
     from torch.export import Dim
 
     paired = get_adapter(model).paired_inputs(model)
     modalities = ["batch"] if paired else sorted({MODEL_INPUTS[k].modality for k in inputs})
     names = {"vision": "image_batch", "text": "text_batch"}
     batch = {m: Dim(names.get(m, f"{m}_batch") if len(modalities) > 1 else "batch") for m in modalities}
-    seq = {"text": Dim("sequence"), "audio": Dim("samples")}  # token positions; a waveform's samples
+    seq = {"text": "sequence", "audio": "samples"}  # token positions; a waveform's samples
+    seq_name = lambda k: ("decoder_" if k.startswith("decoder_") else "") + seq[MODEL_INPUTS[k].modality]  # noqa: E731
+    seqs = {n: Dim(n) for n in {seq_name(k) for k in inputs if k in SEQUENCE_INPUTS}}
     axis = lambda k: "batch" if paired else MODEL_INPUTS[k].modality  # noqa: E731
-    return {
-        k: {0: batch[axis(k)], **({1: seq[MODEL_INPUTS[k].modality]} if k in SEQUENCE_INPUTS else {})} for k in inputs
-    }
+    return {k: {0: batch[axis(k)], **({1: seqs[seq_name(k)]} if k in SEQUENCE_INPUTS else {})} for k in inputs}
 
 
 @contextlib.contextmanager

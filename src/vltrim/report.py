@@ -299,7 +299,7 @@ def layer_widths(model: nn.Module, plans: Sequence) -> dict[str, list[dict[str, 
             now = {
                 k: v for a in b.sites for k, v in ((f"{a.name}.heads", a.units), (f"{a.name}.head_dims", a.head_dim))
             }
-            now["mlp.neurons"] = b.fc1.out_features
+            now["mlp.neurons"] = b.neurons
             rows[o] = {"layer": o, **{_width_key(k): [v, first.get((t.name, o, k), v)] for k, v in now.items()}}
             ranks = {n: [f.rank, min(f.in_features, f.out_features)] for n, f in _factorised(b).items()}
             if ranks:

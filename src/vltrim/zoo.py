@@ -62,6 +62,46 @@ def _roberta(model: type, config: type, **kw) -> Callable[[], nn.Module]:
     return lambda: model(config(**text, **kw))
 
 
+def _distilbert(model: type, **kw) -> Callable[[], nn.Module]:
+    cfg = dict(vocab_size=64, max_position_embeddings=32, dim=64, hidden_dim=96, n_layers=2, n_heads=4, pad_token_id=0)
+    return lambda: model(tf.DistilBertConfig(**cfg, **kw))
+
+
+def _mpnet(model: type, **kw) -> Callable[[], nn.Module]:
+    """Positions start after the padding index (1)."""
+    text = dict(TINY, vocab_size=64, max_position_embeddings=18)
+    return lambda: model(tf.MPNetConfig(**text, pad_token_id=1, bos_token_id=0, eos_token_id=2, **kw))
+
+
+def _modernbert(model: type, **kw) -> Callable[[], nn.Module]:
+    """3 layers: global, local (a window of 4 tokens each way on 16 positions), global; no biases (as released)."""
+    text = dict(TINY, num_hidden_layers=3, vocab_size=64, max_position_embeddings=16, local_attention=8)
+    ids = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1, sep_token_id=2)
+    return lambda: model(tf.ModernBertConfig(**text, **ids, global_attn_every_n_layers=2, **kw))
+
+
+def _dinov2(model: type, **kw) -> Callable[[], nn.Module]:
+    """The classifier's tiny config has the SwiGLU FFN (a gated FFN with a separate gate), the bare model the MLP."""
+    return lambda: model(tf.Dinov2Config(**dict(TINY_VISION, mlp_ratio=2), **kw))
+
+
+def _dpt(model: type, **kw) -> Callable[[], nn.Module]:
+    """4 layers, each read by the segmenter's neck (narrow reassemble and fusion convolutions); the segmenter: 5
+    classes. Weights drawn wider than transformers' std 0.02 (0.1; the neck's and heads' convolutions at torch's default
+    init): at 0.02 a tiny neck's logits are ~1e-8 and a pruned block changes them by ~1e-4, where no test can see it."""
+    neck = dict(backbone_out_indices=[0, 1, 2, 3], neck_hidden_sizes=[8, 16, 32, 32], fusion_hidden_size=16)
+
+    def build() -> nn.Module:
+        cfg = tf.DPTConfig(**dict(TINY_VISION, num_hidden_layers=4), **neck, initializer_range=0.1, **kw)
+        m = model(cfg)
+        for name, conv in m.named_modules():
+            if isinstance(conv, (nn.Conv2d, nn.ConvTranspose2d)) and not name.startswith("dpt."):
+                conv.reset_parameters()
+        return m
+
+    return build
+
+
 def _speech(model: type, config: type, **kw) -> Callable[[], nn.Module]:
     return lambda: model(config(**TINY_AUDIO, **kw))
 
@@ -105,6 +145,16 @@ _BUILDERS = {
     "XLMRobertaForSequenceClassification": _roberta(
         tf.XLMRobertaForSequenceClassification, tf.XLMRobertaConfig, num_labels=3
     ),
+    "DistilBertModel": _distilbert(tf.DistilBertModel),
+    "DistilBertForSequenceClassification": _distilbert(tf.DistilBertForSequenceClassification, num_labels=3),
+    "MPNetModel": _mpnet(tf.MPNetModel),
+    "MPNetForSequenceClassification": _mpnet(tf.MPNetForSequenceClassification, num_labels=3),
+    "ModernBertModel": _modernbert(tf.ModernBertModel),
+    "ModernBertForSequenceClassification": _modernbert(tf.ModernBertForSequenceClassification, num_labels=3),
+    "Dinov2Model": _dinov2(tf.Dinov2Model),
+    "Dinov2ForImageClassification": _dinov2(tf.Dinov2ForImageClassification, num_labels=5, use_swiglu_ffn=True),
+    "DPTModel": _dpt(tf.DPTModel),
+    "DPTForSemanticSegmentation": _dpt(tf.DPTForSemanticSegmentation, num_labels=5),
     "HubertModel": _speech(tf.HubertModel, tf.HubertConfig),
     "HubertForSequenceClassification": _speech(tf.HubertForSequenceClassification, tf.HubertConfig, num_labels=5),
     "Wav2Vec2Model": _speech(tf.Wav2Vec2Model, tf.Wav2Vec2Config, do_stable_layer_norm=True, feat_extract_norm="layer"),
@@ -140,6 +190,7 @@ def _perturb_norms(model: nn.Module, seed: int) -> None:
         for m in model.modules():
             if isinstance(m, nn.LayerNorm):
                 m.weight.copy_(1 + 0.1 * torch.randn(m.weight.shape, generator=g))
-                m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
+                if m.bias is not None:  # ModernBERT's norms have none
+                    m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
             elif isinstance(m, nn.Linear) and m.bias is not None:
                 m.bias.copy_(0.02 * torch.randn(m.bias.shape, generator=g))

@@ -87,20 +87,21 @@ class TransformerAdapter:
         out = []
         for a in b.sites:
             (hp, hm), (dp, dm) = site_costs(t, a)
+            w = a.head_dim // a.dim_units  # channels per head_dims unit
             if not _factorised(*a.projections().values()):
                 modality, site = a.modality or t.modality, f"{pre}.{a.name}"
                 out += [
                     Group(f"{site}.heads", UnitKind.HEADS, modality, a.units, hp, hm, a.head_dim * a.q_per_kv),
-                    Group(f"{site}.head_dims", UnitKind.HEAD_DIMS, modality, a.head_dim, dp, dm, 1),
+                    Group(f"{site}.head_dims", UnitKind.HEAD_DIMS, modality, a.dim_units, dp * w, dm * w, w),
                 ]
-        np_, nm = ffn_costs(b.fc1.in_features, t.tokens, b.fc1.bias is not None)
-        if not _factorised(b.fc1, b.fc2):
-            out.append(Group(f"{pre}.mlp.neurons", UnitKind.NEURONS, t.modality, b.fc1.out_features, np_, nm, 1))
+        np_, nm = ffn_costs(b.fc1.in_features, t.tokens, b.fc1.bias is not None, b.rows_per_neuron)
+        if not _factorised(*b.ffn_linears().values()):
+            out.append(Group(f"{pre}.mlp.neurons", UnitKind.NEURONS, t.modality, b.neurons, np_, nm, 1))
         return out
 
     def _block_macs(self, t: Tower, b: BlockSpec) -> int:
         dense = sum(site_costs(t, a)[0][1] * a.units for a in b.sites)
-        dense += ffn_costs(b.fc1.in_features, t.tokens)[1] * b.fc1.out_features
+        dense += ffn_costs(b.fc1.in_features, t.tokens, rows=b.rows_per_neuron)[1] * b.neurons
         tokens = block_linear_tokens(t, b)
         saved = sum(
             tokens[n] * (f.in_features * f.out_features - f.rank * (f.in_features + f.out_features))
@@ -112,7 +113,8 @@ class TransformerAdapter:
     # ---- Linear layers (the factorize step) ---------------------------------------------------
     def linears(self, model: nn.Module) -> dict[str, nn.Module]:
         """Every block Linear by stable name ('vision.layers.3.attn.q' ... '.attn.o' or '.attn.qkv', '.mlp.fc1',
-        '.mlp.fc2'), dense (nn.Linear) or already factorised (FactorizedLinear)."""
+        '.mlp.gate' of a GLU with a separate gate, '.mlp.fc2'), dense (nn.Linear) or already factorised
+        (FactorizedLinear)."""
         return {
             f"{t.name}.layers.{i}.{n}": lin
             for t in self.towers(model)
@@ -142,10 +144,10 @@ class TransformerAdapter:
 
     def group_linears(self, model: nn.Module, group_name: str) -> list[str]:
         """Names of the Linears a width group slices ('...attn.heads' -> its q, k, v, o or qkv, o; '...mlp.neurons' ->
-        fc1, fc2; a layers group none)."""
+        fc1, gate if separate, fc2; a layers group none)."""
         pre, kind = group_name.rsplit(".", 1)
         if kind == UnitKind.NEURONS.value:
-            return [f"{pre}.fc1", f"{pre}.fc2"]
+            return [f"{pre}.{n}" for n in self.locate(model, group_name)[2].ffn_linears()]
         if kind in (UnitKind.HEADS.value, UnitKind.HEAD_DIMS.value):
             return [f"{pre}.{n}" for n in self.site(model, group_name).projections()]
         return []
@@ -204,9 +206,9 @@ class TransformerAdapter:
 
 
 def block_linears(b: BlockSpec) -> dict[str, nn.Module]:
-    """A block's Linears by their name inside the block ('attn.q', 'crossattn.qkv', 'mlp.fc1', ...)."""
+    """A block's Linears by their name inside the block ('attn.q', 'crossattn.qkv', 'mlp.fc1', 'mlp.gate', ...)."""
     out = {f"{a.name}.{n}": lin for a in b.sites for n, lin in a.projections().items()}
-    return {**out, "mlp.fc1": b.fc1, "mlp.fc2": b.fc2}
+    return {**out, **{f"mlp.{n}": lin for n, lin in b.ffn_linears().items()}}
 
 
 def _kv_tokens(t: Tower, a: AttentionSite) -> int:
@@ -219,7 +221,7 @@ def block_linear_tokens(t: Tower, b: BlockSpec) -> dict[str, int]:
     for a in b.sites:
         for n in a.projections():
             out[f"{a.name}.{n}"] = _kv_tokens(t, a) if n in ("k", "v") else t.tokens
-    return {**out, "mlp.fc1": t.tokens, "mlp.fc2": t.tokens}
+    return {**out, **{f"mlp.{n}": t.tokens for n in b.ffn_linears()}}
 
 
 def site_costs(t: Tower, a: AttentionSite) -> tuple[tuple[int, int], tuple[int, int]]:

@@ -137,17 +137,22 @@ def mask_heads(a: AttentionSite, values: MaskValues) -> HandleGroup:
 
 def mask_head_dims(a: AttentionSite, values: MaskValues) -> HandleGroup:
     """Scale channel c of every head in q and v: q.k loses the channel's term, v its output column (in a fused qkv,
-    its q and v sections)."""
+    its q and v sections); a rotary site's unit scales both channels of its pair."""
     p, heads, kv_heads, hd = as_param(values), a.num_heads, a.num_kv_heads, a.head_dim
+    unit_of = torch.as_tensor([c % a.dim_units for c in range(hd)])  # each channel's unit (a rotary pair)
+
+    def channels() -> torch.Tensor:
+        m = p.values()
+        return m if a.dim_units == hd else m.index_select(-1, unit_of.to(m.device))
 
     def make(n: int):
         def post(_mod, _args, out):
-            return _scale(out, _per_channel(p.values(), n))
+            return _scale(out, _per_channel(channels(), n))
 
         return post
 
     def fused(_mod, _args, out):
-        m = p.values()
+        m = channels()
         q, k, v = out.split([heads * hd, kv_heads * hd, kv_heads * hd], dim=-1)
         return torch.cat([_scale(q, _per_channel(m, heads)), k, _scale(v, _per_channel(m, kv_heads))], dim=-1)
 

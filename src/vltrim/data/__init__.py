@@ -12,6 +12,7 @@ from vltrim.data.manifest import (
     verify_images,
 )
 from vltrim.data.prompts import ClassPrompts
+from vltrim.data.segmentation import SceneSegments, SegmentationFolder
 from vltrim.data.synthetic import SyntheticCaptions
 from vltrim.data.tokenizer import WordTokenizer
 
@@ -20,6 +21,8 @@ __all__ = [
     "ImageCaptionManifest",
     "ImageFolder",
     "ModelImageProcessor",
+    "SceneSegments",
+    "SegmentationFolder",
     "SyntheticCaptions",
     "WordTokenizer",
     "as_dataset",

@@ -54,7 +54,7 @@ def prunable_groups(
 
 def coupled_parameters(model: nn.Module, group: Group) -> list[tuple[torch.Tensor, int]]:
     """Every parameter a unit of ``group`` owns, with the dimension its units lie along: q, k, v (or qkv) rows and
-    biases and out-projection columns (heads, head_dims), or fc1 rows and bias and fc2 columns (neurons)."""
+    biases and out-projection columns (heads, head_dims), or fc1 (and gate) rows and bias and fc2 columns (neurons)."""
     return [(t, d) for t, d, _ in coupled_rows(model, group)]
 
 
@@ -64,8 +64,9 @@ def coupled_rows(model: nn.Module, group: Group) -> list[tuple[torch.Tensor, int
     adapter = get_adapter(model)
     if group.kind == UnitKind.NEURONS:
         _, _, b = adapter.locate(model, group.name)
-        parts = [(b.fc1.weight, 0), (b.fc1.bias, 0), (b.fc2.weight, 1)]
-        return [(t, d, [("ffn", t.shape[d])]) for t, d in parts if t is not None]
+        ins = [(lin.weight, 0, n) for lin, n in b.ffn_inputs().values()]
+        ins += [(lin.bias, 0, n) for lin, n in b.ffn_inputs().values()]
+        return [(t, d, [("ffn", b.neurons)] * n) for t, d, n in [*ins, (b.fc2.weight, 1, 1)] if t is not None]
     if group.kind not in (UnitKind.HEADS, UnitKind.HEAD_DIMS):
         raise ValueError(f"{group.name}: per-weight importance covers heads, head_dims and neurons, not {group.kind}")
     a = adapter.site(model, group.name)
@@ -93,11 +94,11 @@ def unit_sums(model: nn.Module, group: Group, value: Callable[[torch.Tensor], to
             per_space[space] = part if space not in per_space else per_space[space] + part
     if group.kind == UnitKind.NEURONS:
         return per_space["ffn"]
-    hd, total = get_adapter(model).site(model, group.name).head_dim, None
+    a, total = get_adapter(model).site(model, group.name), None
     for rows in per_space.values():
-        u = rows.view(group.size, -1).sum(1) if group.kind == UnitKind.HEADS else rows.view(-1, hd).sum(0)
+        u = rows.view(group.size, -1).sum(1) if group.kind == UnitKind.HEADS else rows.view(-1, a.head_dim).sum(0)
         total = u if total is None else total + u
-    return total
+    return total if group.kind == UnitKind.HEADS else total.view(-1, a.dim_units).sum(0)  # channels -> units
 
 
 def checked_batches(

@@ -249,10 +249,16 @@ def _metric(model: nn.Module, probe: Probe) -> float:
 
 class _Cached(nn.Module):
     """Stands in for a module whose output under the ablations is known (a block below the ablated one, or a
-    projection upstream of the ablated units in the ablated block): returns the cached output, ignoring inputs."""
+    projection upstream of the ablated units in the ablated block): returns the cached output, ignoring inputs. It
+    carries the plain attributes of the module it replaces (a model's forward may read them, ModernBERT's
+    ``attention_type``)."""
 
-    def __init__(self, output: Any):
+    def __init__(self, output: Any, replaces: nn.Module | None = None):
         super().__init__()
+        plain = (
+            {k: v for k, v in vars(replaces).items() if not k.startswith("_") and k != "training"} if replaces else {}
+        )
+        self.__dict__.update(plain)
         self.output = output
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
@@ -302,10 +308,10 @@ def _start_at(
     handed_on = _tiled(_handed_on(entry, start - 1, removed), k) if start else None
     try:
         for i in range(start):
-            t.layers[i] = _Cached(handed_on)
+            t.layers[i] = _Cached(handed_on, saved[i])
         with ExitStack() as stack:
             for mod, out in swaps.items():
-                stack.enter_context(_swapped(t.layers[start], mod, _Cached(_tiled(out, k))))
+                stack.enter_context(_swapped(t.layers[start], mod, _Cached(_tiled(out, k), mod)))
             yield
     finally:
         for i, layer in enumerate(saved):
@@ -314,9 +320,13 @@ def _start_at(
 
 def _upstream(b: Any, group: str, kind: str) -> list[nn.Module]:
     """Modules of a block that run before the ablated units of ``group`` and so see clean inputs: for FFN neurons
-    every attention site and fc1, for heads their site's q, k and v or qkv (once each, should a model share them)."""
+    every attention site and the FFN inputs, for heads their site's q, k and v or qkv (once each, should a model share them)."""
     ffn = kind == UnitKind.NEURONS.value
-    mods = [*(a.module for a in b.sites), b.fc1] if ffn else b.site(group.rsplit(".", 2)[-2]).inputs()
+    mods = (
+        [*(a.module for a in b.sites), *(lin for lin, _ in b.ffn_inputs().values())]
+        if ffn
+        else b.site(group.rsplit(".", 2)[-2]).inputs()
+    )
     return list({id(m): m for m in mods}.values())
 
 

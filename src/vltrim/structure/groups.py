@@ -103,6 +103,6 @@ def attention_costs(
     return unit, (heads * pq + kv_heads * pkv, heads * mq + kv_heads * mkv)
 
 
-def ffn_costs(hidden: int, tokens: int, bias: bool = True) -> tuple[int, int]:
-    """Exact (params, MACs) of one FFN neuron: one fc1 row (+bias) and one fc2 column."""
-    return 2 * hidden + (1 if bias else 0), 2 * tokens * hidden
+def ffn_costs(hidden: int, tokens: int, bias: bool = True, rows: int = 1) -> tuple[int, int]:
+    """Exact (params, MACs) of one FFN neuron: ``rows`` input rows (+bias; 2 in a gated FFN) and one fc2 column."""
+    return (rows + 1) * hidden + (rows if bias else 0), (rows + 1) * tokens * hidden

@@ -22,7 +22,10 @@ class AttentionSite:
     is not the queries' (cross-attention reads another tower); ``modality`` the modality its groups join (a cross
     site is 'fusion'), None for its tower's. ``head_params`` names parameters with one entry per query head along a
     dim, (module, attribute, dim), sliced with the heads (WavLM's gate constant); ``head_extra`` the (params, MACs
-    per token) each query head costs beyond its projections and attention matmuls (WavLM's position-bias gate)."""
+    per token) each query head costs beyond its projections and attention matmuls (WavLM's position-bias gate).
+    ``rotary``: rotary position embeddings rotate channel c of q and k with channel c + head_dim/2, so a head_dims unit
+    is that pair of channels (masking or keeping both keeps each rotation whole; the forward must select the kept
+    channels' cos / sin, `kept_dims`)."""
 
     module: nn.Module
     q: nn.Linear | None
@@ -39,6 +42,7 @@ class AttentionSite:
     kv_heads_attr: str | None = None
     head_params: tuple[tuple[nn.Module, str, int], ...] = ()
     head_extra: tuple[int, int] = (0, 0)
+    rotary: bool = False
 
     @classmethod
     def fused(cls, module: nn.Module, qkv: nn.Linear, o: nn.Linear, heads_attr: str, head_dim_attr: str,
@@ -49,6 +53,16 @@ class AttentionSite:
     @property
     def head_dim(self) -> int:
         return int(getattr(self.module, self.head_dim_attr))
+
+    @property
+    def dim_units(self) -> int:
+        """head_dims units: channels, or channel pairs of a rotary site."""
+        return self.head_dim // 2 if self.rotary else self.head_dim
+
+    def dim_channels(self, units: Sequence[int]) -> list[int]:
+        """The head-dim channels (ascending) that head_dims units ``units`` own."""
+        half = self.head_dim // 2
+        return sorted(c for u in units for c in ((u, u + half) if self.rotary else (u,)))
 
     @property
     def q_per_kv(self) -> int:
@@ -108,12 +122,36 @@ class BlockSpec:
     """One transformer block as the generic code sees it: its attention sites (self, then cross if any) and an FFN
     (fc1 -> act -> fc2). ``tower_modules`` are modules held by this block but read by the whole tower, by their path
     in the block (WavLM's relative position table in its first layer): they survive the block's removal (moved to the
-    first kept block, same path) and are not part of its cost."""
+    first kept block, same path) and are not part of its cost.
+
+    A gated (GLU) FFN computes fc2(act(a) * b): a neuron is one column of fc2 and one row of each input half. Its halves
+    are either one fused fc1 holding ``fc1_parts`` blocks of rows (ModernBERT's Wi: rows a | b, ``fc1_parts=2``) or fc1
+    and a separate ``gate`` Linear (DINOv2's SwiGLU up_proj and gate_proj). Neurons stay one unit kind for methods."""
 
     sites: list[AttentionSite]
     fc1: nn.Linear
     fc2: nn.Linear
     tower_modules: dict[str, nn.Module] = field(default_factory=dict)
+    gate: nn.Linear | None = None
+    fc1_parts: int = 1
+
+    @property
+    def neurons(self) -> int:
+        """FFN neurons (fc2's input width)."""
+        return self.fc2.in_features
+
+    def ffn_inputs(self) -> dict[str, tuple[nn.Module, int]]:
+        """The FFN's input Linears by short name ('fc1', 'gate'), each with its blocks of ``neurons`` rows."""
+        return {"fc1": (self.fc1, self.fc1_parts), **({"gate": (self.gate, 1)} if self.gate is not None else {})}
+
+    def ffn_linears(self) -> dict[str, nn.Module]:
+        """Every FFN Linear by short name: fc1, gate (when separate), fc2."""
+        return {**{n: lin for n, (lin, _) in self.ffn_inputs().items()}, "fc2": self.fc2}
+
+    @property
+    def rows_per_neuron(self) -> int:
+        """Input rows one neuron owns (1 for fc1 -> act -> fc2, 2 for a GLU)."""
+        return sum(parts for _, parts in self.ffn_inputs().values())
 
     def __post_init__(self) -> None:
         if isinstance(self.sites, AttentionSite):
@@ -180,7 +218,8 @@ def site_rows(a: AttentionSite, kind: str, keep: Sequence[int]) -> dict[str, lis
         q = head_channels([u * r + j for u in keep for j in range(r)], hd)
         kv = head_channels(keep, hd)
     elif kind == "head_dims":
-        q, kv = head_dim_channels(heads, hd, keep), head_dim_channels(kv_heads, hd, keep)
+        dims = a.dim_channels(keep)
+        q, kv = head_dim_channels(heads, hd, dims), head_dim_channels(kv_heads, hd, dims)
     else:
         raise ValueError(f"an attention site has heads and head_dims, not {kind!r}")
     if a.qkv is not None:
@@ -198,6 +237,22 @@ def kept_heads(module: nn.Module, heads: int) -> list[int]:
     return list(getattr(module, KEPT_HEADS_ATTR, range(heads)))
 
 
+KEPT_DIMS_ATTR = "vltrim_kept_dims"  # a sliced attention module's head-dim channels, as indices of the unpruned ones
+HEAD_DIM_ATTR = "vltrim_head_dim"  # its head_dim before any slicing
+
+
+def kept_dims(module: nn.Module, head_dim: int) -> list[int]:
+    """The original indices of the head-dim channels ``module`` (now of ``head_dim`` channels) kept: what a forward
+    that reads a per-channel tensor made for the full width (rotary cos / sin) selects."""
+    return list(getattr(module, KEPT_DIMS_ATTR, range(head_dim)))
+
+
+def original_head_dim(module: nn.Module, head_dim: int) -> int:
+    """``module``'s head_dim before slicing (``head_dim`` when unsliced): the softmax scale a forward that computes it
+    from the current width must keep."""
+    return int(getattr(module, HEAD_DIM_ATTR, head_dim))
+
+
 def _keep_site_units_(a: AttentionSite, kind: str, keep: Sequence[int]) -> None:
     heads, kv_heads, hd = a.num_heads, a.num_kv_heads, a.head_dim
     lins = a.projections()
@@ -210,7 +265,10 @@ def _keep_site_units_(a: AttentionSite, kind: str, keep: Sequence[int]) -> None:
         setattr(a.module, KEPT_HEADS_ATTR, [before[h] for h in q_heads])
         heads, kv_heads = len(keep) * a.q_per_kv, len(keep)
     else:
-        hd = len(keep)
+        setattr(a.module, HEAD_DIM_ATTR, original_head_dim(a.module, hd))
+        before, channels = kept_dims(a.module, hd), a.dim_channels(keep)
+        setattr(a.module, KEPT_DIMS_ATTR, [before[c] for c in channels])
+        hd = len(channels)
     setattr(a.module, a.heads_attr, heads)
     if a.kv_heads_attr:
         setattr(a.module, a.kv_heads_attr, kv_heads)
@@ -233,19 +291,28 @@ def keep_heads_(a: AttentionSite, keep: Sequence[int]) -> None:
 
 
 def keep_head_dims_(a: AttentionSite, keep: Sequence[int]) -> None:
-    """Keep channels ``keep`` of every head of a site (queries, keys and values alike)."""
+    """Keep head_dims units ``keep`` (channels; pairs of a rotary site) of every head of a site (queries, keys and
+    values alike)."""
     _keep_site_units_(a, "head_dims", keep)
 
 
+def neuron_rows(b: BlockSpec, keep: Sequence[int]) -> dict[str, list[int]]:
+    """Per FFN input Linear (`BlockSpec.ffn_inputs`), the rows that neurons ``keep`` own (each block of rows alike)."""
+    n = b.neurons
+    return {name: [p * n + k for p in range(parts) for k in keep] for name, (_, parts) in b.ffn_inputs().items()}
+
+
 def keep_neurons_(b: BlockSpec, keep: Sequence[int]) -> None:
-    slice_linear_(b.fc1, out_idx=keep)
+    ins = b.ffn_inputs()
+    for name, rows in neuron_rows(b, keep).items():
+        slice_linear_(ins[name][0], out_idx=rows)
     slice_linear_(b.fc2, in_idx=keep)
 
 
 def keep_layers_(t: Tower, keep: Sequence[int]) -> None:
     """Keep blocks ``keep`` of a tower, renumbered: a module's ``layer_idx`` (the slot of its layer in a generation
-    cache) becomes its new position, the tower's configs count the kept layers, and the tower modules of removed
-    blocks move to the first kept block (`BlockSpec.tower_modules`)."""
+    cache) becomes its new position, the tower's configs count the kept layers (and list the kept layers' types),
+    and the tower modules of removed blocks move to the first kept block (`BlockSpec.tower_modules`)."""
     kept = [t.layers[i] for i in sorted(keep)]
     if kept:
         _move_tower_modules_(t, [layer for i, layer in enumerate(t.layers) if i not in set(keep)], kept[0])
@@ -257,6 +324,9 @@ def keep_layers_(t: Tower, keep: Sequence[int]) -> None:
             if isinstance(getattr(m, "layer_idx", None), int):
                 m.layer_idx = j
     for cfg in t.configs:
+        types = getattr(cfg, "layer_types", None)  # one entry per layer (ModernBERT's local / global attention)
+        if isinstance(types, list) and len(types) == cfg.num_hidden_layers:
+            cfg.layer_types = [types[i] for i in sorted(keep)]
         cfg.num_hidden_layers = len(kept)
 
 

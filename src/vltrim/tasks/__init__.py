@@ -23,6 +23,7 @@ from vltrim.tasks.retrieval import (
     similarity_kd_loss,
     zero_shot_accuracy,
 )
+from vltrim.tasks.segmentation import evaluate_segmentation, segmentation_kd, segmentation_loss
 from vltrim.tasks.sentence import SentenceDistillData, embedding_loss, evaluate_embeddings
 from vltrim.tasks.sources import check_token_ids
 from vltrim.tasks.vqa import evaluate_vqa, vqa_kd, vqa_loss
@@ -107,6 +108,11 @@ def _audio_classifier(model: nn.Module) -> bool:
     return "input_values" in inspect.signature(model.forward).parameters and hasattr(model, "classifier")
 
 
+def _segmenter(model: nn.Module) -> bool:
+    """A per-pixel classifier (DPTForSemanticSegmentation, any *ForSemanticSegmentation)."""
+    return "ForSemanticSegmentation" in type(model).__name__
+
+
 def _text_encoder(model: nn.Module) -> bool:
     params = inspect.signature(model.forward).parameters
     return (
@@ -182,6 +188,15 @@ TASKS: dict[str, Task] = {
         "WavLMForSequenceClassification)",
         _audio_classifier,
     ),
+    "segmentation": Task(
+        "segmentation",
+        segmentation_loss,
+        segmentation_kd,
+        evaluate_segmentation,
+        "mIoU",
+        "a semantic segmenter (a *ForSemanticSegmentation model, e.g. DPTForSemanticSegmentation)",
+        _segmenter,
+    ),
 }
 
 
@@ -202,7 +217,7 @@ def check_task_fit(model: Any, task: Any, *data: Any) -> None:
 
 def default_task(model: nn.Module) -> str:
     """The first task that fits ``model`` (retrieval, classification, sentence-embedding, itm-retrieval, vqa,
-    captioning, audio-classification); 'retrieval' when none does."""
+    captioning, audio-classification, segmentation); 'retrieval' when none does."""
     return next((t.name for t in TASKS.values() if t.fits(model)), "retrieval")
 
 
@@ -229,11 +244,14 @@ __all__ = [
     "evaluate_embeddings",
     "evaluate_itm",
     "evaluate_retrieval",
+    "evaluate_segmentation",
     "evaluate_vqa",
     "get_task",
     "itm_kd",
     "itm_loss",
     "recall_at_k",
+    "segmentation_kd",
+    "segmentation_loss",
     "similarity_kd_loss",
     "vqa_kd",
     "vqa_loss",

@@ -12,6 +12,9 @@
   captioning          (.jsonl / .csv; a captioning reference is every caption of the same image), or hf:DIR
   vqa                 'builtin' (rendered scenes with questions), an image-question-answer manifest (.jsonl / .csv
                       with 'image', 'question', 'answer'), or hf:DIR
+  segmentation        'builtin' (rendered scenes, each object's pixels labelled with its shape), an image + mask
+                      folder (root/images/<name>.png|jpg, root/masks/<name>.png: one class index per pixel, 255
+                      ignored; every pair checked), or hf:DIR with pixel_values and labels columns
 
 The built-in scenes carry their own word tokenizer (the model's vocabulary must hold it); eval datasets of captioning
 and vqa carry the tokenizer that decodes generated text (``.tokenizer``).
@@ -65,6 +68,7 @@ from vltrim.data.manifest import (
 from vltrim.data.prompts import ClassPrompts
 from vltrim.data.scenes import SceneCaptions, SceneQA
 from vltrim.data.scenes import tokenizer as scene_tokenizer
+from vltrim.data.segmentation import SceneSegments, SegmentationFolder
 from vltrim.data.sentences import SENTENCE_SUFFIXES, read_sentences
 from vltrim.data.synthetic import MEAN, STD, SyntheticCaptions, tokenizer
 from vltrim.io.remote_code import transformer_path
@@ -93,13 +97,16 @@ FORMS = {
     "vqa": "'builtin' (rendered scenes with questions), an image-question-answer manifest (.jsonl / .csv with 'image', "
     "'question' and 'answer' columns), or hf:DIR (a datasets.save_to_disk directory with image, question and answer "
     "columns)",
+    "segmentation": "'builtin' (rendered scenes, each object's pixels labelled with its shape), an image + mask folder "
+    "(root/images/<name>.png|jpg and root/masks/<name>.png holding one class index per pixel, 255 for ignored pixels), "
+    "or hf:DIR (a datasets.save_to_disk directory with pixel_values and labels columns)",
 }
 SCENE_TASKS = ("itm-retrieval", "captioning", "vqa")  # the BLIP tasks: built-in data from vltrim.data.scenes
 BUILTIN_SIZES = {"train": 8000, "val": 1000}  # items of the built-in scenes per split (rendered in a few seconds)
 TEXT_COLUMNS = ("text", "sentence", "caption", "sentence1")
 IMAGE_COLUMNS = ("image", "img", "pixel_values")
 AUDIO_COLUMNS = ("audio", "path", "file")
-TEXTLESS_TASKS = ("classification", "audio-classification")
+TEXTLESS_TASKS = ("classification", "audio-classification", "segmentation")
 LABEL_COLUMNS = ("label", "labels")
 QUESTION_COLUMNS = ("question",)
 ANSWER_COLUMNS = ("answer", "multiple_choice_answer")  # VQAv2's single answer column
@@ -372,6 +379,9 @@ class DataSource:
     def _builtin(self, option: str, split: str) -> Dataset:
         if self.task in SCENE_TASKS and _dual(self.model):
             return self._builtin_scenes(option, split)
+        if self.task == "segmentation":
+            use_classes(self.model, SceneSegments.classes, f"{option} builtin")
+            return builtin_segments(split, image_size(self.model))
         if self.task != "retrieval" or not _dual(self.model):
             raise ValueError(
                 f"{option} builtin is image-caption data for an image-text model (task retrieval); "
@@ -462,6 +472,18 @@ class DataSource:
         classes = use_classes(self.model, sorted({name for _, name in rows}), where)
         return AudioClips([(p, classes.index(name)) for p, name in rows], where, self.clips)
 
+    def _segmentation(self, path: Path, option: str) -> Dataset:
+        if not path.is_dir():
+            raise ValueError(f"{option} {path} is a file; the segmentation task takes {FORMS['segmentation']}")
+        cfg = {}  # the model's processor gives the normalisation; the geometry is the masks' (resize + centre crop)
+        if self.directory is not None and (self.directory / PROCESSOR_FILE).is_file():
+            cfg = json.loads((self.directory / PROCESSOR_FILE).read_text())
+        mean, std = cfg.get("image_mean") or CLIP_MEAN, cfg.get("image_std") or CLIP_STD
+        try:
+            return SegmentationFolder(path, image_size(self.model), self.model.config.num_labels, mean, std)
+        except (ValueError, FileNotFoundError) as e:
+            raise type(e)(f"{option} {path}: {e}") from None
+
     def _sentence_embedding(self, path: Path, option: str) -> Dataset:
         if path.is_dir() or path.suffix.lower() not in SENTENCE_SUFFIXES:
             raise ValueError(f"{option} {path}: the sentence-embedding task takes {FORMS['sentence-embedding']}")
@@ -482,6 +504,11 @@ class DataSource:
             return self._sentences(ds[_text_column(ds, where)], ds[labels] if labels else None)
         if self.task in SCENE_TASKS:
             return self._scene_hf(ds, where)
+        if self.task == "segmentation":
+            raise ValueError(
+                f"{where} has no 'pixel_values' column (columns {ds.column_names}); the segmentation task takes "
+                f"{FORMS['segmentation']}"
+            )
         if self.task == "audio-classification":
             with self._takes():
                 audio = _column(ds, AUDIO_COLUMNS, where, required=True)
@@ -510,6 +537,12 @@ def builtin_scenes(questions: bool, split: str, size: int, max_length: int) -> D
     SceneCaptions (itm-retrieval and captioning share them)."""
     make = SceneQA if questions else SceneCaptions
     return make(split, BUILTIN_SIZES.get(split, BUILTIN_SIZES["val"]), image_size=size, max_length=max_length)
+
+
+@functools.lru_cache(maxsize=4)
+def builtin_segments(split: str, size: int) -> Dataset:
+    """The built-in scenes of one split as segmentation items (rendered once per process: read-only)."""
+    return SceneSegments(split, BUILTIN_SIZES.get(split, BUILTIN_SIZES["val"]), image_size=size)
 
 
 @functools.lru_cache(maxsize=4)

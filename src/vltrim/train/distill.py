@@ -7,6 +7,7 @@ hooks (``attention_maps`` switches the attention to eager for its duration: SDPA
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -96,8 +97,29 @@ def attention_maps(model: nn.Module) -> Iterator[dict[str, list[torch.Tensor]]]:
     towers = get_adapter(model).towers(model)
     mods = [(t.name, [t.block(layer).attn.module for layer in t.layers]) for t in towers]
     attention = [m for _, ms in mods for m in ms]
-    with eager_attention(attention), _collect(mods, _probabilities) as states:
+    with eager_attention(attention), _asking_probabilities(attention), _collect(mods, _probabilities) as states:
         yield states  # an attention with no config of its own (WavLM's) returns its probabilities anyway
+
+
+@contextmanager
+def _asking_probabilities(attention: list[nn.Module]) -> Iterator[None]:
+    """Pass ``output_attentions=True`` to every attention whose forward takes that argument (MPNet's returns its
+    probabilities only when asked), for the forwards inside the block."""
+
+    def ask(mod, args, kwargs):
+        names = list(inspect.signature(mod.forward).parameters)
+        if names.index("output_attentions") < len(args):  # passed by position: replace it there
+            i = names.index("output_attentions")
+            return (*args[:i], True, *args[i + 1 :]), kwargs
+        return args, {**kwargs, "output_attentions": True}
+
+    asking = [m for m in attention if "output_attentions" in inspect.signature(m.forward).parameters]
+    handles = [m.register_forward_pre_hook(ask, with_kwargs=True) for m in asking]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def _probabilities(out: Any) -> torch.Tensor:

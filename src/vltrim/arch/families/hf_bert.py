@@ -31,9 +31,12 @@ def bert_block(layer: nn.Module) -> BlockSpec:
 @register(BertModel, BertForSequenceClassification)
 class BertAdapter(TransformerAdapter):
     """One text tower; cross-attention layers of a decoder config are left whole. A BERT-style family differs only in
-    its backbone attribute, the positions it reserves and whether it reads token types (`hf_roberta.py`)."""
+    its backbone attribute, where its layer list lies, how a layer reads, the positions it reserves and whether it
+    reads token types (`hf_roberta.py`, `hf_distilbert.py`, `hf_mpnet.py`, `hf_modernbert.py`)."""
 
     root_attr = "bert"  # the backbone of a model with a head
+    layers_path = "encoder.layer"  # the layer list in the backbone
+    block = staticmethod(bert_block)  # how one layer reads
     reserved_positions = 0  # positions a sequence cannot use (RoBERTa's start after the padding index)
     token_types = True
 
@@ -46,7 +49,8 @@ class BertAdapter(TransformerAdapter):
     def towers(self, model: nn.Module) -> list[Tower]:
         root = self._root(model)
         cfgs = [root.config] + ([model.config] if model.config is not root.config else [])
-        return [Tower("text", "text", root.encoder.layer, bert_block, self._tokens(root.config), cfgs)]
+        layers = root.get_submodule(self.layers_path)
+        return [Tower("text", "text", layers, self.block, self._tokens(root.config), cfgs)]
 
     def reference_inputs(self, model: nn.Module, batch_size: int = 1) -> dict:
         cfg = self._root(model).config
