@@ -14,14 +14,16 @@ Study (`vltrim.study`, task segmentation, metric macs): target 0.5 and 0.75 of t
 and 4x of them; the neck and head are kept whole, so the whole model's MACs fall less, reported as 'MACs ratio').
 Every cell trains ``--steps`` steps in all at one learning rate, with the task loss + per-pixel logit distillation
 from the teacher: l1 and taylor (one-shot plans; taylor scores on a few batches, no training) retrain all of them;
-upop's search trains too, so it searches half and retrains half. One seed. Latency: the study's interleaved runs
-(batch 1 and 32) on this CPU, each method set timed with the original in its own run."""
+upop's search trains too, so it searches half and retrains half. ``--seeds`` seeds of every cell's search and
+retraining (mean and spread of mIoU; the teacher is one, trained with seed 0). Latency: the study's interleaved runs
+(batch 1 and 32) on this CPU, each method set timed with the original in its own run, for the first seed's models."""
 
 from __future__ import annotations
 
 import argparse
 import hashlib
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -107,13 +109,16 @@ def block_macs(model: nn.Module) -> tuple[int, int]:
     return got["blocks"], sum(got.values())
 
 
-def run_study(teacher: nn.Module, a: argparse.Namespace) -> list[dict]:
-    """upop (search half, retrain half) and l1 + taylor (retrain all), the same total steps; rows of both."""
+def run_study(teacher: nn.Module, a: argparse.Namespace, seed: int, timed: bool) -> list[dict]:
+    """upop (search half, retrain half) and l1 + taylor (retrain all), the same total steps; rows of both (timed:
+    with latency)."""
     opts = {"lr": a.lr, "retrain_lr": a.lr, "metric": "macs"}
     ratios = [float(r) for r in a.ratios.split(",")]
     rows: list[dict] = []
     for methods, search, retrain in (("upop", a.steps // 2, a.steps - a.steps // 2), ("l1,taylor", 0, a.steps)):
-        key = hashlib.sha1(json.dumps([methods, ratios, search, retrain, opts, a.batch], sort_keys=True).encode())
+        key = hashlib.sha1(
+            json.dumps([methods, ratios, search, retrain, opts, a.batch, seed, timed], sort_keys=True).encode()
+        )
         res = vltrim.study(
             teacher,
             task="segmentation",
@@ -125,8 +130,9 @@ def run_study(teacher: nn.Module, a: argparse.Namespace) -> list[dict]:
             search_steps=search or None,
             out=CACHE / f"study-{key.hexdigest()[:8]}",
             batch_size=a.batch,
+            seed=seed,
             compress_options=opts,
-            latency_batches=(1, 32),
+            latency_batches=(1, 32) if timed else (),
             latency_rounds=a.rounds,
         )
         for r in res.rows[0 if not rows else 1 :]:
@@ -135,8 +141,20 @@ def run_study(teacher: nn.Module, a: argparse.Namespace) -> list[dict]:
                 blocks, total = block_macs(vltrim.load(cell))
                 r = {**r, "blocks_macs": blocks, "total_macs": total}
             r["train_steps"] = (r.get("search_steps") or 0) + (r.get("retrain_steps") or 0) if r.get("method") else 0
-            rows.append(r)
+            rows.append({**r, "seed": seed})
     return rows
+
+
+def merged(runs: list[list[dict]]) -> list[dict]:
+    """The first seed's rows, each with the mIoU of every seed (``seed_metrics``), their mean and spread."""
+    out = []
+    for i, r in enumerate(runs[0]):
+        got = [run[i].get("metric") for run in runs]
+        r = dict(r, seed_metrics=got)
+        if all(v is not None for v in got):
+            r["metric_mean"], r["metric_sd"] = statistics.fmean(got), statistics.pstdev(got) if len(got) > 1 else 0.0
+        out.append(r)
+    return out
 
 
 def _f(v, spec: str) -> str:
@@ -146,35 +164,40 @@ def _f(v, spec: str) -> str:
 def table(teacher: dict, base: tuple[int, int], rows: list[dict], a: argparse.Namespace) -> str:
     blocks0, total0 = base
     lines = [
-        f"`python benchmarks/segmenter.py --steps {a.steps}` (DPTForSemanticSegmentation, ViT width 192 x 6 layers, "
+        f"`python benchmarks/segmenter.py --teacher-steps {a.teacher_steps} --steps {a.steps} --seeds {a.seeds} "
+        f"--rounds {a.rounds}` (DPTForSemanticSegmentation, ViT width 192 x 6 layers, "
         f"64 x 64 images, 5 classes; random init, teacher trained {teacher['steps']} steps: test mIoU "
         f"{teacher['test_mIoU']:.3f}, pixel accuracy {teacher['test_pixel_acc']:.3f} on {SIZES['test']} unseen "
         f"layouts). The Transformer blocks are {blocks0 / total0:.0%} of the teacher's MACs; the neck and head, "
         "which no method prunes, the rest.",
         "",
-        "| method | target (of the blocks' MACs) | train steps (search + retrain) | test mIoU (of teacher) | params | "
+        f"| method | target (of the blocks' MACs) | train steps (search + retrain) | test mIoU (of teacher), mean of "
+        f"{a.seeds} seed{'s' * (a.seeds > 1)} | spread (sd) | params | "
         "blocks' MACs | MACs ratio (whole model) | speedup b1 | speedup b32 |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if r.get("metric") is None:
-            lines.append(f"| {r['method']} | {_f(r.get('ratio'), 'g')} | | {r.get('achieved')} | | | | | |")
+            lines.append(f"| {r['method']} | {_f(r.get('ratio'), 'g')} | | {r.get('achieved')} | | | | | | |")
             continue
         steps = f"{r.get('search_steps') or 0} + {r.get('retrain_steps') or 0}" if r.get("ratio") else "-"
         blocks = r.get("blocks_macs", blocks0 if r.get("ratio") is None else None)
         total = r.get("total_macs", total0 if r.get("ratio") is None else None)
+        mean = r.get("metric_mean", r["metric"])
         lines.append(
-            f"| {r['method']} | {_f(r.get('ratio'), 'g')} | {steps} | {r['metric']:.3f} ({r['metric_vs_teacher']:.1%}) "
+            f"| {r['method']} | {_f(r.get('ratio'), 'g')} | {steps} | {mean:.3f} ({mean / teacher['test_mIoU']:.1%}) "
+            f"| {_f(r.get('metric_sd') if r.get('ratio') else None, '.3f')} "
             f"| {_f(r.get('params'), ',')} | {_f(blocks, ',')} ({_f(blocks / blocks0 if blocks else None, '.0%')}) | "
             f"{_f(total0 / total if total else None, '.2f')}x | {_f(r.get('speedup_b1'), '.2f')}x | "
             f"{_f(r.get('speedup_b32'), '.2f')}x |"
         )
     lines += [
         "",
-        f"One seed (0). Every method trains {a.steps} steps in all (batch {a.batch}, lr {a.lr}, task loss + per-pixel "
+        f"Seeds {', '.join(map(str, range(a.seeds)))} (each cell's search and retraining; one teacher). Every method trains {a.steps} steps in all (batch {a.batch}, lr {a.lr}, task loss + per-pixel "
         "logit distillation from the teacher); upop's search is half of them. mIoU: mean IoU over the classes "
         "present, one confusion matrix over the test set. Latency: interleaved runs, median of "
-        f"{a.rounds} rounds (upop and its original in one run, l1 / taylor and theirs in another); {machine_line()}.",
+        f"{a.rounds} rounds of the first seed's models (upop and its original in one run, l1 / taylor and theirs in "
+        f"another); {machine_line()}.",
         "",
     ]
     return "\n".join(lines)
@@ -190,17 +213,18 @@ def main() -> None:
     ap.add_argument("--ratios", default="0.5,0.75")
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 of every cell (latency timed for seed 0)")
     ap.add_argument("--out", default=str(RESULTS / "segmenter"), help="results stem (.md and .json are added)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     t0 = time.time()
     teacher, record = load_teacher(a)
     base = block_macs(teacher)
-    rows = run_study(teacher, a)
+    rows = merged([run_study(teacher, a, seed, timed=seed == 0) for seed in range(a.seeds)])
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     summary = {"teacher": {**record, "config": CONFIG, "blocks_macs": base[0], "total_macs": base[1]},
-               "settings": vars(a), "seeds": [0], "machine": machine(), "wall_s": round(time.time() - t0, 1),
+               "settings": vars(a), "seeds": list(range(a.seeds)), "machine": machine(), "wall_s": round(time.time() - t0, 1),
                "rows": rows}  # fmt: skip
     out.with_suffix(".json").write_text(json.dumps(summary, indent=1, default=str))
     out.with_suffix(".md").write_text(table(record, base, rows, a))

@@ -696,7 +696,7 @@ def compress(
     task: str | None = typer.Option(
         None,
         help="retrieval (image-text), classification (image classifier), audio-classification (speech classifier), "
-        "sentence-embedding (text encoder), "
+        "sentence-embedding (text encoder), text-classification (text sequence classifier), "
         "itm-retrieval, vqa or captioning (BLIP), segmentation (semantic segmenter): the loss that retrains and the "
         "metric that judges; default: the one "
         "that fits the model",
@@ -707,7 +707,8 @@ def compress(
         "image folder; classification: an image folder root/<class>/<images>; audio-classification: an audio "
         "folder root/<class>/<clips> (.wav/.flac/.ogg) or a manifest (.csv/.jsonl with 'audio' and 'label'); "
         "sentence-embedding: "
-        "sentences (.txt one per line, .jsonl/.csv with a 'text' field); itm-retrieval / captioning: 'builtin' "
+        "sentences (.txt one per line, .jsonl/.csv with a 'text' field); text-classification: .jsonl/.csv with "
+        "'text' and 'label'; itm-retrieval / captioning: 'builtin' "
         "or an image-caption manifest; vqa: 'builtin' or a manifest with image, question, answer; segmentation: "
         "'builtin' or a folder root/images/<name>.png|jpg + root/masks/<name>.png (class index per pixel); any task: hf:DIR "
         "(datasets.save_to_disk)",

@@ -48,7 +48,12 @@ def tower_layers(model: nn.Module, layers: int | str | dict[str, int]) -> dict[s
     modality (towers left out keep all their layers; 'vision:6,text:3' is that dict). Errors name the option, the
     tower and its depth."""
     layers = parse_layers(layers)
-    towers = get_adapter(model).towers(model)
+    towers = _droppable_towers(model)
+    if not towers:
+        raise ValueError(
+            f"distill drops whole layers, but {type(model).__name__} has no tower whose depth can change (its "
+            "adapter offers no layers group: a head that reads layers by index); use a width method (taylor, upop, l1, mope)"
+        )
     if isinstance(layers, dict):
         asked = {t.name: _asked_for(t, layers) for t in towers}
         known = sorted({t.name for t in towers} | {t.modality for t in towers})
@@ -66,6 +71,13 @@ def tower_layers(model: nn.Module, layers: int | str | dict[str, int]) -> dict[s
         if c > depth[name]:
             raise ValueError(f"layers: the {name} tower has {depth[name]} layers, cannot keep {c}")
     return counts
+
+
+def _droppable_towers(model: nn.Module) -> list[Tower]:
+    """The towers whose depth can change: those the adapter offers a layers group for."""
+    adapter = get_adapter(model)
+    droppable = {g.name.rsplit(".", 1)[0] for g in adapter.groups(model) if g.kind == UnitKind.LAYERS}
+    return [t for t in adapter.towers(model) if t.name in droppable]
 
 
 def _asked_for(t: Tower, layers: dict[str, int]) -> int | None:
@@ -100,7 +112,7 @@ def layers_for_target(model: nn.Module, target: float) -> dict[str, int]:
     """Per tower, the layer count nearest to removing ``target`` of its layers' cost (at least 1)."""
     return {
         t.name: max(1, math.floor(len(t.layers) * (1 - target) + 0.5))
-        for t in get_adapter(model).towers(model)
+        for t in _droppable_towers(model)
         if len(t.layers)
     }
 

@@ -51,6 +51,7 @@ from vltrim.tasks.captioning import caption_nll
 from vltrim.tasks.classification import class_logits
 from vltrim.tasks.itm import evaluate_itm
 from vltrim.tasks.retrieval import image_embeds, recall_at_k, text_embeds
+from vltrim.tasks.segmentation import evaluate_segmentation
 from vltrim.tasks.sentence import sentence_embedding
 from vltrim.tasks.vqa import NEEDED as NEEDED_VQA
 from vltrim.tasks.vqa import vqa_nll
@@ -141,6 +142,7 @@ PROBES = {
     "retrieval": _retrieval_probe,
     "classification": _classification_probe("vision"),
     "audio-classification": _classification_probe("audio"),
+    "text-classification": _classification_probe("text"),
     "sentence-embedding": _sentence_probe,
 }
 
@@ -157,6 +159,13 @@ def _itm_probe(items: Any, chunks: list[dict[str, torch.Tensor]], batch_size: in
     fusion encoder no error)."""
     _needs(chunks, "itm-retrieval", ("pixel_values", "input_ids"))
     return Probe({}, {}, _no_metric, {}, joint=lambda m: evaluate_itm(m, items, batch_size=batch_size)["mean_R@1"])
+
+
+def _segmentation_probe(items: Any, chunks: list[dict[str, torch.Tensor]], batch_size: int) -> Probe:
+    """mIoU of the whole model: the decoder reads hidden states of several backbone layers (DPT), so a block's
+    cached input does not stand for the layers below it and every ablation re-runs the model."""
+    _needs(chunks, "segmentation", ("pixel_values", "labels"))
+    return Probe({}, {}, _no_metric, {}, joint=lambda m: evaluate_segmentation(m, items, batch_size=batch_size)["mIoU"])
 
 
 def _likelihood_probe(task: str, keys: tuple[str, ...], loss: Callable) -> Callable[..., Probe]:
@@ -179,8 +188,9 @@ def _no_metric(outputs: Outputs, extras: dict[str, torch.Tensor]) -> float:
     raise AssertionError("a joint probe has no per-tower metric")
 
 
-#: tasks of models whose towers feed each other: scored as a whole (`Probe.joint`)
+#: tasks of models whose towers feed each other, or whose head reads several layers: scored as a whole (`Probe.joint`)
 JOINT_PROBES = {
+    "segmentation": _segmentation_probe,
     "itm-retrieval": _itm_probe,
     "vqa": _likelihood_probe("vqa", NEEDED_VQA, vqa_nll),
     "captioning": _likelihood_probe("captioning", ("pixel_values", "input_ids"), caption_nll),

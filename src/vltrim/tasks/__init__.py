@@ -24,7 +24,7 @@ from vltrim.tasks.retrieval import (
     zero_shot_accuracy,
 )
 from vltrim.tasks.segmentation import evaluate_segmentation, segmentation_kd, segmentation_loss
-from vltrim.tasks.sentence import SentenceDistillData, embedding_loss, evaluate_embeddings
+from vltrim.tasks.sentence import SentenceDistillData, TokenizedTexts, embedding_loss, evaluate_embeddings
 from vltrim.tasks.sources import check_token_ids
 from vltrim.tasks.vqa import evaluate_vqa, vqa_kd, vqa_loss
 
@@ -108,6 +108,15 @@ def _audio_classifier(model: nn.Module) -> bool:
     return "input_values" in inspect.signature(model.forward).parameters and hasattr(model, "classifier")
 
 
+def _text_classifier(model: nn.Module) -> bool:
+    """A sequence classifier over token ids (BERT / RoBERTa / DistilBERT / MPNet / ModernBERT
+    ...ForSequenceClassification): input_ids in, one logit per class out."""
+    params = inspect.signature(model.forward).parameters
+    return (
+        "input_ids" in params and "pixel_values" not in params and "ForSequenceClassification" in type(model).__name__
+    )
+
+
 def _segmenter(model: nn.Module) -> bool:
     """A per-pixel classifier (DPTForSemanticSegmentation, any *ForSemanticSegmentation)."""
     return "ForSemanticSegmentation" in type(model).__name__
@@ -148,6 +157,16 @@ TASKS: dict[str, Task] = {
         "cosine_to_teacher",
         "a text encoder returning last_hidden_state (BERT, MiniLM, a CLIP text tower)",
         _text_encoder,
+    ),
+    "text-classification": Task(
+        "text-classification",
+        classification_loss,
+        classification_kd,
+        evaluate_classification,
+        "top1",
+        "a text classifier (a *ForSequenceClassification model reading input_ids: BERT, RoBERTa, DistilBERT, MPNet, "
+        "ModernBERT)",
+        _text_classifier,
     ),
     "itm-retrieval": Task(
         "itm-retrieval",
@@ -216,8 +235,8 @@ def check_task_fit(model: Any, task: Any, *data: Any) -> None:
 
 
 def default_task(model: nn.Module) -> str:
-    """The first task that fits ``model`` (retrieval, classification, sentence-embedding, itm-retrieval, vqa,
-    captioning, audio-classification, segmentation); 'retrieval' when none does."""
+    """The first task that fits ``model`` (retrieval, classification, sentence-embedding, text-classification,
+    itm-retrieval, vqa, captioning, audio-classification, segmentation); 'retrieval' when none does."""
     return next((t.name for t in TASKS.values() if t.fits(model)), "retrieval")
 
 
@@ -230,6 +249,7 @@ def get_task(name: str) -> Task:
 __all__ = [
     "TASKS",
     "SentenceDistillData",
+    "TokenizedTexts",
     "Task",
     "caption_kd",
     "caption_loss",

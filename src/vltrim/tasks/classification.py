@@ -1,23 +1,32 @@
-"""Classification of images (ViT / DeiT classifiers) and of audio clips (HuBERT / wav2vec 2.0 / WavLM classifiers):
-cross-entropy, logit distillation, top-1 accuracy. One set of functions serves both: the model reads its own primary
-input (pixel_values or input_values)."""
+"""Classification of images (ViT / DeiT / DINOv2 classifiers), of audio clips (HuBERT / wav2vec 2.0 / WavLM
+classifiers) and of texts (BERT / RoBERTa / DistilBERT / MPNet / ModernBERT sequence classifiers): cross-entropy,
+logit distillation, top-1 accuracy. One set of functions serves all three: the model reads the batch's model inputs
+its forward takes (pixel_values; input_values; input_ids with its masks)."""
 
 from __future__ import annotations
+
+import inspect
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from vltrim.arch.inputs import PRIMARY_INPUTS
+from vltrim.arch.inputs import model_inputs
 from vltrim.checks import kept_modes
 from vltrim.data.inputs import in_order
 from vltrim.train.distill import logits_kl
 
 
 def class_logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Logits of the batch's primary input (pixel_values or input_values), labels and anything else left out."""
-    return model(**{k: v for k, v in batch.items() if k in PRIMARY_INPUTS}).logits
+    """Logits of the batch's model inputs that the model's forward takes (an image classifier given captioned
+    scenes reads only their pixels); labels and anything else left out."""
+    return model(**_taken(model, model_inputs(batch))).logits
+
+
+def _taken(model: nn.Module, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    params = inspect.signature(model.forward).parameters
+    return {k: v for k, v in inputs.items() if k in params}
 
 
 def _labels(batch: dict[str, torch.Tensor], classes: int) -> torch.Tensor:
@@ -59,7 +68,7 @@ def evaluate_classification(model: nn.Module, data: Dataset, batch_size: int = 2
     with kept_modes(model):
         model.eval()
         for batch in in_order(data, batch_size):
-            logits = class_logits(model, {k: v.to(dev) for k, v in batch.items() if k in PRIMARY_INPUTS})
+            logits = class_logits(model, {k: v.to(dev) for k, v in model_inputs(batch).items()})
             labels, pred = _labels(batch, logits.shape[-1]), logits.argmax(-1).cpu()
             correct += (pred == labels.cpu()).sum().item()
             total += len(pred)

@@ -44,7 +44,39 @@ def _unpadded(item: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v[:n] for k, v in item.items()}
 
 
-class SentenceDistillData(Dataset):
+class TokenizedTexts(Dataset):
+    """Tokenized texts (unpadded, padded per batch by ``collate``) with, when given, a class ``label`` per text:
+    the items of text classification, and the base of `SentenceDistillData`."""
+
+    def __init__(
+        self,
+        texts: Sequence[str],
+        tokenizer: Callable,
+        max_length: int = 128,
+        labels: Sequence[int] | None = None,
+    ):
+        if not texts:
+            raise ValueError(f"{type(self).__name__} needs at least one text")
+        if labels is not None and len(labels) != len(texts):
+            raise ValueError(f"{type(self).__name__} got {len(labels)} labels for {len(texts)} texts")
+        enc = tokenizer(list(texts), truncation=True, max_length=max_length)
+        self.pad_id = getattr(tokenizer, "pad_token_id", None) or 0
+        self.items = [
+            _unpadded({k: torch.as_tensor(enc[k][i]) for k in TEXT_KEYS if k in enc}) for i in range(len(texts))
+        ]
+        self.labels = None if labels is None else torch.as_tensor(list(labels), dtype=torch.long)
+
+    def collate(self, items: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        return pad_batch(items, self.pad_id)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {**self.items[i], "label": self.labels[i]} if self.labels is not None else dict(self.items[i])
+
+
+class SentenceDistillData(TokenizedTexts):
     """Tokenized sentences (unpadded), the teacher's embedding of each (``teacher_embedding``) and, when
     given, a class ``label`` per sentence (then `evaluate_embeddings` also reports a linear probe)."""
 
@@ -58,16 +90,7 @@ class SentenceDistillData(Dataset):
         labels: Sequence[int] | None = None,
         progress: bool = True,
     ):
-        if not texts:
-            raise ValueError("SentenceDistillData needs at least one sentence")
-        if labels is not None and len(labels) != len(texts):
-            raise ValueError(f"SentenceDistillData got {len(labels)} labels for {len(texts)} texts")
-        enc = tokenizer(list(texts), truncation=True, max_length=max_length)
-        self.pad_id = getattr(tokenizer, "pad_token_id", None) or 0
-        self.items = [
-            _unpadded({k: torch.as_tensor(enc[k][i]) for k in TEXT_KEYS if k in enc}) for i in range(len(texts))
-        ]
-        self.labels = None if labels is None else torch.as_tensor(list(labels), dtype=torch.long)
+        super().__init__(texts, tokenizer, max_length, labels)
         teacher.eval()
         dev = next(teacher.parameters()).device
         embs = []
@@ -79,17 +102,8 @@ class SentenceDistillData(Dataset):
                 pb.update(job, advance=len(embs[-1]))
         self.teacher_embedding = torch.cat(embs)
 
-    def collate(self, items: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        return pad_batch(items, self.pad_id)
-
-    def __len__(self) -> int:
-        return len(self.items)
-
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        out = {**self.items[i], "teacher_embedding": self.teacher_embedding[i]}
-        if self.labels is not None:
-            out["label"] = self.labels[i]
-        return out
+        return {**super().__getitem__(i), "teacher_embedding": self.teacher_embedding[i]}
 
 
 def embedding_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -8,6 +8,9 @@
                       checked (mono, at least the model's rate), resampled to it and cut or padded to 1 s
   sentence-embedding  a text file (.txt: one sentence per line; .jsonl / .csv: a 'text' or 'sentence' field and an
                       optional 'label'), or hf:DIR; the unpruned model's embeddings are computed once, as the targets
+  text-classification a text file (.jsonl / .csv: a 'text' or 'sentence' field and a 'label': class indices or class
+                      names, names matched with the model's id2label when it has them), or hf:DIR with a text column
+                      and a label column
   itm-retrieval,      'builtin' (rendered scenes with captions, `vltrim.data.scenes`), an image-caption manifest
   captioning          (.jsonl / .csv; a captioning reference is every caption of the same image), or hf:DIR
   vqa                 'builtin' (rendered scenes with questions), an image-question-answer manifest (.jsonl / .csv
@@ -72,7 +75,7 @@ from vltrim.data.segmentation import SceneSegments, SegmentationFolder
 from vltrim.data.sentences import SENTENCE_SUFFIXES, read_sentences
 from vltrim.data.synthetic import MEAN, STD, SyntheticCaptions, tokenizer
 from vltrim.io.remote_code import transformer_path
-from vltrim.tasks.sentence import SentenceDistillData
+from vltrim.tasks.sentence import SentenceDistillData, TokenizedTexts
 
 BUILTIN, HF_PREFIX, REFERENCE = "builtin", "hf:", "reference"
 PROMPT_TEMPLATE = "a photo of a {}"
@@ -89,6 +92,8 @@ FORMS = {
     "(a datasets.save_to_disk directory with an audio column and a label column)",
     "sentence-embedding": "a text file of sentences (.txt: one per line; .jsonl / .csv: a 'text' field, optional 'label'), "
     "or hf:DIR (a datasets.save_to_disk directory with a text column)",
+    "text-classification": "a text file (.jsonl / .csv with a 'text' field and a 'label' field: class indices or class "
+    "names), or hf:DIR (a datasets.save_to_disk directory with a text column and a label column)",
     "itm-retrieval": "'builtin' (rendered scenes with captions), an image-caption manifest (.jsonl / .csv with 'image' "
     "and 'caption' columns), or hf:DIR (a datasets.save_to_disk directory with image and caption columns)",
     "captioning": "'builtin' (rendered scenes with captions), an image-caption manifest (.jsonl / .csv with 'image' "
@@ -490,6 +495,21 @@ class DataSource:
         s = read_sentences(path)
         return self._sentences(s.texts, s.labels)
 
+    def _text_classification(self, path: Path, option: str) -> Dataset:
+        where = f"{option} {path}"
+        if path.is_dir() or path.suffix.lower() not in (".jsonl", ".csv"):
+            raise ValueError(f"{where}: the text-classification task takes {FORMS['text-classification']}")
+        s = read_sentences(path)
+        if s.labels is None:
+            raise ValueError(
+                f"{where} has no 'label' field; the text-classification task takes {FORMS['text-classification']}"
+            )
+        labels = s.labels
+        if s.classes is not None:  # names: the model's own label ids when its config names them
+            classes = use_classes(self.model, s.classes, where)
+            labels = [classes.index(s.classes[i]) for i in labels]
+        return TokenizedTexts(s.texts, self.tokenizer, self.max_length, labels)
+
     def _sentences(self, texts: Sequence[str], labels: Sequence[int] | None) -> Dataset:
         return SentenceDistillData(list(texts), self.tokenizer, self.model, max_length=self.max_length, labels=labels)
 
@@ -504,6 +524,12 @@ class DataSource:
             return self._sentences(ds[_text_column(ds, where)], ds[labels] if labels else None)
         if self.task in SCENE_TASKS:
             return self._scene_hf(ds, where)
+        if self.task == "text-classification":
+            with self._takes():
+                label = _column(ds, LABEL_COLUMNS, where, required=True)
+            return TokenizedTexts(
+                ds[_text_column(ds, where)], self.tokenizer, self.max_length, _class_ids(self.model, ds, label, where)
+            )
         if self.task == "segmentation":
             raise ValueError(
                 f"{where} has no 'pixel_values' column (columns {ds.column_names}); the segmentation task takes "
@@ -653,6 +679,20 @@ def _label_map(model: nn.Module, ds: Any, label: str, where: str) -> list[int] |
         return None
     classes = use_classes(model, list(names), where)
     return [classes.index(n) for n in names]
+
+
+def _class_ids(model: nn.Module, ds: Any, label: str, where: str) -> list[int]:
+    """The model's label id of every row: a ClassLabel or class-name column matched with the model's classes (or
+    recorded as them), else the integers as they are."""
+    values = ds[label]
+    if values and all(isinstance(y, str) for y in values):
+        classes = use_classes(model, sorted(set(values)), where)
+        return [classes.index(y) for y in values]
+    ids = _label_map(model, ds, label, where)
+    try:
+        return [int(y) if ids is None else ids[int(y)] for y in values]
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: the {label!r} column must hold class indices or class names") from None
 
 
 def _pil(value: Any, where: str) -> Image.Image:
