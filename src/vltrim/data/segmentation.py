@@ -105,27 +105,52 @@ def mask_problem(image: Path, mask: Path, num_labels: int) -> str | None:
     if not mask.is_file():
         return f"image {image} has no mask {mask}"
     try:
-        with Image.open(image) as im:
-            size = im.size
-        with Image.open(mask) as m:
-            if m.mode not in MASK_MODES:
-                bands = len(m.getbands())
-                return (
-                    f"mask {mask} is not single-channel (mode {m.mode}, {bands} band{'s' * (bands != 1)}): save one "
-                    "class index per pixel (mode L or P)"
-                )
-            if m.size != size:
-                return f"mask {mask} is {m.size[0]}x{m.size[1]} but its image {image.name} is {size[0]}x{size[1]}"
-            values = _mask_values(m)
+        with Image.open(image) as im, Image.open(mask) as m:
+            return pair_problem(im, m, num_labels, f"mask {mask}", image.name)
     except Exception as e:  # noqa: BLE001 - PIL raises many types for a broken file
         return f"mask {mask} cannot be read ({type(e).__name__}: {e})"
+
+
+def pair_problem(image: Image.Image, mask: Image.Image, num_labels: int, what: str, image_name: str) -> str | None:
+    """Why an opened mask cannot label its image (None when it can): single-channel, the image's size, every value a
+    class below ``num_labels`` or 255. ``what`` names the mask, ``image_name`` the image, in the message."""
+    if mask.mode not in MASK_MODES:
+        bands = len(mask.getbands())
+        return (
+            f"{what} is not single-channel (mode {mask.mode}, {bands} band{'s' * (bands != 1)}): save one "
+            "class index per pixel (mode L or P)"
+        )
+    if mask.size != image.size:
+        return f"{what} is {mask.size[0]}x{mask.size[1]} but its image {image_name} is {image.size[0]}x{image.size[1]}"
+    values = _mask_values(mask)
     bad = values[((values < 0) | (values >= num_labels)) & (values != IGNORE_INDEX)]
     if len(bad):
         return (
-            f"mask {mask} holds label {int(bad.max())}, above the model's {num_labels} classes (0..{num_labels - 1}; "
+            f"{what} holds label {int(bad.max())}, above the model's {num_labels} classes (0..{num_labels - 1}; "
             f"{IGNORE_INDEX} marks ignored pixels)"
         )
     return None
+
+
+def segment_item(
+    image: Image.Image, mask: Image.Image, size: int, mean: Sequence[float], std: Sequence[float], where: str
+) -> dict[str, torch.Tensor]:
+    """{pixel_values, labels} of an image and its mask, both fitted to ``size`` (image bicubic, mask nearest)."""
+    rgb = _array(_fit(_as_rgb(image, where), size, Image.BICUBIC))
+    pixels = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)
+    pixels = (pixels - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+    labels = _mask_values(_fit(mask, size, Image.NEAREST))
+    return {"pixel_values": pixels.float(), "labels": torch.from_numpy(labels)}
+
+
+def checked(problems: Sequence[str | None], total: int, source: str, what: str = "image / mask pairs") -> None:
+    """One error naming the first bad pairs of ``source`` and why, when any of ``problems`` is not None."""
+    bad = [w for w in problems if w is not None]
+    if bad:
+        more = f"; and {len(bad) - SHOWN_BAD_FILES} more" if len(bad) > SHOWN_BAD_FILES else ""
+        raise ValueError(
+            f"{len(bad)} of {total} {what} of {source} cannot be used: " + "; ".join(bad[:SHOWN_BAD_FILES]) + more
+        )
 
 
 class SegmentationFolder(Dataset):
@@ -159,24 +184,12 @@ class SegmentationFolder(Dataset):
         workers = min(16, 2 * (os.cpu_count() or 1)) if len(self.items) > 32 else 1
         with ThreadPoolExecutor(workers) as pool:
             why = list(pool.map(lambda p: mask_problem(p[0], p[1], self.num_labels), self.items))
-        problems = [w for w in why if w is not None]
-        if problems:
-            more = f"; and {len(problems) - SHOWN_BAD_FILES} more" if len(problems) > SHOWN_BAD_FILES else ""
-            raise ValueError(
-                f"{len(problems)} of {len(self.items)} image / mask pairs of {self.root} cannot be used: "
-                + "; ".join(problems[:SHOWN_BAD_FILES])
-                + more
-            )
+        checked(why, len(self.items), str(self.root))
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         image, mask = self.items[i]
-        with Image.open(image) as im:
-            rgb = _array(_fit(_as_rgb(im, image), self.image_size, Image.BICUBIC))
-        pixels = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)
-        pixels = (pixels - torch.tensor(self.mean)[:, None, None]) / torch.tensor(self.std)[:, None, None]
-        with Image.open(mask) as m:
-            labels = _mask_values(_fit(m, self.image_size, Image.NEAREST))
-        return {"pixel_values": pixels.float(), "labels": torch.from_numpy(labels)}
+        with Image.open(image) as im, Image.open(mask) as m:
+            return segment_item(im, m, self.image_size, self.mean, self.std, str(image))

@@ -17,7 +17,8 @@
                       with 'image', 'question', 'answer'), or hf:DIR
   segmentation        'builtin' (rendered scenes, each object's pixels labelled with its shape), an image + mask
                       folder (root/images/<name>.png|jpg, root/masks/<name>.png: one class index per pixel, 255
-                      ignored; every pair checked), or hf:DIR with pixel_values and labels columns
+                      ignored; every pair checked), or hf:DIR with pixel_values and labels columns, or with an image
+                      column and a mask column (annotation / mask / labels ...: images of class indices)
 
 The built-in scenes carry their own word tokenizer (the model's vocabulary must hold it); eval datasets of captioning
 and vqa carry the tokenizer that decodes generated text (``.tokenizer``).
@@ -71,7 +72,7 @@ from vltrim.data.manifest import (
 from vltrim.data.prompts import ClassPrompts
 from vltrim.data.scenes import SceneCaptions, SceneQA
 from vltrim.data.scenes import tokenizer as scene_tokenizer
-from vltrim.data.segmentation import SceneSegments, SegmentationFolder
+from vltrim.data.segmentation import SceneSegments, SegmentationFolder, checked, pair_problem, segment_item
 from vltrim.data.sentences import SENTENCE_SUFFIXES, read_sentences
 from vltrim.data.synthetic import MEAN, STD, SyntheticCaptions, tokenizer
 from vltrim.io.remote_code import transformer_path
@@ -104,7 +105,8 @@ FORMS = {
     "columns)",
     "segmentation": "'builtin' (rendered scenes, each object's pixels labelled with its shape), an image + mask folder "
     "(root/images/<name>.png|jpg and root/masks/<name>.png holding one class index per pixel, 255 for ignored pixels), "
-    "or hf:DIR (a datasets.save_to_disk directory with pixel_values and labels columns)",
+    "or hf:DIR (a datasets.save_to_disk directory with an image column and a mask column such as 'annotation', or "
+    "with pixel_values and labels columns)",
 }
 SCENE_TASKS = ("itm-retrieval", "captioning", "vqa")  # the BLIP tasks: built-in data from vltrim.data.scenes
 BUILTIN_SIZES = {"train": 8000, "val": 1000}  # items of the built-in scenes per split (rendered in a few seconds)
@@ -113,6 +115,7 @@ IMAGE_COLUMNS = ("image", "img", "pixel_values")
 AUDIO_COLUMNS = ("audio", "path", "file")
 TEXTLESS_TASKS = ("classification", "audio-classification", "segmentation")
 LABEL_COLUMNS = ("label", "labels")
+MASK_COLUMNS = ("annotation", "mask", "labels", "label", "segmentation", "semantic_map", "seg_map")
 QUESTION_COLUMNS = ("question",)
 ANSWER_COLUMNS = ("answer", "multiple_choice_answer")  # VQAv2's single answer column
 
@@ -477,13 +480,18 @@ class DataSource:
         classes = use_classes(self.model, sorted({name for _, name in rows}), where)
         return AudioClips([(p, classes.index(name)) for p, name in rows], where, self.clips)
 
+    def _segment_norm(self) -> tuple[Sequence[float], Sequence[float]]:
+        """Mean and std of segmentation images: the model processor's (the geometry is the masks': resize + centre
+        crop), else CLIP's."""
+        cfg = {}
+        if self.directory is not None and (self.directory / PROCESSOR_FILE).is_file():
+            cfg = json.loads((self.directory / PROCESSOR_FILE).read_text())
+        return cfg.get("image_mean") or CLIP_MEAN, cfg.get("image_std") or CLIP_STD
+
     def _segmentation(self, path: Path, option: str) -> Dataset:
         if not path.is_dir():
             raise ValueError(f"{option} {path} is a file; the segmentation task takes {FORMS['segmentation']}")
-        cfg = {}  # the model's processor gives the normalisation; the geometry is the masks' (resize + centre crop)
-        if self.directory is not None and (self.directory / PROCESSOR_FILE).is_file():
-            cfg = json.loads((self.directory / PROCESSOR_FILE).read_text())
-        mean, std = cfg.get("image_mean") or CLIP_MEAN, cfg.get("image_std") or CLIP_STD
+        mean, std = self._segment_norm()
         try:
             return SegmentationFolder(path, image_size(self.model), self.model.config.num_labels, mean, std)
         except (ValueError, FileNotFoundError) as e:
@@ -531,10 +539,11 @@ class DataSource:
                 ds[_text_column(ds, where)], self.tokenizer, self.max_length, _class_ids(self.model, ds, label, where)
             )
         if self.task == "segmentation":
-            raise ValueError(
-                f"{where} has no 'pixel_values' column (columns {ds.column_names}); the segmentation task takes "
-                f"{FORMS['segmentation']}"
-            )
+            with self._takes():
+                mask = _mask_column(ds, where)
+                image = _image_column(ds.remove_columns([mask]), where)
+            mean, std = self._segment_norm()
+            return HFSegments(ds, image, mask, image_size(self.model), self.model.config.num_labels, mean, std, where)
         if self.task == "audio-classification":
             with self._takes():
                 audio = _column(ds, AUDIO_COLUMNS, where, required=True)
@@ -640,6 +649,17 @@ def _text_column(ds: Any, where: str) -> str:
     return col
 
 
+def _mask_column(ds: Any, where: str) -> str:
+    """The column of segmentation masks: one of MASK_COLUMNS (an image of class indices per pixel)."""
+    col = next((c for c in MASK_COLUMNS if c in ds.column_names), None)
+    if col is None:
+        raise MissingColumn(
+            f"{where}: no mask column (one of {', '.join(MASK_COLUMNS)}: one class index per pixel) among "
+            f"{ds.column_names}"
+        )
+    return col
+
+
 def _image_column(ds: Any, where: str) -> str:
     """The column of images: a datasets.Image feature, else one of IMAGE_COLUMNS."""
     images = [c for c, f in ds.features.items() if type(f).__name__ == "Image"]
@@ -735,6 +755,45 @@ class HFImages(Dataset):
             "pixel_values": _image(row[self.image], f"{self.where} row {i}", self.opts),
             "label": torch.tensor(self.map[y] if self.map is not None else y),
         }
+
+
+class HFSegments(Dataset):
+    """Rows of a Hugging Face dataset with an image column and a mask column (images, or image files) as
+    {'pixel_values', 'labels'} items, fitted as `SegmentationFolder` fits files; every pair is checked when built."""
+
+    def __init__(
+        self,
+        ds: Any,
+        image: str,
+        mask: str,
+        size: int,
+        num_labels: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        where: str,
+    ) -> None:
+        self.ds, self.image, self.mask, self.size, self.mean, self.std, self.where = (
+            ds, image, mask, size, mean, std, where
+        )  # fmt: skip
+        checked([self._problem(i, num_labels) for i in range(len(ds))], len(ds), where, "image / mask rows")
+
+    def _pair(self, i: int) -> tuple[Image.Image, Image.Image]:
+        row = self.ds[int(i)]
+        return _pil(row[self.image], f"{self.where} row {i}"), _pil(row[self.mask], f"{self.where} row {i}")
+
+    def _problem(self, i: int, num_labels: int) -> str | None:
+        try:
+            image, mask = self._pair(i)
+            return pair_problem(image, mask, num_labels, f"row {i}'s {self.mask!r}", f"in {self.image!r}")
+        except Exception as e:  # noqa: BLE001 - PIL and datasets raise many types for a broken value
+            return f"row {i} cannot be read ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:120]})"
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        image, mask = self._pair(i)
+        return segment_item(image, mask, self.size, self.mean, self.std, f"{self.where} row {i}")
 
 
 class HFAudio(Dataset):
