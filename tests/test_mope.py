@@ -18,7 +18,6 @@ from vltrim.methods.mope import fast_errors, layer_ablations, make_probe, naive_
 from vltrim.tasks import SentenceDistillData
 from vltrim.zoo import tiny_model
 
-
 TEXT_ENCODERS = ("BertModel", "DistilBertModel", "MPNetModel", "ModernBertModel")
 
 

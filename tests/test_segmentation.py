@@ -234,12 +234,16 @@ def test_a_folder_without_masks_says_what_it_takes(tmp_path):
 def _hf(folder, out):
     datasets = pytest.importorskip("datasets")
     stems = sorted(f.stem for f in (folder / "images").iterdir())
-    ds = datasets.Dataset.from_dict(
-        {
-            "image": [str(folder / "images" / f"{n}.png") for n in stems],
-            "annotation": [str(folder / "masks" / f"{n}.png") for n in stems],
-        }
-    ).cast_column("image", datasets.Image()).cast_column("annotation", datasets.Image())
+    ds = (
+        datasets.Dataset.from_dict(
+            {
+                "image": [str(folder / "images" / f"{n}.png") for n in stems],
+                "annotation": [str(folder / "masks" / f"{n}.png") for n in stems],
+            }
+        )
+        .cast_column("image", datasets.Image())
+        .cast_column("annotation", datasets.Image())
+    )
     ds.save_to_disk(str(out))
     return f"hf:{out}"
 
@@ -247,7 +251,10 @@ def _hf(folder, out):
 def test_hf_dir_with_image_and_annotation_columns_equals_the_folder(tmp_path, folder):
     """ADE20K's layout on the hub (scene_parse_150): an image column and an annotation image of class indices."""
     spec = _hf(folder, tmp_path / "hf")
-    got, want = DataSource(tiny_model(NAME), f"tiny:{NAME}", "segmentation").open(spec, "--data", "train"), _open(folder)
+    got, want = (
+        DataSource(tiny_model(NAME), f"tiny:{NAME}", "segmentation").open(spec, "--data", "train"),
+        _open(folder),
+    )
     assert len(got) == len(want) == 4
     for i in range(4):
         for k in ("pixel_values", "labels"):
