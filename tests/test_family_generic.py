@@ -1,5 +1,5 @@
-"""Every family of the zoo (vltrim.zoo.TINY_CLASSES: a class added there joins without a line here): sliced at random
-(heads, neurons, layers, then head dims), saved and exported to ONNX with parity to torch (one class per family file); every text encoder saved
+"""Every class of the zoo (vltrim.zoo.TINY_CLASSES: a class added there joins without a line here): sliced at random
+(heads, neurons, layers, then head dims), saved and exported to ONNX with parity to torch; every text encoder saved
 with its source's sentence-transformers files encodes as the pruned encoder does; a dual encoder whose tower has no
 adapter names the tower."""
 
@@ -27,16 +27,6 @@ HAS_EXPORT = all(importlib.util.find_spec(m) for m in ("onnx", "onnxscript", "on
 TEXT_CLASSES = [n for n in TINY_CLASSES if default_task(tiny_model(n)) == "sentence-embedding"]
 
 
-def _per_family() -> list[str]:
-    """One class per family file (a task model, ``...For...``, when the family has one: its head over the family's
-    backbone), so the ONNX round trip covers every family's forward code in the CI budget."""
-    chosen: dict[str, str] = {}
-    for n in TINY_CLASSES:
-        family = type(get_adapter(tiny_model(n))).__module__
-        if family not in chosen or ("For" in n and "For" not in chosen[family]):
-            chosen[family] = n
-    return list(chosen.values())
-
 
 # ---- ONNX ---------------------------------------------------------------------------------------------------------
 def _sliced(name: str):
@@ -49,8 +39,8 @@ def _sliced(name: str):
 
 @pytest.mark.skipif(not HAS_EXPORT, reason="onnx, onnxscript and onnxruntime are needed (pip install 'vltrim[export]')")
 @pytest.mark.slow
-@pytest.mark.parametrize("name", _per_family())
-def test_every_family_exports_to_onnx_with_parity(tmp_path, monkeypatch, name):
+@pytest.mark.parametrize("name", TINY_CLASSES)
+def test_every_class_exports_to_onnx_with_parity(tmp_path, monkeypatch, name):
     small = _sliced(name)
     out = vltrim.save(small, tmp_path / "m")
     monkeypatch.setattr(ex, "_latency", lambda *a, **k: None)  # parity is the point here, not torch vs ORT timing
