@@ -27,7 +27,6 @@ HAS_EXPORT = all(importlib.util.find_spec(m) for m in ("onnx", "onnxscript", "on
 TEXT_CLASSES = [n for n in TINY_CLASSES if default_task(tiny_model(n)) == "sentence-embedding"]
 
 
-
 # ---- ONNX ---------------------------------------------------------------------------------------------------------
 def _sliced(name: str):
     """A tiny ``name`` with a random unaligned subset of its heads, FFN neurons and layers kept, then of its head dims
