@@ -13,8 +13,10 @@ from vltrim.structure.slicing import AttentionSpec, BlockSpec, Tower
 REFERENCE_TOKENS = 128  # sequence length that MAC costs refer to (capped by max_position_embeddings)
 
 
-def bert_block(layer: nn.Module) -> BlockSpec:
-    s = layer.attention.self
+def bert_block(layer: nn.Module, self_attr: str = "self") -> BlockSpec:
+    """A BERT-style layer: attention.<self_attr>.{query, key, value}, attention.output.dense, intermediate / output
+    dense (DPT's ViT layers name their self-attention ``attention``)."""
+    s = getattr(layer.attention, self_attr)
     attn = AttentionSpec(
         s,
         s.query,

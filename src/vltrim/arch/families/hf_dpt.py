@@ -18,25 +18,15 @@ from torch import nn
 from transformers import DPTForSemanticSegmentation, DPTModel
 
 from vltrim.arch.base import TransformerAdapter
+from vltrim.arch.families.hf_bert import bert_block
 from vltrim.arch.inputs import image_inputs, patch_tokens
 from vltrim.arch.registry import register
 from vltrim.structure.groups import Group, UnitKind
-from vltrim.structure.slicing import AttentionSpec, BlockSpec, Tower
+from vltrim.structure.slicing import BlockSpec, Tower
 
 
 def dpt_block(layer: nn.Module) -> BlockSpec:
-    s = layer.attention.attention
-    attn = AttentionSpec(
-        s,
-        s.query,
-        s.key,
-        s.value,
-        layer.attention.output.dense,
-        "num_attention_heads",
-        "attention_head_size",
-        "all_head_size",
-    )
-    return BlockSpec(attn, layer.intermediate.dense, layer.output.dense)
+    return bert_block(layer, self_attr="attention")
 
 
 @register(DPTModel, DPTForSemanticSegmentation)
